@@ -1,0 +1,291 @@
+"""The session actor: the one owner of a session's SQLite file.
+
+Input gate: every mutation enters the actor's mailbox and one task applies
+them in arrival order. Group commit: the mutations that queue up while a
+commit is in flight are applied together, in one transaction, by the next
+commit (at most ``max_batch`` at a time), so a busy session pays one fsync
+per batch rather than one per message.
+
+Output gate: callers are resolved and events published only after COMMIT has
+returned. A failed commit breaks the actor: the batch and everything queued
+behind it fail with a clear error, the file is closed, and the registry starts
+a fresh actor from disk on the next request.
+
+Reads never enter the mailbox: they run on the actor's reader connection
+against committed state (WAL), so they never wait behind writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from actors.errors import ActorBroken, ActorStopped, Busy
+from actors.pubsub import Frame, Topic
+from storage.errors import StorageError
+from storage.ids import now_iso
+from storage.layout import DataDir
+from storage.session_db import Event, SessionFile, Txn
+
+if TYPE_CHECKING:
+    from actors.streams import Generation
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class ActorConfig:
+    """Tunables of actors and the registry; the server fills it from settings."""
+
+    synchronous: str = "FULL"
+    idle_timeout: float = 30.0
+    max_live: int = 1000
+    max_batch: int = 256
+    max_queue: int = 10_000
+    event_retention: int = 10_000
+    subscriber_queue: int = 1024
+    flush_interval: float = 0.05
+    shutdown_grace: float = 2.0
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Envelope:
+    """A queued mutation and the future of the caller waiting for it."""
+
+    __slots__ = ("future", "op")
+
+    def __init__(self, op: Callable[[Txn], Any], future: asyncio.Future[Any]) -> None:
+        self.op = op
+        self.future = future
+
+
+class SessionActor:
+    """Owns one session's file while it is live. Made and closed by the registry.
+
+    ``submit`` is safe to call concurrently; ``close`` is idempotent and waits
+    for queued work to be committed first.
+    """
+
+    def __init__(
+        self,
+        sid: str,
+        *,
+        datadir: DataDir,
+        config: ActorConfig,
+        write_pool: Executor,
+        topic: Topic,
+        on_commit: Callable[[SessionActor, dict[str, Any]], None],
+        on_closed: Callable[[SessionActor], None],
+    ) -> None:
+        self.sid = sid
+        self.datadir = datadir
+        self.config = config
+        self.topic = topic
+        self.state = State.STARTING
+        self.owner = ""
+        self.leases = 0
+        self.last_used = time.monotonic()
+        self.commits = 0
+        self.committed_ops = 0
+        self.generations: dict[str, Generation] = {}
+        self._write_pool = write_pool
+        self._on_commit = on_commit
+        self._on_closed = on_closed
+        self._file: SessionFile | None = None
+        self._mailbox: deque[Envelope] = deque()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._closed = asyncio.Event()
+        self._close_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        """Open the file and recover replies a crash left unfinished.
+
+        Raises ``NotFound`` for a missing session, ``Unavailable`` for a file
+        that cannot be used; the actor is then closed.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            self._file = await loop.run_in_executor(self._write_pool, self._open)
+            self.owner = self._file.owner
+            events = await loop.run_in_executor(
+                self._write_pool, self._file.recover_unfinished, now_iso()
+            )
+        except BaseException as exc:
+            await self._finish_close()
+            if not self._ready.done():
+                self._ready.set_exception(exc)
+                self._ready.exception()  # retrieved: waiters re-raise it
+            raise
+        self.state = State.RUNNING
+        self._task = asyncio.create_task(self._run(), name=f"actor:{self.sid}")
+        self._publish(events)
+        self._on_commit(self, self.file.read_session())
+        self._ready.set_result(None)
+
+    def _open(self) -> SessionFile:
+        return SessionFile(
+            self.datadir,
+            self.sid,
+            synchronous=self.config.synchronous,
+            event_retention=self.config.event_retention,
+        )
+
+    async def wait_ready(self) -> None:
+        await asyncio.shield(self._ready)
+
+    async def wait_closed(self) -> None:
+        await self._closed.wait()
+
+    @property
+    def file(self) -> SessionFile:
+        """The open file, for reads of committed state. Raises if not running."""
+        if self._file is None or self.state is not State.RUNNING:
+            raise ActorStopped(f"session {self.sid!r} is not active; retry")
+        return self._file
+
+    @property
+    def busy(self) -> bool:
+        """Whether the actor holds work that hibernation must not cut short."""
+        return bool(self.leases or self._mailbox or self.generations)
+
+    async def close(self) -> None:
+        """Stop taking work, commit what is queued, close the file. Idempotent."""
+        if self._close_task is None:
+            self._close_task = asyncio.create_task(self._close(), name=f"close:{self.sid}")
+        await asyncio.shield(self._close_task)
+
+    async def _close(self) -> None:
+        if self.state is State.STARTING:
+            try:
+                await self.wait_ready()
+            except BaseException:
+                return
+        if self.state is State.CLOSED:
+            return
+        self.state = State.CLOSING
+        if self.generations:
+            from actors.streams import stop_all
+
+            await stop_all(self)
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        await self._finish_close()
+
+    async def _finish_close(self) -> None:
+        if self._file is not None:
+            f, self._file = self._file, None
+            await asyncio.get_running_loop().run_in_executor(self._write_pool, f.close)
+        self.state = State.CLOSED
+        self._closed.set()
+        self._on_closed(self)
+
+    # ------------------------------------------------------------------ the write path
+
+    async def submit(self, op: Callable[[Txn], T]) -> T:
+        """Apply ``op`` in the session's next transaction and return its result.
+
+        Returns only after the transaction committed. Raises what ``op``
+        raised (nothing of it is kept), :class:`ActorBroken` if the commit
+        failed, :class:`ActorStopped` if the actor is closing. If the caller
+        is cancelled, the op still runs: work given to the actor finishes.
+        """
+        return await self.submit_nowait(op)
+
+    def submit_nowait(self, op: Callable[[Txn], T]) -> asyncio.Future[T]:
+        """Queue ``op`` and return the future of its result (see :meth:`submit`)."""
+        if self.state is not State.RUNNING:
+            raise ActorStopped(f"session {self.sid!r} is shutting down; retry")
+        if len(self._mailbox) >= self.config.max_queue:
+            raise Busy(f"session {self.sid!r} has too much queued work; retry shortly")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._mailbox.append(Envelope(op, fut))
+        self._wakeup.set()
+        return fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self._mailbox:
+                if self.state is not State.RUNNING:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            n = min(len(self._mailbox), self.config.max_batch)
+            batch = [self._mailbox.popleft() for _ in range(n)]
+            f = self._file
+            assert f is not None
+            try:
+                results, events, sess = await loop.run_in_executor(
+                    self._write_pool, f.run_batch, [e.op for e in batch], now_iso()
+                )
+            except BaseException as exc:
+                self._break(exc, batch)
+                return
+            self.commits += 1
+            self.committed_ops += n
+            self.last_used = time.monotonic()
+            self._publish(events)
+            for env, res in zip(batch, results, strict=True):
+                if env.future.done():
+                    continue
+                if isinstance(res, BaseException):
+                    env.future.set_exception(res)
+                else:
+                    env.future.set_result(res)
+            if sess is not None:
+                self._on_commit(self, sess)
+
+    def _break(self, exc: BaseException, batch: list[Envelope]) -> None:
+        """A commit failed: fail the batch and the queue, then close."""
+        if isinstance(exc, StorageError):
+            first: BaseException = exc
+        else:
+            first = ActorBroken(f"saving to session {self.sid!r} failed: {exc!r}")
+            first.__cause__ = exc
+        rest = ActorBroken(
+            f"session {self.sid!r} stopped after a failed commit; nothing queued was saved; retry"
+        )
+        for env in batch:
+            if not env.future.done():
+                env.future.set_exception(first)
+        while self._mailbox:
+            env = self._mailbox.popleft()
+            if not env.future.done():
+                env.future.set_exception(rest)
+        self.state = State.CLOSING
+        if self._close_task is None:
+            self._close_task = asyncio.create_task(self._after_break())
+
+    async def _after_break(self) -> None:
+        if self.generations:
+            from actors.streams import stop_all
+
+            await stop_all(self, save=False)
+        await self._finish_close()
+
+    # ------------------------------------------------------------------ fan-out
+
+    def _publish(self, events: list[Event]) -> None:
+        for ev in events:
+            self.topic.publish(Frame.of(ev))
+
+    def publish_ephemeral(self, type_: str, data: bytes) -> None:
+        """Send a frame with no durable seq (streaming deltas) to subscribers."""
+        self.topic.publish(Frame(type_, data))

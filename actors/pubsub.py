@@ -1,0 +1,117 @@
+"""Fan-out of a session's events to its subscribers.
+
+A :class:`Topic` belongs to one session and outlives any one activation of
+its actor (like Durable Objects' hibernatable WebSockets), so subscribers stay
+connected while the actor hibernates. Publishing never awaits: each
+:class:`Subscription` has a bounded queue, and one that is full is dropped
+(``dropped`` set, its reader woken) so a slow or dead peer never delays the
+actor or anyone else. A dropped subscriber resumes by ``seq``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+
+from storage.session_db import Event
+
+
+class Frame:
+    """One outgoing item: a durable event (``seq`` set) or an ephemeral one."""
+
+    __slots__ = ("_sse", "data", "seq", "type")
+
+    def __init__(self, type_: str, data: bytes, seq: int | None = None) -> None:
+        self.type = type_
+        self.data = data
+        self.seq = seq
+        self._sse: bytes | None = None
+
+    @classmethod
+    def of(cls, event: Event) -> Frame:
+        return cls(event.type, event.frame, event.seq)
+
+    def sse(self) -> bytes:
+        """The frame as an SSE event, encoded once for all subscribers."""
+        if self._sse is None:
+            head = f"id: {self.seq}\n" if self.seq is not None else ""
+            self._sse = f"{head}event: {self.type}\n".encode() + b"data: " + self.data + b"\n\n"
+        return self._sse
+
+
+class Subscription:
+    """A subscriber's bounded queue. Only its owner calls :meth:`get`."""
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.dropped = False
+        self.closed = False
+        self._queue: deque[Frame] = deque()
+        self._wakeup = asyncio.Event()
+
+    def push(self, frame: Frame) -> None:
+        """Queue ``frame``; never blocks. A full queue drops the subscriber."""
+        if self.closed or self.dropped:
+            return
+        if len(self._queue) >= self.maxsize:
+            self.dropped = True
+            self._queue.clear()
+        else:
+            self._queue.append(frame)
+        self._wakeup.set()
+
+    def close(self) -> None:
+        """End the subscription; a pending :meth:`get` returns None. Idempotent."""
+        self.closed = True
+        self._wakeup.set()
+
+    async def get(self) -> Frame | None:
+        """The next frame, or None once dropped or closed."""
+        while True:
+            if self.dropped or (self.closed and not self._queue):
+                return None
+            if self._queue:
+                return self._queue.popleft()
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    def get_nowait(self) -> Frame | None:
+        if self._queue and not self.dropped:
+            return self._queue.popleft()
+        return None
+
+
+class Topic:
+    """The subscribers of one session."""
+
+    def __init__(self, sid: str, on_drop: Callable[[], None] | None = None) -> None:
+        self.sid = sid
+        self.subs: set[Subscription] = set()
+        self._on_drop = on_drop
+
+    def subscribe(self, maxsize: int) -> Subscription:
+        sub = Subscription(maxsize)
+        self.subs.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        self.subs.discard(sub)
+        sub.close()
+
+    def publish(self, frame: Frame) -> None:
+        """Hand ``frame`` to every subscriber without waiting for any."""
+        dropped = []
+        for sub in self.subs:
+            sub.push(frame)
+            if sub.dropped:
+                dropped.append(sub)
+        for sub in dropped:
+            self.subs.discard(sub)
+            if self._on_drop is not None:
+                self._on_drop()
+
+    def close_all(self) -> None:
+        for sub in list(self.subs):
+            sub.close()
+        self.subs.clear()

@@ -1,0 +1,336 @@
+"""The registry: finds, activates, caps and hibernates session actors.
+
+Single activation: the first request for a cold session inserts its actor
+into the table before awaiting anything, so requests that race find that
+actor and wait for it to be ready; there is never a second one.
+
+Hibernation: an actor with no lease, no queued work, no running reply and no
+subscribers closes its file after ``idle_timeout``; the next request activates
+it again. The number of live actors is capped at ``max_live``: to make room,
+the least recently used actor without work is closed (its subscribers stay
+connected, since topics outlive activations); if every live actor is busy, an
+activation waits for one to become free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from actors.actor import ActorConfig, SessionActor, State
+from actors.pubsub import Frame, Topic
+from storage.catalog import Catalog
+from storage.errors import NotFound
+from storage.ids import now_iso, uuid7, validate_session_id
+from storage.layout import DataDir
+from storage.session_db import create_session_file, remove_session_files
+
+
+class RegistryStats:
+    """Counters the metrics endpoint and tests read."""
+
+    def __init__(self) -> None:
+        self.activations = 0
+        self.hibernations = 0
+        self.evictions = 0
+        self.max_live_seen = 0
+        self.dropped_subscribers = 0
+
+
+class ActorRegistry:
+    """All live actors of one data dir. ``start`` once, ``close`` idempotently."""
+
+    def __init__(
+        self,
+        datadir: DataDir,
+        config: ActorConfig,
+        *,
+        write_threads: int = 16,
+        read_threads: int = 4,
+    ) -> None:
+        self.datadir = datadir
+        self.config = config
+        self.stats = RegistryStats()
+        self.write_pool = ThreadPoolExecutor(write_threads, thread_name_prefix="roost-write")
+        self.read_pool = ThreadPoolExecutor(read_threads, thread_name_prefix="roost-read")
+        self.commit_hooks: list[Callable[[SessionActor, dict[str, Any]], None]] = []
+        self._actors: OrderedDict[str, SessionActor] = OrderedDict()
+        self._topics: dict[str, Topic] = {}
+        self._deleting: set[str] = set()
+        self._catalog: Catalog | None = None
+        self._catalog_lock = asyncio.Lock()
+        self._catalog_pending: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._catalog_wakeup = asyncio.Event()
+        self._room = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._catalog = await loop.run_in_executor(self.write_pool, Catalog, self.datadir)
+        self._tasks = [
+            asyncio.create_task(self._sweep(), name="registry:sweep"),
+            asyncio.create_task(self._catalog_flusher(), name="registry:catalog"),
+        ]
+
+    async def close(self) -> None:
+        """Close every actor (committing queued work), flush the catalog. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        await asyncio.gather(*(a.close() for a in list(self._actors.values())))
+        for topic in self._topics.values():
+            topic.close_all()
+        await self.flush_catalog()
+        if self._catalog is not None:
+            self._catalog.close()
+        self.write_pool.shutdown(wait=True)
+        self.read_pool.shutdown(wait=True)
+
+    @property
+    def live(self) -> int:
+        return len(self._actors)
+
+    def actor_if_live(self, sid: str) -> SessionActor | None:
+        a = self._actors.get(sid)
+        return a if a is not None and a.state is State.RUNNING else None
+
+    # ------------------------------------------------------------------ leases
+
+    @contextlib.asynccontextmanager
+    async def lease(self, sid: str, user: str = "") -> AsyncIterator[SessionActor]:
+        """The running actor of ``sid``, kept live (not hibernated) while held.
+
+        Raises ``InvalidInput`` for a bad id and ``NotFound`` for a session
+        that does not exist or belongs to another user.
+        """
+        actor = await self._acquire(sid)
+        try:
+            if actor.owner != user:
+                raise NotFound(f"session {sid!r} not found", details={"session_id": sid})
+            yield actor
+        finally:
+            actor.leases -= 1
+            actor.last_used = time.monotonic()
+            if actor.leases == 0:
+                self._room.set()
+
+    async def _acquire(self, sid: str) -> SessionActor:
+        validate_session_id(sid)
+        while True:
+            if self._closed:
+                from actors.errors import ActorStopped
+
+                raise ActorStopped("the server is shutting down")
+            if sid in self._deleting:
+                raise NotFound(f"session {sid!r} not found", details={"session_id": sid})
+            actor = self._actors.get(sid)
+            if actor is None:
+                await self._make_room()
+                if sid in self._actors or sid in self._deleting:
+                    continue
+                actor = self._new_actor(sid)
+                self._actors[sid] = actor
+                self.stats.max_live_seen = max(self.stats.max_live_seen, len(self._actors))
+                actor.leases += 1
+                try:
+                    await actor.start()
+                except BaseException:
+                    actor.leases -= 1
+                    raise
+                self.stats.activations += 1
+                return actor
+            if actor.state in (State.CLOSING, State.CLOSED):
+                await actor.wait_closed()
+                continue
+            actor.leases += 1
+            if actor.state is State.STARTING:
+                try:
+                    await actor.wait_ready()
+                except BaseException:
+                    actor.leases -= 1
+                    raise
+            self._actors.move_to_end(sid)
+            return actor
+
+    def _new_actor(self, sid: str) -> SessionActor:
+        return SessionActor(
+            sid,
+            datadir=self.datadir,
+            config=self.config,
+            write_pool=self.write_pool,
+            topic=self.topic(sid),
+            on_commit=self._on_commit,
+            on_closed=self._on_closed,
+        )
+
+    async def _make_room(self) -> None:
+        """Return when one more actor fits under the cap (no await after that)."""
+        while len(self._actors) >= self.config.max_live:
+            victim = next(
+                (a for a in self._actors.values() if a.state is State.RUNNING and not a.busy),
+                None,
+            )
+            if victim is not None:
+                self.stats.evictions += 1
+                await victim.close()
+                continue
+            self._room.clear()
+            await self._room.wait()
+
+    def _on_closed(self, actor: SessionActor) -> None:
+        if self._actors.get(actor.sid) is actor:
+            del self._actors[actor.sid]
+            self._room.set()
+        topic = self._topics.get(actor.sid)
+        if topic is not None and not topic.subs:
+            del self._topics[actor.sid]
+
+    async def _sweep(self) -> None:
+        """Hibernate actors idle for longer than ``idle_timeout``."""
+        period = max(0.01, min(self.config.idle_timeout / 2, 1.0))
+        while True:
+            await asyncio.sleep(period)
+            cutoff = time.monotonic() - self.config.idle_timeout
+            idle = [
+                a
+                for a in self._actors.values()
+                if a.state is State.RUNNING
+                and not a.busy
+                and a.last_used <= cutoff
+                and not a.topic.subs
+            ]
+            for a in idle:
+                self.stats.hibernations += 1
+                await a.close()
+
+    # ------------------------------------------------------------------ topics
+
+    def topic(self, sid: str) -> Topic:
+        """The subscriber set of ``sid`` (made on first use)."""
+        t = self._topics.get(sid)
+        if t is None:
+            t = self._topics[sid] = Topic(sid, on_drop=self._count_drop)
+        return t
+
+    def release_topic(self, sid: str) -> None:
+        """Forget ``sid``'s topic if nothing uses it any more."""
+        t = self._topics.get(sid)
+        if t is not None and not t.subs and sid not in self._actors:
+            del self._topics[sid]
+
+    def _count_drop(self) -> None:
+        self.stats.dropped_subscribers += 1
+
+    # ------------------------------------------------------------------ sessions
+
+    async def create_session(
+        self,
+        sid: str | None,
+        *,
+        owner: str = "",
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Create a session (durably, catalog included) and return it.
+
+        Raises ``Conflict`` if ``sid`` exists, ``InvalidInput`` if it is not a
+        legal id.
+        """
+        sid = validate_session_id(sid) if sid is not None else uuid7()
+        if sid in self._deleting or sid in self._actors:
+            from storage.errors import Conflict
+
+            raise Conflict(f"session {sid!r} already exists", details={"id": sid})
+        loop = asyncio.get_running_loop()
+        doc = await loop.run_in_executor(
+            self.write_pool,
+            lambda: create_session_file(
+                self.datadir,
+                sid,
+                owner=owner,
+                title=title,
+                metadata=metadata or {},
+                now=now_iso(),
+                synchronous=self.config.synchronous,
+            ),
+        )
+        async with self._catalog_lock:
+            await loop.run_in_executor(self.write_pool, self.catalog.insert_durable, owner, doc)
+        return doc
+
+    async def delete_session(self, sid: str, user: str = "") -> None:
+        """Delete a session and its files; its subscribers get ``session.deleted``.
+
+        Raises ``NotFound`` if it does not exist (or is another user's).
+        """
+        async with self.lease(sid, user) as actor:
+            self._deleting.add(sid)
+            final_seq = actor.file.event_seq() + 1
+        try:
+            await actor.close()
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self.write_pool, remove_session_files, self.datadir, sid)
+            self._catalog_pending.pop(sid, None)
+            async with self._catalog_lock:
+                await loop.run_in_executor(self.write_pool, self.catalog.delete, sid)
+            topic = self._topics.pop(sid, None)
+            if topic is not None:
+                frame = f'{{"type":"session.deleted","seq":{final_seq},"session_id":"{sid}"}}'
+                topic.publish(Frame("session.deleted", frame.encode(), final_seq))
+                topic.close_all()
+        finally:
+            self._deleting.discard(sid)
+
+    async def list_sessions(
+        self, *, owner: str = "", limit: int = 25, cursor: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Sessions of ``owner``, most recently updated first."""
+        await self.flush_catalog()
+        return self.catalog.list(owner=owner, limit=limit, cursor=cursor)
+
+    # ------------------------------------------------------------------ catalog mirror
+
+    @property
+    def catalog(self) -> Catalog:
+        if self._catalog is None:
+            raise RuntimeError("registry not started")
+        return self._catalog
+
+    def _on_commit(self, actor: SessionActor, session: dict[str, Any]) -> None:
+        if actor.sid in self._deleting:
+            return
+        self._catalog_pending[actor.sid] = (actor.owner, session)
+        self._catalog_wakeup.set()
+        for hook in self.commit_hooks:
+            hook(actor, session)
+
+    async def flush_catalog(self) -> None:
+        """Write the pending catalog updates now."""
+        if not self._catalog_pending or self._catalog is None:
+            return
+        async with self._catalog_lock:
+            pending, self._catalog_pending = self._catalog_pending, {}
+            if pending:
+                await asyncio.get_running_loop().run_in_executor(
+                    self.write_pool, self.catalog.upsert_many, list(pending.values())
+                )
+
+    async def _catalog_flusher(self) -> None:
+        while True:
+            await self._catalog_wakeup.wait()
+            self._catalog_wakeup.clear()
+            await asyncio.sleep(0.05)
+            await self.flush_catalog()

@@ -1,0 +1,101 @@
+"""``roost``: the command line. ``roost serve`` starts the server."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+
+from aiohttp import web
+from pydantic import ValidationError
+
+from server.settings import Settings, settings_from
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(
+                ipaddress.ip_address(info[4][0]).is_loopback
+                for info in socket.getaddrinfo(host, None)
+            )
+        except OSError:
+            return False
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="roost", description="Roost chat-session server")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser(
+        "serve",
+        help="run the server",
+        description="Run the server. Every flag also reads ROOST_<FLAG> from the environment.",
+    )
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool or name == "insecure":
+            serve.add_argument(flag, action="store_true", default=None, help=field.description)
+        else:
+            serve.add_argument(
+                flag,
+                dest=name,
+                default=None,
+                help=f"{field.description} (default {field.default!r}; env ROOST_{name.upper()})",
+            )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {k: v for k, v in vars(args).items() if k != "command"}
+    try:
+        settings = settings_from(overrides)
+    except ValidationError as exc:
+        for err in exc.errors(include_url=False):
+            loc = ".".join(str(p) for p in err["loc"])
+            print(f"roost: bad setting {loc}: {err['msg']}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log = logging.getLogger("roost")
+    if settings.tokens_file is None:
+        if not _is_loopback(settings.host) and not settings.insecure:
+            print(
+                f"roost: refusing to bind {settings.host} without tokens: anyone who can reach "
+                "it could read every session. Use --tokens-file, or --insecure if you mean it.",
+                file=sys.stderr,
+            )
+            return 2
+        log.info(
+            "no tokens configured: serving loopback only%s",
+            " (--insecure: NOT loopback)" if not _is_loopback(settings.host) else "",
+        )
+    from server.app import make_app
+
+    app = make_app(settings)
+    log.info(
+        "roost serving http://%s:%s data dir %s synchronous=%s",
+        settings.host,
+        settings.port,
+        settings.data_dir,
+        settings.synchronous,
+    )
+    web.run_app(
+        app,
+        host=settings.host,
+        port=settings.port,
+        print=None,
+        shutdown_timeout=10.0,
+        access_log=None,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

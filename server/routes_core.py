@@ -1,0 +1,229 @@
+"""Sessions and messages: the core HTTP routes (SPEC section 4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from server.errors import ApiError
+from server.http import (
+    REGISTRY,
+    SETTINGS,
+    json_response,
+    parse_body,
+    query_choice,
+    query_int,
+    query_str,
+    request_hash,
+    user_of,
+)
+from server.models import (
+    MessageCreate,
+    MessagePatch,
+    SessionCreate,
+    SessionPatch,
+    check_content,
+    check_metadata,
+    check_parts,
+    check_title,
+)
+from storage.session_db import (
+    MessageDraft,
+    op_append,
+    op_delete_message,
+    op_update_message,
+    op_update_session,
+)
+
+routes = web.RouteTableDef()
+
+
+def _meta_size(meta: dict[str, Any] | None) -> int:
+    return 0 if meta is None else len(orjson.dumps(meta))
+
+
+def _page_params(request: web.Request) -> tuple[int, str | None, str | None]:
+    limit = query_int(request, "limit", 25, 1, request.app[SETTINGS].max_page_limit)
+    return limit, query_str(request, "before"), query_str(request, "after")
+
+
+# ---------------------------------------------------------------------------- sessions
+
+
+@routes.post("/api/sessions")
+async def create_session(request: web.Request) -> web.Response:
+    """Create a session: 201 Session; 409 if the id exists."""
+    settings = request.app[SETTINGS]
+    body = await parse_body(request, SessionCreate)
+    check_title(body.title, settings)
+    check_metadata(body.metadata, settings, _meta_size(body.metadata))
+    doc = await request.app[REGISTRY].create_session(
+        body.id, owner=user_of(request), title=body.title, metadata=body.metadata
+    )
+    return json_response(doc, 201)
+
+
+@routes.get("/api/sessions")
+async def list_sessions(request: web.Request) -> web.Response:
+    """Sessions, most recently updated first: ``{items, next_cursor}``."""
+    limit = query_int(request, "limit", 25, 1, request.app[SETTINGS].max_page_limit)
+    items, nxt = await request.app[REGISTRY].list_sessions(
+        owner=user_of(request), limit=limit, cursor=query_str(request, "cursor")
+    )
+    return json_response({"items": items, "next_cursor": nxt})
+
+
+@routes.get("/api/sessions/{sid}")
+async def get_session(request: web.Request) -> web.Response:
+    """``{session, messages, before}``: the newest page of the active branch."""
+    limit = query_int(request, "limit", 25, 1, request.app[SETTINGS].max_page_limit)
+    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
+        f = actor.file
+        with f.snapshot():
+            session = f.read_session()
+            page = f.page(view="active", limit=limit)
+    return json_response({"session": session, "messages": page.items, "before": page.before})
+
+
+@routes.patch("/api/sessions/{sid}")
+async def patch_session(request: web.Request) -> web.Response:
+    """Change title, metadata or the active branch: 200 Session."""
+    settings = request.app[SETTINGS]
+    data, _ = await _read(request)
+    body = SessionPatch.model_validate(data)
+    if not data:
+        raise ApiError(
+            400, "invalid_input", "nothing to change: give title, metadata or active_leaf_id"
+        )
+    check_title(body.title, settings)
+    check_metadata(body.metadata, settings, _meta_size(body.metadata))
+    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
+        doc = await actor.submit(
+            op_update_session(
+                title=body.title,
+                set_title="title" in data,
+                metadata=body.metadata,
+                active_leaf_id=body.active_leaf_id,
+            )
+        )
+    return json_response(doc)
+
+
+@routes.delete("/api/sessions/{sid}")
+async def delete_session(request: web.Request) -> web.Response:
+    """Delete a session with its files: 204."""
+    await request.app[REGISTRY].delete_session(request.match_info["sid"], user_of(request))
+    return web.Response(status=204)
+
+
+# ---------------------------------------------------------------------------- messages
+
+
+@routes.get("/api/sessions/{sid}/messages")
+async def list_messages(request: web.Request) -> web.Response:
+    """A page of messages: ``{items, before, after}``, items oldest first."""
+    limit, before, after = _page_params(request)
+    view = query_choice(request, "view", ("active", "all"))
+    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
+        page = actor.file.page(view=view, limit=limit, before=before, after=after)
+    return json_response({"items": page.items, "before": page.before, "after": page.after})
+
+
+def draft_from(body: MessageCreate, request: web.Request) -> MessageDraft:
+    """Check a MessageCreate against the limits and make a storage draft."""
+    settings = request.app[SETTINGS]
+    has_payload = bool(body.parts) or body.tool_call is not None or body.tool_result is not None
+    check_content(body.content, settings, allow_empty=has_payload)
+    check_metadata(body.metadata, settings, _meta_size(body.metadata))
+    check_parts(body.parts, settings)
+    if body.attachments:
+        raise ApiError(
+            400, "invalid_input", "unknown attachment id", {"attachments": body.attachments}
+        )
+    return MessageDraft(
+        role=body.role,
+        content=body.content,
+        parts=None if body.parts is None else [p.model_dump(mode="json") for p in body.parts],
+        client_id=body.client_id,
+        parent_id=body.parent_id,
+        tool_name=body.tool_name,
+        tool_call=body.tool_call,
+        tool_result=body.tool_result,
+        attachments=None,
+        metadata=body.metadata,
+        request_hash=request_hash(body),
+    )
+
+
+@routes.post("/api/sessions/{sid}/messages")
+async def append_message(request: web.Request) -> web.Response:
+    """Append a message: 201, or 200 with the stored one for a repeated client_id."""
+    body = await parse_body(request, MessageCreate)
+    draft = draft_from(body, request)
+    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
+        msg, created = await actor.submit(op_append(draft))
+    return json_response(msg, 201 if created else 200, {"ETag": f'"{msg["version"]}"'})
+
+
+@routes.get("/api/sessions/{sid}/messages/{mid}")
+async def get_message(request: web.Request) -> web.Response:
+    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
+        msg = actor.file.read_message(request.match_info["mid"])
+    return json_response(msg, headers={"ETag": f'"{msg["version"]}"'})
+
+
+def _if_match(request: web.Request) -> int | None:
+    raw = request.headers.get("If-Match")
+    if raw is None:
+        return None
+    text = raw.strip()
+    if text.startswith("W/"):
+        text = text[2:]
+    text = text.strip('"')
+    if not text.isdigit() or len(text) > 18:
+        raise ApiError(400, "invalid_input", f"If-Match must be a message version, got {raw!r}")
+    return int(text)
+
+
+async def _read(request: web.Request) -> tuple[dict[str, Any], bytes]:
+    from server.http import read_json
+
+    return await read_json(request)
+
+
+@routes.patch("/api/sessions/{sid}/messages/{mid}")
+async def patch_message(request: web.Request) -> web.Response:
+    """Edit content, parts or metadata in place: 200; a stale If-Match: 412."""
+    settings = request.app[SETTINGS]
+    data, _ = await _read(request)
+    body = MessagePatch.model_validate(data)
+    changes: dict[str, Any] = {}
+    if body.content is not None:
+        check_content(body.content, settings, allow_empty=False)
+        changes["content"] = body.content
+    if "parts" in data:
+        check_parts(body.parts, settings)
+        changes["parts"] = (
+            None if body.parts is None else [p.model_dump(mode="json") for p in body.parts]
+        )
+    if body.metadata is not None:
+        check_metadata(body.metadata, settings, _meta_size(body.metadata))
+        changes["metadata"] = body.metadata
+    if not changes:
+        raise ApiError(400, "invalid_input", "nothing to change: give content, parts or metadata")
+    if_match = _if_match(request)
+    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
+        msg = await actor.submit(
+            op_update_message(request.match_info["mid"], changes, if_match=if_match)
+        )
+    return json_response(msg, headers={"ETag": f'"{msg["version"]}"'})
+
+
+@routes.delete("/api/sessions/{sid}/messages/{mid}")
+async def delete_message(request: web.Request) -> web.Response:
+    """Replace a message with a tombstone: 204."""
+    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
+        await actor.submit(op_delete_message(request.match_info["mid"]))
+    return web.Response(status=204)

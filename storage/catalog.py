@@ -1,0 +1,104 @@
+"""The catalog: one row per session, for listing sessions and finding owners.
+
+Each session's own file is the source of truth; the catalog mirrors its
+Session document (``doc``) so the list route never opens session files. It is
+written in batches (:meth:`Catalog.upsert_many`) with ``synchronous=NORMAL``:
+in WAL mode that survives a process crash, and anything lost to a power cut
+is re-mirrored when the session next activates.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+
+from storage.cursors import decode_pair, encode_pair
+from storage.layout import DataDir, connect
+from storage.schema import CATALOG_MIGRATIONS, migrate
+
+
+class Catalog:
+    """The catalog database of a data dir. Methods are synchronous; the owner
+    serializes writes. ``close()`` is idempotent."""
+
+    def __init__(self, datadir: DataDir) -> None:
+        datadir.ensure()
+        self._conn: sqlite3.Connection | None = connect(datadir.catalog_path, synchronous="NORMAL")
+        migrate(self._conn, CATALOG_MIGRATIONS, what="catalog")
+        self._reader: sqlite3.Connection | None = connect(datadir.catalog_path, readonly=True)
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("catalog is closed")
+        return self._conn
+
+    def close(self) -> None:
+        for c in (self._reader, self._conn):
+            if c is not None:
+                c.close()
+        self._conn = self._reader = None
+
+    def upsert_many(self, docs: Iterable[tuple[str, dict[str, Any]]]) -> None:
+        """Insert or replace the mirrored Session documents ``(owner, doc)``."""
+        rows = [(d["id"], owner, d["updated_at"], orjson.dumps(d).decode()) for owner, d in docs]
+        if not rows:
+            return
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.executemany(
+                "INSERT INTO sessions (id, owner, updated_at, doc) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at, "
+                "doc = excluded.doc",
+                rows,
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    def insert_durable(self, owner: str, doc: dict[str, Any]) -> None:
+        """Insert one session's row and fsync (used when a session is created)."""
+        self.conn.execute("PRAGMA synchronous=FULL")
+        try:
+            self.upsert_many([(owner, doc)])
+        finally:
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+
+    def delete(self, sid: str) -> None:
+        self.conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+
+    def owner_of(self, sid: str) -> str | None:
+        row = self.conn.execute("SELECT owner FROM sessions WHERE id = ?", (sid,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def list(
+        self, *, owner: str, limit: int, cursor: str | None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """Sessions of ``owner``, most recently updated first; (items, next_cursor)."""
+        assert self._reader is not None
+        if cursor is None:
+            rows = self._reader.execute(
+                "SELECT id, updated_at, doc FROM sessions WHERE owner = ? "
+                "ORDER BY updated_at DESC, id DESC LIMIT ?",
+                (owner, limit + 1),
+            ).fetchall()
+        else:
+            ts, ident = decode_pair("u", cursor)
+            rows = self._reader.execute(
+                "SELECT id, updated_at, doc FROM sessions WHERE owner = ? "
+                "AND (updated_at, id) < (?, ?) ORDER BY updated_at DESC, id DESC LIMIT ?",
+                (owner, ts, ident, limit + 1),
+            ).fetchall()
+        more = len(rows) > limit
+        rows = rows[:limit]
+        items = [orjson.loads(r[2]) for r in rows]
+        nxt = encode_pair("u", rows[-1][1], rows[-1][0]) if more and rows else None
+        return items, nxt
+
+    def count(self) -> int:
+        return int(self.conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0])

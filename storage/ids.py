@@ -1,0 +1,64 @@
+"""Identifiers, timestamps and session-id validation: pure functions."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from datetime import UTC, datetime
+
+from storage.errors import InvalidInput
+
+SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+_last_ms = 0
+_seq_in_ms = 0
+
+
+def validate_session_id(sid: str) -> str:
+    """Return ``sid`` if it is a legal session id, else raise :class:`InvalidInput`.
+
+    Legal ids match ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}`` and are not made only of
+    dots and dashes after the first character in a way that could name a parent
+    directory: since the first character is alphanumeric, ``.`` and ``..`` can
+    never match, so a valid id is always a safe single path component.
+    """
+    if not isinstance(sid, str) or SESSION_ID_RE.fullmatch(sid) is None:
+        raise InvalidInput(
+            "session id must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}",
+            details={"id": sid if isinstance(sid, str) and len(sid) <= 200 else None},
+        )
+    return sid
+
+
+def uuid7() -> str:
+    """A UUIDv7 string: 48-bit unix milliseconds, then a counter and random bits.
+
+    Ids made by one process are strictly increasing, even within one millisecond.
+    """
+    global _last_ms, _seq_in_ms
+    ms = time.time_ns() // 1_000_000
+    if ms <= _last_ms:
+        _seq_in_ms += 1
+        if _seq_in_ms > 0xFFF:
+            _last_ms += 1
+            _seq_in_ms = 0
+        ms = _last_ms
+    else:
+        _last_ms = ms
+        _seq_in_ms = 0
+    rand = int.from_bytes(os.urandom(8), "big") & 0x3FFF_FFFF_FFFF_FFFF
+    value = (ms << 80) | (0x7 << 76) | (_seq_in_ms << 64) | (0b10 << 62) | rand
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def now_iso() -> str:
+    """The current time as an RFC 3339 UTC string with milliseconds."""
+    return format_ts(time.time())
+
+
+def format_ts(t: float) -> str:
+    """``t`` (unix seconds) as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    dt = datetime.fromtimestamp(t, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"

@@ -1,0 +1,108 @@
+"""Where things live in a data dir, and connection set-up.
+
+::
+
+    DATA_DIR/
+      catalog.db                      one row per session (for listing)
+      sessions/<h>/<sid>/session.db   the session's own SQLite file (WAL)
+      sessions/<h>/<sid>/attachments/ its attachments
+      trash/                          sessions being deleted
+
+``<h>`` is two hex digits of a hash of the id, so no directory holds more than
+a few hundred thousand entries. A session id becomes a path only through
+:meth:`DataDir.session_dir`, which validates it first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import resource
+import sqlite3
+from pathlib import Path
+
+from storage.ids import validate_session_id
+
+SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+
+
+class DataDir:
+    """Path arithmetic for one data dir; creates the top-level folders."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).resolve()
+        self.sessions_root = self.root / "sessions"
+        self.trash = self.root / "trash"
+        self.catalog_path = self.root / "catalog.db"
+
+    def ensure(self) -> None:
+        """Create the data dir and its folders if missing."""
+        for p in (self.root, self.sessions_root, self.trash):
+            p.mkdir(parents=True, exist_ok=True)
+
+    def session_dir(self, sid: str) -> Path:
+        """The folder of session ``sid``; raises ``InvalidInput`` for a bad id."""
+        validate_session_id(sid)
+        shard = hashlib.blake2b(sid.encode(), digest_size=1).hexdigest()
+        return self.sessions_root / shard / sid
+
+    def session_db(self, sid: str) -> Path:
+        """The SQLite file of session ``sid``."""
+        return self.session_dir(sid) / "session.db"
+
+
+def connect(
+    path: str | os.PathLike[str],
+    *,
+    synchronous: str = "FULL",
+    readonly: bool = False,
+    cache_kib: int = 2048,
+) -> sqlite3.Connection:
+    """Open ``path`` in autocommit mode with Roost's pragmas.
+
+    The connection may be used from any thread, but never from two at once:
+    its owner serializes use. Writers get WAL and the given ``synchronous``
+    level; read-only connections open the file with ``mode=ro``.
+    """
+    if synchronous not in SYNCHRONOUS_LEVELS:
+        raise ValueError(f"synchronous must be one of {SYNCHRONOUS_LEVELS}, got {synchronous!r}")
+    if readonly:
+        uri = Path(path).resolve().as_uri() + "?mode=ro"
+        conn = sqlite3.connect(
+            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5.0
+        )
+    else:
+        conn = sqlite3.connect(
+            os.fspath(path), isolation_level=None, check_same_thread=False, timeout=5.0
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+    return conn
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or create inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def raise_nofile_limit() -> tuple[int, int]:
+    """Raise the soft open-files limit to the hard limit; return (soft, hard).
+
+    Each live session holds a writer and a reader on a WAL database, about
+    five descriptors, so the default soft limit of 1024 caps a server at a
+    couple of hundred live sessions.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft, hard

@@ -1,0 +1,112 @@
+"""Schemas of the catalog and of a session file, versioned by ``PRAGMA user_version``.
+
+Each list holds forward migrations; migration ``i`` takes a database from
+version ``i`` to ``i + 1``. :func:`migrate` runs the missing ones on open, each in
+its own transaction, and refuses a file from a newer Roost.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from storage.errors import Unavailable
+
+SESSION_MIGRATIONS: list[str] = [
+    # v1
+    """
+    CREATE TABLE session (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL DEFAULT '',
+        title TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        message_count INTEGER NOT NULL DEFAULT 0,
+        last_message_at TEXT,
+        active_leaf_seq INTEGER,
+        active_leaf_id TEXT,
+        root_count INTEGER NOT NULL DEFAULT 0,
+        event_seq INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE messages (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        parent_seq INTEGER REFERENCES messages(seq),
+        parent_id TEXT,
+        depth INTEGER NOT NULL,
+        sibling_index INTEGER NOT NULL,
+        child_count INTEGER NOT NULL DEFAULT 0,
+        role TEXT NOT NULL,
+        content TEXT NOT NULL,
+        parts TEXT,
+        status TEXT NOT NULL,
+        client_id TEXT UNIQUE,
+        request_hash TEXT,
+        model_id TEXT,
+        provider_id TEXT,
+        fallback_notice TEXT,
+        tool_name TEXT,
+        tool_call TEXT,
+        tool_result TEXT,
+        attachments TEXT,
+        metadata TEXT NOT NULL DEFAULT '{}',
+        error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        version INTEGER NOT NULL DEFAULT 1,
+        deleted_at TEXT
+    );
+    CREATE INDEX messages_by_parent ON messages(parent_seq, seq);
+    CREATE INDEX messages_unfinished ON messages(status)
+        WHERE status IN ('pending', 'streaming');
+    CREATE TABLE active_path (
+        depth INTEGER PRIMARY KEY,
+        seq INTEGER NOT NULL REFERENCES messages(seq)
+    );
+    CREATE TABLE events (
+        seq INTEGER PRIMARY KEY,
+        type TEXT NOT NULL,
+        frame BLOB NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    """,
+]
+
+CATALOG_MIGRATIONS: list[str] = [
+    # v1
+    """
+    CREATE TABLE sessions (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL DEFAULT '',
+        updated_at TEXT NOT NULL,
+        doc TEXT NOT NULL
+    );
+    CREATE INDEX sessions_recent ON sessions(owner, updated_at DESC, id DESC);
+    """,
+]
+
+
+def migrate(conn: sqlite3.Connection, migrations: list[str], *, what: str) -> int:
+    """Bring ``conn`` (autocommit mode) to the newest schema; return that version.
+
+    Raises :class:`Unavailable` when the file was written by a newer Roost.
+    """
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    target = len(migrations)
+    if version > target:
+        raise Unavailable(
+            f"{what} has schema version {version}; this Roost knows up to {target}",
+            details={"schema_version": version},
+        )
+    for i in range(version, target):
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for stmt in migrations[i].split(";"):
+                if stmt.strip():
+                    conn.execute(stmt)
+            conn.execute(f"PRAGMA user_version = {i + 1}")
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    return target

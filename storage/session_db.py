@@ -1,0 +1,892 @@
+"""One session's SQLite file: schema, reads, and the mutations of the write path.
+
+A :class:`SessionFile` holds two connections: the writer, used only by its
+owner (the session actor) one batch at a time, and a reader for committed
+state (WAL: readers never wait for the writer). All methods are synchronous;
+the caller decides which thread runs them.
+
+Mutations are functions ``op(txn) -> result`` run by :meth:`SessionFile.run_batch`
+inside one ``BEGIN IMMEDIATE`` transaction, each op in its own savepoint so that
+a failing op leaves no trace while the others commit together (group commit).
+Every change records an event row with the next per-session event ``seq`` in
+the same transaction; the encoded events are handed back only once COMMIT has
+returned, so the caller can publish them (output gate).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sqlite3
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+
+from storage.cursors import decode_int, encode_int
+from storage.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PreconditionFailed,
+    StorageError,
+    StorageFull,
+    Unavailable,
+)
+from storage.ids import uuid7
+from storage.layout import DataDir, connect, fsync_dir
+from storage.schema import SESSION_MIGRATIONS, migrate
+
+T = TypeVar("T")
+
+ROLES = ("user", "assistant", "system", "tool")
+STATUSES = ("pending", "streaming", "complete", "error", "cancelled", "interrupted")
+UNFINISHED = ("pending", "streaming")
+
+_MSG_COLS = (
+    "seq, id, parent_seq, parent_id, depth, sibling_index, child_count, role, content, parts, "
+    "status, client_id, request_hash, model_id, provider_id, fallback_notice, tool_name, "
+    "tool_call, tool_result, attachments, metadata, error, created_at, updated_at, version, "
+    "deleted_at"
+)
+_SESSION_COLS = (
+    "id, owner, title, metadata, created_at, updated_at, message_count, last_message_at, "
+    "active_leaf_seq, active_leaf_id, root_count, event_seq"
+)
+
+
+def dumps(value: Any) -> str:
+    """JSON text for a column."""
+    return orjson.dumps(value).decode()
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else orjson.loads(text)
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    """A committed change, encoded once as a JSON frame ``{"type", "seq", ...}``."""
+
+    seq: int
+    type: str
+    frame: bytes
+
+
+@dataclass(slots=True)
+class MessageDraft:
+    """What a caller asks to append. Validation of shapes happens before this."""
+
+    role: str
+    content: str
+    parts: list[Any] | None = None
+    client_id: str | None = None
+    parent_id: str | None = None
+    tool_name: str | None = None
+    tool_call: Any = None
+    tool_result: Any = None
+    attachments: list[Any] | None = None
+    metadata: dict[str, Any] | None = None
+    status: str = "complete"
+    model_id: str | None = None
+    provider_id: str | None = None
+    request_hash: str | None = None
+    explicit_parent: bool = field(default=False)
+
+
+def message_doc(row: sqlite3.Row | tuple[Any, ...], session_id: str) -> dict[str, Any]:
+    """The API shape of a ``messages`` row selected with ``_MSG_COLS``."""
+    (
+        seq,
+        mid,
+        _pseq,
+        parent_id,
+        _depth,
+        _sib,
+        _cc,
+        role,
+        content,
+        parts,
+        status,
+        client_id,
+        _rh,
+        model_id,
+        provider_id,
+        fallback_notice,
+        tool_name,
+        tool_call,
+        tool_result,
+        attachments,
+        metadata,
+        error,
+        created_at,
+        updated_at,
+        version,
+        deleted_at,
+    ) = row
+    return {
+        "id": mid,
+        "session_id": session_id,
+        "seq": seq,
+        "role": role,
+        "content": content,
+        "parts": _loads(parts),
+        "status": status,
+        "parent_id": parent_id,
+        "client_id": client_id,
+        "model_id": model_id,
+        "provider_id": provider_id,
+        "fallback_notice": fallback_notice,
+        "tool_name": tool_name,
+        "tool_call": _loads(tool_call),
+        "tool_result": _loads(tool_result),
+        "attachments": _loads(attachments) or [],
+        "metadata": _loads(metadata) or {},
+        "error": _loads(error),
+        "created_at": created_at,
+        "updated_at": updated_at,
+        "version": version,
+        "deleted": deleted_at is not None,
+    }
+
+
+def session_doc(row: tuple[Any, ...]) -> dict[str, Any]:
+    """The API shape of a ``session`` row selected with ``_SESSION_COLS``."""
+    (
+        sid,
+        _owner,
+        title,
+        metadata,
+        created_at,
+        updated_at,
+        count,
+        last_at,
+        _leaf_seq,
+        leaf_id,
+        _roots,
+        _eseq,
+    ) = row
+    return {
+        "id": sid,
+        "title": title,
+        "metadata": _loads(metadata) or {},
+        "created_at": created_at,
+        "updated_at": updated_at,
+        "message_count": count,
+        "last_message_at": last_at,
+        "active_leaf_id": leaf_id,
+    }
+
+
+@dataclass(slots=True)
+class Page:
+    """One page of messages, oldest first, with cursors for its neighbours."""
+
+    items: list[dict[str, Any]]
+    before: str | None
+    after: str | None
+
+
+def _classify(exc: sqlite3.Error) -> StorageError:
+    """Map a SQLite failure to a storage error the HTTP layer can explain."""
+    text = str(exc).lower()
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "database or disk is full" in text:
+        return StorageFull("the disk is full: the change was not saved")
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        "malformed" in text or "not a database" in text or code == sqlite3.SQLITE_CORRUPT
+    ):
+        return Unavailable("the session file is damaged", details={"sqlite": str(exc)})
+    return Unavailable(f"the session file could not be used: {exc}")
+
+
+# --------------------------------------------------------------------------- creation
+
+
+def create_session_file(
+    datadir: DataDir,
+    sid: str,
+    *,
+    owner: str,
+    title: str | None,
+    metadata: dict[str, Any],
+    now: str,
+    synchronous: str = "FULL",
+) -> dict[str, Any]:
+    """Create session ``sid`` atomically and return its Session document.
+
+    The file is built in a temporary folder and renamed into place, so a crash
+    leaves either no session or a complete one. Raises :class:`Conflict` if the
+    session exists.
+    """
+    final = datadir.session_dir(sid)
+    if final.exists():
+        raise Conflict(f"session {sid!r} already exists", details={"id": sid})
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{sid}.{uuid.uuid4().hex}.tmp"
+    tmp.mkdir()
+    try:
+        conn = connect(tmp / "session.db", synchronous=synchronous)
+        try:
+            migrate(conn, SESSION_MIGRATIONS, what="session file")
+            conn.execute(
+                "INSERT INTO session (id, owner, title, metadata, created_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (sid, owner, title, dumps(metadata), now, now),
+            )
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            conn.close()
+        try:
+            os.rename(tmp, final)
+        except OSError as exc:
+            raise Conflict(f"session {sid!r} already exists", details={"id": sid}) from exc
+        fsync_dir(final.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {
+        "id": sid,
+        "title": title,
+        "metadata": metadata,
+        "created_at": now,
+        "updated_at": now,
+        "message_count": 0,
+        "last_message_at": None,
+        "active_leaf_id": None,
+    }
+
+
+def remove_session_files(datadir: DataDir, sid: str) -> bool:
+    """Remove session ``sid``'s folder; return whether it existed.
+
+    The folder is first renamed into ``trash/`` (atomic), so the session is gone
+    at once even if removing its files takes a while or is interrupted.
+    """
+    src = datadir.session_dir(sid)
+    dst = datadir.trash / f"{sid}.{uuid.uuid4().hex}"
+    try:
+        os.rename(src, dst)
+    except FileNotFoundError:
+        return False
+    fsync_dir(src.parent)
+    shutil.rmtree(dst, ignore_errors=True)
+    return True
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+class Txn:
+    """The view of one write transaction that mutation functions get."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, session_id: str, now: str, event_retention: int
+    ) -> None:
+        self.conn = conn
+        self.event_retention = event_retention
+        self.session_id = session_id
+        self.now = now
+        self.events: list[Event] = []
+        self.session_changed = False
+
+    # -- session row
+    def session(self) -> tuple[Any, ...]:
+        row = self.conn.execute(f"SELECT {_SESSION_COLS} FROM session").fetchone()
+        if row is None:
+            raise Unavailable("session file has no session row")
+        return tuple(row)
+
+    def session_doc(self) -> dict[str, Any]:
+        return session_doc(self.session())
+
+    def emit(self, type_: str, payload: dict[str, Any]) -> Event:
+        """Record an event with the next seq; it is published only after COMMIT."""
+        cur = self.conn.execute(
+            "UPDATE session SET event_seq = event_seq + 1 RETURNING event_seq"
+        ).fetchone()
+        seq = int(cur[0])
+        frame = orjson.dumps({"type": type_, "seq": seq, **payload})
+        self.conn.execute(
+            "INSERT INTO events (seq, type, frame, created_at) VALUES (?, ?, ?, ?)",
+            (seq, type_, frame, self.now),
+        )
+        if seq % 256 == 0:
+            self.conn.execute("DELETE FROM events WHERE seq <= ?", (seq - self.event_retention,))
+        ev = Event(seq, type_, frame)
+        self.events.append(ev)
+        return ev
+
+    # -- messages
+    def message_row(self, mid: str) -> tuple[Any, ...]:
+        row = self.conn.execute(f"SELECT {_MSG_COLS} FROM messages WHERE id = ?", (mid,)).fetchone()
+        if row is None or row[25] is not None:
+            raise NotFound(f"message {mid!r} not found", details={"message_id": mid})
+        return tuple(row)
+
+    def message(self, mid: str) -> dict[str, Any]:
+        return message_doc(self.message_row(mid), self.session_id)
+
+    def message_by_seq(self, seq: int) -> dict[str, Any]:
+        row = self.conn.execute(
+            f"SELECT {_MSG_COLS} FROM messages WHERE seq = ?", (seq,)
+        ).fetchone()
+        return message_doc(row, self.session_id)
+
+    def set_active_leaf(self, leaf_seq: int | None) -> bool:
+        """Point the active path at ``leaf_seq``; return whether the leaf changed.
+
+        Only the part of the path that differs from the current one is
+        rewritten, so appending to the active branch costs two statements.
+        """
+        cur_leaf = self.conn.execute("SELECT active_leaf_seq FROM session").fetchone()[0]
+        if cur_leaf == leaf_seq:
+            return False
+        new_rows: list[tuple[int, int]] = []
+        node = leaf_seq
+        common_depth = -1
+        while node is not None:
+            parent, depth = self.conn.execute(
+                "SELECT parent_seq, depth FROM messages WHERE seq = ?", (node,)
+            ).fetchone()
+            on_path = self.conn.execute(
+                "SELECT seq FROM active_path WHERE depth = ?", (depth,)
+            ).fetchone()
+            if on_path is not None and on_path[0] == node:
+                common_depth = depth
+                break
+            new_rows.append((depth, node))
+            node = parent
+        self.conn.execute("DELETE FROM active_path WHERE depth > ?", (common_depth,))
+        self.conn.executemany("INSERT INTO active_path (depth, seq) VALUES (?, ?)", new_rows)
+        leaf_id = None
+        if leaf_seq is not None:
+            leaf_id = self.conn.execute(
+                "SELECT id FROM messages WHERE seq = ?", (leaf_seq,)
+            ).fetchone()[0]
+        self.conn.execute(
+            "UPDATE session SET active_leaf_seq = ?, active_leaf_id = ?", (leaf_seq, leaf_id)
+        )
+        self.session_changed = True
+        return True
+
+    def touch_session(self) -> None:
+        self.conn.execute("UPDATE session SET updated_at = ?", (self.now,))
+        self.session_changed = True
+
+
+# --------------------------------------------------------------------------- mutations
+
+
+def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool]]:
+    """Append a message; the result is ``(message, created)``.
+
+    With a ``client_id`` seen before, the stored message is returned with
+    ``created=False`` when the request hash matches, else :class:`Conflict`.
+    Without ``parent_id`` the parent is the active leaf. The new message
+    becomes the active leaf either way.
+    """
+
+    def run(txn: Txn) -> tuple[dict[str, Any], bool]:
+        conn = txn.conn
+        if draft.client_id is not None:
+            row = conn.execute(
+                f"SELECT {_MSG_COLS} FROM messages WHERE client_id = ?", (draft.client_id,)
+            ).fetchone()
+            if row is not None:
+                if row[12] != draft.request_hash:
+                    raise Conflict(
+                        "client_id was already used for a different message",
+                        details={"client_id": draft.client_id, "message_id": row[1]},
+                    )
+                return message_doc(row, txn.session_id), False
+        sess = txn.session()
+        if draft.parent_id is not None:
+            prow = conn.execute(
+                "SELECT seq, depth, child_count, deleted_at FROM messages WHERE id = ?",
+                (draft.parent_id,),
+            ).fetchone()
+            if prow is None or prow[3] is not None:
+                raise InvalidInput(
+                    "parent_id does not name a message of this session",
+                    details={"parent_id": draft.parent_id},
+                )
+            parent_seq, depth, sibling_index = prow[0], prow[1] + 1, prow[2]
+            parent_id: str | None = draft.parent_id
+        elif sess[8] is not None:
+            parent_seq, parent_id = sess[8], sess[9]
+            depth, sibling_index = conn.execute(
+                "SELECT depth + 1, child_count FROM messages WHERE seq = ?", (parent_seq,)
+            ).fetchone()
+        else:
+            parent_seq, parent_id, depth, sibling_index = None, None, 0, sess[10]
+        mid = uuid7()
+        cur = conn.execute(
+            "INSERT INTO messages (id, parent_seq, parent_id, depth, sibling_index, role, content, "
+            "parts, status, client_id, request_hash, model_id, provider_id, tool_name, tool_call, "
+            "tool_result, attachments, metadata, created_at, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                mid,
+                parent_seq,
+                parent_id,
+                depth,
+                sibling_index,
+                draft.role,
+                draft.content,
+                None if draft.parts is None else dumps(draft.parts),
+                draft.status,
+                draft.client_id,
+                draft.request_hash,
+                draft.model_id,
+                draft.provider_id,
+                draft.tool_name,
+                None if draft.tool_call is None else dumps(draft.tool_call),
+                None if draft.tool_result is None else dumps(draft.tool_result),
+                None if not draft.attachments else dumps(draft.attachments),
+                dumps(draft.metadata or {}),
+                txn.now,
+                txn.now,
+            ),
+        )
+        seq = int(cur.lastrowid or 0)
+        if parent_seq is None:
+            conn.execute("UPDATE session SET root_count = root_count + 1")
+        else:
+            conn.execute(
+                "UPDATE messages SET child_count = child_count + 1 WHERE seq = ?", (parent_seq,)
+            )
+        branched = parent_seq != sess[8]
+        txn.set_active_leaf(seq)
+        conn.execute(
+            "UPDATE session SET message_count = message_count + 1, last_message_at = ?, "
+            "updated_at = ?",
+            (txn.now, txn.now),
+        )
+        msg = txn.message_by_seq(seq)
+        txn.emit("message.created", {"message": msg})
+        if branched:
+            txn.emit("session.updated", {"session": txn.session_doc()})
+        return msg, True
+
+    return run
+
+
+def op_update_message(
+    mid: str,
+    changes: dict[str, Any],
+    *,
+    if_match: int | None = None,
+) -> Callable[[Txn], dict[str, Any]]:
+    """Change some of a message's fields and bump its ``version``.
+
+    ``changes`` may hold ``content``, ``parts``, ``metadata``, ``status``,
+    ``error``, ``model_id``, ``provider_id``, ``fallback_notice``. A stale
+    ``if_match`` raises :class:`PreconditionFailed`.
+    """
+    json_cols = {"parts", "metadata", "error"}
+    allowed = {"content", "status", "model_id", "provider_id", "fallback_notice"} | json_cols
+
+    def run(txn: Txn) -> dict[str, Any]:
+        row = txn.message_row(mid)
+        if if_match is not None and row[24] != if_match:
+            raise PreconditionFailed(
+                "the message changed since that version",
+                details={"current_version": row[24], "if_match": if_match},
+            )
+        sets, args = [], []
+        for key, value in changes.items():
+            if key not in allowed:
+                raise InvalidInput(f"field {key!r} cannot be changed")
+            sets.append(f"{key} = ?")
+            args.append(dumps(value) if key in json_cols and value is not None else value)
+        sets += ["version = version + 1", "updated_at = ?"]
+        args += [txn.now, mid]
+        txn.conn.execute(f"UPDATE messages SET {', '.join(sets)} WHERE id = ?", args)
+        txn.touch_session()
+        msg = txn.message(mid)
+        txn.emit("message.updated", {"message": msg})
+        return msg
+
+    return run
+
+
+def op_delete_message(mid: str) -> Callable[[Txn], None]:
+    """Replace a message with a tombstone that keeps the tree whole.
+
+    Its content and data are erased; it disappears from listings and reads.
+    If it was the active leaf, the leaf moves to its nearest live ancestor.
+    """
+
+    def run(txn: Txn) -> None:
+        row = txn.message_row(mid)
+        seq = row[0]
+        txn.conn.execute(
+            "UPDATE messages SET content = '', parts = NULL, tool_call = NULL, "
+            "tool_result = NULL, attachments = NULL, metadata = '{}', error = NULL, "
+            "deleted_at = ?, updated_at = ?, version = version + 1 WHERE seq = ?",
+            (txn.now, txn.now, seq),
+        )
+        txn.conn.execute(
+            "UPDATE session SET message_count = message_count - 1, updated_at = ?", (txn.now,)
+        )
+        txn.session_changed = True
+        leaf = txn.conn.execute("SELECT active_leaf_seq FROM session").fetchone()[0]
+        if leaf == seq:
+            node = row[2]
+            while node is not None:
+                parent, deleted = txn.conn.execute(
+                    "SELECT parent_seq, deleted_at FROM messages WHERE seq = ?", (node,)
+                ).fetchone()
+                if deleted is None:
+                    break
+                node = parent
+            txn.set_active_leaf(node)
+        txn.emit("message.deleted", {"message_id": mid})
+        if leaf == seq:
+            txn.emit("session.updated", {"session": txn.session_doc()})
+
+    return run
+
+
+def op_update_session(
+    *,
+    title: str | None = None,
+    set_title: bool = False,
+    metadata: dict[str, Any] | None = None,
+    active_leaf_id: str | None = None,
+) -> Callable[[Txn], dict[str, Any]]:
+    """Change a session's title, metadata or active branch; return the Session.
+
+    ``active_leaf_id`` may name any live message: the path then follows the
+    most recent live children below it down to a leaf, so naming a sibling
+    switches to that branch as it was last left.
+    """
+
+    def run(txn: Txn) -> dict[str, Any]:
+        if set_title:
+            txn.conn.execute("UPDATE session SET title = ?", (title,))
+        if metadata is not None:
+            txn.conn.execute("UPDATE session SET metadata = ?", (dumps(metadata),))
+        if active_leaf_id is not None:
+            row = txn.conn.execute(
+                "SELECT seq, deleted_at FROM messages WHERE id = ?", (active_leaf_id,)
+            ).fetchone()
+            if row is None or row[1] is not None:
+                raise InvalidInput(
+                    "active_leaf_id does not name a message of this session",
+                    details={"active_leaf_id": active_leaf_id},
+                )
+            node = row[0]
+            while True:
+                child = txn.conn.execute(
+                    "SELECT seq FROM messages WHERE parent_seq = ? AND deleted_at IS NULL "
+                    "ORDER BY seq DESC LIMIT 1",
+                    (node,),
+                ).fetchone()
+                if child is None:
+                    break
+                node = child[0]
+            txn.set_active_leaf(node)
+        txn.touch_session()
+        doc = txn.session_doc()
+        txn.emit("session.updated", {"session": doc})
+        return doc
+
+    return run
+
+
+# --------------------------------------------------------------------------- the file
+
+
+class SessionFile:
+    """An open session database: a writer connection and a reader connection.
+
+    Not thread-safe by itself: the owner must not run two write batches at
+    once, nor two reads at once from different threads. ``close()`` is
+    idempotent.
+    """
+
+    def __init__(
+        self,
+        datadir: DataDir,
+        sid: str,
+        *,
+        synchronous: str = "FULL",
+        event_retention: int = 10_000,
+    ) -> None:
+        """Open session ``sid``; raise :class:`NotFound` if it does not exist.
+
+        Runs pending migrations. Raises :class:`Unavailable` if the file is
+        damaged or from a newer Roost.
+        """
+        self.sid = sid
+        self.event_retention = event_retention
+        self.path: Path = datadir.session_db(sid)
+        if not self.path.exists():
+            raise NotFound(f"session {sid!r} not found", details={"session_id": sid})
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._snapshot_depth = 0
+        try:
+            self._writer = connect(self.path, synchronous=synchronous)
+            migrate(self._writer, SESSION_MIGRATIONS, what="session file")
+            row = self._writer.execute(f"SELECT {_SESSION_COLS} FROM session").fetchone()
+            if row is None:
+                raise Unavailable("session file has no session row")
+            self.owner: str = row[1]
+            self._reader = connect(self.path, synchronous=synchronous, cache_kib=1024)
+        except sqlite3.Error as exc:
+            self.close()
+            raise _classify(exc) from exc
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def closed(self) -> bool:
+        return self._writer is None
+
+    def close(self) -> None:
+        """Close both connections. Safe to call twice."""
+        for conn in (self._reader, self._writer):
+            if conn is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+        self._reader = self._writer = None
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Make the reads inside the block see one committed state. Reentrant."""
+        if self._snapshot_depth == 0:
+            self.reader.execute("BEGIN")
+        self._snapshot_depth += 1
+        try:
+            yield
+        finally:
+            self._snapshot_depth -= 1
+            if self._snapshot_depth == 0 and self._reader is not None:
+                self._reader.execute("COMMIT")
+
+    @property
+    def reader(self) -> sqlite3.Connection:
+        if self._reader is None:
+            raise Unavailable(f"session {self.sid!r} is closed")
+        return self._reader
+
+    @property
+    def writer(self) -> sqlite3.Connection:
+        if self._writer is None:
+            raise Unavailable(f"session {self.sid!r} is closed")
+        return self._writer
+
+    # -- the write path
+
+    def run_batch(
+        self, ops: Sequence[Callable[[Txn], Any]], now: str
+    ) -> tuple[list[Any], list[Event], dict[str, Any] | None]:
+        """Run ``ops`` in one transaction; return (results, events, session or None).
+
+        Each op runs in a savepoint: one that raises (a :class:`StorageError`
+        or a bug) is rolled back alone and its slot in ``results`` holds the
+        exception. A SQLite failure, including at COMMIT, rolls everything
+        back and is raised as a :class:`StorageError`: the caller must
+        then treat the file's state as unknown and reopen it. The third item
+        is the session document when an op changed the session row.
+        """
+        conn = self.writer
+        txn = Txn(conn, self.sid, now, self.event_retention)
+        results: list[Any] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for op in ops:
+                    mark = len(txn.events)
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        results.append(op(txn))
+                    except sqlite3.Error:
+                        raise
+                    except Exception as exc:  # the op's own failure: undo it alone
+                        conn.execute("ROLLBACK TO op")
+                        del txn.events[mark:]
+                        results.append(exc)
+                    conn.execute("RELEASE op")
+                sess = txn.session_doc() if txn.session_changed or txn.events else None
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise _classify(exc) from exc
+        return results, txn.events, sess
+
+    def recover_unfinished(self, now: str) -> list[Event]:
+        """Mark replies left ``pending``/``streaming`` by a crash as ``interrupted``.
+
+        Only the owner calls this, on activation, when no reply of this
+        session can be running. Text streamed so far is kept.
+        """
+
+        def op(txn: Txn) -> None:
+            rows = txn.conn.execute(
+                "SELECT id FROM messages WHERE status IN ('pending', 'streaming')"
+            ).fetchall()
+            for (mid,) in rows:
+                op_update_message(mid, {"status": "interrupted"})(txn)
+
+        _, events, _ = self.run_batch([op], now)
+        return events
+
+    # -- reads (committed state)
+
+    def read_session(self) -> dict[str, Any]:
+        row = self.reader.execute(f"SELECT {_SESSION_COLS} FROM session").fetchone()
+        return session_doc(row)
+
+    def event_seq(self) -> int:
+        return int(self.reader.execute("SELECT event_seq FROM session").fetchone()[0])
+
+    def read_message(self, mid: str) -> dict[str, Any]:
+        row = self.reader.execute(
+            f"SELECT {_MSG_COLS} FROM messages WHERE id = ?", (mid,)
+        ).fetchone()
+        if row is None or row[25] is not None:
+            raise NotFound(f"message {mid!r} not found", details={"message_id": mid})
+        return message_doc(row, self.sid)
+
+    def page(
+        self,
+        *,
+        view: str = "active",
+        limit: int = 25,
+        before: str | None = None,
+        after: str | None = None,
+    ) -> Page:
+        """A page of live messages, oldest first.
+
+        ``view="all"`` walks the log by ``seq``; ``view="active"`` walks the
+        path from the root to the active leaf by depth, and each item carries
+        ``siblings: {index, count}``. Both are keyset scans on a primary key,
+        so a page costs the same at any depth. Without a cursor the page is
+        the newest one. ``before``/``after`` in the result are null when there
+        is nothing older/newer.
+        """
+        if before is not None and after is not None:
+            raise InvalidInput("give either before or after, not both")
+        if view == "all":
+            kind, key = "s", "m.seq"
+            src = f"SELECT {_prefixed('m')}, NULL, NULL FROM messages m WHERE m.deleted_at IS NULL"
+        elif view == "active":
+            kind, key = "d", "ap.depth"
+            src = (
+                f"SELECT {_prefixed('m')}, ap.depth, "
+                "CASE WHEN m.parent_seq IS NULL THEN (SELECT root_count FROM session) "
+                "ELSE p.child_count END "
+                "FROM active_path ap JOIN messages m ON m.seq = ap.seq "
+                "LEFT JOIN messages p ON p.seq = m.parent_seq WHERE m.deleted_at IS NULL"
+            )
+        else:
+            raise InvalidInput("view must be 'active' or 'all'", details={"view": view})
+        with self.snapshot():
+            return self._page(view, kind, key, src, limit, before, after)
+
+    def _page(
+        self,
+        view: str,
+        kind: str,
+        key: str,
+        src: str,
+        limit: int,
+        before: str | None,
+        after: str | None,
+    ) -> Page:
+        conn = self.reader
+        if after is not None:
+            pos = decode_int(kind, after)
+            rows = conn.execute(
+                f"{src} AND {key} > ? ORDER BY {key} ASC LIMIT ?", (pos, limit + 1)
+            ).fetchall()
+            newer = len(rows) > limit
+            rows = rows[:limit]
+        else:
+            pos = decode_int(kind, before) if before is not None else None
+            cond = f" AND {key} < ?" if pos is not None else ""
+            args: tuple[Any, ...] = (pos, limit + 1) if pos is not None else (limit + 1,)
+            rows = conn.execute(f"{src}{cond} ORDER BY {key} DESC LIMIT ?", args).fetchall()
+            older = len(rows) > limit
+            rows = rows[:limit][::-1]
+        items = []
+        for row in rows:
+            doc = message_doc(row[:26], self.sid)
+            if view == "active":
+                doc["siblings"] = {"index": row[5], "count": row[27]}
+            items.append(doc)
+        if not items:
+            return Page([], None, None)
+        first = items[0]["seq"] if view == "all" else rows[0][26]
+        last = items[-1]["seq"] if view == "all" else rows[-1][26]
+        if after is not None:
+            older = self._exists(src, key, "<", first)
+        else:
+            newer = before is not None and self._exists(src, key, ">", last)
+        return Page(
+            items,
+            encode_int(kind, first) if older else None,
+            encode_int(kind, last) if newer else None,
+        )
+
+    def _exists(self, src: str, key: str, op: str, pos: int) -> bool:
+        return (
+            self.reader.execute(
+                f"SELECT 1 FROM ({src} AND {key} {op} ?) LIMIT 1", (pos,)
+            ).fetchone()
+            is not None
+        )
+
+    def events_since(self, since: int, limit: int = 1000) -> list[Event] | None:
+        """Committed events with ``seq > since``, oldest first, at most ``limit``.
+
+        Returns None when events after ``since`` were already pruned, so the
+        client must refetch instead of replaying (``resync``).
+        """
+        with self.snapshot():
+            return self._events_since(since, limit)
+
+    def _events_since(self, since: int, limit: int) -> list[Event] | None:
+        conn = self.reader
+        current = conn.execute("SELECT event_seq FROM session").fetchone()[0]
+        if since > current:
+            return None
+        if since < current:
+            first = conn.execute("SELECT MIN(seq) FROM events").fetchone()[0]
+            if first is None or first > since + 1:
+                return None
+        rows = conn.execute(
+            "SELECT seq, type, frame FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
+            (since, limit),
+        ).fetchall()
+        return [Event(r[0], r[1], bytes(r[2])) for r in rows]
+
+    def iter_all_messages(self, batch: int = 500) -> Iterator[dict[str, Any]]:
+        """Every message row (tombstones too), in log order, read in batches."""
+        last = 0
+        while True:
+            rows = self.reader.execute(
+                f"SELECT {_MSG_COLS} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
+                (last, batch),
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield message_doc(row, self.sid)
+            last = rows[-1][0]
+
+
+def _prefixed(alias: str) -> str:
+    return ", ".join(f"{alias}.{c.strip()}" for c in _MSG_COLS.split(","))
