@@ -42,6 +42,7 @@ from storage.layout import DataDir, connect, fsync_dir
 from storage.schema import SESSION_MIGRATIONS, migrate
 
 T = TypeVar("T")
+_END = 2**62
 
 ROLES = ("user", "assistant", "system", "tool")
 STATUSES = ("pending", "streaming", "complete", "error", "cancelled", "interrupted")
@@ -815,10 +816,11 @@ class SessionFile:
             newer = len(rows) > limit
             rows = rows[:limit]
         else:
-            pos = decode_int(kind, before) if before is not None else None
-            cond = f" AND {key} < ?" if pos is not None else ""
-            args: tuple[Any, ...] = (pos, limit + 1) if pos is not None else (limit + 1,)
-            rows = conn.execute(f"{src}{cond} ORDER BY {key} DESC LIMIT ?", args).fetchall()
+            # no cursor: start past the end, so the newest page is a keyset search too
+            pos = decode_int(kind, before) if before is not None else _END
+            rows = conn.execute(
+                f"{src} AND {key} < ? ORDER BY {key} DESC LIMIT ?", (pos, limit + 1)
+            ).fetchall()
             older = len(rows) > limit
             rows = rows[:limit][::-1]
         items = []

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Run Roost's whole test suite from a fresh clone: makes .venv, installs the
+# project with its test extras, then runs pytest. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+if [[ ! -x .venv/bin/python ]]; then
+  echo "[test] creating .venv" >&2
+  "$PY" -m venv .venv
+fi
+echo "[test] installing roost with test extras" >&2
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+echo "[test] ruff" >&2
+.venv/bin/ruff check .
+.venv/bin/ruff format --check . >/dev/null || { .venv/bin/ruff format --diff . | head -50; exit 1; }
+echo "[test] pytest" >&2
+exec .venv/bin/python -m pytest "$@"
