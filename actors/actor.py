@@ -88,6 +88,7 @@ class SessionActor:
         topic: Topic,
         on_commit: Callable[[SessionActor, dict[str, Any]], None],
         on_closed: Callable[[SessionActor], None],
+        on_idle: Callable[[SessionActor], None] | None = None,
     ) -> None:
         self.sid = sid
         self.datadir = datadir
@@ -100,9 +101,12 @@ class SessionActor:
         self.commits = 0
         self.committed_ops = 0
         self.generations: dict[str, Generation] = {}
+        self.graceful = True
+        self.stream_lag_observer: Callable[[float], None] | None = None
         self._write_pool = write_pool
         self._on_commit = on_commit
         self._on_closed = on_closed
+        self._on_idle = on_idle or (lambda actor: None)
         self._file: SessionFile | None = None
         self._mailbox: deque[Envelope] = deque()
         self._wakeup = asyncio.Event()
@@ -178,11 +182,12 @@ class SessionActor:
                 return
         if self.state is State.CLOSED:
             return
-        self.state = State.CLOSING
         if self.generations:
+            # replies get their grace period while the actor still commits
             from actors.streams import stop_all
 
-            await stop_all(self)
+            await stop_all(self, grace=self.config.shutdown_grace if self.graceful else 0.0)
+        self.state = State.CLOSING
         self._wakeup.set()
         if self._task is not None:
             await self._task
@@ -277,7 +282,7 @@ class SessionActor:
         if self.generations:
             from actors.streams import stop_all
 
-            await stop_all(self, save=False)
+            await stop_all(self, grace=0.0)
         await self._finish_close()
 
     # ------------------------------------------------------------------ fan-out
@@ -285,6 +290,15 @@ class SessionActor:
     def _publish(self, events: list[Event]) -> None:
         for ev in events:
             self.topic.publish(Frame.of(ev))
+
+    def observe_stream_lag(self, seconds: float) -> None:
+        """Record how long streamed text waited between generation and commit."""
+        if self.stream_lag_observer is not None:
+            self.stream_lag_observer(seconds)
+
+    def on_generation_end(self) -> None:
+        self.last_used = time.monotonic()
+        self._on_idle(self)
 
     def publish_ephemeral(self, type_: str, data: bytes) -> None:
         """Send a frame with no durable seq (streaming deltas) to subscribers."""

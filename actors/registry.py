@@ -24,6 +24,7 @@ from typing import Any
 
 from actors.actor import ActorConfig, SessionActor, State
 from actors.pubsub import Frame, Topic
+from actors.responders import EchoResponder, Responder
 from storage.catalog import Catalog
 from storage.errors import NotFound
 from storage.ids import now_iso, uuid7, validate_session_id
@@ -59,6 +60,8 @@ class ActorRegistry:
         self.write_pool = ThreadPoolExecutor(write_threads, thread_name_prefix="roost-write")
         self.read_pool = ThreadPoolExecutor(read_threads, thread_name_prefix="roost-read")
         self.commit_hooks: list[Callable[[SessionActor, dict[str, Any]], None]] = []
+        self.responder: Responder = EchoResponder()
+        self.stream_lag_observer: Callable[[float], None] | None = None
         self._actors: OrderedDict[str, SessionActor] = OrderedDict()
         self._topics: dict[str, Topic] = {}
         self._deleting: set[str] = set()
@@ -166,7 +169,7 @@ class ActorRegistry:
             return actor
 
     def _new_actor(self, sid: str) -> SessionActor:
-        return SessionActor(
+        actor = SessionActor(
             sid,
             datadir=self.datadir,
             config=self.config,
@@ -174,7 +177,10 @@ class ActorRegistry:
             topic=self.topic(sid),
             on_commit=self._on_commit,
             on_closed=self._on_closed,
+            on_idle=lambda actor: self._room.set(),
         )
+        actor.stream_lag_observer = self.stream_lag_observer
+        return actor
 
     async def _make_room(self) -> None:
         """Return when one more actor fits under the cap (no await after that)."""
@@ -224,6 +230,10 @@ class ActorRegistry:
         if t is None:
             t = self._topics[sid] = Topic(sid, on_drop=self._count_drop)
         return t
+
+    def topics_alive(self) -> set[str] | dict[str, Topic]:
+        """Sessions whose topic still exists (a deleted session's is gone)."""
+        return self._topics
 
     def release_topic(self, sid: str) -> None:
         """Forget ``sid``'s topic if nothing uses it any more."""
@@ -280,6 +290,7 @@ class ActorRegistry:
             self._deleting.add(sid)
             final_seq = actor.file.event_seq() + 1
         try:
+            actor.graceful = False
             await actor.close()
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self.write_pool, remove_session_files, self.datadir, sid)

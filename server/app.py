@@ -5,12 +5,15 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 
+import aiohttp
 from aiohttp import web
 
 from actors.registry import ActorRegistry
+from actors.responders import EchoResponder, Responder
 from server.errors import error_middleware, error_response
 from server.http import REGISTRY, SETTINGS, json_response
 from server.settings import Settings
+from server.sse import OPEN_STREAMS
 from storage.layout import DataDir, raise_nofile_limit
 
 log = logging.getLogger("roost.server")
@@ -25,9 +28,28 @@ async def _not_found(request: web.Request) -> web.Response:
     return error_response(404, "not_found", f"no route for {request.method} {request.path}")
 
 
+def make_responder(settings: Settings, http: aiohttp.ClientSession) -> Responder:
+    """The responder the settings name."""
+    if settings.responder == "openai":
+        from server.openai import OpenAIResponder
+
+        return OpenAIResponder(
+            http,
+            base_url=settings.openai_base_url,
+            api_key=settings.openai_api_key,
+            model=settings.openai_model,
+            fallbacks=[m.strip() for m in settings.openai_fallback_models.split(",")],
+            timeout=settings.openai_timeout,
+        )
+    return EchoResponder(settings.echo_words_per_second)
+
+
 def make_app(settings: Settings) -> web.Application:
     """Build the application; resources open in ``cleanup_ctx`` when it starts."""
+    from server.routes_chat import routes as chat_routes
     from server.routes_core import routes as core_routes
+    from server.routes_realtime import OPEN_FEEDS, OPEN_SOCKETS, close_realtime
+    from server.routes_realtime import routes as realtime_routes
 
     app = web.Application(
         middlewares=[error_middleware],
@@ -44,12 +66,21 @@ def make_app(settings: Settings) -> web.Application:
         )
         await registry.start()
         app[REGISTRY] = registry
+        http = aiohttp.ClientSession()
+        registry.responder = make_responder(settings, http)
         try:
             yield
         finally:
             await registry.close()
+            await http.close()
 
+    app[OPEN_STREAMS] = set()
+    app[OPEN_SOCKETS] = set()
+    app[OPEN_FEEDS] = set()
     app.cleanup_ctx.append(registry_ctx)
+    app.on_shutdown.append(close_realtime)
     app.router.add_get("/healthz", healthz)
     app.router.add_routes(core_routes)
+    app.router.add_routes(chat_routes)
+    app.router.add_routes(realtime_routes)
     return app

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from actors import streams
 from server.errors import ApiError
 from server.http import (
     REGISTRY,
@@ -224,6 +225,8 @@ async def patch_message(request: web.Request) -> web.Response:
 @routes.delete("/api/sessions/{sid}/messages/{mid}")
 async def delete_message(request: web.Request) -> web.Response:
     """Replace a message with a tombstone: 204."""
+    mid = request.match_info["mid"]
     async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        await actor.submit(op_delete_message(request.match_info["mid"]))
+        await streams.cancel(actor, mid)
+        await actor.submit(op_delete_message(mid))
     return web.Response(status=204)

@@ -33,8 +33,29 @@ class Settings(BaseModel):
     subscriber_queue: int = Field(
         1024, ge=8, description="frames queued per subscriber before drop"
     )
+    allowed_origins: str = Field(
+        "", description="comma-separated browser origins allowed besides the server's own"
+    )
+    ws_heartbeat: float = Field(30.0, gt=0, description="seconds between WebSocket pings")
     insecure: bool = Field(False, description="allow a non-loopback bind without tokens")
     tokens_file: str | None = Field(None, description="JSON file mapping tokens to user ids")
+    # replies
+    responder: Literal["echo", "openai"] = Field("echo", description="who writes replies")
+    echo_words_per_second: float = Field(20.0, ge=0, description="echo pace (0 = no pauses)")
+    flush_interval: float = Field(
+        0.05, gt=0, le=0.1, description="seconds between commits of streaming text (<= 0.1)"
+    )
+    shutdown_grace: float = Field(2.0, ge=0, description="seconds replies get at shutdown")
+    sse_heartbeat: float = Field(15.0, gt=0, description="seconds between SSE keep-alives")
+    openai_base_url: str = Field(
+        "https://api.openai.com/v1", description="OpenAI-compatible API base URL"
+    )
+    openai_api_key: str | None = Field(None, description="API key for the openai responder")
+    openai_model: str = Field("gpt-4o-mini", description="model of the openai responder")
+    openai_fallback_models: str = Field(
+        "", description="comma-separated models to try, in order, when the first fails"
+    )
+    openai_timeout: float = Field(60.0, gt=0, description="seconds before a provider call fails")
     # limits
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest JSON request body")
     max_content_chars: int = Field(100_000, ge=1, description="longest message content")
@@ -46,6 +67,9 @@ class Settings(BaseModel):
     max_attachment_bytes: int = Field(25 << 20, ge=1, description="largest attachment upload")
     max_ws_frame_bytes: int = Field(1 << 20, ge=1024, description="largest WebSocket frame")
 
+    def allowed_origin_list(self) -> list[str]:
+        return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
+
     def actor_config(self) -> ActorConfig:
         return ActorConfig(
             synchronous=self.synchronous,
@@ -54,6 +78,8 @@ class Settings(BaseModel):
             max_batch=self.max_batch,
             event_retention=self.event_retention,
             subscriber_queue=self.subscriber_queue,
+            flush_interval=self.flush_interval,
+            shutdown_grace=self.shutdown_grace,
         )
 
 

@@ -892,3 +892,139 @@ class SessionFile:
 
 def _prefixed(alias: str) -> str:
     return ", ".join(f"{alias}.{c.strip()}" for c in _MSG_COLS.split(","))
+
+
+# --------------------------------------------------------------------------- replies
+
+
+def _first_reply(txn: Txn, user_seq: int) -> dict[str, Any] | None:
+    row = txn.conn.execute(
+        f"SELECT {_MSG_COLS} FROM messages WHERE parent_seq = ? AND role = 'assistant' "
+        "ORDER BY seq LIMIT 1",
+        (user_seq,),
+    ).fetchone()
+    return None if row is None else message_doc(row, txn.session_id)
+
+
+def op_chat(
+    user: MessageDraft, *, model_id: str | None = None
+) -> Callable[[Txn], tuple[dict[str, Any], dict[str, Any], bool]]:
+    """Append a user message and a ``pending`` assistant reply below it, atomically.
+
+    Returns ``(user_message, assistant_message, created)``. A repeated
+    ``client_id`` with the same request returns the stored pair with
+    ``created=False`` (a reply is added if the first attempt has none).
+    """
+
+    def run(txn: Txn) -> tuple[dict[str, Any], dict[str, Any], bool]:
+        user_msg, created = op_append(user)(txn)
+        if not created:
+            reply = _first_reply(txn, user_msg["seq"])
+            if reply is not None:
+                return user_msg, reply, False
+        draft = MessageDraft(
+            role="assistant",
+            content="",
+            status="pending",
+            parent_id=user_msg["id"],
+            model_id=model_id,
+        )
+        reply, _ = op_append(draft)(txn)
+        return user_msg, reply, created
+
+    return run
+
+
+def op_regenerate(mid: str, *, model_id: str | None = None) -> Callable[[Txn], dict[str, Any]]:
+    """Add a ``pending`` assistant message: a sibling of assistant ``mid``, or a
+    child of user ``mid``. It becomes the active leaf; nothing is removed."""
+
+    def run(txn: Txn) -> dict[str, Any]:
+        row = txn.message_row(mid)
+        role, parent_id = row[7], row[3]
+        if role == "assistant":
+            if parent_id is None:
+                raise InvalidInput("this assistant message has no parent to answer")
+        elif role == "user":
+            parent_id = mid
+        else:
+            raise InvalidInput(
+                f"only user and assistant messages can be regenerated, not {role}",
+                details={"role": role},
+            )
+        draft = MessageDraft(
+            role="assistant", content="", status="pending", parent_id=parent_id, model_id=model_id
+        )
+        return op_append(draft)(txn)[0]
+
+    return run
+
+
+def op_stream(
+    mid: str,
+    text: str,
+    *,
+    parts: list[Any] | None,
+    status: str,
+    error: dict[str, Any] | None = None,
+    info: dict[str, Any] | None = None,
+) -> Callable[[Txn], dict[str, Any] | None]:
+    """Append ``text`` to a streaming reply and set its status.
+
+    A durable ``message.updated`` event is recorded only when the status
+    changes (first text, and the end); the text in between travels as
+    ephemeral deltas. Returns the message when an event was recorded.
+    """
+
+    def run(txn: Txn) -> dict[str, Any] | None:
+        row = txn.message_row(mid)
+        sets = [
+            "content = content || ?",
+            "parts = ?",
+            "status = ?",
+            "version = version + 1",
+            "updated_at = ?",
+        ]
+        args: list[Any] = [text, None if parts is None else dumps(parts), status, txn.now]
+        if error is not None:
+            sets.append("error = ?")
+            args.append(dumps(error))
+        for key in ("model_id", "provider_id", "fallback_notice"):
+            if info and info.get(key) is not None:
+                sets.append(f"{key} = ?")
+                args.append(info[key])
+        args.append(row[0])
+        txn.conn.execute(f"UPDATE messages SET {', '.join(sets)} WHERE seq = ?", args)
+        if row[10] == status:
+            return None
+        if status not in UNFINISHED:
+            txn.touch_session()
+        msg = txn.message_by_seq(row[0])
+        txn.emit("message.updated", {"message": msg})
+        return msg
+
+    return run
+
+
+def op_noop(txn: Txn) -> None:
+    """Does nothing; submitting it waits until everything queued before is committed."""
+
+
+def read_history(f: SessionFile, parent_id: str | None, limit: int) -> list[dict[str, Any]]:
+    """``parent_id`` and its ancestors, oldest first, at most ``limit`` messages.
+
+    This is the context a reply below ``parent_id`` answers; tombstones are
+    left out. One recursive query, O(limit) whatever the depth.
+    """
+    if parent_id is None:
+        return []
+    rows = f.reader.execute(
+        "WITH RECURSIVE chain(seq, n) AS ("
+        " SELECT seq, 0 FROM messages WHERE id = ?"
+        " UNION ALL SELECT m.parent_seq, chain.n + 1 FROM messages m JOIN chain"
+        " ON m.seq = chain.seq WHERE m.parent_seq IS NOT NULL AND chain.n + 1 < ?)"
+        f" SELECT {_prefixed('m')} FROM chain JOIN messages m ON m.seq = chain.seq"
+        " WHERE m.deleted_at IS NULL ORDER BY chain.n DESC",
+        (parent_id, limit),
+    ).fetchall()
+    return [message_doc(r, f.sid) for r in rows]

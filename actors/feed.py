@@ -1,0 +1,119 @@
+"""A subscriber's view of a session's events, for WebSocket and SSE alike.
+
+On open the feed subscribes first and then notes the current event ``seq``,
+so nothing committed afterwards can be missed; it then replays the durable
+events after the client's ``since`` up to that seq from the file, and goes
+on with live frames, skipping any seq it already sent: no gap and no
+duplicate at the hand-over. Replies running at open time get a catch-up
+``message.delta`` with their committed text, so live deltas continue it.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import AsyncIterator
+
+import orjson
+
+from actors.pubsub import Frame, Subscription, Topic
+from actors.registry import ActorRegistry
+
+
+class End(enum.Enum):
+    OPEN = "open"
+    DROPPED = "dropped"  # fell behind: resume with since=last_seq
+    CLOSED = "closed"  # server shutting down
+    DELETED = "deleted"  # the session was deleted
+
+
+class Feed:
+    """Frames for one subscriber. Use ``open()`` once, iterate ``frames()``, ``close()``."""
+
+    def __init__(self, registry: ActorRegistry, sid: str, user: str, since: int | None) -> None:
+        self.registry = registry
+        self.sid = sid
+        self.user = user
+        self.since = since
+        self.last_seq = 0
+        self.end = End.OPEN
+        self._sub: Subscription | None = None
+        self._topic: Topic | None = None
+        self._current = 0
+        self._catchup: list[Frame] = []
+
+    async def open(self) -> None:
+        """Subscribe and take the snapshot. Raises ``NotFound`` like any route."""
+        async with self.registry.lease(self.sid, self.user) as actor:
+            self._topic = actor.topic
+            self._sub = actor.topic.subscribe(self.registry.config.subscriber_queue)
+            self._current = actor.file.event_seq()
+            for gen in actor.generations.values():
+                if gen.committed:
+                    data = orjson.dumps(
+                        {
+                            "type": "message.delta",
+                            "message_id": gen.message_id,
+                            "offset": 0,
+                            "text": gen.committed,
+                        }
+                    )
+                    self._catchup.append(Frame("message.delta", data))
+        self.last_seq = self._current
+
+    @property
+    def current(self) -> int:
+        return self._current
+
+    def hello(self) -> Frame:
+        data = orjson.dumps({"type": "hello", "seq": self._current, "session_id": self.sid})
+        return Frame("hello", data)
+
+    async def frames(self) -> AsyncIterator[Frame]:
+        """hello, the replay, catch-up deltas, then live frames until the end."""
+        assert self._sub is not None
+        yield self.hello()
+        if self.since is not None and self.since != self._current:
+            pos = self.since
+            while pos < self._current:
+                async with self.registry.lease(self.sid, self.user) as actor:
+                    events = actor.file.events_since(pos, 500)
+                if events is None:
+                    yield Frame("resync", orjson.dumps({"type": "resync", "seq": self._current}))
+                    break
+                if not events:
+                    break
+                for ev in events:
+                    if ev.seq > self._current:
+                        break
+                    yield Frame.of(ev)
+                pos = events[-1].seq
+        for frame in self._catchup:
+            yield frame
+        self._catchup = []
+        while True:
+            live = await self._sub.get()
+            if live is None:
+                if self._sub.dropped:
+                    self.end = End.DROPPED
+                elif self.sid not in self.registry.topics_alive():
+                    self.end = End.DELETED
+                else:
+                    self.end = End.CLOSED
+                return
+            if live.seq is not None:
+                if live.seq <= self.last_seq:
+                    continue
+                self.last_seq = live.seq
+            yield live
+
+    def close(self) -> None:
+        """Unsubscribe. Idempotent."""
+        if self._sub is not None and self._topic is not None:
+            self._topic.unsubscribe(self._sub)
+            self.registry.release_topic(self.sid)
+            self._sub = None
+
+    def stop(self) -> None:
+        """End ``frames()`` from outside (shutdown)."""
+        if self._sub is not None:
+            self._sub.close()

@@ -1,0 +1,83 @@
+"""Responders turn the history of the active branch into a stream of deltas.
+
+A responder is any object with a ``name`` and a ``stream(history, model=...)``
+async generator yielding :class:`ReplyInfo` (who answers: at most once, before
+or between deltas) and :class:`Delta` items (text, or a complete tool call).
+It raises :class:`ResponderError` when the reply fails. The built-in
+:class:`EchoResponder` needs no network; the OpenAI-compatible one lives in
+``server`` (it needs an HTTP client).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(slots=True)
+class Delta:
+    """A piece of the reply: ``text`` to append, or one finished ``tool_call`` part."""
+
+    text: str = ""
+    tool_call: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class ReplyInfo:
+    """Which model and provider answered; ``fallback_notice`` when a fallback did."""
+
+    model_id: str | None = None
+    provider_id: str | None = None
+    fallback_notice: str | None = None
+
+
+class ResponderError(Exception):
+    """The reply failed; ``code`` and ``message`` go to the client as they are."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Responder(Protocol):
+    name: str
+
+    def stream(
+        self, history: Sequence[dict[str, Any]], *, model: str | None = None
+    ) -> AsyncIterator[Delta | ReplyInfo]: ...
+
+
+_WORDS = re.compile(r"\s*\S+|\s+$")
+
+
+def split_words(text: str) -> list[str]:
+    """Split ``text`` into word chunks whose concatenation is exactly ``text``."""
+    return _WORDS.findall(text)
+
+
+class EchoResponder:
+    """Repeats the last user message, word by word, at ``words_per_second``.
+
+    Deterministic and offline: the embedded default. A pace of 0 streams
+    without pauses.
+    """
+
+    name = "echo"
+
+    def __init__(self, words_per_second: float = 20.0) -> None:
+        self.delay = 1.0 / words_per_second if words_per_second > 0 else 0.0
+
+    async def stream(
+        self, history: Sequence[dict[str, Any]], *, model: str | None = None
+    ) -> AsyncIterator[Delta | ReplyInfo]:
+        yield ReplyInfo(model_id=model or "echo", provider_id="roost")
+        last = next((m for m in reversed(history) if m["role"] == "user"), None)
+        text = last["content"] if last is not None else ""
+        for i, word in enumerate(split_words(text)):
+            if self.delay and i:
+                await asyncio.sleep(self.delay)
+            yield Delta(text=word)

@@ -1,0 +1,282 @@
+"""Real time: a session's events over WebSocket and over SSE (SPEC section 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from aiohttp import WSCloseCode, WSMsgType, web
+from pydantic import ValidationError
+
+from actors import streams
+from actors.feed import End, Feed
+from actors.pubsub import Subscription
+from server.errors import ApiError, status_of, validation_details
+from server.http import REGISTRY, SETTINGS, request_hash, user_of
+from server.models import check_content, check_metadata
+from server.routes_chat import ChatRequest
+from server.sse import OPEN_STREAMS, open_sse
+from storage.errors import StorageError
+from storage.session_db import MessageDraft
+
+routes = web.RouteTableDef()
+
+OPEN_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("open_sockets")
+OPEN_FEEDS: web.AppKey[set[Feed]] = web.AppKey("open_feeds")
+
+# Close codes (4000-4999 are the application's own).
+CLOSE_LAGGED = 4001  # the client fell behind: reconnect with ?since=<last seq>
+CLOSE_DELETED = 4004  # the session was deleted
+
+
+def origin_allowed(request: web.Request) -> bool:
+    """Same-origin requests, requests without Origin (non-browsers), and the allow-list."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    allowed = request.app[SETTINGS].allowed_origin_list()
+    if "*" in allowed or origin in allowed:
+        return True
+    parts = urlsplit(origin)
+    return parts.netloc == request.host
+
+
+def _since(request: web.Request, header: str | None = None) -> int | None:
+    raw = request.query.get("since")
+    if raw is None and header is not None:
+        raw = request.headers.get(header)
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit() or len(raw) > 15:
+        raise ApiError(
+            400,
+            "invalid_input",
+            f"since must be an event seq (an integer), got {raw[:40]!r}",
+            {"loc": ["query", "since"]},
+        )
+    return int(raw)
+
+
+async def _open_feed(request: web.Request, since: int | None) -> Feed:
+    if not origin_allowed(request):
+        raise ApiError(
+            403, "forbidden_origin", f"origin {request.headers.get('Origin')!r} is not allowed"
+        )
+    feed = Feed(request.app[REGISTRY], request.match_info["sid"], user_of(request), since)
+    await feed.open()
+    return feed
+
+
+@routes.get("/api/sessions/{sid}/ws")
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    """hello, the events missed since ``since``, then live events; takes chat/cancel/ping."""
+    settings = request.app[SETTINGS]
+    feed = await _open_feed(request, _since(request))
+    ws = web.WebSocketResponse(
+        heartbeat=settings.ws_heartbeat,
+        max_msg_size=settings.max_ws_frame_bytes,
+        compress=False,
+        protocols=("roost.v1",),
+    )
+    try:
+        await ws.prepare(request)
+    except BaseException:
+        feed.close()
+        raise
+    request.app[OPEN_SOCKETS].add(ws)
+    request.app[OPEN_FEEDS].add(feed)
+    sender = asyncio.create_task(_send_feed(ws, feed))
+    try:
+        async for msg in ws:
+            if msg.type is WSMsgType.TEXT:
+                await _on_client_frame(request, ws, msg.data)
+            elif msg.type is WSMsgType.BINARY:
+                await _send_json(
+                    ws,
+                    {
+                        "type": "error",
+                        "code": "invalid_input",
+                        "message": "frames must be JSON text",
+                    },
+                )
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await sender
+        feed.close()
+        request.app[OPEN_FEEDS].discard(feed)
+        request.app[OPEN_SOCKETS].discard(ws)
+    return ws
+
+
+async def _send_json(ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
+    if not ws.closed:
+        await ws.send_frame(orjson.dumps(data), WSMsgType.TEXT)
+
+
+async def _send_feed(ws: web.WebSocketResponse, feed: Feed) -> None:
+    try:
+        async for frame in feed.frames():
+            if ws.closed:
+                return
+            await ws.send_frame(frame.data, WSMsgType.TEXT)
+    except ConnectionResetError:
+        return
+    except StorageError as exc:  # the session went away during the replay
+        await ws.close(code=CLOSE_DELETED, message=exc.message.encode()[:120])
+        return
+    if feed.end is End.DROPPED:
+        reason = f"lagged; reconnect with since={feed.last_seq}"
+        await ws.close(code=CLOSE_LAGGED, message=reason.encode())
+    elif feed.end is End.DELETED:
+        await ws.close(code=CLOSE_DELETED, message=b"session deleted")
+    else:
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+
+
+async def _on_client_frame(request: web.Request, ws: web.WebSocketResponse, text: str) -> None:
+    """Answer one client frame: ``ping``, ``chat`` or ``cancel``; errors as ``error``."""
+    if text == "ping":
+        await ws.send_str("pong")
+        return
+    ref = None
+    try:
+        try:
+            data = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, "malformed_json", f"the frame is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("type"), str):
+            raise ApiError(400, "invalid_input", 'a frame is a JSON object with a "type"')
+        kind = data.pop("type")
+        ref = data.pop("ref", None)
+        if kind == "ping":
+            await _send_json(ws, {"type": "pong", "ref": ref})
+        elif kind == "chat":
+            await _ws_chat(request, ws, data, ref)
+        elif kind == "cancel":
+            mid = data.get("message_id")
+            if not isinstance(mid, str) or set(data) != {"message_id"}:
+                raise ApiError(400, "invalid_input", "cancel takes exactly a message_id string")
+            registry = request.app[REGISTRY]
+            async with registry.lease(request.match_info["sid"], user_of(request)) as actor:
+                final = await streams.cancel(actor, mid)
+                if final is None:
+                    final = actor.file.read_message(mid)
+            await _send_json(ws, {"type": "cancel.ack", "ref": ref, "message": final})
+        else:
+            raise ApiError(
+                400, "invalid_input", f"unknown frame type {kind!r}; expected chat, cancel or ping"
+            )
+    except ApiError as exc:
+        await _send_json(
+            ws,
+            {
+                "type": "error",
+                "ref": ref,
+                "code": exc.code,
+                "message": exc.message,
+                "status": exc.status,
+            },
+        )
+    except StorageError as exc:
+        await _send_json(
+            ws,
+            {
+                "type": "error",
+                "ref": ref,
+                "code": exc.code,
+                "message": exc.message,
+                "status": status_of(exc),
+            },
+        )
+    except ValidationError as exc:
+        await _send_json(
+            ws,
+            {
+                "type": "error",
+                "ref": ref,
+                "code": "invalid_input",
+                "message": "the frame does not match the schema",
+                "details": validation_details(exc),
+                "status": 400,
+            },
+        )
+
+
+async def _ws_chat(
+    request: web.Request, ws: web.WebSocketResponse, data: dict[str, Any], ref: Any
+) -> None:
+    """Chat over the socket: like POST /chat; the reply streams as message.delta events."""
+    settings = request.app[SETTINGS]
+    body = ChatRequest.model_validate(data)
+    check_content(body.content, settings, allow_empty=False)
+    check_metadata(body.metadata, settings, len(orjson.dumps(body.metadata)))
+    if body.attachments:
+        raise ApiError(400, "invalid_input", "unknown attachment id")
+    draft = MessageDraft(
+        role="user",
+        content=body.content,
+        client_id=body.client_id,
+        parent_id=body.parent_id,
+        metadata=body.metadata,
+        request_hash=request_hash(body),
+    )
+    registry = request.app[REGISTRY]
+    async with registry.lease(request.match_info["sid"], user_of(request)) as actor:
+        user, reply, _, _ = await streams.chat(actor, draft, registry.responder, model=body.model)
+    await _send_json(
+        ws,
+        {
+            "type": "chat.ack",
+            "ref": ref,
+            "client_id": body.client_id,
+            "user_message": user,
+            "assistant_message": reply,
+        },
+    )
+
+
+@routes.get("/api/sessions/{sid}/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    """The WebSocket's event stream as SSE; resumes from ``Last-Event-ID`` (or ``?since=``)."""
+    settings = request.app[SETTINGS]
+    feed = await _open_feed(request, _since(request, "Last-Event-ID"))
+    request.app[OPEN_FEEDS].add(feed)
+    resp = await open_sse(request)
+    beat = asyncio.create_task(_heartbeat(resp, settings.sse_heartbeat))
+    try:
+        async for frame in feed.frames():
+            await resp.write(frame.sse())
+        if feed.end is End.DROPPED:
+            await resp.write(f"event: lagged\ndata: {feed.last_seq}\n\n".encode())
+    except ConnectionResetError:
+        pass
+    finally:
+        beat.cancel()
+        feed.close()
+        request.app[OPEN_FEEDS].discard(feed)
+    return resp
+
+
+async def _heartbeat(resp: web.StreamResponse, period: float) -> None:
+    """Write a comment every ``period`` seconds so proxies keep the stream open."""
+    with contextlib.suppress(ConnectionResetError):
+        while True:
+            await asyncio.sleep(period)
+            await resp.write(b": keep-alive\n\n")
+
+
+async def close_realtime(app: web.Application) -> None:
+    """on_shutdown: end feeds and close sockets with 1001 (going away)."""
+    feeds: set[Feed] = app[OPEN_FEEDS]
+    subs: set[Subscription] = app[OPEN_STREAMS]
+    sockets: set[web.WebSocketResponse] = app[OPEN_SOCKETS]
+    for feed in list(feeds):
+        feed.stop()
+    for sub in list(subs):
+        sub.close()
+    for ws in list(sockets):
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
