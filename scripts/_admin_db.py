@@ -112,9 +112,13 @@ class ReadOnlyDb:
         self.conn.execute("BEGIN")
         try:
             yield self.conn
-        finally:
-            if self.conn.in_transaction:
-                self.conn.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+            raise
+        if self.conn.in_transaction:
+            self.conn.execute("COMMIT")
         if not self.still_valid():
             raise FileChanged(str(self.path))
 

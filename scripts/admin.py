@@ -74,12 +74,18 @@ def human_size(n: int) -> str:
     return f"{n} B"  # pragma: no cover
 
 
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], out: TextIO | None = None) -> None:
-    """Print ``rows`` as left-aligned columns under ``headers``."""
+def table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    out: TextIO | None = None,
+    *,
+    header: bool = True,
+) -> None:
+    """Print ``rows`` as left-aligned columns under ``headers`` (printed if ``header``)."""
     cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
     stream = out or sys.stdout
-    for r in cells:
+    for r in cells if header else cells[1:]:
         stream.write("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() + "\n")
 
 
@@ -222,23 +228,34 @@ def sqlite_checks(conn: sqlite3.Connection, *, quick: bool) -> tuple[list[str], 
     return integrity, fks
 
 
-def check_file(path: Path, *, quick: bool = False) -> dict[str, Any]:
-    """Check one session file: SQLite's checks plus :func:`roost_invariants`.
+def check_file(path: Path, *, sid: str | None = None, quick: bool = False) -> dict[str, Any]:
+    """Check one session file: SQLite's checks plus :func:`roost_invariants`, and
+    that the file holds session ``sid`` (its folder's name) when given.
 
     Never raises for a damaged or foreign file: that is reported as a problem.
     """
     result: dict[str, Any] = {"ok": False, "integrity": None, "foreign_keys": None, "problems": []}
 
     def run(_db: ReadOnlyDb, conn: sqlite3.Connection) -> None:
-        roost_schema_version(conn, path)
-        integrity, fks = sqlite_checks(conn, quick=quick)
+        try:
+            integrity, fks = sqlite_checks(conn, quick=quick)
+        except sqlite3.DatabaseError:
+            roost_schema_version(conn, path)  # a clearer message for a foreign file
+            raise
         result["integrity"], result["foreign_keys"] = integrity, fks
         if integrity != ["ok"]:
-            result["problems"] += [f"integrity: {line}" for line in integrity[:20]]
+            result["problems"] += [
+                f"integrity: {line}" for row in integrity[:20] for line in row.splitlines()
+            ]
+            return
+        roost_schema_version(conn, path)
         if fks:
             result["problems"].append(f"foreign keys: {len(fks)} violations, first {fks[0]}")
         if integrity == ["ok"]:
             result["problems"] += roost_invariants(conn)
+            row = conn.execute("SELECT id FROM session LIMIT 1").fetchone()
+            if sid is not None and row is not None and row[0] != sid:
+                result["problems"].append(f"the file holds session {row[0]!r}, not {sid!r}")
 
     try:
         read_consistent(path, run)
@@ -351,14 +368,15 @@ def cmd_sessions(args: argparse.Namespace, dd: DataDir) -> int:
     listed = {r[0] for r in rows}
     for sid in sorted(on_disk - listed):
         path = dd.session_db(sid)
+        orphan_owner: str | None = None
         try:
-            srow = read_consistent(path, lambda _d, c, p=path: read_session_row(c, p))
-            doc, owner = srow["doc"], srow["owner"]
+            srow = read_consistent(path, _session_row_reader(path))
+            doc, orphan_owner = srow["doc"], srow["owner"]
         except (AdminError, sqlite3.DatabaseError):
-            doc, owner = {"id": sid}, None
-        if args.owner is not None and owner != args.owner:
+            doc = {"id": sid}
+        if args.owner is not None and orphan_owner != args.owner:
             continue
-        items.append(_session_item(dd, sid, owner, doc, in_catalog=False, on_disk=True))
+        items.append(_session_item(dd, sid, orphan_owner, doc, in_catalog=False, on_disk=True))
     if args.limit is not None:
         items = items[: args.limit]
     if args.json:
@@ -383,6 +401,13 @@ def cmd_sessions(args: argparse.Namespace, dd: DataDir) -> int:
     )
     print(f"{len(items)} sessions")
     return EXIT_OK
+
+
+def _session_row_reader(path: Path) -> Callable[[ReadOnlyDb, sqlite3.Connection], dict[str, Any]]:
+    def run(_db: ReadOnlyDb, conn: sqlite3.Connection) -> dict[str, Any]:
+        return read_session_row(conn, path)
+
+    return run
 
 
 def _session_item(
@@ -412,7 +437,12 @@ def _session_item(
 def cmd_show(args: argparse.Namespace, dd: DataDir) -> int:
     """Print a session's summary; exit 1 if a check found a problem."""
     path = session_path(dd, args.sid)
-    s = session_summary(path, args.sid, quick=args.quick)
+    try:
+        s = session_summary(path, args.sid, quick=args.quick)
+    except AdminError as exc:
+        if exc.code == EXIT_PROBLEM:
+            exc.message += f"; `roost-admin check {args.sid}` lists what is wrong"
+        raise
     if args.json:
         emit_json(s)
         return EXIT_OK if s["ok"] else EXIT_PROBLEM
@@ -459,7 +489,9 @@ def _counts(d: dict[str, int]) -> str:
     return ", ".join(f"{k} {v}" for k, v in d.items()) or "-"
 
 
-def _print_messages(items: list[dict[str, Any]], *, as_json: bool, full: bool) -> None:
+def _print_messages(
+    items: list[dict[str, Any]], *, as_json: bool, full: bool, header: bool = True
+) -> None:
     if as_json:
         for msg in items:
             emit_json(msg)
@@ -484,6 +516,7 @@ def _print_messages(items: list[dict[str, Any]], *, as_json: bool, full: bool) -
                 ]
                 for m in items
             ],
+            header=header,
         )
     sys.stdout.flush()
 
@@ -526,10 +559,7 @@ def cmd_messages(args: argparse.Namespace, dd: DataDir) -> int:
         print(f"(older messages: --before {older})", file=sys.stderr)
     if not args.follow:
         return EXIT_OK
-    last = top if before is None else (items[-1]["seq"] if items else 0)
-    if before is not None:
-        last = top
-    return _follow(path, sid, last, live, args)
+    return _follow(path, sid, top, live, args)
 
 
 def _follow(path: Path, sid: str, last: int, live: str, args: argparse.Namespace) -> int:
@@ -561,7 +591,7 @@ def _follow(path: Path, sid: str, last: int, live: str, args: argparse.Namespace
                 db = None
             if rows:
                 docs = [message_doc(r, sid) for r in rows]
-                _print_messages(docs, as_json=args.json, full=args.full)
+                _print_messages(docs, as_json=args.json, full=args.full, header=False)
                 printed += len(docs)
                 if args.count is not None and printed >= args.count:
                     return EXIT_OK
@@ -731,7 +761,7 @@ def cmd_check(args: argparse.Namespace, dd: DataDir) -> int:
         if name == "(catalog)":
             res = _check_catalog(path, quick=args.quick)
         else:
-            res = check_file(path, quick=args.quick)
+            res = check_file(path, sid=name, quick=args.quick)
         res = {"session_id": name, **res}
         results.append(res)
         failed += 0 if res["ok"] else 1
