@@ -762,6 +762,8 @@ def cmd_check(args: argparse.Namespace, dd: DataDir) -> int:
             res = _check_catalog(path, quick=args.quick)
         else:
             res = check_file(path, sid=name, quick=args.quick)
+            if not res["ok"] and args.all and not path.exists():
+                res = {**res, "ok": True, "problems": [], "skipped": "deleted during the check"}
         res = {"session_id": name, **res}
         results.append(res)
         failed += 0 if res["ok"] else 1
@@ -961,9 +963,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="roost-admin",
         description="Inspect a Roost data dir directly; read-only except backup/restore, "
         "safe while the server runs.",
+        epilog="Exit codes: 0 ok; 1 problems found, restore refused, or a damaged file; "
+        "2 usage error, missing data dir, unknown session, or not a Roost database.",
     )
-    parser.add_argument("--data-dir", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--json", action="store_true", default=False, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--data-dir", default=None, help="the data dir (env ROOST_DATA_DIR; default ./roost-data)"
+    )
+    parser.add_argument("--json", action="store_true", default=False, help="print JSON")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("sessions", parents=[common], help="list sessions")
