@@ -155,6 +155,7 @@ def draft_from(body: MessageCreate, request: web.Request) -> MessageDraft:
         attachments=None,
         metadata=body.metadata,
         request_hash=request_hash(body),
+        explicit_parent="parent_id" in body.model_fields_set,
     )
 
 

@@ -223,6 +223,7 @@ async def _ws_chat(
         parent_id=body.parent_id,
         metadata=body.metadata,
         request_hash=request_hash(body),
+        explicit_parent="parent_id" in body.model_fields_set,
     )
     registry = request.app[REGISTRY]
     async with registry.lease(request.match_info["sid"], user_of(request)) as actor:

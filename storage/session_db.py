@@ -388,8 +388,10 @@ def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool
 
     With a ``client_id`` seen before, the stored message is returned with
     ``created=False`` when the request hash matches, else :class:`Conflict`.
-    Without ``parent_id`` the parent is the active leaf. The new message
-    becomes the active leaf either way.
+    Without ``parent_id`` the parent is the active leaf; with ``parent_id``
+    explicitly null (``explicit_parent``) the message is a new root, which is
+    how the first message of a chat is edited. The new message becomes the
+    active leaf either way.
     """
 
     def run(txn: Txn) -> tuple[dict[str, Any], bool]:
@@ -418,7 +420,7 @@ def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool
                 )
             parent_seq, depth, sibling_index = prow[0], prow[1] + 1, prow[2]
             parent_id: str | None = draft.parent_id
-        elif sess[8] is not None:
+        elif sess[8] is not None and not draft.explicit_parent:
             parent_seq, parent_id = sess[8], sess[9]
             depth, sibling_index = conn.execute(
                 "SELECT depth + 1, child_count FROM messages WHERE seq = ?", (parent_seq,)

@@ -1,0 +1,352 @@
+"""Streaming replies: chat over SSE, cancel, resume, regenerate, branches, crashes."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import TIMEOUT, new_session, registry_of
+from tests.sse import SSEReader
+
+TEXT = "the quick brown fox jumps over the lazy dog and keeps on running far away"
+
+
+async def _chat(client: Any, sid: str, content: str, **body: Any) -> Any:
+    r = await client.post(f"/api/sessions/{sid}/chat", json={"content": content, **body})
+    assert r.status in (200, 201), await r.text()
+    return r
+
+
+async def _get(client: Any, sid: str, mid: str) -> dict[str, Any]:
+    r = await client.get(f"/api/sessions/{sid}/messages/{mid}")
+    assert r.status == 200
+    data: dict[str, Any] = await r.json()
+    return data
+
+
+async def _wait_status(client: Any, sid: str, mid: str, statuses: set[str]) -> dict[str, Any]:
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while True:
+        m = await _get(client, sid, mid)
+        if m["status"] in statuses:
+            return m
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"status stayed {m['status']}")
+        await asyncio.sleep(0.02)
+
+
+async def test_chat_echo_end_to_end(make_client: Any) -> None:
+    """ack, deltas, message, done: deltas add up to the stored text; statuses and parents hold."""
+    client = await make_client(echo_words_per_second=200)
+    await new_session(client)
+    r = await _chat(client, "s1", TEXT)
+    assert r.headers["Content-Type"].startswith("text/event-stream")
+    uid, aid = r.headers["X-User-Message-Id"], r.headers["X-Assistant-Message-Id"]
+    events = await SSEReader(r).all()
+    names = [e.event for e in events]
+    assert names[0] == "ack" and names[-2:] == ["message", "done"]
+    assert set(names[1:-2]) == {"delta"}
+    ack = events[0].json()
+    assert ack["user_message_id"] == uid and ack["assistant_message_id"] == aid
+    assert ack["assistant_message"]["status"] == "pending"
+    assert ack["assistant_message"]["parent_id"] == uid
+    text, offset = "", 0
+    for ev in events[1:-2]:
+        d = ev.json()
+        assert d["message_id"] == aid and d["offset"] == offset
+        text += d["text"]
+        offset += len(d["text"])
+        assert ev.id == str(offset)
+    final = events[-2].json()
+    assert text == TEXT == final["content"]
+    assert final["status"] == "complete" and final["model_id"] == "echo"
+    stored = await _get(client, "s1", aid)
+    assert stored["content"] == TEXT and stored["status"] == "complete"
+    user = await _get(client, "s1", uid)
+    assert user["status"] == "complete" and user["content"] == TEXT
+    session = (await (await client.get("/api/sessions/s1")).json())["session"]
+    assert session["active_leaf_id"] == aid and session["message_count"] == 2
+
+
+async def test_chat_accept_json_answers_once_complete(make_client: Any) -> None:
+    """With Accept: application/json the chat answers once, with the finished reply."""
+    client = await make_client(echo_words_per_second=0)
+    await new_session(client)
+    r = await client.post(
+        "/api/sessions/s1/chat",
+        json={"content": "hi there"},
+        headers={"Accept": "application/json"},
+    )
+    assert r.status == 201
+    body = await r.json()
+    assert body["assistant_message"]["status"] == "complete"
+    assert body["assistant_message"]["content"] == "hi there"
+    assert body["user_message"]["id"] == r.headers["X-User-Message-Id"]
+
+
+async def test_chat_same_client_id_does_not_duplicate(make_client: Any) -> None:
+    """A retried chat with the same client_id gets the same pair, no new messages."""
+    client = await make_client(echo_words_per_second=0)
+    await new_session(client)
+    body = {"content": "once only", "client_id": "cid-1"}
+    hdr = {"Accept": "application/json"}
+    r1 = await client.post("/api/sessions/s1/chat", json=body, headers=hdr)
+    r2 = await client.post("/api/sessions/s1/chat", json=body, headers=hdr)
+    assert (r1.status, r2.status) == (201, 200)
+    b1, b2 = await r1.json(), await r2.json()
+    assert b1["user_message"]["id"] == b2["user_message"]["id"]
+    assert b1["assistant_message"]["id"] == b2["assistant_message"]["id"]
+    every = await (await client.get("/api/sessions/s1/messages?view=all")).json()
+    assert len(every["items"]) == 2
+    r3 = await client.post("/api/sessions/s1/chat", json={**body, "content": "other"})
+    assert r3.status == 409
+
+
+async def test_closing_the_stream_does_not_stop_the_reply(make_client: Any) -> None:
+    """Disconnect right after ack: the reply still completes with the full text."""
+    client = await make_client(echo_words_per_second=100)
+    await new_session(client)
+    r = await _chat(client, "s1", TEXT)
+    aid = r.headers["X-Assistant-Message-Id"]
+    await SSEReader(r).until("ack")
+    r.close()
+    final = await _wait_status(client, "s1", aid, {"complete"})
+    assert final["content"] == TEXT
+
+
+async def test_cancel_stops_reply_and_keeps_text(make_client: Any) -> None:
+    """cancel: status cancelled, the text so far kept, the stream ends with message/done."""
+    client = await make_client(echo_words_per_second=20)
+    await new_session(client)
+    r = await _chat(client, "s1", TEXT)
+    aid = r.headers["X-Assistant-Message-Id"]
+    reader = SSEReader(r)
+    await reader.until("delta")
+    c = await client.post(f"/api/sessions/s1/messages/{aid}/cancel")
+    assert c.status == 200
+    final = await c.json()
+    assert final["status"] == "cancelled"
+    assert final["content"] and TEXT.startswith(final["content"]) and final["content"] != TEXT
+    rest = await reader.all()
+    assert [e.event for e in rest][-2:] == ["message", "done"]
+    assert rest[-2].json()["status"] == "cancelled"
+    stored = await _get(client, "s1", aid)
+    assert stored["status"] == "cancelled" and stored["content"] == final["content"]
+    await asyncio.sleep(0.2)
+    assert (await _get(client, "s1", aid))["content"] == final["content"]
+    # cancelling again answers the ended reply as it is
+    again = await client.post(f"/api/sessions/s1/messages/{aid}/cancel")
+    assert again.status == 200 and (await again.json())["status"] == "cancelled"
+
+
+async def test_resume_with_last_event_id_gives_exact_remainder(make_client: Any) -> None:
+    """Resume from the middle: exactly the rest of the text, once, then message and done."""
+    client = await make_client(echo_words_per_second=40)
+    await new_session(client)
+    r = await _chat(client, "s1", TEXT)
+    aid = r.headers["X-Assistant-Message-Id"]
+    reader = SSEReader(r)
+    first = [e for e in await reader.until("delta") if e.event == "delta"]
+    seen = first[-1].json()["text"]
+    last_id = first[-1].id
+    r.close()
+    assert last_id == str(len(seen))
+    r2 = await client.get(
+        f"/api/sessions/s1/messages/{aid}/stream", headers={"Last-Event-ID": last_id}
+    )
+    assert r2.status == 200
+    events = await SSEReader(r2).all()
+    deltas = [e.json() for e in events if e.event == "delta"]
+    assert deltas[0]["offset"] == len(seen)
+    rest = "".join(d["text"] for d in deltas)
+    assert seen + rest == TEXT
+    assert [e.event for e in events][-2:] == ["message", "done"]
+    # resuming a finished reply from the start gives the whole text
+    r3 = await client.get(f"/api/sessions/s1/messages/{aid}/stream")
+    events = await SSEReader(r3).all()
+    assert "".join(e.json()["text"] for e in events if e.event == "delta") == TEXT
+    r4 = await client.get(
+        f"/api/sessions/s1/messages/{aid}/stream", headers={"Last-Event-ID": "9999"}
+    )
+    assert r4.status == 400
+
+
+async def test_streamed_text_is_committed_before_it_is_sent(make_client: Any) -> None:
+    """Every delta a client sees is already in the file (status streaming meanwhile)."""
+    client = await make_client(echo_words_per_second=30)
+    await new_session(client)
+    r = await _chat(client, "s1", TEXT)
+    aid = r.headers["X-Assistant-Message-Id"]
+    reader = SSEReader(r)
+    await reader.until("ack")
+    checked = 0
+    while (ev := await reader.next()) is not None and ev.event == "delta":
+        end = int(ev.id or 0)
+        actor = registry_of(client).actor_if_live("s1")
+        row = actor.file.reader.execute(
+            "SELECT content, status FROM messages WHERE id = ?", (aid,)
+        ).fetchone()
+        assert len(row[0]) >= end, "a delta left before its text was committed"
+        assert row[1] in ("streaming", "complete")
+        checked += 1
+    assert checked >= 3
+
+
+async def test_regenerate_and_edit_make_coherent_branches(make_client: Any) -> None:
+    """Regenerate twice and edit-and-resend once: one coherent path, right sibling counts."""
+    client = await make_client(echo_words_per_second=0)
+    await new_session(client)
+    hdr = {"Accept": "application/json"}
+    first = await (
+        await client.post("/api/sessions/s1/chat", json={"content": "q1"}, headers=hdr)
+    ).json()
+    u1, a1 = first["user_message"], first["assistant_message"]
+    regen = []
+    for _ in range(2):
+        r = await client.post(f"/api/sessions/s1/messages/{a1['id']}/regenerate", headers=hdr)
+        assert r.status == 201
+        regen.append((await r.json())["assistant_message"])
+    assert all(m["parent_id"] == u1["id"] and m["status"] == "complete" for m in regen)
+    active = (await (await client.get("/api/sessions/s1/messages")).json())["items"]
+    assert [m["id"] for m in active] == [u1["id"], regen[1]["id"]]
+    assert active[1]["siblings"] == {"index": 2, "count": 3}
+    # edit-and-resend the first message: parent_id explicitly null makes a new root
+    edit = await (
+        await client.post(
+            "/api/sessions/s1/chat", json={"content": "q1 edited", "parent_id": None}, headers=hdr
+        )
+    ).json()
+    assert edit["user_message"]["parent_id"] is None
+    active = (await (await client.get("/api/sessions/s1/messages")).json())["items"]
+    assert [m["content"] for m in active] == ["q1 edited", "q1 edited"]
+    assert active[0]["siblings"] == {"index": 1, "count": 2}
+    assert active[1]["siblings"] == {"index": 0, "count": 1}
+    every = (await (await client.get("/api/sessions/s1/messages?view=all")).json())["items"]
+    ids = [m["id"] for m in every]
+    assert len(ids) == len(set(ids)) == 6
+    assert all(m["status"] == "complete" for m in every)
+    # switching back to the first root shows its latest reply
+    await client.patch("/api/sessions/s1", json={"active_leaf_id": u1["id"]})
+    active = (await (await client.get("/api/sessions/s1/messages")).json())["items"]
+    assert [m["id"] for m in active] == [u1["id"], regen[1]["id"]]
+
+
+async def test_edit_and_resend_branches_from_parent(make_client: Any) -> None:
+    """Chat with parent_id of an earlier message's parent makes a sibling user message."""
+    client = await make_client(echo_words_per_second=0)
+    await new_session(client)
+    hdr = {"Accept": "application/json"}
+    t1 = await (
+        await client.post("/api/sessions/s1/chat", json={"content": "one"}, headers=hdr)
+    ).json()
+    t2 = await (
+        await client.post("/api/sessions/s1/chat", json={"content": "two"}, headers=hdr)
+    ).json()
+    edited = await (
+        await client.post(
+            "/api/sessions/s1/chat",
+            json={"content": "two, edited", "parent_id": t1["assistant_message"]["id"]},
+            headers=hdr,
+        )
+    ).json()
+    assert edited["user_message"]["parent_id"] == t1["assistant_message"]["id"]
+    active = (await (await client.get("/api/sessions/s1/messages")).json())["items"]
+    assert [m["content"] for m in active] == ["one", "one", "two, edited", "two, edited"]
+    assert active[2]["siblings"] == {"index": 1, "count": 2}
+    r = await client.patch("/api/sessions/s1", json={"active_leaf_id": t2["user_message"]["id"]})
+    assert r.status == 200
+    active = (await (await client.get("/api/sessions/s1/messages")).json())["items"]
+    assert [m["content"] for m in active] == ["one", "one", "two", "two"]
+
+
+async def test_delete_streaming_message_cancels_it(make_client: Any) -> None:
+    """Deleting a reply while it streams stops it and leaves a tombstone."""
+    client = await make_client(echo_words_per_second=10)
+    await new_session(client)
+    r = await _chat(client, "s1", TEXT)
+    aid = r.headers["X-Assistant-Message-Id"]
+    await SSEReader(r).until("delta")
+    assert (await client.delete(f"/api/sessions/s1/messages/{aid}")).status == 204
+    assert (await client.get(f"/api/sessions/s1/messages/{aid}")).status == 404
+    assert registry_of(client).actor_if_live("s1").generations == {}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {},
+        {"content": ""},
+        {"content": "x", "extra": 1},
+        {"content": 5},
+        {"content": "x", "parent_id": "nope"},
+    ],
+)
+async def test_bad_chat_is_400_and_changes_nothing(client: Any, bad: dict[str, Any]) -> None:
+    await new_session(client)
+    r = await client.post("/api/sessions/s1/chat", json=bad)
+    assert r.status == 400
+    every = await (await client.get("/api/sessions/s1/messages?view=all")).json()
+    assert every["items"] == []
+
+
+async def test_chat_unknown_session_is_404(client: Any) -> None:
+    r = await client.post("/api/sessions/nope/chat", json={"content": "x"})
+    assert r.status == 404
+
+
+async def _read_some_deltas(url: str, sid: str, n: int) -> tuple[str, str]:
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{url}/api/sessions/{sid}/chat", json={"content": TEXT}) as r:
+            aid = r.headers["X-Assistant-Message-Id"]
+            reader = SSEReader(r)
+            seen = ""
+            while True:
+                ev = await reader.next()
+                assert ev is not None
+                if ev.event == "delta":
+                    seen += ev.json()["text"]
+                    n -= 1
+                    if n == 0:
+                        return aid, seen
+
+
+async def test_kill9_mid_reply_marks_it_interrupted(server_process: Any) -> None:
+    """A server killed mid-reply comes back with the reply interrupted, text kept."""
+    srv = server_process(env={"ROOST_ECHO_WORDS_PER_SECOND": "10"})
+    await srv.wait_ready()
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{srv.url}/api/sessions", json={"id": "k"}) as r:
+            assert r.status == 201
+    aid, seen = await _read_some_deltas(srv.url, "k", 3)
+    srv.kill9()
+    srv2 = server_process()
+    await srv2.wait_ready()
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{srv2.url}/api/sessions/k/messages/{aid}") as r:
+            msg = await r.json()
+    assert msg["status"] == "interrupted"
+    assert msg["content"].startswith(seen) and TEXT.startswith(msg["content"])
+
+
+async def test_sigterm_mid_reply_interrupts_after_grace(server_process: Any) -> None:
+    """SIGTERM: a running reply gets the grace period, then is interrupted with text kept."""
+    srv = server_process(env={"ROOST_ECHO_WORDS_PER_SECOND": "10", "ROOST_SHUTDOWN_GRACE": "0.2"})
+    await srv.wait_ready()
+    async with aiohttp.ClientSession() as s:
+        async with s.post(f"{srv.url}/api/sessions", json={"id": "t"}) as r:
+            assert r.status == 201
+    aid, seen = await _read_some_deltas(srv.url, "t", 2)
+    srv.proc.send_signal(signal.SIGTERM)
+    code = await asyncio.get_running_loop().run_in_executor(None, srv.proc.wait, TIMEOUT)
+    assert code == 0, srv.log.read_text()
+    srv2 = server_process()
+    await srv2.wait_ready()
+    async with aiohttp.ClientSession() as s:
+        async with s.get(f"{srv2.url}/api/sessions/t/messages/{aid}") as r:
+            msg = await r.json()
+    assert msg["status"] == "interrupted"
+    assert msg["content"].startswith(seen) and TEXT.startswith(msg["content"])
