@@ -299,7 +299,3 @@ class SessionActor:
     def on_generation_end(self) -> None:
         self.last_used = time.monotonic()
         self._on_idle(self)
-
-    def publish_ephemeral(self, type_: str, data: bytes) -> None:
-        """Send a frame with no durable seq (streaming deltas) to subscribers."""
-        self.topic.publish(Frame(type_, data))

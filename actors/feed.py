@@ -83,10 +83,11 @@ class Feed:
                 if not events:
                     break
                 for ev in events:
+                    assert ev.seq is not None  # logged events always have one
                     if ev.seq > self._current:
                         break
                     yield Frame.of(ev)
-                pos = events[-1].seq
+                pos = events[-1].seq or pos
         for frame in self._catchup:
             yield frame
         self._catchup = []

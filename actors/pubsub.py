@@ -30,6 +30,7 @@ class Frame:
 
     @classmethod
     def of(cls, event: Event) -> Frame:
+        """The frame of a committed event (durable or ephemeral)."""
         return cls(event.type, event.frame, event.seq)
 
     def sse(self) -> bytes:

@@ -156,18 +156,7 @@ class Generation:
             offset = len(self.committed)
             self.committed += text
             frame = self._delta_frame(offset, text)
-            self.listeners.publish(frame)
-            self.actor.publish_ephemeral(
-                "message.delta",
-                orjson.dumps(
-                    {
-                        "type": "message.delta",
-                        "message_id": self.message_id,
-                        "offset": offset,
-                        "text": text,
-                    }
-                ),
-            )
+            self.listeners.publish(frame)  # subscribers got it from the commit itself
         if msg is not None:
             self.message = msg
 

@@ -71,9 +71,13 @@ def _loads(text: str | None) -> Any:
 
 @dataclass(slots=True, frozen=True)
 class Event:
-    """A committed change, encoded once as a JSON frame ``{"type", "seq", ...}``."""
+    """A committed change, encoded once as a JSON frame ``{"type", "seq", ...}``.
 
-    seq: int
+    ``seq`` is None for an ephemeral frame (a streaming delta): it is published
+    in order with the durable events of its transaction but not logged.
+    """
+
+    seq: int | None
     type: str
     frame: bytes
 
@@ -321,6 +325,10 @@ class Txn:
         ev = Event(seq, type_, frame)
         self.events.append(ev)
         return ev
+
+    def ephemeral(self, type_: str, frame: bytes) -> None:
+        """Queue an unlogged frame, published after COMMIT in order with events."""
+        self.events.append(Event(None, type_, frame))
 
     # -- messages
     def message_row(self, mid: str) -> tuple[Any, ...]:
@@ -973,9 +981,10 @@ def op_stream(
 ) -> Callable[[Txn], dict[str, Any] | None]:
     """Append ``text`` to a streaming reply and set its status.
 
-    A durable ``message.updated`` event is recorded only when the status
-    changes (first text, and the end); the text in between travels as
-    ephemeral deltas. Returns the message when an event was recorded.
+    The text goes to subscribers as an ephemeral ``message.delta`` (offset =
+    length of the text before it); a durable ``message.updated`` event is
+    recorded only when the status changes (first text, and the end), after
+    the delta. Returns the message when an event was recorded.
     """
 
     def run(txn: Txn) -> dict[str, Any] | None:
@@ -997,6 +1006,14 @@ def op_stream(
                 args.append(info[key])
         args.append(row[0])
         txn.conn.execute(f"UPDATE messages SET {', '.join(sets)} WHERE seq = ?", args)
+        if text:
+            delta = {
+                "type": "message.delta",
+                "message_id": mid,
+                "offset": len(row[8]),
+                "text": text,
+            }
+            txn.ephemeral("message.delta", orjson.dumps(delta))
         if row[10] == status:
             return None
         if status not in UNFINISHED:
