@@ -103,6 +103,7 @@ class SessionActor:
         self.generations: dict[str, Generation] = {}
         self.graceful = True
         self.stream_lag_observer: Callable[[float], None] | None = None
+        self.commit_observer: Callable[[float, int], None] | None = None
         self._write_pool = write_pool
         self._on_commit = on_commit
         self._on_closed = on_closed
@@ -236,6 +237,7 @@ class SessionActor:
             batch = [self._mailbox.popleft() for _ in range(n)]
             f = self._file
             assert f is not None
+            started = time.perf_counter()
             try:
                 results, events, sess = await loop.run_in_executor(
                     self._write_pool, f.run_batch, [e.op for e in batch], now_iso()
@@ -243,6 +245,8 @@ class SessionActor:
             except BaseException as exc:
                 self._break(exc, batch)
                 return
+            if self.commit_observer is not None:
+                self.commit_observer(time.perf_counter() - started, n)
             self.commits += 1
             self.committed_ops += n
             self.last_used = time.monotonic()

@@ -62,6 +62,7 @@ class ActorRegistry:
         self.commit_hooks: list[Callable[[SessionActor, dict[str, Any]], None]] = []
         self.responder: Responder = EchoResponder()
         self.stream_lag_observer: Callable[[float], None] | None = None
+        self.commit_observer: Callable[[float, int], None] | None = None
         self._actors: OrderedDict[str, SessionActor] = OrderedDict()
         self._topics: dict[str, Topic] = {}
         self._deleting: set[str] = set()
@@ -105,6 +106,13 @@ class ActorRegistry:
     @property
     def live(self) -> int:
         return len(self._actors)
+
+    def subscriber_count(self) -> int:
+        """Subscribers of all sessions' event feeds (WebSocket and SSE)."""
+        return sum(len(t.subs) for t in self._topics.values())
+
+    def running_replies(self) -> int:
+        return sum(len(a.generations) for a in self._actors.values())
 
     def actor_if_live(self, sid: str) -> SessionActor | None:
         a = self._actors.get(sid)
@@ -180,6 +188,7 @@ class ActorRegistry:
             on_idle=lambda actor: self._room.set(),
         )
         actor.stream_lag_observer = self.stream_lag_observer
+        actor.commit_observer = self.commit_observer
         return actor
 
     async def _make_room(self) -> None:

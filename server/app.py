@@ -12,6 +12,8 @@ from actors.registry import ActorRegistry
 from actors.responders import EchoResponder, Responder
 from server.errors import error_middleware, error_response
 from server.http import REGISTRY, SETTINGS, json_response
+from server.metrics import METRICS
+from server.metrics import install as install_metrics
 from server.settings import Settings
 from server.sse import OPEN_STREAMS
 from storage.layout import DataDir, raise_nofile_limit
@@ -66,6 +68,7 @@ def make_app(settings: Settings) -> web.Application:
         )
         await registry.start()
         app[REGISTRY] = registry
+        app[METRICS].attach(registry)
         http = aiohttp.ClientSession()
         registry.responder = make_responder(settings, http)
         try:
@@ -79,6 +82,7 @@ def make_app(settings: Settings) -> web.Application:
     app[OPEN_FEEDS] = set()
     app.cleanup_ctx.append(registry_ctx)
     app.on_shutdown.append(close_realtime)
+    install_metrics(app)
     app.router.add_get("/healthz", healthz)
     app.router.add_routes(core_routes)
     app.router.add_routes(chat_routes)

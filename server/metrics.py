@@ -1,0 +1,136 @@
+"""``GET /metrics``: Prometheus text format, via prometheus-client.
+
+Each app has its own CollectorRegistry (tests run many apps in one process).
+Histograms are fed by observers the actors call; gauges and counters that the
+registry already keeps are read at scrape time by a custom collector.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from actors.registry import ActorRegistry
+from server.errors import Handler
+
+_LATENCY_BUCKETS = (
+    0.0005,
+    0.001,
+    0.002,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+
+class Metrics:
+    """The instruments of one app."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Histogram(
+            "roost_request_seconds",
+            "HTTP request latency by route",
+            ["method", "route", "status"],
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.commit_seconds = Histogram(
+            "roost_commit_seconds",
+            "time of one group commit (transaction + fsync)",
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        )
+        self.batch_size = Histogram(
+            "roost_commit_batch_size",
+            "mutations per group commit",
+            registry=self.registry,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+        )
+        self.stream_lag = Histogram(
+            "roost_stream_persist_lag_seconds",
+            "time from a reply's text being generated to it being committed",
+            registry=self.registry,
+            buckets=_LATENCY_BUCKETS,
+        )
+
+    def observe_commit(self, seconds: float, size: int) -> None:
+        self.commit_seconds.observe(seconds)
+        self.batch_size.observe(size)
+
+    def attach(self, actors: ActorRegistry) -> None:
+        actors.commit_observer = self.observe_commit
+        actors.stream_lag_observer = self.stream_lag.observe
+        self.registry.register(_RegistryCollector(actors))
+
+
+class _RegistryCollector(Collector):
+    def __init__(self, actors: ActorRegistry) -> None:
+        self.actors = actors
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        a = self.actors
+        yield GaugeMetricFamily("roost_live_actors", "session actors with an open file", a.live)
+        yield CounterMetricFamily("roost_activations", "actor activations", a.stats.activations)
+        yield CounterMetricFamily(
+            "roost_hibernations", "actors closed after their idle timeout", a.stats.hibernations
+        )
+        yield CounterMetricFamily(
+            "roost_evictions", "actors closed to stay under the live cap", a.stats.evictions
+        )
+        yield GaugeMetricFamily(
+            "roost_subscribers", "WebSocket and SSE event subscribers", a.subscriber_count()
+        )
+        yield CounterMetricFamily(
+            "roost_dropped_subscribers",
+            "subscribers dropped for falling behind",
+            a.stats.dropped_subscribers,
+        )
+        yield GaugeMetricFamily(
+            "roost_running_replies", "replies being generated", a.running_replies()
+        )
+
+
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Time every request by its route template (not its concrete path)."""
+    started = time.perf_counter()
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    finally:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        request.app[METRICS].requests.labels(request.method, name, str(status)).observe(
+            time.perf_counter() - started
+        )
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def install(app: web.Application) -> None:
+    """Add the middleware and route; call before startup."""
+    app[METRICS] = Metrics()
+    app.middlewares.insert(0, metrics_middleware)
+    app.router.add_get("/metrics", metrics_handler)
