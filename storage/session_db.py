@@ -16,6 +16,7 @@ returned, so the caller can publish them (output gate).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sqlite3
@@ -286,35 +287,106 @@ def remove_session_files(datadir: DataDir, sid: str) -> bool:
 # --------------------------------------------------------------------------- transactions
 
 
+@dataclass(slots=True)
+class SessionState:
+    """The session row, plus the active leaf's depth and child count.
+
+    The actor is the only writer of its file, so the state is kept in memory
+    between transactions: an append reads nothing but what it must.
+    """
+
+    id: str
+    owner: str
+    title: str | None
+    metadata: str
+    created_at: str
+    updated_at: str
+    message_count: int
+    last_message_at: str | None
+    active_leaf_seq: int | None
+    active_leaf_id: str | None
+    root_count: int
+    event_seq: int
+    leaf_depth: int
+    leaf_child_count: int
+
+    @classmethod
+    def load(cls, conn: sqlite3.Connection) -> SessionState:
+        row = conn.execute(f"SELECT {_SESSION_COLS} FROM session").fetchone()
+        if row is None:
+            raise Unavailable("session file has no session row")
+        depth, children = -1, 0
+        if row[8] is not None:
+            depth, children = conn.execute(
+                "SELECT depth, child_count FROM messages WHERE seq = ?", (row[8],)
+            ).fetchone()
+        return cls(
+            id=row[0],
+            owner=row[1],
+            title=row[2],
+            metadata=row[3],
+            created_at=row[4],
+            updated_at=row[5],
+            message_count=row[6],
+            last_message_at=row[7],
+            active_leaf_seq=row[8],
+            active_leaf_id=row[9],
+            root_count=row[10],
+            event_seq=row[11],
+            leaf_depth=depth,
+            leaf_child_count=children,
+        )
+
+    def row(self) -> tuple[Any, ...]:
+        return (
+            self.id,
+            self.owner,
+            self.title,
+            self.metadata,
+            self.created_at,
+            self.updated_at,
+            self.message_count,
+            self.last_message_at,
+            self.active_leaf_seq,
+            self.active_leaf_id,
+            self.root_count,
+            self.event_seq,
+        )
+
+    def copy(self) -> SessionState:
+        return dataclasses.replace(self)
+
+
 class Txn:
-    """The view of one write transaction that mutation functions get."""
+    """The view of one write transaction that mutation functions get.
+
+    ``state`` is the session row as of this point of the transaction; ops
+    change it in memory and the batch writes it once, before COMMIT.
+    """
 
     def __init__(
-        self, conn: sqlite3.Connection, session_id: str, now: str, event_retention: int
+        self,
+        conn: sqlite3.Connection,
+        session_id: str,
+        now: str,
+        event_retention: int,
+        state: SessionState,
     ) -> None:
         self.conn = conn
         self.event_retention = event_retention
         self.session_id = session_id
         self.now = now
+        self.state = state
         self.events: list[Event] = []
         self.session_changed = False
 
-    # -- session row
-    def session(self) -> tuple[Any, ...]:
-        row = self.conn.execute(f"SELECT {_SESSION_COLS} FROM session").fetchone()
-        if row is None:
-            raise Unavailable("session file has no session row")
-        return tuple(row)
-
     def session_doc(self) -> dict[str, Any]:
-        return session_doc(self.session())
+        return session_doc(self.state.row())
 
     def emit(self, type_: str, payload: dict[str, Any]) -> Event:
         """Record an event with the next seq; it is published only after COMMIT."""
-        cur = self.conn.execute(
-            "UPDATE session SET event_seq = event_seq + 1 RETURNING event_seq"
-        ).fetchone()
-        seq = int(cur[0])
+        self.state.event_seq += 1
+        seq = self.state.event_seq
         frame = orjson.dumps({"type": type_, "seq": seq, **payload})
         self.conn.execute(
             "INSERT INTO events (seq, type, frame, created_at) VALUES (?, ?, ?, ?)",
@@ -350,10 +422,10 @@ class Txn:
         """Point the active path at ``leaf_seq``; return whether the leaf changed.
 
         Only the part of the path that differs from the current one is
-        rewritten, so appending to the active branch costs two statements.
+        rewritten: O(length of the divergence).
         """
-        cur_leaf = self.conn.execute("SELECT active_leaf_seq FROM session").fetchone()[0]
-        if cur_leaf == leaf_seq:
+        st = self.state
+        if st.active_leaf_seq == leaf_seq:
             return False
         new_rows: list[tuple[int, int]] = []
         node = leaf_seq
@@ -372,19 +444,17 @@ class Txn:
             node = parent
         self.conn.execute("DELETE FROM active_path WHERE depth > ?", (common_depth,))
         self.conn.executemany("INSERT INTO active_path (depth, seq) VALUES (?, ?)", new_rows)
-        leaf_id = None
+        st.active_leaf_seq, st.active_leaf_id = leaf_seq, None
+        st.leaf_depth, st.leaf_child_count = -1, 0
         if leaf_seq is not None:
-            leaf_id = self.conn.execute(
-                "SELECT id FROM messages WHERE seq = ?", (leaf_seq,)
-            ).fetchone()[0]
-        self.conn.execute(
-            "UPDATE session SET active_leaf_seq = ?, active_leaf_id = ?", (leaf_seq, leaf_id)
-        )
+            st.active_leaf_id, st.leaf_depth, st.leaf_child_count = self.conn.execute(
+                "SELECT id, depth, child_count FROM messages WHERE seq = ?", (leaf_seq,)
+            ).fetchone()
         self.session_changed = True
         return True
 
     def touch_session(self) -> None:
-        self.conn.execute("UPDATE session SET updated_at = ?", (self.now,))
+        self.state.updated_at = self.now
         self.session_changed = True
 
 
@@ -415,7 +485,9 @@ def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool
                         details={"client_id": draft.client_id, "message_id": row[1]},
                     )
                 return message_doc(row, txn.session_id), False
-        sess = txn.session()
+        st = txn.state
+        parent_seq: int | None
+        parent_id: str | None
         if draft.parent_id is not None:
             prow = conn.execute(
                 "SELECT seq, depth, child_count, deleted_at FROM messages WHERE id = ?",
@@ -426,16 +498,23 @@ def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool
                     "parent_id does not name a message of this session",
                     details={"parent_id": draft.parent_id},
                 )
-            parent_seq, depth, sibling_index = prow[0], prow[1] + 1, prow[2]
-            parent_id: str | None = draft.parent_id
-        elif sess[8] is not None and not draft.explicit_parent:
-            parent_seq, parent_id = sess[8], sess[9]
-            depth, sibling_index = conn.execute(
-                "SELECT depth + 1, child_count FROM messages WHERE seq = ?", (parent_seq,)
-            ).fetchone()
+            parent_seq, parent_id, depth, sibling_index = (
+                prow[0],
+                draft.parent_id,
+                prow[1] + 1,
+                prow[2],
+            )
+        elif st.active_leaf_seq is not None and not draft.explicit_parent:
+            parent_seq, parent_id = st.active_leaf_seq, st.active_leaf_id
+            depth, sibling_index = st.leaf_depth + 1, st.leaf_child_count
         else:
-            parent_seq, parent_id, depth, sibling_index = None, None, 0, sess[10]
+            parent_seq, parent_id, depth, sibling_index = None, None, 0, st.root_count
         mid = uuid7()
+        parts = None if draft.parts is None else dumps(draft.parts)
+        tool_call = None if draft.tool_call is None else dumps(draft.tool_call)
+        tool_result = None if draft.tool_result is None else dumps(draft.tool_result)
+        attachments = None if not draft.attachments else dumps(draft.attachments)
+        metadata = dumps(draft.metadata or {})
         cur = conn.execute(
             "INSERT INTO messages (id, parent_seq, parent_id, depth, sibling_index, role, content, "
             "parts, status, client_id, request_hash, model_id, provider_id, tool_name, tool_call, "
@@ -449,36 +528,69 @@ def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool
                 sibling_index,
                 draft.role,
                 draft.content,
-                None if draft.parts is None else dumps(draft.parts),
+                parts,
                 draft.status,
                 draft.client_id,
                 draft.request_hash,
                 draft.model_id,
                 draft.provider_id,
                 draft.tool_name,
-                None if draft.tool_call is None else dumps(draft.tool_call),
-                None if draft.tool_result is None else dumps(draft.tool_result),
-                None if not draft.attachments else dumps(draft.attachments),
-                dumps(draft.metadata or {}),
+                tool_call,
+                tool_result,
+                attachments,
+                metadata,
                 txn.now,
                 txn.now,
             ),
         )
         seq = int(cur.lastrowid or 0)
         if parent_seq is None:
-            conn.execute("UPDATE session SET root_count = root_count + 1")
+            st.root_count += 1
         else:
             conn.execute(
                 "UPDATE messages SET child_count = child_count + 1 WHERE seq = ?", (parent_seq,)
             )
-        branched = parent_seq != sess[8]
-        txn.set_active_leaf(seq)
-        conn.execute(
-            "UPDATE session SET message_count = message_count + 1, last_message_at = ?, "
-            "updated_at = ?",
-            (txn.now, txn.now),
+        branched = parent_seq != st.active_leaf_seq
+        if branched:
+            txn.set_active_leaf(seq)
+        else:  # the common case: the active branch grows by one
+            conn.execute("INSERT INTO active_path (depth, seq) VALUES (?, ?)", (depth, seq))
+            st.active_leaf_seq, st.active_leaf_id = seq, mid
+            st.leaf_depth, st.leaf_child_count = depth, 0
+        st.message_count += 1
+        st.last_message_at = st.updated_at = txn.now
+        txn.session_changed = True
+        msg = message_doc(
+            (
+                seq,
+                mid,
+                parent_seq,
+                parent_id,
+                depth,
+                sibling_index,
+                0,
+                draft.role,
+                draft.content,
+                parts,
+                draft.status,
+                draft.client_id,
+                draft.request_hash,
+                draft.model_id,
+                draft.provider_id,
+                None,
+                draft.tool_name,
+                tool_call,
+                tool_result,
+                attachments,
+                metadata,
+                None,
+                txn.now,
+                txn.now,
+                1,
+                None,
+            ),
+            txn.session_id,
         )
-        msg = txn.message_by_seq(seq)
         txn.emit("message.created", {"message": msg})
         if branched:
             txn.emit("session.updated", {"session": txn.session_doc()})
@@ -542,12 +654,11 @@ def op_delete_message(mid: str) -> Callable[[Txn], None]:
             "deleted_at = ?, updated_at = ?, version = version + 1 WHERE seq = ?",
             (txn.now, txn.now, seq),
         )
-        txn.conn.execute(
-            "UPDATE session SET message_count = message_count - 1, updated_at = ?", (txn.now,)
-        )
-        txn.session_changed = True
-        leaf = txn.conn.execute("SELECT active_leaf_seq FROM session").fetchone()[0]
-        if leaf == seq:
+        st = txn.state
+        st.message_count -= 1
+        txn.touch_session()
+        leaf = st.active_leaf_seq
+        if seq == leaf:
             node = row[2]
             while node is not None:
                 parent, deleted = txn.conn.execute(
@@ -580,9 +691,9 @@ def op_update_session(
 
     def run(txn: Txn) -> dict[str, Any]:
         if set_title:
-            txn.conn.execute("UPDATE session SET title = ?", (title,))
+            txn.state.title = title
         if metadata is not None:
-            txn.conn.execute("UPDATE session SET metadata = ?", (dumps(metadata),))
+            txn.state.metadata = dumps(metadata)
         if active_leaf_id is not None:
             row = txn.conn.execute(
                 "SELECT seq, deleted_at FROM messages WHERE id = ?", (active_leaf_id,)
@@ -643,6 +754,7 @@ class SessionFile:
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._snapshot_depth = 0
+        self._state: SessionState | None = None
         try:
             self._writer = connect(self.path, synchronous=synchronous)
             migrate(self._writer, SESSION_MIGRATIONS, what="session file")
@@ -710,31 +822,65 @@ class SessionFile:
         is the session document when an op changed the session row.
         """
         conn = self.writer
-        txn = Txn(conn, self.sid, now, self.event_retention)
+        if self._state is None:
+            self._state = SessionState.load(conn)
+        txn = Txn(conn, self.sid, now, self.event_retention, self._state.copy())
         results: list[Any] = []
+        single = len(ops) == 1
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for op in ops:
                     mark = len(txn.events)
-                    conn.execute("SAVEPOINT op")
+                    saved = txn.state.copy()
+                    changed = txn.session_changed
+                    if not single:
+                        conn.execute("SAVEPOINT op")
                     try:
                         results.append(op(txn))
                     except sqlite3.Error:
                         raise
                     except Exception as exc:  # the op's own failure: undo it alone
-                        conn.execute("ROLLBACK TO op")
+                        conn.execute("ROLLBACK" if single else "ROLLBACK TO op")
                         del txn.events[mark:]
+                        txn.state, txn.session_changed = saved, changed
                         results.append(exc)
-                    conn.execute("RELEASE op")
-                sess = txn.session_doc() if txn.session_changed or txn.events else None
+                    if not single:
+                        conn.execute("RELEASE op")
+                if not conn.in_transaction:  # a single op failed: nothing to commit
+                    return results, [], None
+                sess = None
+                if txn.session_changed or txn.events:
+                    st = txn.state
+                    conn.execute(
+                        "UPDATE session SET title = ?, metadata = ?, updated_at = ?, "
+                        "message_count = ?, last_message_at = ?, active_leaf_seq = ?, "
+                        "active_leaf_id = ?, root_count = ?, event_seq = ?",
+                        (
+                            st.title,
+                            st.metadata,
+                            st.updated_at,
+                            st.message_count,
+                            st.last_message_at,
+                            st.active_leaf_seq,
+                            st.active_leaf_id,
+                            st.root_count,
+                            st.event_seq,
+                        ),
+                    )
+                    sess = txn.session_doc()
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
         except sqlite3.Error as exc:
+            self._state = None  # the file decides what is true now
             raise _classify(exc) from exc
+        except BaseException:
+            self._state = None
+            raise
+        self._state = txn.state
         return results, txn.events, sess
 
     def recover_unfinished(self, now: str) -> list[Event]:
