@@ -62,7 +62,8 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
 
 
 def request_hash(model: BaseModel) -> str:
-    """A stable digest of a parsed request (for idempotent retries)."""
+    """A stable digest of a parsed request, to tell a retry from a different request
+    with the same ``client_id``. Only computed when a ``client_id`` is given."""
     canon = orjson.dumps(model.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canon).hexdigest()
 

@@ -154,7 +154,7 @@ def draft_from(body: MessageCreate, request: web.Request) -> MessageDraft:
         tool_result=body.tool_result,
         attachments=None,
         metadata=body.metadata,
-        request_hash=request_hash(body),
+        request_hash=request_hash(body) if body.client_id is not None else None,
         explicit_parent="parent_id" in body.model_fields_set,
     )
 

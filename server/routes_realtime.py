@@ -222,7 +222,7 @@ async def _ws_chat(
         client_id=body.client_id,
         parent_id=body.parent_id,
         metadata=body.metadata,
-        request_hash=request_hash(body),
+        request_hash=request_hash(body) if body.client_id is not None else None,
         explicit_parent="parent_id" in body.model_fields_set,
     )
     registry = request.app[REGISTRY]
