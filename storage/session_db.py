@@ -890,10 +890,13 @@ class SessionFile:
         session can be running. Text streamed so far is kept.
         """
 
+        rows = self.writer.execute(
+            "SELECT id FROM messages WHERE status IN ('pending', 'streaming')"
+        ).fetchall()
+        if not rows:  # the usual case: no write transaction at all
+            return []
+
         def op(txn: Txn) -> None:
-            rows = txn.conn.execute(
-                "SELECT id FROM messages WHERE status IN ('pending', 'streaming')"
-            ).fetchall()
             for (mid,) in rows:
                 op_update_message(mid, {"status": "interrupted"})(txn)
 
