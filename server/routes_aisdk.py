@@ -18,7 +18,8 @@ Contract, where the AI SDK leaves it to the server:
   the text>``, so the same request sent again answers the stored pair (the
   running reply is attached to, an ended one replayed) and never duplicates
   the user message. With ``messageId`` naming that message (an edit, or a
-  resubmit) the new text becomes a sibling of the version stored before.
+  resubmit) the new text becomes a sibling of the version stored before
+  (found by its UI id, or by its Roost id for history loaded from Roost).
   Without it the message goes below the session's active leaf.
 - ``regenerate-message``: ``messageId`` names the assistant message to
   replace (a new sibling) or a user message to answer (a new child), by
@@ -305,6 +306,18 @@ async def _ensure_session(registry: ActorRegistry, sid: str, user: str) -> None:
         await registry.create_session(sid, owner=user)
 
 
+def _stored_user_message(actor: SessionActor, ui_id: str) -> dict[str, Any] | None:
+    """The stored version of user message ``ui_id``: sent through this adapter
+    (newest version), or loaded from Roost with its Roost id as UI id."""
+    found = read_by_client_id_prefix(actor.file, f"{CLIENT_ID_PREFIX}{ui_id}:")
+    if found is None:
+        with contextlib.suppress(NotFound):
+            msg = actor.file.read_message(ui_id)
+            if msg["role"] == "user":
+                found = msg
+    return found
+
+
 def _regenerate_target(actor: SessionActor, body: AiChatRequest) -> str:
     """The Roost id of the message to regenerate (see the module docstring)."""
     if body.messageId is None:
@@ -315,7 +328,7 @@ def _regenerate_target(actor: SessionActor, body: AiChatRequest) -> str:
     with contextlib.suppress(NotFound):
         mid: str = actor.file.read_message(body.messageId)["id"]
         return mid
-    found = read_by_client_id_prefix(actor.file, f"{CLIENT_ID_PREFIX}{body.messageId}:")
+    found = _stored_user_message(actor, body.messageId)
     if found is None:
         raise ApiError(
             404,
@@ -362,7 +375,7 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
         if draft is not None:
             last_id = body.messages[-1].id
             if body.messageId == last_id:  # an edit (or a resubmit) of that message
-                before = read_by_client_id_prefix(actor.file, f"{CLIENT_ID_PREFIX}{last_id}:")
+                before = _stored_user_message(actor, last_id)
                 if before is not None and before["client_id"] != draft.client_id:
                     draft.parent_id = before["parent_id"]
                     draft.explicit_parent = True
