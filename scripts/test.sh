@@ -10,6 +10,13 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 echo "[test] installing roost with test extras" >&2
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# the AI SDK adapter's tests run the real `ai` package in node (tests/aisdk)
+if command -v npm >/dev/null \
+  && [[ ! -f tests/aisdk/node_modules/.package-lock.json \
+    || tests/aisdk/package-lock.json -nt tests/aisdk/node_modules/.package-lock.json ]]; then
+  echo "[test] npm ci in tests/aisdk" >&2
+  (cd tests/aisdk && npm ci --no-audit --no-fund --loglevel=error)
+fi
 echo "[test] ruff" >&2
 .venv/bin/ruff check .
 .venv/bin/ruff format --check . >/dev/null || { .venv/bin/ruff format --diff . | head -50; exit 1; }

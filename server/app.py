@@ -87,4 +87,7 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_routes(core_routes)
     app.router.add_routes(chat_routes)
     app.router.add_routes(realtime_routes)
+    from server.routes_aisdk import routes as aisdk_routes
+
+    app.router.add_routes(aisdk_routes)
     return app

@@ -1196,3 +1196,20 @@ def read_history(f: SessionFile, parent_id: str | None, limit: int) -> list[dict
         (parent_id, limit),
     ).fetchall()
     return [message_doc(r, f.sid) for r in rows]
+
+
+def read_by_client_id_prefix(f: SessionFile, prefix: str) -> dict[str, Any] | None:
+    """The newest live message whose ``client_id`` starts with ``prefix``, or None.
+
+    A range scan on the ``client_id`` index (no LIKE, so no escaping): the
+    upper bound is ``prefix`` with its last character incremented.
+    """
+    if not prefix:
+        raise ValueError("prefix must not be empty")
+    upper = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    row = f.reader.execute(
+        f"SELECT {_MSG_COLS} FROM messages WHERE client_id >= ? AND client_id < ? "
+        "AND deleted_at IS NULL ORDER BY seq DESC LIMIT 1",
+        (prefix, upper),
+    ).fetchone()
+    return None if row is None else message_doc(row, f.sid)

@@ -1,0 +1,427 @@
+"""The Vercel AI SDK adapter: ``useChat`` with ``DefaultChatTransport`` (SPEC section 8).
+
+``POST /api/ai/chat`` takes the transport's body (``id``, ``messages``,
+``trigger``, ``messageId``) and answers in the UI Message Stream protocol
+(v1). ``GET /api/ai/chat/{id}/stream`` resumes the running reply; the actor
+already holds it, so there is no Redis.
+
+Contract, where the AI SDK leaves it to the server:
+
+- The chat ``id`` is the session id (``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``, else
+  400). A session that does not exist is created for the caller by its first
+  ``submit-message`` (a regenerate of an unknown chat is 404); another user's
+  session answers 404.
+- Only what is new is taken from ``messages``; the client's history is never
+  stored. ``submit-message``: the last message (it must be a ``user`` message);
+  its text parts, concatenated, are the content; ``file`` parts are refused
+  (400); other parts are ignored. Its ``client_id`` is ``ai:<ui id>:<digest of
+  the text>``, so the same request sent again answers the stored pair (the
+  running reply is attached to, an ended one replayed) and never duplicates
+  the user message. With ``messageId`` naming that message (an edit, or a
+  resubmit) the new text becomes a sibling of the version stored before
+  (found by its UI id, or by its Roost id for history loaded from Roost).
+  Without it the message goes below the session's active leaf.
+- ``regenerate-message``: ``messageId`` names the assistant message to
+  replace (a new sibling) or a user message to answer (a new child), by
+  Roost id or by the user message's UI id; without ``messageId`` the active
+  leaf is regenerated.
+- Chunks carry exactly the keys of ``ai`` 5.0.0's strict schema (newer v5
+  clients accept more, older ones refuse any extra). Roost's facts go in
+  ``messageMetadata`` on ``start`` and ``finish``. Text arrives as one text
+  part while streaming; tool calls (which providers finish at the end of a
+  reply) follow it as ``tool-input-available`` chunks. A failed reply sends an
+  ``error`` chunk before ``finish``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from typing import Annotated, Any, Literal
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from actors import streams
+from actors.actor import SessionActor
+from actors.pubsub import Subscription
+from actors.registry import ActorRegistry
+from actors.streams import Generation
+from server.errors import ApiError
+from server.http import REGISTRY, SETTINGS, read_json, user_of
+from server.models import Strict, check_content
+from server.sse import OPEN_STREAMS, open_sse
+from storage.errors import Conflict, NotFound
+from storage.ids import validate_session_id
+from storage.session_db import MessageDraft, read_by_client_id_prefix
+
+routes = web.RouteTableDef()
+
+UI_STREAM_HEADERS = {"x-vercel-ai-ui-message-stream": "v1", "Connection": "keep-alive"}
+DONE = b"data: [DONE]\n\n"
+CLIENT_ID_PREFIX = "ai:"
+
+UiId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)]
+Model = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)]
+
+
+class UIMessage(BaseModel):
+    """A message as the AI SDK sends it; parts beyond ``type``/``text`` are not read."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    id: UiId
+    role: Literal["system", "user", "assistant"]
+    parts: list[dict[str, Any]]
+
+
+class AiChatRequest(Strict):
+    """``DefaultChatTransport``'s body, plus Roost's optional ``model``."""
+
+    id: Annotated[str, StringConstraints(strict=True, max_length=200)]
+    messages: list[UIMessage]
+    trigger: Literal["submit-message", "regenerate-message"]
+    messageId: UiId | None = None  # the AI SDK's spelling
+    model: Model | None = None
+
+
+# ------------------------------------------------------------------ pure parts
+
+
+def ui_text(message: UIMessage) -> str:
+    """The content of a UI message: its text parts, concatenated.
+
+    Raises ApiError 400 for ``file`` parts (not supported here yet).
+    """
+    texts = []
+    for part in message.parts:
+        kind = part.get("type")
+        if kind == "file":
+            raise ApiError(
+                400,
+                "invalid_input",
+                "file parts are not supported by /api/ai/chat; upload attachments "
+                "with POST /api/sessions/{sid}/attachments",
+                {"loc": ["messages", -1, "parts"]},
+            )
+        if kind == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                raise ApiError(
+                    400,
+                    "invalid_input",
+                    "a text part must have a string text",
+                    {"loc": ["messages", -1, "parts"]},
+                )
+            texts.append(text)
+    return "".join(texts)
+
+
+def client_id_for(ui_id: str, content: str) -> str:
+    """Roost's ``client_id`` for version ``content`` of UI message ``ui_id``."""
+    digest = hashlib.sha256(content.encode()).hexdigest()[:16]
+    return f"{CLIENT_ID_PREFIX}{ui_id}:{digest}"
+
+
+def chunk(data: dict[str, Any]) -> bytes:
+    """One UI Message Stream chunk as an SSE event."""
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def message_metadata(msg: dict[str, Any]) -> dict[str, Any]:
+    """Roost's facts about a reply, as the AI SDK's ``messageMetadata``."""
+    return {
+        "sessionId": msg["session_id"],
+        "status": msg["status"],
+        "model": msg.get("model_id"),
+        "provider": msg.get("provider_id"),
+        "fallbackNotice": msg.get("fallback_notice"),
+        "parentId": msg.get("parent_id"),
+    }
+
+
+class UIStream:
+    """Turns one Roost reply into UI Message Stream chunks (no I/O).
+
+    Call :meth:`start` once, :meth:`text` for each delta, then :meth:`end`
+    with the final message; or :meth:`replay` for a reply that has ended.
+    """
+
+    def __init__(self, message_id: str) -> None:
+        self.message_id = message_id
+        self._texts = 0
+        self._open: str | None = None
+
+    def start(self, msg: dict[str, Any]) -> list[bytes]:
+        return [
+            chunk(
+                {
+                    "type": "start",
+                    "messageId": self.message_id,
+                    "messageMetadata": message_metadata(msg),
+                }
+            )
+        ]
+
+    def text(self, delta: str) -> list[bytes]:
+        if not delta:
+            return []
+        out = []
+        if self._open is None:
+            self._open = f"{self.message_id}:{self._texts}"
+            self._texts += 1
+            out.append(chunk({"type": "text-start", "id": self._open}))
+        out.append(chunk({"type": "text-delta", "id": self._open, "delta": delta}))
+        return out
+
+    def _close_text(self) -> list[bytes]:
+        if self._open is None:
+            return []
+        out = [chunk({"type": "text-end", "id": self._open})]
+        self._open = None
+        return out
+
+    @staticmethod
+    def tool(part: dict[str, Any]) -> list[bytes]:
+        """The chunks of a ``tool-call`` or ``tool-result`` part (none for others)."""
+        if part.get("type") == "tool-call":
+            return [
+                chunk(
+                    {
+                        "type": "tool-input-available",
+                        "toolCallId": part["tool_call_id"],
+                        "toolName": part["tool_name"],
+                        "input": part.get("args"),
+                    }
+                )
+            ]
+        if part.get("type") == "tool-result":
+            if part.get("is_error"):
+                result = part.get("result")
+                text = result if isinstance(result, str) else orjson.dumps(result).decode()
+                return [
+                    chunk(
+                        {
+                            "type": "tool-output-error",
+                            "toolCallId": part["tool_call_id"],
+                            "errorText": text,
+                        }
+                    )
+                ]
+            return [
+                chunk(
+                    {
+                        "type": "tool-output-available",
+                        "toolCallId": part["tool_call_id"],
+                        "output": part.get("result"),
+                    }
+                )
+            ]
+        return []
+
+    def end(self, final: dict[str, Any], *, tools: bool = True) -> list[bytes]:
+        """Close the text, add tool chunks, the error if the reply failed, ``finish``."""
+        out = self._close_text()
+        if tools:
+            for part in final.get("parts") or []:
+                out += self.tool(part)
+        if final["status"] == "error":
+            error = final.get("error") or {}
+            text = error.get("message") if isinstance(error, dict) else None
+            out.append(chunk({"type": "error", "errorText": text or "the reply failed"}))
+        out.append(chunk({"type": "finish", "messageMetadata": message_metadata(final)}))
+        out.append(DONE)
+        return out
+
+    def replay(self, msg: dict[str, Any]) -> list[bytes]:
+        """The whole stream of a reply that has ended, its parts in order."""
+        out = self.start(msg)
+        parts = msg.get("parts")
+        if not parts:
+            out += self.text(msg["content"])
+        else:
+            for part in parts:
+                if part.get("type") == "text":
+                    out += self.text(part.get("text") or "")
+                else:
+                    out += self._close_text()
+                    out += self.tool(part)
+            out += self._close_text()
+        return out + self.end(msg, tools=False)
+
+
+# ------------------------------------------------------------------ streaming
+
+
+async def _send(
+    request: web.Request,
+    ui: UIStream,
+    first: list[bytes],
+    sub: Subscription | None,
+    headers: dict[str, str],
+) -> web.StreamResponse:
+    """Write ``first``, then translate ``sub``'s frames until the reply ends.
+
+    Returns quietly when the client goes away (the reply goes on) or the
+    subscription ends early (dropped or shutdown: the client may resume).
+    """
+    resp = await open_sse(request, {**UI_STREAM_HEADERS, **headers})
+    heartbeat = request.app[SETTINGS].sse_heartbeat
+    if sub is not None:
+        request.app[OPEN_STREAMS].add(sub)
+    try:
+        await resp.write(b"".join(first))
+        while sub is not None:
+            try:
+                frame = await asyncio.wait_for(sub.get(), heartbeat)
+            except TimeoutError:
+                await resp.write(b": keep-alive\n\n")
+                continue
+            if frame is None:
+                break
+            if frame.type == "delta":
+                await resp.write(b"".join(ui.text(orjson.loads(frame.data)["text"])))
+            elif frame.type == "message":
+                await resp.write(b"".join(ui.end(orjson.loads(frame.data))))
+                break
+    except ConnectionResetError:
+        pass
+    finally:
+        if sub is not None:
+            sub.close()
+            request.app[OPEN_STREAMS].discard(sub)
+    return resp
+
+
+async def _ensure_session(registry: ActorRegistry, sid: str, user: str) -> None:
+    """Create session ``sid`` for ``user`` unless it exists (a race is fine)."""
+    try:
+        async with registry.lease(sid, user):
+            return
+    except NotFound:
+        pass
+    with contextlib.suppress(Conflict):  # made meanwhile, or another user's (404 next)
+        await registry.create_session(sid, owner=user)
+
+
+def _stored_user_message(actor: SessionActor, ui_id: str) -> dict[str, Any] | None:
+    """The stored version of user message ``ui_id``: sent through this adapter
+    (newest version), or loaded from Roost with its Roost id as UI id."""
+    found = read_by_client_id_prefix(actor.file, f"{CLIENT_ID_PREFIX}{ui_id}:")
+    if found is None:
+        with contextlib.suppress(NotFound):
+            msg = actor.file.read_message(ui_id)
+            if msg["role"] == "user":
+                found = msg
+    return found
+
+
+def _regenerate_target(actor: SessionActor, body: AiChatRequest) -> str:
+    """The Roost id of the message to regenerate (see the module docstring)."""
+    if body.messageId is None:
+        leaf: str | None = actor.file.read_session()["active_leaf_id"]
+        if leaf is None:
+            raise ApiError(400, "invalid_input", "nothing to regenerate: the chat is empty")
+        return leaf
+    with contextlib.suppress(NotFound):
+        mid: str = actor.file.read_message(body.messageId)["id"]
+        return mid
+    found = _stored_user_message(actor, body.messageId)
+    if found is None:
+        raise ApiError(
+            404,
+            "not_found",
+            f"messageId {body.messageId!r} names no message of this chat",
+            {"messageId": body.messageId},
+        )
+    return str(found["id"])
+
+
+@routes.post("/api/ai/chat")
+async def ai_chat(request: web.Request) -> web.StreamResponse:
+    """Take what is new from a ``useChat`` request and stream the reply."""
+    settings = request.app[SETTINGS]
+    data, _ = await read_json(request)
+    body = AiChatRequest.model_validate(data)
+    sid = validate_session_id(body.id)
+    user = user_of(request)
+    draft: MessageDraft | None = None
+    if body.trigger == "submit-message":
+        if not body.messages or body.messages[-1].role != "user":
+            raise ApiError(
+                400,
+                "invalid_input",
+                "submit-message needs the new user message last in messages",
+                {"loc": ["messages"]},
+            )
+        last = body.messages[-1]
+        content = ui_text(last)
+        check_content(content, settings, allow_empty=False)
+        client_id = client_id_for(last.id, content)
+        draft = MessageDraft(
+            role="user",
+            content=content,
+            client_id=client_id,
+            request_hash=hashlib.sha256(client_id.encode()).hexdigest(),
+        )
+    registry = request.app[REGISTRY]
+    if draft is not None:  # a regenerate needs a chat to exist
+        await _ensure_session(registry, sid, user)
+    headers: dict[str, str] = {}
+    async with registry.lease(sid, user) as actor:
+        gen: Generation | None
+        if draft is not None:
+            last_id = body.messages[-1].id
+            if body.messageId == last_id:  # an edit (or a resubmit) of that message
+                before = _stored_user_message(actor, last_id)
+                if before is not None and before["client_id"] != draft.client_id:
+                    draft.parent_id = before["parent_id"]
+                    draft.explicit_parent = True
+            user_msg, reply, _, gen = await streams.chat(
+                actor, draft, registry.responder, model=body.model
+            )
+            headers["X-User-Message-Id"] = user_msg["id"]
+        else:
+            target = _regenerate_target(actor, body)
+            reply, gen = await streams.regenerate(
+                actor, target, registry.responder, model=body.model
+            )
+        sub = gen.subscribe(settings.subscriber_queue) if gen is not None else None
+    headers["X-Assistant-Message-Id"] = reply["id"]
+    ui = UIStream(reply["id"])
+    first = ui.start(reply) if sub is not None else ui.replay(reply)
+    return await _send(request, ui, first, sub, headers)
+
+
+def _running(actor: SessionActor) -> Generation | None:
+    """The reply to resume: the active leaf's if it runs, else the newest running."""
+    gens = actor.generations
+    if not gens:
+        return None
+    leaf = actor.file.read_session()["active_leaf_id"]
+    if leaf in gens:
+        return gens[leaf]
+    return gens[max(gens)]  # ids are time-ordered
+
+
+@routes.get("/api/ai/chat/{id}/stream")
+async def ai_resume(request: web.Request) -> web.StreamResponse:
+    """The running reply from its ``start``, then live; 204 when none runs.
+
+    A session that does not exist (or is another user's) has no running
+    reply: 204, so ``useChat({resume: true})`` on a new chat stays quiet.
+    """
+    sid = validate_session_id(request.match_info["id"])
+    registry = request.app[REGISTRY]
+    actor = registry.actor_if_live(sid)  # a running reply keeps its actor live
+    gen = None
+    if actor is not None and actor.owner == user_of(request):
+        gen = _running(actor)
+    if gen is None or gen.final is not None:
+        return web.Response(status=204)
+    sub = gen.subscribe(request.app[SETTINGS].subscriber_queue)
+    ui = UIStream(gen.message_id)
+    headers = {"X-Assistant-Message-Id": gen.message_id}
+    return await _send(request, ui, ui.start(gen.message), sub, headers)
