@@ -94,7 +94,8 @@ async def read_sse(resp: aiohttp.ClientResponse) -> AsyncIterator[tuple[str, str
     ``event`` defaults to ``message``; multi-line ``data`` is joined with newlines;
     comment lines (heartbeats) are skipped. Ends at EOF.
     """
-    event, data = "message", []
+    event = "message"
+    data: list[str] = []
     async for raw in resp.content:
         line = raw.decode(errors="replace").rstrip("\r\n")
         if not line:

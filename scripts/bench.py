@@ -447,7 +447,7 @@ def fanout_workload(wide: bool) -> RunFn:
         return {
             **latency_summary(latencies, "fan-out "),
             **latency_summary(connects, "ws connect "),
-            f"connect all {len(sockets)} s": connect_wall,
+            f"connect {len(sockets)} sockets s": connect_wall,
             "client procs": float(len(jobs)),
         }
 
@@ -532,10 +532,10 @@ async def cold_run(ctx: Context, t: Target, rnd: int) -> Metrics:
                          starts=0)
         await asyncio.to_thread(server.start)
         ctx.cold["server"] = server
-        ids = [ctx.sid("cold", i) for i in range(z.cold_sessions)]
+        created = [ctx.sid("cold", i) for i in range(z.cold_sessions)]
         done = 0
-        for start in range(0, len(ids), 20_000):
-            chunk = ids[start:start + 20_000]
+        for start in range(0, len(created), 20_000):
+            chunk = created[start:start + 20_000]
             jobs = [CreateSessionsJob(server.base_url, part) for part in
                     split(chunk, ctx.pool.size)]
             results: list[CreateResult] = await run_pool(ctx, jobs, 3600.0)
@@ -544,8 +544,8 @@ async def cold_run(ctx: Context, t: Target, rnd: int) -> Metrics:
                 first = next(r.first_error for r in results if r.first_error)
                 raise BenchError(f"creating cold sessions: {errors} failed; first: {first}")
             done += len(chunk)
-            progress(f"{t.name}: created {done:,}/{len(ids):,} sessions for cold activation")
-        ctx.cold["ids"] = ids
+            progress(f"{t.name}: created {done:,}/{len(created):,} sessions for cold activation")
+        ctx.cold["ids"] = created
     ids: list[str] = ctx.cold["ids"]
     stride = max(1, len(ids) // (z.cold_fetches * max(1, ctx.args.rounds)))
     picks = ids[rnd::stride][: z.cold_fetches]
@@ -553,15 +553,16 @@ async def cold_run(ctx: Context, t: Target, rnd: int) -> Metrics:
     restart = await asyncio.to_thread(server.start)
     rss_restart = server.memory_mb().get("rss MB", 0.0)
     cold_t = Target(t.name, server, t.http)
-    first, second = [], []
+    cold_gets: list[float] = []
+    warm_gets: list[float] = []
     for sid in picks:
         url = f"{server.base_url}/api/sessions/{sid}/messages?limit={PAGE}"
-        first += (await timed_get(cold_t, url, 1))[0]
-        second += (await timed_get(cold_t, url, 1))[0]
+        cold_gets += (await timed_get(cold_t, url, 1))[0]
+        warm_gets += (await timed_get(cold_t, url, 1))[0]
     return {
         "restart to healthy s": restart,
-        **latency_summary(first, "first GET "),
-        **latency_summary(second, "second GET "),
+        **latency_summary(cold_gets, "first GET "),
+        **latency_summary(warm_gets, "second GET "),
         "rss after restart MB": rss_restart,
         "rss after GETs MB": server.memory_mb().get("rss MB", 0.0),
         "sessions on disk": float(len(ids)),
@@ -605,9 +606,16 @@ class Outcome:
         return {k: median([r[k] for r in self.rounds if k in r]) for k in names}
 
 
-def higher_is_better(metric: str) -> bool:
-    """Throughput metrics are better higher; every other metric (latency, MB, s) lower."""
-    return metric.startswith("throughput")
+NEUTRAL_METRICS = ("client procs", "messages", "sessions on disk", "count")
+
+
+def better_direction(metric: str) -> str:
+    """``higher`` for throughput, ``""`` for sizes and counts, else ``lower`` (ms, MB, s)."""
+    if metric.startswith("throughput"):
+        return "higher"
+    if metric.endswith(NEUTRAL_METRICS):
+        return ""
+    return "lower"
 
 
 def sizes_for(args: argparse.Namespace) -> Sizes:
@@ -721,10 +729,9 @@ def report(
         for metric in names:
             r = med.get(ROOST, {}).get(metric)
             p = med.get(PEER, {}).get(metric)
-            better = "" if metric in ("client procs", "messages", "sessions on disk") else (
-                "higher" if higher_is_better(metric) else "lower")
             rows.append([w.name, metric, r if r is not None else _cell(by_target.get(ROOST)),
-                         p if p is not None else _cell(by_target.get(PEER)), ratio(r, p), better])
+                         p if p is not None else _cell(by_target.get(PEER)), ratio(r, p),
+                         better_direction(metric)])
     for metric in ("rss MB", "peak rss MB"):
         r, p = memory.get(ROOST, {}).get(metric), memory.get(PEER, {}).get(metric)
         if r is not None or p is not None:
@@ -805,6 +812,7 @@ async def amain(args: argparse.Namespace) -> int:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse and validate the command line."""
     repo = Path(__file__).resolve().parents[1]
+    peer_dir = repo.parent / "shared" / "peers" / "workerd-chat"
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "roost-bench"
     p = argparse.ArgumentParser(
         description="Benchmark Roost against the workerd Durable Object peer (medians).",
@@ -826,8 +834,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--python", default=sys.executable, help="Python that runs Roost")
     p.add_argument("--roost-env", action="append", default=[], metavar="KEY=VALUE",
                    help="extra environment for Roost, e.g. ROOST_SYNCHRONOUS=NORMAL")
-    p.add_argument("--peer-dir", type=Path, default=None,
-                   help="workerd peer sources (default: <repo>/../shared/peers/workerd-chat)")
+    p.add_argument("--peer-dir", type=Path, default=peer_dir,
+                   help=f"workerd peer sources (default: {peer_dir}, i.e. shared/ beside the "
+                   "checkout holding this script)")
     p.add_argument("--cache-dir", type=Path, default=cache,
                    help=f"where the peer is copied and npm-installed (default {cache})")
     p.add_argument("--roost-seed-route", default=None, metavar="PATH",
@@ -841,7 +850,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
     args.repo = args.repo.resolve()
-    args.peer_dir = (args.peer_dir or args.repo.parent / "shared" / "peers" / "workerd-chat")
     args.peer_dir = args.peer_dir.resolve()
     if args.rounds < 1 or args.procs < 1:
         p.error("--rounds and --procs must be at least 1")
