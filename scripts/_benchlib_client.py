@@ -11,7 +11,8 @@ Protocol between the coordinator and a worker (over a ``multiprocessing`` pipe):
 2. once every worker is ready, the coordinator sends ``("go",)`` (a barrier:
    timed work starts at the same moment everywhere) or ``("abort",)``;
 3. the worker answers ``("done", result)``, ``("aborted", None)`` or, at any
-   point, ``("error", traceback_text)``.
+   point, ``("unsupported", reason)`` (a 404/405 route: the pool raises
+   ``Unsupported``) or ``("error", text)`` (the pool raises ``BenchError``).
 
 Timestamps are ``time.monotonic()``, which on Linux is one system-wide clock,
 so arrivals recorded in one process can be compared with sends in another.
@@ -32,7 +33,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
-from _benchlib_servers import BenchError
+from _benchlib_servers import BenchError, Unsupported
 
 __all__ = [
     "JSON_HEADERS",
@@ -315,6 +316,8 @@ class WsListenJob:
                 try:
                     ws = await http.ws_connect(url, autoping=True, max_msg_size=0)
                 except aiohttp.WSServerHandshakeError as e:
+                    if e.status in (404, 405):
+                        raise Unsupported(f"GET {url} (WebSocket) answered {e.status}") from e
                     raise BenchError(f"GET {url}: expected 101, got {e.status}: {e.message}") from e
                 msg = await ws.receive(timeout=10)
                 hello = orjson.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else None
@@ -450,8 +453,14 @@ def _worker_main(conn: Connection) -> None:
             return
         try:
             result = asyncio.run(_run_job(msg[1], conn))
+        except Unsupported as e:
+            conn.send(("unsupported", str(e)))
+            continue
+        except BenchError as e:
+            conn.send(("error", str(e)))
+            continue
         except Exception:
-            conn.send(("error", traceback.format_exc(limit=6)))
+            conn.send(("error", traceback.format_exc(limit=4)))
             continue
         conn.send(("aborted", None) if result is None else ("done", result))
 
@@ -531,7 +540,7 @@ class ClientPool:
             conn.send(("job", job))
         self._busy = len(jobs)
         infos: list[Any] = []
-        failure: str | None = None
+        failure: BenchError | None = None
         for i in range(self._busy):
             try:
                 kind, payload = self._recv(i, timeout)
@@ -539,16 +548,18 @@ class ClientPool:
                 kind, payload = "error", str(e)
             if kind == "ready":
                 infos.append(payload)
-            else:
-                failure = failure or f"client worker {i} failed while preparing: {payload}"
-                infos.append(None)
+                continue
+            infos.append(None)
+            if failure is None:
+                failure = (Unsupported(payload) if kind == "unsupported" else
+                           BenchError(f"client worker {i} failed while preparing: {payload}"))
         if failure is not None:
             for i, info in enumerate(infos):
                 if info is not None:
                     self._conns[i].send(("abort",))
                     self._recv(i, timeout)
             self._busy = 0
-            raise BenchError(failure)
+            raise failure
         return infos
 
     def go(self) -> None:
@@ -559,18 +570,20 @@ class ClientPool:
     def collect(self, timeout: float) -> list[Any]:
         """Wait up to ``timeout`` seconds for each dispatched worker's result."""
         busy, self._busy = self._busy, 0
-        results, failure = [], None
+        results: list[Any] = []
+        failure: BenchError | None = None
         deadline = time.monotonic() + timeout
         for i in range(busy):
             try:
                 kind, payload = self._recv(i, max(1.0, deadline - time.monotonic()))
             except BenchError as e:
                 kind, payload = "error", str(e)
-            if kind != "done":
-                failure = failure or f"client worker {i}: {payload}"
+            if kind != "done" and failure is None:
+                failure = (Unsupported(payload) if kind == "unsupported" else
+                           BenchError(f"client worker {i}: {payload}"))
             results.append(payload)
         if failure is not None:
-            raise BenchError(failure)
+            raise failure
         return results
 
     def run(self, jobs: Sequence[Job], prepare_timeout: float, run_timeout: float) -> list[Any]:

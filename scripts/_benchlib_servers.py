@@ -34,6 +34,7 @@ __all__ = [
     "PeerUnavailable",
     "RoostServer",
     "Server",
+    "Unsupported",
     "free_port",
     "prepare_peer",
 ]
@@ -46,6 +47,10 @@ PEER_FILES = ("config.capnp", "package.json", "package-lock.json", "start.sh", "
 
 class BenchError(RuntimeError):
     """A benchmark step failed; the message says what was expected and what came."""
+
+
+class Unsupported(BenchError):
+    """The server does not serve what a workload needs (404/405): report ``n/a``, say why."""
 
 
 class PeerUnavailable(BenchError):

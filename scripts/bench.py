@@ -56,6 +56,7 @@ from _benchlib_servers import (
     PeerUnavailable,
     RoostServer,
     Server,
+    Unsupported,
     free_port,
     prepare_peer,
 )
@@ -84,10 +85,6 @@ _T0 = time.monotonic()
 def progress(text: str) -> None:
     """Write one timestamped progress line to stderr."""
     print(f"[bench {time.monotonic() - _T0:6.1f}s] {text}", file=sys.stderr, flush=True)
-
-
-class Unsupported(BenchError):
-    """The server does not serve what a workload needs: report ``n/a`` with the reason."""
 
 
 @dataclass(frozen=True)
@@ -699,9 +696,10 @@ async def run_all(
                         out.status = f"n/a: {e}"
                         progress(f"{w.name} on {t.name}: {out.status}")
                     except (BenchError, aiohttp.ClientError, OSError, TimeoutError) as e:
-                        out.status = f"error: {type(e).__name__}: {e}"
-                        errors.append(f"{w.name} on {t.name}: {out.status}")
-                        progress(errors[-1])
+                        detail = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+                        out.status = f"error: {detail}"
+                        errors.append(f"{w.name} on {t.name}: {detail}")
+                        progress(f"error: {errors[-1]}")
         memory = {t.name: t.server.memory_mb() for t in targets}
     return outcomes, memory
 
@@ -749,9 +747,9 @@ def report(
     statuses = [
         f"- {w.name} on {name}: {out.status}"
         for w in workloads for name, out in outcomes.get(w.name, {}).items()
-        if out.status != "ok" and out.status != "n/a: Roost-only workload"
+        if out.status.startswith("n/a") and out.status != "n/a: Roost-only workload"
     ]
-    extra = [*ctx.notes, *errors]
+    extra = [*ctx.notes, *(f"error: {e}" for e in errors)]
     if statuses or extra:
         lines += ["", "Notes:", *statuses, *(f"- {n}" for n in extra)]
     doc["notes"] = [*ctx.notes]
