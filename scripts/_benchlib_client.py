@@ -494,6 +494,7 @@ class ClientPool:
     _procs: list[BaseProcess] = field(default_factory=list)
     _conns: list[Connection] = field(default_factory=list)
     _busy: int = 0
+    _closed: bool = False
 
     def __post_init__(self) -> None:
         ctx = mp.get_context("spawn")
@@ -507,6 +508,8 @@ class ClientPool:
 
     def _recv(self, i: int, timeout: float) -> tuple[str, Any]:
         conn = self._conns[i]
+        if self._closed:
+            raise BenchError("the client pool is closed")
         if not conn.poll(timeout):
             self._replace(i)
             raise BenchError(f"client worker {i}: no answer within {timeout:.0f}s (restarted it)")
@@ -521,6 +524,8 @@ class ClientPool:
         """Kill worker ``i`` (it is out of step with the protocol) and start a fresh one."""
         self._procs[i].kill()
         self._procs[i].join(5)
+        if self._closed:
+            return
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_worker_main, args=(child,), daemon=True)
@@ -591,6 +596,14 @@ class ClientPool:
         self.dispatch(jobs, prepare_timeout)
         self.go()
         return self.collect(run_timeout)
+
+    def terminate(self) -> None:
+        """Kill every worker now (on interrupt); a thread blocked in the pool gets EOF and ends."""
+        self._closed = True
+        for proc in self._procs:
+            proc.kill()
+        for proc in self._procs:
+            proc.join(5)
 
     def close(self) -> None:
         """Stop every worker (politely, then by kill after 5 s)."""

@@ -28,6 +28,7 @@ import math
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -638,13 +639,20 @@ def select_workloads(args: argparse.Namespace) -> list[Workload]:
 
 
 async def start_targets(
-    args: argparse.Namespace, workdir: Path, notes: list[str], errors: list[str]
+    args: argparse.Namespace, workdir: Path, notes: list[str], errors: list[str],
+    launched: list[Server],
 ) -> list[tuple[str, Server]]:
-    """Start the selected servers; failures go to ``errors`` (Roost) or ``notes`` (peer)."""
+    """Start the selected servers and return the healthy ones as ``(column, server)``.
+
+    Every server is added to ``launched`` before it starts, so the caller can stop
+    it even when interrupted mid-start. Failures go to ``errors`` (Roost, or the
+    peer with ``--peer-only``) or to ``notes`` (the peer otherwise).
+    """
     servers: list[tuple[str, Server]] = []
     if not args.peer_only:
         roost = RoostServer(ROOST, workdir / ROOST, repo=args.repo, python=args.python,
                             extra_env=dict(kv.split("=", 1) for kv in args.roost_env))
+        launched.append(roost)
         try:
             startup = await asyncio.to_thread(roost.start)
             progress(f"roost up on {roost.base_url} in {startup:.2f}s (repo {args.repo})")
@@ -659,6 +667,7 @@ async def start_targets(
             for line in log:
                 progress(line)
             peer = PeerServer(PEER, workdir / PEER, install_dir=install)
+            launched.append(peer)
             startup = await asyncio.to_thread(peer.start)
             progress(f"workerd up on {peer.base_url} in {startup:.2f}s ({install})")
             servers.append((PEER, peer))
@@ -773,20 +782,31 @@ async def amain(args: argparse.Namespace) -> int:
     errors: list[str] = []
     progress(f"workdir {workdir}; workloads: {', '.join(w.name for w in workloads)}")
     pool = await asyncio.to_thread(ClientPool, args.procs)
-    servers: list[tuple[str, Server]] = []
+    launched: list[Server] = []
     outcomes: dict[str, dict[str, Outcome]] = {}
     memory: dict[str, Metrics] = {}
     ctx = Context(args, sizes, pool, workdir, tag=f"{int(time.time()) % 100000:05d}", notes=notes)
+    interrupted = False
+    _cancel_on_signals()
     try:
-        servers = await start_targets(args, workdir, notes, errors)
+        servers = await start_targets(args, workdir, notes, errors, launched)
         outcomes, memory = await run_all(ctx, servers, workloads, errors)
+    except asyncio.CancelledError:
+        interrupted = True
+        progress("interrupted: stopping the client processes and the servers")
     finally:
-        await asyncio.to_thread(pool.close)
+        if interrupted:
+            pool.terminate()
+        else:
+            await asyncio.to_thread(pool.close)
         cold = ctx.cold.get("server")
-        for server in [s for _, s in servers] + ([cold] if cold else []):
+        for server in [*launched, *([cold] if cold else [])]:
             code = await asyncio.to_thread(server.stop)
             if code not in (0, None, -15):
                 notes.append(f"{server.name} exited with code {code} on SIGTERM")
+    if interrupted:
+        progress(f"kept {workdir} (server logs and data)")
+        return 130
     text, doc = report(ctx, workloads, outcomes, memory, errors)
     print(text)
     doc["meta"] = {
@@ -805,6 +825,22 @@ async def amain(args: argparse.Namespace) -> int:
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     return 1 if errors else 0
+
+
+def _cancel_on_signals() -> None:
+    """Make SIGINT and SIGTERM cancel the current task once (cleanup then runs)."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+
+    def cancel() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, cancel)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -859,11 +895,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse arguments and run the bench; returns the exit status."""
     args = parse_args(argv)
-    try:
-        return asyncio.run(amain(args))
-    except KeyboardInterrupt:
-        progress("interrupted")
-        return 130
+    return asyncio.run(amain(args))
 
 
 if __name__ == "__main__":
