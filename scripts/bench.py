@@ -473,8 +473,10 @@ async def chat_run(ctx: Context, t: Target, rnd: int) -> Metrics:
         probe = ctx.sid("chat-probe")
         await create_sessions(t, [probe])
         status = await probe_route(t, "POST", f"/api/sessions/{probe}/chat", {"content": "probe"})
-        if status != 200:
-            raise BenchError(f"POST /chat (Accept: application/json): expected 200, got {status}")
+        if status not in (200, 201):
+            raise BenchError(
+                f"POST /chat (Accept: application/json): expected 200 or 201, got {status}"
+            )
         t.state["chat"] = True
     sids = [ctx.sid("chat", rnd, i) for i in range(z.chat_streams)]
     await create_sessions(t, sids)
