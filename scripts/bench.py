@@ -242,12 +242,15 @@ def merge_appends(results: Sequence[AppendResult], what: str) -> tuple[list[floa
 # ------------------------------------------------------------------ appends
 
 
-def append_workload(clients: int, sessions: int) -> RunFn:
-    """Closed-loop durable appends: ``clients`` clients spread over ``sessions`` sessions."""
+def append_workload(many_clients: bool, many_sessions: bool) -> RunFn:
+    """Closed-loop durable appends by 1 or ``append_clients`` clients.
+
+    With ``many_sessions`` every client has its own session; otherwise all share one.
+    """
 
     async def run(ctx: Context, t: Target, rnd: int) -> Metrics:
-        n_clients = ctx.sizes.append_clients if clients > 1 else 1
-        n_sessions = n_clients if sessions > 1 else 1
+        n_clients = ctx.sizes.append_clients if many_clients else 1
+        n_sessions = n_clients if many_sessions else 1
         sids = [ctx.sid("append", n_clients, n_sessions, rnd, i) for i in range(n_sessions)]
         await create_sessions(t, sids)
         per_client = [sids[i % n_sessions] for i in range(n_clients)]
@@ -572,10 +575,11 @@ async def cold_run(ctx: Context, t: Target, rnd: int) -> Metrics:
 # ------------------------------------------------------------------ registry
 
 WORKLOADS: tuple[Workload, ...] = (
-    Workload("append-1x1", "durable appends, 1 client on 1 session", append_workload(1, 1)),
-    Workload("append-64x1", "durable appends, 64 clients on 1 session", append_workload(64, 1)),
+    Workload("append-1x1", "durable appends, 1 client on 1 session", append_workload(False, False)),
+    Workload("append-64x1", "durable appends, 64 clients on 1 session",
+             append_workload(True, False)),
     Workload("append-64x64", "durable appends, 64 clients on 64 sessions",
-             append_workload(64, 64)),
+             append_workload(True, True)),
     Workload("history-10k", "page of 25: newest and at 90% depth (before cursor), 10k messages",
              history_workload("history_messages")),
     Workload("history-1m", "page of 25: newest and at 90% depth, 1M messages (--big)",
@@ -883,7 +887,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--big-messages", type=int, default=None,
                    help="messages for history-1m (default 1000000)")
     p.add_argument("--keep", action="store_true", help="keep the temp dir with logs and data")
+    p.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = p.parse_args(argv)
+    if args.list:
+        for w in WORKLOADS:
+            flags = " [Roost only]" if w.roost_only else ""
+            flags += " [--big]" if w.big else ""
+            print(f"{w.name:16} {w.description}{flags}")
+        raise SystemExit(0)
     args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
     args.repo = args.repo.resolve()
     args.peer_dir = args.peer_dir.resolve()
