@@ -62,6 +62,7 @@ from _benchlib_servers import (
     prepare_peer,
 )
 from _benchlib_stats import (
+    Histogram,
     diff_histogram,
     format_table,
     histogram_quantile,
@@ -458,7 +459,7 @@ def fanout_workload(wide: bool) -> RunFn:
 # ------------------------------------------------------------------ streaming (Roost only)
 
 
-async def fetch_persist_lag(t: Target) -> dict[str, Any] | None:
+async def fetch_persist_lag(t: Target) -> dict[str, Histogram] | None:
     """Return the ``roost_stream_persist_lag*`` histograms from ``GET /metrics``, or None (404)."""
     async with t.http.get(t.base + "/metrics") as resp:
         text = await resp.text()
