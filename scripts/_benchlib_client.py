@@ -359,8 +359,9 @@ class WsListenJob:
                     arrivals[key] = max(arrivals.get(key, 0.0), now)
                 missing += self.expected_seq - seen
 
-            await asyncio.gather(*(listen(sid, ws) for sid, ws in zip(self.sockets, sockets,
-                                                                      strict=True)))
+            await asyncio.gather(
+                *(listen(sid, ws) for sid, ws in zip(self.sockets, sockets, strict=True))
+            )
             if missing and log.first is None:
                 log.add(f"{missing} frame(s) not received within {self.timeout_s:.0f}s")
             return WsListenResult(arrivals, connect_latencies, missing, log.first)
@@ -556,8 +557,11 @@ class ClientPool:
                 continue
             infos.append(None)
             if failure is None:
-                failure = (Unsupported(payload) if kind == "unsupported" else
-                           BenchError(f"client worker {i} failed while preparing: {payload}"))
+                failure = (
+                    Unsupported(payload)
+                    if kind == "unsupported"
+                    else BenchError(f"client worker {i} failed while preparing: {payload}")
+                )
         if failure is not None:
             for i, info in enumerate(infos):
                 if info is not None:
@@ -584,8 +588,11 @@ class ClientPool:
             except BenchError as e:
                 kind, payload = "error", str(e)
             if kind != "done" and failure is None:
-                failure = (Unsupported(payload) if kind == "unsupported" else
-                           BenchError(f"client worker {i}: {payload}"))
+                failure = (
+                    Unsupported(payload)
+                    if kind == "unsupported"
+                    else BenchError(f"client worker {i}: {payload}")
+                )
             results.append(payload)
         if failure is not None:
             raise failure

@@ -148,7 +148,12 @@ class Server:
         log.flush()
         t0 = time.monotonic()
         self.proc = subprocess.Popen(
-            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            argv,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
             start_new_session=True,
         )
         log.close()
@@ -213,8 +218,16 @@ class RoostServer(Server):
     def command(self) -> tuple[list[str], Path, dict[str, str]]:
         """``<python> -m server.cli serve --host 127.0.0.1 --port P --data-dir D`` in the repo."""
         argv = [
-            self.python, "-m", "server.cli", "serve", "--host", "127.0.0.1",
-            "--port", str(self.port), "--data-dir", str(self.data_dir),
+            self.python,
+            "-m",
+            "server.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--data-dir",
+            str(self.data_dir),
         ]
         return argv, self.repo, {**os.environ, **self.extra_env}
 
@@ -271,8 +284,11 @@ def prepare_peer(peer_dir: Path, cache_dir: Path, log: list[str]) -> Path:
     log.append(f"installing the workerd peer in {install} (npm ci)")
     try:
         done = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=install, capture_output=True,
-            timeout=NPM_TIMEOUT_S, check=False,
+            [npm, "ci", "--no-audit", "--no-fund"],
+            cwd=install,
+            capture_output=True,
+            timeout=NPM_TIMEOUT_S,
+            check=False,
         )
     except subprocess.TimeoutExpired as e:
         raise PeerUnavailable(f"npm ci did not finish within {NPM_TIMEOUT_S:.0f}s") from e

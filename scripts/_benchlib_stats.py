@@ -173,13 +173,9 @@ def _fmt(value: float | None) -> str:
     return f"{value:.3g}"
 
 
-def format_table(
-    header: Sequence[str], rows: Iterable[Sequence[str | float | None]]
-) -> str:
+def format_table(header: Sequence[str], rows: Iterable[Sequence[str | float | None]]) -> str:
     """Render rows as a GitHub-flavoured Markdown table; numbers go through ``_fmt``."""
-    cells = [list(header)] + [
-        [c if isinstance(c, str) else _fmt(c) for c in row] for row in rows
-    ]
+    cells = [list(header)] + [[c if isinstance(c, str) else _fmt(c) for c in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     lines = []
     for n, row in enumerate(cells):

@@ -112,16 +112,40 @@ class Sizes:
 
 
 FULL = Sizes(
-    append_duration_s=5.0, append_clients=64, history_messages=10_000, history_fetches=200,
-    big_messages=1_000_000, seed_clients=32, fanout_sockets=50, fanout_posts=200,
-    fanout_gap_s=0.005, wide_sessions=100, wide_sockets_per_session=10, wide_posts=20,
-    chat_streams=100, chat_words=20, cold_sessions=100_000, cold_fetches=200,
+    append_duration_s=5.0,
+    append_clients=64,
+    history_messages=10_000,
+    history_fetches=200,
+    big_messages=1_000_000,
+    seed_clients=32,
+    fanout_sockets=50,
+    fanout_posts=200,
+    fanout_gap_s=0.005,
+    wide_sessions=100,
+    wide_sockets_per_session=10,
+    wide_posts=20,
+    chat_streams=100,
+    chat_words=20,
+    cold_sessions=100_000,
+    cold_fetches=200,
 )
 QUICK = Sizes(
-    append_duration_s=1.0, append_clients=64, history_messages=1_000, history_fetches=20,
-    big_messages=20_000, seed_clients=16, fanout_sockets=50, fanout_posts=10,
-    fanout_gap_s=0.005, wide_sessions=20, wide_sockets_per_session=5, wide_posts=3,
-    chat_streams=10, chat_words=5, cold_sessions=1_000, cold_fetches=20,
+    append_duration_s=1.0,
+    append_clients=64,
+    history_messages=1_000,
+    history_fetches=20,
+    big_messages=20_000,
+    seed_clients=16,
+    fanout_sockets=50,
+    fanout_posts=10,
+    fanout_gap_s=0.005,
+    wide_sessions=20,
+    wide_sockets_per_session=5,
+    wide_posts=3,
+    chat_streams=10,
+    chat_words=5,
+    cold_sessions=1_000,
+    cold_fetches=20,
 )
 
 
@@ -411,10 +435,7 @@ def fanout_workload(wide: bool) -> RunFn:
         await create_sessions(t, sids)
         sockets = [sid for sid in sids for _ in range(per_session)]
         timeout = 30.0 + posts * (z.fanout_gap_s + 0.5)
-        jobs = [
-            WsListenJob(t.base, part, posts, timeout)
-            for part in split(sockets, ctx.pool.size)
-        ]
+        jobs = [WsListenJob(t.base, part, posts, timeout) for part in split(sockets, ctx.pool.size)]
         t_connect = time.monotonic()
         await asyncio.to_thread(ctx.pool.dispatch, jobs, 120.0)
         connect_wall = time.monotonic() - t_connect
@@ -425,17 +446,16 @@ def fanout_workload(wide: bool) -> RunFn:
             url = f"{t.base}/api/sessions/{sid}/messages"
             for _ in range(posts):
                 t0 = time.monotonic()
-                msg = await expect_json(t.http, "POST", url, (201,),
-                                        {"role": "user", "content": MESSAGE_TEXT})
+                msg = await expect_json(
+                    t.http, "POST", url, (201,), {"role": "user", "content": MESSAGE_TEXT}
+                )
                 sent[(sid, int(msg["seq"]))] = t0
                 await asyncio.sleep(z.fanout_gap_s)
 
         try:
             await asyncio.gather(*(poster(sid) for sid in sids))
         finally:
-            results: list[WsListenResult] = await asyncio.to_thread(
-                ctx.pool.collect, timeout + 30
-            )
+            results: list[WsListenResult] = await asyncio.to_thread(ctx.pool.collect, timeout + 30)
         arrivals: dict[tuple[str, int], float] = {}
         for r in results:
             for key, ts in r.arrivals.items():
@@ -532,16 +552,18 @@ async def cold_run(ctx: Context, t: Target, rnd: int) -> Metrics:
     server = ctx.cold.get("server")
     if server is None:
         assert isinstance(t.server, RoostServer)
-        server = replace(t.server, workdir=ctx.workdir / "roost-cold", port=free_port(), proc=None,
-                         starts=0)
+        server = replace(
+            t.server, workdir=ctx.workdir / "roost-cold", port=free_port(), proc=None, starts=0
+        )
         await asyncio.to_thread(server.start)
         ctx.cold["server"] = server
         created = [ctx.sid("cold", i) for i in range(z.cold_sessions)]
         done = 0
         for start in range(0, len(created), 20_000):
-            chunk = created[start:start + 20_000]
-            jobs = [CreateSessionsJob(server.base_url, part) for part in
-                    split(chunk, ctx.pool.size)]
+            chunk = created[start : start + 20_000]
+            jobs = [
+                CreateSessionsJob(server.base_url, part) for part in split(chunk, ctx.pool.size)
+            ]
             results: list[CreateResult] = await run_pool(ctx, jobs, 3600.0)
             errors = sum(r.errors for r in results)
             if errors:
@@ -577,21 +599,39 @@ async def cold_run(ctx: Context, t: Target, rnd: int) -> Metrics:
 
 WORKLOADS: tuple[Workload, ...] = (
     Workload("append-1x1", "durable appends, 1 client on 1 session", append_workload(False, False)),
-    Workload("append-64x1", "durable appends, 64 clients on 1 session",
-             append_workload(True, False)),
-    Workload("append-64x64", "durable appends, 64 clients on 64 sessions",
-             append_workload(True, True)),
-    Workload("history-10k", "page of 25: newest and at 90% depth (before cursor), 10k messages",
-             history_workload("history_messages")),
-    Workload("history-1m", "page of 25: newest and at 90% depth, 1M messages (--big)",
-             history_workload("big_messages"), roost_only=True, big=True),
+    Workload(
+        "append-64x1", "durable appends, 64 clients on 1 session", append_workload(True, False)
+    ),
+    Workload(
+        "append-64x64", "durable appends, 64 clients on 64 sessions", append_workload(True, True)
+    ),
+    Workload(
+        "history-10k",
+        "page of 25: newest and at 90% depth (before cursor), 10k messages",
+        history_workload("history_messages"),
+    ),
+    Workload(
+        "history-1m",
+        "page of 25: newest and at 90% depth, 1M messages (--big)",
+        history_workload("big_messages"),
+        roost_only=True,
+        big=True,
+    ),
     Workload("ws-fanout-50", "one append -> 50 sockets on one session", fanout_workload(False)),
-    Workload("ws-fanout-1000", "appends on 100 sessions -> 10 sockets each (1,000 sockets)",
-             fanout_workload(True)),
-    Workload("chat-stream-100", "100 concurrent SSE echo replies (POST /chat)", chat_run,
-             roost_only=True),
-    Workload("cold-activation", "first GET of untouched sessions after restart, N on disk",
-             cold_run, roost_only=True),
+    Workload(
+        "ws-fanout-1000",
+        "appends on 100 sessions -> 10 sockets each (1,000 sockets)",
+        fanout_workload(True),
+    ),
+    Workload(
+        "chat-stream-100", "100 concurrent SSE echo replies (POST /chat)", chat_run, roost_only=True
+    ),
+    Workload(
+        "cold-activation",
+        "first GET of untouched sessions after restart, N on disk",
+        cold_run,
+        roost_only=True,
+    ),
 )
 
 
@@ -646,7 +686,10 @@ def select_workloads(args: argparse.Namespace) -> list[Workload]:
 
 
 async def start_targets(
-    args: argparse.Namespace, workdir: Path, notes: list[str], errors: list[str],
+    args: argparse.Namespace,
+    workdir: Path,
+    notes: list[str],
+    errors: list[str],
     launched: list[Server],
 ) -> list[tuple[str, Server]]:
     """Start the selected servers and return the healthy ones as ``(column, server)``.
@@ -657,8 +700,13 @@ async def start_targets(
     """
     servers: list[tuple[str, Server]] = []
     if not args.peer_only:
-        roost = RoostServer(ROOST, workdir / ROOST, repo=args.repo, python=args.python,
-                            extra_env=dict(kv.split("=", 1) for kv in args.roost_env))
+        roost = RoostServer(
+            ROOST,
+            workdir / ROOST,
+            repo=args.repo,
+            python=args.python,
+            extra_env=dict(kv.split("=", 1) for kv in args.roost_env),
+        )
         launched.append(roost)
         try:
             startup = await asyncio.to_thread(roost.start)
@@ -687,7 +735,9 @@ async def start_targets(
 
 
 async def run_all(
-    ctx: Context, servers: Sequence[tuple[str, Server]], workloads: Sequence[Workload],
+    ctx: Context,
+    servers: Sequence[tuple[str, Server]],
+    workloads: Sequence[Workload],
     errors: list[str],
 ) -> tuple[dict[str, dict[str, Outcome]], dict[str, Metrics]]:
     """Run every workload for every round on every server; return outcomes and final memory."""
@@ -721,8 +771,11 @@ async def run_all(
 
 
 def report(
-    ctx: Context, workloads: Sequence[Workload], outcomes: dict[str, dict[str, Outcome]],
-    memory: dict[str, Metrics], errors: Sequence[str],
+    ctx: Context,
+    workloads: Sequence[Workload],
+    outcomes: dict[str, dict[str, Outcome]],
+    memory: dict[str, Metrics],
+    errors: Sequence[str],
 ) -> tuple[str, dict[str, Any]]:
     """Return the printed report (Markdown table plus notes) and the JSON document."""
     rows: list[list[str | float | None]] = []
@@ -738,14 +791,22 @@ def report(
             "medians": med,
         }
         if not names:
-            rows.append([w.name, "-", _cell(by_target.get(ROOST)), _cell(by_target.get(PEER)),
-                         None, ""])
+            rows.append(
+                [w.name, "-", _cell(by_target.get(ROOST)), _cell(by_target.get(PEER)), None, ""]
+            )
         for metric in names:
             r = med.get(ROOST, {}).get(metric)
             p = med.get(PEER, {}).get(metric)
-            rows.append([w.name, metric, r if r is not None else _cell(by_target.get(ROOST)),
-                         p if p is not None else _cell(by_target.get(PEER)), ratio(r, p),
-                         better_direction(metric)])
+            rows.append(
+                [
+                    w.name,
+                    metric,
+                    r if r is not None else _cell(by_target.get(ROOST)),
+                    p if p is not None else _cell(by_target.get(PEER)),
+                    ratio(r, p),
+                    better_direction(metric),
+                ]
+            )
     for metric in ("rss MB", "peak rss MB"):
         r, p = memory.get(ROOST, {}).get(metric), memory.get(PEER, {}).get(metric)
         if r is not None or p is not None:
@@ -762,7 +823,8 @@ def report(
     ]
     statuses = [
         f"- {w.name} on {name}: {out.status}"
-        for w in workloads for name, out in outcomes.get(w.name, {}).items()
+        for w in workloads
+        for name, out in outcomes.get(w.name, {}).items()
         if out.status.startswith("n/a") and out.status != "n/a: Roost-only workload"
     ]
     extra = [*ctx.notes, *(f"error: {e}" for e in errors)]
@@ -817,11 +879,16 @@ async def amain(args: argparse.Namespace) -> int:
     text, doc = report(ctx, workloads, outcomes, memory, errors)
     print(text)
     doc["meta"] = {
-        "rounds": args.rounds, "quick": args.quick, "client_procs": args.procs,
-        "sizes": asdict(sizes), "python": platform.python_version(), "cpus": os.cpu_count(),
-        "machine": platform.machine(), "roost_repo": str(args.repo),
-        "peer_dir": str(args.peer_dir), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                                 time.gmtime()),
+        "rounds": args.rounds,
+        "quick": args.quick,
+        "client_procs": args.procs,
+        "sizes": asdict(sizes),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "roost_repo": str(args.repo),
+        "peer_dir": str(args.peer_dir),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     if args.json:
         text_json = json.dumps(doc, indent=2) + "\n"
@@ -860,33 +927,66 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         epilog="workloads: " + ", ".join(w.name for w in WORKLOADS),
     )
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 3; 1 with --quick)")
-    p.add_argument("--quick", action="store_true",
-                   help="CI smoke run: tiny sizes, 1 round, checks the bench end to end")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="CI smoke run: tiny sizes, 1 round, checks the bench end to end",
+    )
     p.add_argument("--big", action="store_true", help="also run history-1m (seeds 1M messages)")
     p.add_argument("--only", help="comma-separated workload names")
     who = p.add_mutually_exclusive_group()
     who.add_argument("--roost-only", action="store_true", help="do not start the peer")
     who.add_argument("--peer-only", action="store_true", help="do not start Roost")
     p.add_argument("--json", help="also write the results as JSON to this path")
-    p.add_argument("--procs", type=int, default=max(2, os.cpu_count() or 2),
-                   help="client worker processes (default: max(2, CPUs))")
-    p.add_argument("--repo", type=Path, default=repo,
-                   help="Roost repo root to run the server from (default: this checkout)")
+    p.add_argument(
+        "--procs",
+        type=int,
+        default=max(2, os.cpu_count() or 2),
+        help="client worker processes (default: max(2, CPUs))",
+    )
+    p.add_argument(
+        "--repo",
+        type=Path,
+        default=repo,
+        help="Roost repo root to run the server from (default: this checkout)",
+    )
     p.add_argument("--python", default=sys.executable, help="Python that runs Roost")
-    p.add_argument("--roost-env", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra environment for Roost, e.g. ROOST_SYNCHRONOUS=NORMAL")
-    p.add_argument("--peer-dir", type=Path, default=peer_dir,
-                   help=f"workerd peer sources (default: {peer_dir}, i.e. shared/ beside the "
-                   "checkout holding this script)")
-    p.add_argument("--cache-dir", type=Path, default=cache,
-                   help=f"where the peer is copied and npm-installed (default {cache})")
-    p.add_argument("--roost-seed-route", default=None, metavar="PATH",
-                   help="bulk seed route on Roost, e.g. /api/sessions/{sid}/messages/bulk "
-                   "(POST {messages:[...]}, batches of 1000); default: single appends")
-    p.add_argument("--cold-sessions", type=int, default=None,
-                   help="sessions on disk for cold-activation (default 100000; 1000 quick)")
-    p.add_argument("--big-messages", type=int, default=None,
-                   help="messages for history-1m (default 1000000)")
+    p.add_argument(
+        "--roost-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for Roost, e.g. ROOST_SYNCHRONOUS=NORMAL",
+    )
+    p.add_argument(
+        "--peer-dir",
+        type=Path,
+        default=peer_dir,
+        help=f"workerd peer sources (default: {peer_dir}, i.e. shared/ beside the "
+        "checkout holding this script)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=cache,
+        help=f"where the peer is copied and npm-installed (default {cache})",
+    )
+    p.add_argument(
+        "--roost-seed-route",
+        default=None,
+        metavar="PATH",
+        help="bulk seed route on Roost, e.g. /api/sessions/{sid}/messages/bulk "
+        "(POST {messages:[...]}, batches of 1000); default: single appends",
+    )
+    p.add_argument(
+        "--cold-sessions",
+        type=int,
+        default=None,
+        help="sessions on disk for cold-activation (default 100000; 1000 quick)",
+    )
+    p.add_argument(
+        "--big-messages", type=int, default=None, help="messages for history-1m (default 1000000)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the temp dir with logs and data")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = p.parse_args(argv)
