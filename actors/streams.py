@@ -2,9 +2,10 @@
 
 A :class:`Generation` belongs to its actor: closing the connection that asked
 for it does not stop it; only :func:`cancel` (or shutdown) does. The
-responder's output is buffered and committed in batches at least every
-``flush_interval``; each batch becomes a delta for listeners and subscribers
-only after it is committed (the output gate holds for streaming text too), so
+responder's output is committed at most once per ``flush_interval`` (text
+arriving after a quiet spell at once, a fast stream in batches that wait at
+most ``flush_interval``); each batch becomes a delta for listeners and
+subscribers only after it is committed (the output gate holds for streaming text too), so
 whatever a client has been shown survives a crash.
 
 Deltas carry ``offset`` (code points of text before them); the SSE ``id`` of a
@@ -171,6 +172,7 @@ class Generation:
         producer = asyncio.create_task(self._produce(responder, history, model))
         self._producer = producer
         status = "complete"
+        last_flush = -flush_interval
         try:
             while True:
                 if not producer.done() and not self._pending:
@@ -179,14 +181,16 @@ class Generation:
                         await self._wakeup.wait()
                 if producer.done():
                     break
-                # let text accumulate for up to flush_interval after it started arriving
-                started = self._pending_since or time.monotonic()
-                wait = flush_interval - (time.monotonic() - started)
+                # At most one commit per flush_interval: text that arrives sooner
+                # waits for the rest of the interval and joins the next commit;
+                # text after a quiet spell is committed (and sent) at once.
+                wait = last_flush + flush_interval - time.monotonic()
                 if wait > 0:
                     await asyncio.wait({producer}, timeout=wait)
                 if producer.done():
                     break
                 if self._pending or self.message["status"] == "pending":
+                    last_flush = time.monotonic()
                     await self._flush("streaming")
             if producer.cancelled() or self.end_status is not None:
                 status = self.end_status or "cancelled"
