@@ -28,7 +28,7 @@ from actors.responders import EchoResponder, Responder
 from storage.catalog import Catalog
 from storage.errors import NotFound
 from storage.ids import now_iso, uuid7, validate_session_id
-from storage.layout import DataDir
+from storage.layout import DataDir, trim_heap
 from storage.session_db import create_session_file, remove_session_files
 
 
@@ -230,6 +230,8 @@ class ActorRegistry:
             for a in idle:
                 self.stats.hibernations += 1
                 await a.close()
+            if idle:
+                trim_heap()
 
     # ------------------------------------------------------------------ topics
 

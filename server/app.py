@@ -16,7 +16,7 @@ from server.metrics import METRICS
 from server.metrics import install as install_metrics
 from server.settings import Settings
 from server.sse import OPEN_STREAMS
-from storage.layout import DataDir, raise_nofile_limit
+from storage.layout import DataDir, limit_malloc_arenas, raise_nofile_limit
 
 log = logging.getLogger("roost.server")
 
@@ -61,6 +61,7 @@ def make_app(settings: Settings) -> web.Application:
 
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         raise_nofile_limit()
+        limit_malloc_arenas()
         datadir = DataDir(settings.data_dir)
         datadir.ensure()
         registry = ActorRegistry(

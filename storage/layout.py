@@ -15,6 +15,7 @@ a few hundred thousand entries. A session id becomes a path only through
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import os
 import resource
@@ -106,3 +107,30 @@ def raise_nofile_limit() -> tuple[int, int]:
         except (ValueError, OSError):
             pass
     return soft, hard
+
+
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return None
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """Cap glibc's malloc arenas (call before starting threads).
+
+    SQLite work runs on a pool of threads; with one arena per thread, memory
+    freed when sessions hibernate stays fragmented across arenas and is never
+    returned to the system.
+    """
+    libc = _libc()
+    if libc is not None:
+        m_arena_max = -8
+        libc.mallopt(m_arena_max, arenas)
+
+
+def trim_heap() -> None:
+    """Return freed heap memory to the system (glibc ``malloc_trim``)."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)

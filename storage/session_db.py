@@ -762,7 +762,7 @@ class SessionFile:
             if row is None:
                 raise Unavailable("session file has no session row")
             self.owner: str = row[1]
-            self._reader = connect(self.path, synchronous=synchronous, cache_kib=1024)
+            self._reader = connect(self.path, synchronous=synchronous, cache_kib=512)
         except sqlite3.Error as exc:
             self.close()
             raise _classify(exc) from exc
