@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 import orjson
 from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from server.errors import ApiError
 from server.http import REGISTRY, SETTINGS, json_response, query_choice, query_int, user_of
@@ -89,6 +90,8 @@ async def upload_attachment(request: web.Request) -> web.Response:
             sha256, size = await loop.run_in_executor(registry.write_pool, writer.commit)
         except TooLarge:
             raise _too_large(limit) from None
+        except (ValueError, HttpProcessingError) as exc:
+            raise _malformed(exc) from exc
         except FileNotFoundError:
             raise _session_gone(sid) from None
         finally:
@@ -102,8 +105,8 @@ async def _file_part(request: web.Request) -> BodyPartReader:
     try:
         reader = await request.multipart()
         part = await reader.next()
-    except (ValueError, AssertionError, RuntimeError) as exc:
-        raise ApiError(400, "invalid_input", f"the multipart body is malformed: {exc}") from exc
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
+        raise _malformed(exc) from exc
     if not isinstance(part, BodyPartReader) or part.name != "file":
         raise ApiError(
             400,
@@ -112,6 +115,11 @@ async def _file_part(request: web.Request) -> BodyPartReader:
             {"loc": ["body", "file"]},
         )
     return part
+
+
+def _malformed(exc: Exception) -> ApiError:
+    text = str(exc).replace("\n", " ")[:200]
+    return ApiError(400, "invalid_input", f"the multipart body is malformed: {text}")
 
 
 def _too_large(limit: int) -> ApiError:
