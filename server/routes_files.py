@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import re
 from collections.abc import Iterator
@@ -272,7 +273,8 @@ async def export_session(request: web.Request) -> web.StreamResponse:
         try:
             chunk: bytes | None = await asyncio.wrap_future(step)
         except BaseException:
-            pool.submit(_close_after, step, gen)
+            with contextlib.suppress(RuntimeError):
+                pool.submit(_close_after, step, gen)
             raise
     ext, ctype = ("json", "application/json") if fmt == "json" else ("md", "text/markdown")
     resp = web.StreamResponse(
@@ -293,8 +295,10 @@ async def export_session(request: web.Request) -> web.StreamResponse:
         await resp.write_eof()
     finally:
         # closing the generator ends its read transaction; it must not run while
-        # a step is still executing in the pool (a cancelled handler leaves one)
-        pool.submit(_close_after, step, gen)
+        # a step is still executing in the pool (a cancelled handler leaves one).
+        # If the pool is already shut down, garbage collection closes it.
+        with contextlib.suppress(RuntimeError):
+            pool.submit(_close_after, step, gen)
     return resp
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -245,6 +246,41 @@ async def test_export_unknown_session_or_format_is_4xx(client: Any) -> None:
     await new_session(client)
     r = await client.get("/api/sessions/s1/export", params={"format": "pdf"})
     assert r.status == 400
+
+
+async def test_export_abandoned_by_client_ends_its_snapshot(client: Any) -> None:
+    """A client that stops reading mid-export does not leave a read transaction open."""
+    await new_session(client)
+    dd = registry_of(client).datadir
+    conn = connect(dd.session_db("s1"))
+    conn.execute("BEGIN")
+    conn.executemany(
+        "INSERT INTO messages (id, depth, sibling_index, role, content, status, created_at, "
+        "updated_at) VALUES (?, 0, 0, 'user', ?, 'complete', 't', 't')",
+        ((f"m{i}", "w" * 2000) for i in range(3000)),
+    )
+    conn.execute("COMMIT")
+    conn.execute("PRAGMA busy_timeout = 0")  # a blocked checkpoint answers at once
+    r = await client.get("/api/sessions/s1/export")
+    assert r.status == 200
+    await r.content.readexactly(1000)
+    await append(client, "s1", "written after the export's snapshot")
+
+    def checkpoint_blocked() -> bool:
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+        return bool(busy)
+
+    try:
+        assert checkpoint_blocked()  # the export's snapshot pins the WAL while it runs
+        r.close()
+        for _ in range(int(TIMEOUT / 0.02)):
+            if not checkpoint_blocked():
+                break
+            await asyncio.sleep(0.02)
+        assert not checkpoint_blocked()
+    finally:
+        conn.close()
+    assert (await client.delete("/api/sessions/s1")).status == 204
 
 
 # ---------------------------------------------------------------------------- memory
