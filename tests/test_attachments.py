@@ -246,6 +246,17 @@ async def test_message_with_unknown_attachment_returns_400(client: Any, where: s
     assert s["session"]["message_count"] == 0
 
 
+async def test_edit_with_unknown_attachment_part_returns_400(client: Any) -> None:
+    """A PATCH whose parts name an unknown attachment answers 400 and changes nothing."""
+    await new_session(client)
+    m = await append(client, "s1", "hello")
+    parts = [{"type": "attachment", "attachment_id": "nope"}]
+    r = await client.patch(f"/api/sessions/s1/messages/{m['id']}", json={"parts": parts})
+    assert r.status == 400
+    got = await (await client.get(f"/api/sessions/s1/messages/{m['id']}")).json()
+    assert got["version"] == m["version"] and got["parts"] is None
+
+
 async def test_chat_with_attachment_stores_ref(make_client: Any) -> None:
     """Chat accepts attachment ids of the session on the user message."""
     client = await make_client(echo_words_per_second=0)

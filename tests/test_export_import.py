@@ -373,7 +373,8 @@ def test_generated_session_is_consistent(tmp_path: Path) -> None:
     _generate(dd, "g", 50)
     conn = sqlite3.connect(dd.session_db("g"))
     try:
-        assert conn.execute("SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'lorem'")
+        hits = "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'lorem'"
+        assert conn.execute(hits).fetchone()[0] == 50
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         assert conn.execute("SELECT max(depth) FROM active_path").fetchone()[0] == 49
     finally:
