@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -264,11 +265,13 @@ class ActorRegistry:
         owner: str = "",
         title: str | None = None,
         metadata: dict[str, Any] | None = None,
+        populate: Callable[[sqlite3.Connection, str, str], None] | None = None,
     ) -> dict[str, Any]:
         """Create a session (durably, catalog included) and return it.
 
-        Raises ``Conflict`` if ``sid`` exists, ``InvalidInput`` if it is not a
-        legal id.
+        ``populate(conn, sid, now)`` fills the new file before it is published
+        (see ``create_session_file``); it runs on the write pool. Raises
+        ``Conflict`` if ``sid`` exists, ``InvalidInput`` if it is not a legal id.
         """
         sid = validate_session_id(sid) if sid is not None else uuid7()
         if sid in self._deleting or sid in self._actors:
@@ -286,6 +289,7 @@ class ActorRegistry:
                 metadata=metadata or {},
                 now=now_iso(),
                 synchronous=self.config.synchronous,
+                populate=populate,
             ),
         )
         async with self._catalog_lock:

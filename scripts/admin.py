@@ -43,9 +43,9 @@ from scripts._admin_db import (
     session_path,
     sidecars,
 )
-from scripts._export import export_json_chunks, export_markdown_chunks
 from storage.cursors import decode_int, encode_int
 from storage.errors import InvalidInput
+from storage.export import attachment_records, export_json_chunks, export_markdown_chunks
 from storage.ids import now_iso
 from storage.layout import DataDir
 from storage.session_db import _MSG_COLS as MSG_COLS
@@ -708,7 +708,10 @@ def cmd_export(args: argparse.Namespace, dd: DataDir) -> int:
                     if args.format == "json":
                         cur = conn.execute(f"SELECT {MSG_COLS} FROM messages ORDER BY seq")
                         chunks = export_json_chunks(
-                            session, (message_doc(r, sid) for r in cur), exported_at=now_iso()
+                            session,
+                            (message_doc(r, sid) for r in cur),
+                            exported_at=now_iso(),
+                            attachments=list(attachment_records(conn, sid)),
                         )
                     else:
                         cur = conn.execute(

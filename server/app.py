@@ -50,6 +50,7 @@ def make_app(settings: Settings) -> web.Application:
     """Build the application; resources open in ``cleanup_ctx`` when it starts."""
     from server.routes_chat import routes as chat_routes
     from server.routes_core import routes as core_routes
+    from server.routes_files import routes as files_routes
     from server.routes_realtime import OPEN_FEEDS, OPEN_SOCKETS, close_realtime
     from server.routes_realtime import routes as realtime_routes
 
@@ -88,6 +89,7 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_routes(core_routes)
     app.router.add_routes(chat_routes)
     app.router.add_routes(realtime_routes)
+    app.router.add_routes(files_routes)
     from server.routes_aisdk import routes as aisdk_routes
 
     app.router.add_routes(aisdk_routes)

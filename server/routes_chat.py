@@ -95,13 +95,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
     body = ChatRequest.model_validate(data)
     check_content(body.content, settings, allow_empty=False)
     check_metadata(body.metadata, settings, len(orjson.dumps(body.metadata)))
-    if body.attachments:
-        raise ApiError(
-            400, "invalid_input", "unknown attachment id", {"attachments": body.attachments}
-        )
     draft = MessageDraft(
         role="user",
         content=body.content,
+        attachments=body.attachments,
         client_id=body.client_id,
         parent_id=body.parent_id,
         metadata=body.metadata,

@@ -139,10 +139,6 @@ def draft_from(body: MessageCreate, request: web.Request) -> MessageDraft:
     check_content(body.content, settings, allow_empty=has_payload)
     check_metadata(body.metadata, settings, _meta_size(body.metadata))
     check_parts(body.parts, settings)
-    if body.attachments:
-        raise ApiError(
-            400, "invalid_input", "unknown attachment id", {"attachments": body.attachments}
-        )
     return MessageDraft(
         role=body.role,
         content=body.content,
@@ -152,7 +148,7 @@ def draft_from(body: MessageCreate, request: web.Request) -> MessageDraft:
         tool_name=body.tool_name,
         tool_call=body.tool_call,
         tool_result=body.tool_result,
-        attachments=None,
+        attachments=body.attachments,
         metadata=body.metadata,
         request_hash=request_hash(body) if body.client_id is not None else None,
         explicit_parent="parent_id" in body.model_fields_set,

@@ -214,11 +214,10 @@ async def _ws_chat(
     body = ChatRequest.model_validate(data)
     check_content(body.content, settings, allow_empty=False)
     check_metadata(body.metadata, settings, len(orjson.dumps(body.metadata)))
-    if body.attachments:
-        raise ApiError(400, "invalid_input", "unknown attachment id")
     draft = MessageDraft(
         role="user",
         content=body.content,
+        attachments=body.attachments,
         client_id=body.client_id,
         parent_id=body.parent_id,
         metadata=body.metadata,

@@ -66,6 +66,8 @@ class Settings(BaseModel):
     max_parts: int = Field(256, ge=1, description="most parts in one message")
     max_attachment_bytes: int = Field(25 << 20, ge=1, description="largest attachment upload")
     max_ws_frame_bytes: int = Field(1 << 20, ge=1024, description="largest WebSocket frame")
+    max_import_bytes: int = Field(64 << 20, ge=1024, description="largest session import (JSON)")
+    max_search_chars: int = Field(1000, ge=1, description="longest search query")
 
     def allowed_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]

@@ -6,6 +6,7 @@ codes to status lines in one place (``server.errors``)::
 
     StorageError
     ├── InvalidInput        bad ids, cursors, parents, field values      (400)
+    │   └── InvalidQuery    a search query the FTS engine cannot parse   (400)
     ├── NotFound            unknown session, message, attachment          (404)
     ├── Conflict            existing id, client_id reused with other body (409)
     ├── PreconditionFailed  stale If-Match version                        (412)
@@ -51,3 +52,9 @@ class Unavailable(StorageError):
 
 class StorageFull(StorageError):
     code = "storage_full"
+
+
+class InvalidQuery(InvalidInput):
+    """A search query that the full-text engine cannot parse (400)."""
+
+    code = "invalid_query"

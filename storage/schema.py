@@ -70,6 +70,51 @@ SESSION_MIGRATIONS: list[str] = [
         created_at TEXT NOT NULL
     );
     """,
+    # v2: attachments (content-addressed blobs in the session's folder) and full-text
+    # search. messages_fts is an external-content FTS5 index over messages.content,
+    # kept in step by triggers. A message is indexed iff it is live (no deleted_at)
+    # and finished (not pending/streaming): streaming flushes (content = content || ?)
+    # then cost nothing, and the reply is indexed once when its status leaves
+    # streaming. Each trigger removes exactly what was indexed, so the index never
+    # drifts from the table.
+    """
+    CREATE TABLE attachments (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        mime TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX attachments_by_sha256 ON attachments(sha256);
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        content, content='messages', content_rowid='seq',
+        tokenize='unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
+    WHEN new.deleted_at IS NULL AND new.status NOT IN ('pending', 'streaming')
+    BEGIN
+        INSERT INTO messages_fts (rowid, content) VALUES (new.seq, new.content);
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
+    WHEN old.deleted_at IS NULL AND old.status NOT IN ('pending', 'streaming')
+    BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content)
+        VALUES ('delete', old.seq, old.content);
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF content, status, deleted_at ON messages
+    BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content)
+        SELECT 'delete', old.seq, old.content
+        WHERE old.deleted_at IS NULL AND old.status NOT IN ('pending', 'streaming');
+        INSERT INTO messages_fts (rowid, content)
+        SELECT new.seq, new.content
+        WHERE new.deleted_at IS NULL AND new.status NOT IN ('pending', 'streaming');
+    END;
+    INSERT INTO messages_fts (rowid, content)
+    SELECT seq, content FROM messages
+    WHERE deleted_at IS NULL AND status NOT IN ('pending', 'streaming');
+    """,
 ]
 
 CATALOG_MIGRATIONS: list[str] = [
@@ -84,6 +129,21 @@ CATALOG_MIGRATIONS: list[str] = [
     CREATE INDEX sessions_recent ON sessions(owner, updated_at DESC, id DESC);
     """,
 ]
+
+
+def split_statements(script: str) -> list[str]:
+    """The SQL statements of ``script``; a ``;`` inside a trigger body does not split."""
+    out: list[str] = []
+    buf = ""
+    for piece in script.split(";"):
+        buf += piece + ";"
+        if sqlite3.complete_statement(buf):
+            if buf.strip(" \n\t;"):
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip(" \n\t;"):
+        raise ValueError(f"incomplete SQL statement in migration: {buf.strip()[:80]!r}")
+    return out
 
 
 def migrate(conn: sqlite3.Connection, migrations: list[str], *, what: str) -> int:
@@ -101,9 +161,8 @@ def migrate(conn: sqlite3.Connection, migrations: list[str], *, what: str) -> in
     for i in range(version, target):
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for stmt in migrations[i].split(";"):
-                if stmt.strip():
-                    conn.execute(stmt)
+            for stmt in split_statements(migrations[i]):
+                conn.execute(stmt)
             conn.execute(f"PRAGMA user_version = {i + 1}")
             conn.execute("COMMIT")
         except BaseException:

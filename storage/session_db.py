@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import html
 import os
 import shutil
 import sqlite3
@@ -28,10 +29,12 @@ from typing import Any, TypeVar
 
 import orjson
 
+from storage.attachments import attachment_url
 from storage.cursors import decode_int, encode_int
 from storage.errors import (
     Conflict,
     InvalidInput,
+    InvalidQuery,
     NotFound,
     PreconditionFailed,
     StorageError,
@@ -95,7 +98,9 @@ class MessageDraft:
     tool_name: str | None = None
     tool_call: Any = None
     tool_result: Any = None
-    attachments: list[Any] | None = None
+    # ids of attachments of this session; op_append checks that they exist and
+    # stores the message's ``attachments`` as refs {id, name, mime, size, sha256, url}
+    attachments: list[str] | None = None
     metadata: dict[str, Any] | None = None
     status: str = "complete"
     model_id: str | None = None
@@ -188,6 +193,51 @@ def session_doc(row: tuple[Any, ...]) -> dict[str, Any]:
     }
 
 
+_ATT_COLS = "id, name, mime, size, sha256, created_at"
+
+
+def attachment_doc(row: sqlite3.Row | tuple[Any, ...], session_id: str) -> dict[str, Any]:
+    """The API shape of an ``attachments`` row selected with ``_ATT_COLS``."""
+    aid, name, mime, size, sha256, created_at = row
+    return {
+        "id": aid,
+        "name": name,
+        "mime": mime,
+        "size": size,
+        "sha256": sha256,
+        "url": attachment_url(session_id, aid),
+        "created_at": created_at,
+    }
+
+
+def attachment_refs(txn: Txn, ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The refs a message stores for attachment ``ids``, in the given order.
+
+    Raises :class:`InvalidInput` naming every id that is not an attachment of
+    this session.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for aid in dict.fromkeys(ids):
+        row = txn.conn.execute(f"SELECT {_ATT_COLS} FROM attachments WHERE id = ?", (aid,))
+        r = row.fetchone()
+        if r is not None:
+            doc = attachment_doc(r, txn.session_id)
+            del doc["created_at"]
+            found[aid] = doc
+    missing = [aid for aid in dict.fromkeys(ids) if aid not in found]
+    if missing:
+        raise InvalidInput("unknown attachment id", details={"attachments": missing})
+    return [found[aid] for aid in ids]
+
+
+def _part_attachment_ids(parts: list[Any] | None) -> list[str]:
+    return [
+        p["attachment_id"]
+        for p in parts or []
+        if isinstance(p, dict) and p.get("type") == "attachment" and "attachment_id" in p
+    ]
+
+
 @dataclass(slots=True)
 class Page:
     """One page of messages, oldest first, with cursors for its neighbours."""
@@ -222,12 +272,15 @@ def create_session_file(
     metadata: dict[str, Any],
     now: str,
     synchronous: str = "FULL",
+    populate: Callable[[sqlite3.Connection, str, str], None] | None = None,
 ) -> dict[str, Any]:
     """Create session ``sid`` atomically and return its Session document.
 
     The file is built in a temporary folder and renamed into place, so a crash
-    leaves either no session or a complete one. Raises :class:`Conflict` if the
-    session exists.
+    leaves either no session or a complete one. ``populate(conn, sid, now)``,
+    if given, fills the new file in the same transaction as the session row
+    (import); if it raises, nothing is created. Raises :class:`Conflict` if
+    the session exists.
     """
     final = datadir.session_dir(sid)
     if final.exists():
@@ -239,11 +292,16 @@ def create_session_file(
         conn = connect(tmp / "session.db", synchronous=synchronous)
         try:
             migrate(conn, SESSION_MIGRATIONS, what="session file")
+            conn.execute("BEGIN IMMEDIATE")
             conn.execute(
                 "INSERT INTO session (id, owner, title, metadata, created_at, updated_at) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
                 (sid, owner, title, dumps(metadata), now, now),
             )
+            if populate is not None:
+                populate(conn, sid, now)
+            row = conn.execute(f"SELECT {_SESSION_COLS} FROM session").fetchone()
+            conn.execute("COMMIT")
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             conn.close()
@@ -255,16 +313,7 @@ def create_session_file(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {
-        "id": sid,
-        "title": title,
-        "metadata": metadata,
-        "created_at": now,
-        "updated_at": now,
-        "message_count": 0,
-        "last_message_at": None,
-        "active_leaf_id": None,
-    }
+    return session_doc(tuple(row))
 
 
 def remove_session_files(datadir: DataDir, sid: str) -> bool:
@@ -509,11 +558,15 @@ def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool
             depth, sibling_index = st.leaf_depth + 1, st.leaf_child_count
         else:
             parent_seq, parent_id, depth, sibling_index = None, None, 0, st.root_count
+        refs = None
+        wanted = [*(draft.attachments or []), *_part_attachment_ids(draft.parts)]
+        if wanted:
+            refs = attachment_refs(txn, wanted)[: len(draft.attachments or [])]
         mid = uuid7()
         parts = None if draft.parts is None else dumps(draft.parts)
         tool_call = None if draft.tool_call is None else dumps(draft.tool_call)
         tool_result = None if draft.tool_result is None else dumps(draft.tool_result)
-        attachments = None if not draft.attachments else dumps(draft.attachments)
+        attachments = None if not refs else dumps(refs)
         metadata = dumps(draft.metadata or {})
         cur = conn.execute(
             "INSERT INTO messages (id, parent_seq, parent_id, depth, sibling_index, role, content, "
@@ -621,6 +674,8 @@ def op_update_message(
                 "the message changed since that version",
                 details={"current_version": row[24], "if_match": if_match},
             )
+        if changes.get("parts"):
+            attachment_refs(txn, _part_attachment_ids(changes["parts"]))
         sets, args = [], []
         for key, value in changes.items():
             if key not in allowed:
@@ -720,6 +775,64 @@ def op_update_session(
         return doc
 
     return run
+
+
+def op_add_attachment(
+    *, name: str, mime: str, size: int, sha256: str
+) -> Callable[[Txn], dict[str, Any]]:
+    """Record an attachment whose blob is already on disk; return its document.
+
+    No event is recorded: an attachment becomes visible to others only through
+    the message that references it.
+    """
+
+    def run(txn: Txn) -> dict[str, Any]:
+        aid = uuid7()
+        txn.conn.execute(
+            f"INSERT INTO attachments ({_ATT_COLS}) VALUES (?, ?, ?, ?, ?, ?)",
+            (aid, name, mime, size, sha256, txn.now),
+        )
+        return attachment_doc((aid, name, mime, size, sha256, txn.now), txn.session_id)
+
+    return run
+
+
+# --------------------------------------------------------------------------- search
+
+SNIPPET_OPEN = "\ue000"
+SNIPPET_CLOSE = "\ue001"
+
+
+def fts_query(q: str, *, raw: bool = False) -> str:
+    """The FTS5 expression for the user's query ``q``.
+
+    By default ``q`` is plain words: each whitespace-separated word becomes a
+    quoted FTS5 string (so ``"``, ``*``, ``NEAR(``, ``AND`` are just text) and
+    all of them must match; a word ending in ``*`` matches as a prefix. With
+    ``raw`` the text is FTS5 query syntax, passed through. Raises
+    :class:`InvalidQuery` for a query without words.
+    """
+    if raw:
+        if not q.strip():
+            raise InvalidQuery("the query is empty")
+        return q
+    terms = []
+    for word in q.split():
+        prefix = word.endswith("*") and word.strip("*") != ""
+        word = word.rstrip("*") if prefix else word
+        terms.append('"' + word.replace('"', '""') + '"' + ("*" if prefix else ""))
+    if not terms:
+        raise InvalidQuery("the query is empty")
+    return " ".join(terms)
+
+
+def snippet_html(text: str) -> str:
+    """HTML-escape a snippet and turn the match markers into ``<mark>`` tags."""
+    return (
+        html.escape(text, quote=True)
+        .replace(SNIPPET_OPEN, "<mark>")
+        .replace(SNIPPET_CLOSE, "</mark>")
+    )
 
 
 # --------------------------------------------------------------------------- the file
@@ -1033,6 +1146,52 @@ class SessionFile:
             (since, limit),
         ).fetchall()
         return [Event(r[0], r[1], bytes(r[2])) for r in rows]
+
+    def read_attachment(self, aid: str) -> dict[str, Any]:
+        """Attachment ``aid``'s document; :class:`NotFound` if this session has none such."""
+        row = self.reader.execute(
+            f"SELECT {_ATT_COLS} FROM attachments WHERE id = ?", (aid,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"attachment {aid!r} not found", details={"attachment_id": aid})
+        return attachment_doc(row, self.sid)
+
+    def search(self, q: str, *, limit: int = 20, raw: bool = False) -> list[dict[str, Any]]:
+        """Live, finished messages matching ``q`` (see :func:`fts_query`), best first.
+
+        Each item is ``{message, snippet, score}``: ``snippet`` is HTML with the
+        matches in ``<mark>`` and everything else escaped; ``score`` is the
+        BM25 relevance (higher is better). Messages still streaming are not
+        indexed until their reply ends. Raises :class:`InvalidQuery` when
+        ``q`` is not a valid query.
+        """
+        expr = fts_query(q, raw=raw)
+        sql = (
+            f"SELECT {_prefixed('m')}, "
+            f"snippet(messages_fts, 0, '{SNIPPET_OPEN}', '{SNIPPET_CLOSE}', '…', 24), "
+            "messages_fts.rank "
+            "FROM messages_fts JOIN messages m ON m.seq = messages_fts.rowid "
+            "WHERE messages_fts MATCH ? AND m.deleted_at IS NULL "
+            "ORDER BY messages_fts.rank LIMIT ?"
+        )
+        try:
+            rows = self.reader.execute(sql, (expr, limit)).fetchall()
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR:
+                raise InvalidQuery(
+                    f"the search query is not valid: {exc}", details={"query": q[:200]}
+                ) from exc
+            raise _classify(exc) from exc
+        except sqlite3.Error as exc:
+            raise _classify(exc) from exc
+        return [
+            {
+                "message": message_doc(r[:26], self.sid),
+                "snippet": snippet_html(r[26]),
+                "score": -float(r[27]),
+            }
+            for r in rows
+        ]
 
     def iter_all_messages(self, batch: int = 500) -> Iterator[dict[str, Any]]:
         """Every message row (tombstones too), in log order, read in batches."""

@@ -21,10 +21,11 @@ import aiohttp
 import pytest
 
 from scripts import admin
-from scripts._export import export_json_chunks, export_markdown_chunks
 from storage.catalog import Catalog
+from storage.export import export_json_chunks, export_markdown_chunks
 from storage.ids import now_iso
 from storage.layout import DataDir
+from storage.schema import SESSION_MIGRATIONS
 from storage.session_db import (
     MessageDraft,
     SessionFile,
@@ -156,7 +157,7 @@ def test_show_reports_roles_branches_leaf_and_checks(capsys, datadir):
     assert "assistant 2, user 2" in text
     assert "2 leaves, 1 fork points" in text
     assert datadir["ids"]["u2"] in text
-    assert "schema version     1" in text
+    assert f"schema version     {len(SESSION_MIGRATIONS)}" in text
     assert "integrity_check    ok" in text and "foreign_key_check  ok" in text
     assert out.splitlines()[0].split() == ["session", "s1"]
 
@@ -171,7 +172,7 @@ def test_show_json_carries_same_facts_as_table(capsys, datadir):
     assert doc["branches"]["leaves"] == 2 and doc["branches"]["fork_points"] == 1
     assert doc["active_leaf"]["id"] == datadir["ids"]["u2"]
     assert doc["integrity_check"] == ["ok"] and doc["foreign_key_check"] == []
-    assert doc["schema_version"] == 1 and doc["files"]["db_bytes"] > 0
+    assert doc["schema_version"] == len(SESSION_MIGRATIONS) and doc["files"]["db_bytes"] > 0
     assert f"{doc['active_leaf']['id']} (seq {doc['active_leaf']['seq']}" in table_out
     assert doc["session"]["updated_at"] in table_out
 

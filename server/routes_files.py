@@ -1,0 +1,396 @@
+"""Attachments, export / import and search (SPEC section 4).
+
+- ``POST /api/sessions/{sid}/attachments``: multipart upload (field ``file``),
+  streamed to disk while hashed; 413 over ``max_attachment_bytes`` with no file
+  left behind.
+- ``GET /api/sessions/{sid}/attachments/{aid}``: the bytes, with ``ETag`` (the
+  SHA-256), ``If-None-Match`` → 304, a single ``Range`` → 206, and a safe
+  ``Content-Disposition``.
+- ``GET /api/sessions/{sid}/export?format=json|markdown``: streamed from one
+  read snapshot on a separate read-only connection, in constant memory.
+- ``POST /api/sessions/import``: a JSON export becomes a new session.
+- ``GET /api/sessions/{sid}/search?q=&limit=&mode=words|fts``: full-text search.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import re
+from collections.abc import Iterator
+from typing import Any, Literal
+from urllib.parse import quote
+
+import orjson
+from aiohttp import BodyPartReader, hdrs, web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from server.errors import ApiError
+from server.http import REGISTRY, SETTINGS, json_response, query_choice, query_int, user_of
+from server.settings import Settings
+from storage.attachments import BlobWriter, TooLarge, blob_path, safe_mime, safe_name
+from storage.export import ImportPlan, iter_export, parse_export, populate_import
+from storage.ids import now_iso, validate_session_id
+from storage.session_db import op_add_attachment
+
+routes = web.RouteTableDef()
+
+# multipart framing (boundaries, part headers) on top of the file's own bytes
+UPLOAD_SLACK = 64 * 1024
+READ_CHUNK = 256 * 1024
+WRITE_BATCH = 1024 * 1024
+# types a browser may show inline; everything else downloads
+INLINE_TYPES = re.compile(
+    r"image/(png|jpeg|gif|webp|avif)|audio/[a-z0-9.+-]+|video/[a-z0-9.+-]+"
+    r"|text/plain|application/pdf"
+)
+
+
+# ---------------------------------------------------------------------------- upload
+
+
+@routes.post("/api/sessions/{sid}/attachments")
+async def upload_attachment(request: web.Request) -> web.Response:
+    """Store one uploaded file: 201 ``{id, name, mime, size, sha256, url, created_at}``."""
+    settings = request.app[SETTINGS]
+    registry = request.app[REGISTRY]
+    sid = request.match_info["sid"]
+    limit = settings.max_attachment_bytes
+    if request.content_type != "multipart/form-data":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"expected multipart/form-data, got {request.content_type or 'none'}",
+        )
+    if request.content_length is not None and request.content_length > limit + UPLOAD_SLACK:
+        raise _too_large(limit)
+    loop = asyncio.get_running_loop()
+    async with registry.lease(sid, user_of(request)) as actor:
+        part = await _file_part(request)
+        name = safe_name(part.filename)
+        mime = safe_mime(part.headers.get(hdrs.CONTENT_TYPE), name)
+        try:
+            writer = await loop.run_in_executor(
+                registry.write_pool, lambda: BlobWriter(registry.datadir, sid, limit=limit)
+            )
+        except FileNotFoundError:
+            raise _session_gone(sid) from None
+        try:
+            buf = bytearray()
+            while chunk := await part.read_chunk(READ_CHUNK):
+                buf += chunk
+                if len(buf) > limit:  # refuse early, before a write can
+                    raise TooLarge(limit)
+                if len(buf) >= WRITE_BATCH:
+                    await loop.run_in_executor(registry.write_pool, writer.write, bytes(buf))
+                    buf.clear()
+            if buf:
+                await loop.run_in_executor(registry.write_pool, writer.write, bytes(buf))
+            sha256, size = await loop.run_in_executor(registry.write_pool, writer.commit)
+        except TooLarge:
+            raise _too_large(limit) from None
+        except (ValueError, HttpProcessingError) as exc:
+            raise _malformed(exc) from exc
+        except FileNotFoundError:
+            raise _session_gone(sid) from None
+        finally:
+            writer.abort()  # no-op after commit; otherwise removes the partial file
+        doc = await actor.submit(op_add_attachment(name=name, mime=mime, size=size, sha256=sha256))
+    return json_response(doc, 201, {"Location": doc["url"]})
+
+
+async def _file_part(request: web.Request) -> BodyPartReader:
+    """The ``file`` part of a multipart body; 400 when there is none."""
+    try:
+        reader = await request.multipart()
+        part = await reader.next()
+    except (ValueError, AssertionError, RuntimeError, HttpProcessingError) as exc:
+        raise _malformed(exc) from exc
+    if not isinstance(part, BodyPartReader) or part.name != "file":
+        raise ApiError(
+            400,
+            "invalid_input",
+            "the multipart body must start with a part named 'file'",
+            {"loc": ["body", "file"]},
+        )
+    return part
+
+
+def _malformed(exc: Exception) -> ApiError:
+    text = str(exc).replace("\n", " ")[:200]
+    return ApiError(400, "invalid_input", f"the multipart body is malformed: {text}")
+
+
+def _too_large(limit: int) -> ApiError:
+    return ApiError(
+        413, "payload_too_large", f"the attachment is larger than the limit of {limit} bytes"
+    )
+
+
+def _session_gone(sid: str) -> ApiError:
+    return ApiError(404, "not_found", f"session {sid!r} not found", {"session_id": sid})
+
+
+# ---------------------------------------------------------------------------- download
+
+
+def content_disposition(name: str, *, inline: bool) -> str:
+    """``Content-Disposition`` for ``name`` (RFC 6266: ASCII fallback plus ``filename*``)."""
+    fallback = "".join(ch if 0x20 <= ord(ch) < 0x7F and ch not in '"\\%;' else "_" for ch in name)
+    kind = "inline" if inline else "attachment"
+    return f"{kind}; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
+
+
+def parse_range(header: str | None, size: int) -> tuple[int, int] | Literal[False] | None:
+    """The one byte range ``header`` asks for, as ``(first, last)`` inclusive.
+
+    None means "send everything" (no header, a header this server ignores such
+    as several ranges or another unit, or a malformed one); False means the
+    range cannot be satisfied (416).
+    """
+    if header is None:
+        return None
+    m = re.fullmatch(r"\s*bytes\s*=\s*(\d{0,18})\s*-\s*(\d{0,18})\s*", header)
+    if m is None or (not m[1] and not m[2]):
+        return None
+    if not m[1]:  # suffix: the last n bytes
+        n = int(m[2])
+        if n == 0 or size == 0:
+            return False
+        return max(0, size - n), size - 1
+    first = int(m[1])
+    last = int(m[2]) if m[2] else size - 1
+    if m[2] and last < first:
+        return None
+    if first >= size:
+        return False
+    return first, min(last, size - 1)
+
+
+def _etag_matches(header: str | None, etag: str) -> bool:
+    if header is None:
+        return False
+    tags = [t.strip().removeprefix("W/") for t in header.split(",")]
+    return "*" in tags or etag in tags
+
+
+@routes.get("/api/sessions/{sid}/attachments/{aid}")
+async def download_attachment(request: web.Request) -> web.StreamResponse:
+    """The attachment's bytes; 304 on a matching ``If-None-Match``; 206 for a ``Range``."""
+    registry = request.app[REGISTRY]
+    sid = request.match_info["sid"]
+    async with registry.lease(sid, user_of(request)) as actor:
+        att = actor.file.read_attachment(request.match_info["aid"])
+    etag = f'"{att["sha256"]}"'
+    mime = att["mime"]
+    inline = INLINE_TYPES.fullmatch(mime) is not None and "download" not in request.query
+    headers = {
+        hdrs.ETAG: etag,
+        hdrs.CACHE_CONTROL: "private, max-age=31536000, immutable",
+        hdrs.ACCEPT_RANGES: "bytes",
+        hdrs.CONTENT_DISPOSITION: content_disposition(att["name"], inline=inline),
+        "X-Content-Type-Options": "nosniff",
+        "Content-Security-Policy": "default-src 'none'; sandbox",
+    }
+    if _etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
+        return web.Response(status=304, headers=headers)
+    loop = asyncio.get_running_loop()
+    path = blob_path(registry.datadir, sid, att["sha256"])
+    try:
+        f = await loop.run_in_executor(registry.read_pool, open, path, "rb")
+    except FileNotFoundError:
+        raise ApiError(
+            410,
+            "attachment_gone",
+            "the attachment's bytes are not stored here (an imported record?)",
+            {"attachment_id": att["id"]},
+        ) from None
+    try:
+        size = os.fstat(f.fileno()).st_size
+        if_range = request.headers.get(hdrs.IF_RANGE)
+        wanted = None if if_range not in (None, etag) else request.headers.get(hdrs.RANGE)
+        rng = parse_range(wanted, size)
+        if rng is False:
+            raise ApiError(
+                416,
+                "range_not_satisfiable",
+                f"the range {wanted!r} is outside the {size} bytes of the attachment",
+                headers={hdrs.CONTENT_RANGE: f"bytes */{size}"},
+            )
+        first, last = (0, size - 1) if rng is None else rng
+        resp = web.StreamResponse(status=200 if rng is None else 206, headers=headers)
+        if rng is not None:
+            resp.headers[hdrs.CONTENT_RANGE] = f"bytes {first}-{last}/{size}"
+        resp.content_type = mime
+        resp.content_length = last - first + 1
+        await resp.prepare(request)
+        pos = first
+        while pos <= last:
+            n = min(READ_CHUNK, last - pos + 1)
+            chunk = await loop.run_in_executor(registry.read_pool, _pread, f, n, pos)
+            if not chunk:
+                break
+            await resp.write(chunk)
+            pos += len(chunk)
+        await resp.write_eof()
+        return resp
+    finally:
+        f.close()
+
+
+def _pread(f: Any, n: int, pos: int) -> bytes:
+    data: bytes = os.pread(f.fileno(), n, pos)
+    return data
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def _close_after(step: concurrent.futures.Future[Any] | None, gen: Iterator[bytes]) -> None:
+    if step is not None:
+        concurrent.futures.wait([step])
+    gen.close()  # type: ignore[attr-defined]
+
+
+@routes.get("/api/sessions/{sid}/export")
+async def export_session(request: web.Request) -> web.StreamResponse:
+    """The whole session, streamed: JSON (lossless, ``roost.session.v1``) or Markdown."""
+    registry = request.app[REGISTRY]
+    sid = request.match_info["sid"]
+    fmt: Literal["json", "markdown"] = (
+        "markdown"
+        if query_choice(request, "format", ("json", "markdown")) == "markdown"
+        else "json"
+    )
+    pool = registry.read_pool
+    step: concurrent.futures.Future[Any] | None = None
+    async with registry.lease(sid, user_of(request)) as actor:
+        gen = iter_export(actor.file.path, sid, fmt, exported_at=now_iso())
+        # the first step opens the connection and the snapshot while the lease holds
+        step = pool.submit(next, gen, None)
+        try:
+            chunk: bytes | None = await asyncio.wrap_future(step)
+        except BaseException:
+            with contextlib.suppress(RuntimeError):
+                pool.submit(_close_after, step, gen)
+            raise
+    ext, ctype = ("json", "application/json") if fmt == "json" else ("md", "text/markdown")
+    resp = web.StreamResponse(
+        headers={
+            hdrs.CONTENT_DISPOSITION: content_disposition(f"{sid}.{ext}", inline=False),
+            hdrs.CACHE_CONTROL: "no-store",
+        }
+    )
+    resp.content_type = ctype
+    resp.charset = "utf-8"
+    resp.enable_chunked_encoding()
+    try:
+        await resp.prepare(request)
+        while chunk is not None:
+            await resp.write(chunk)  # waits while the client is slow (backpressure)
+            step = pool.submit(next, gen, None)
+            chunk = await asyncio.wrap_future(step)
+        await resp.write_eof()
+    finally:
+        # closing the generator ends its read transaction; it must not run while
+        # a step is still executing in the pool (a cancelled handler leaves one).
+        # If the pool is already shut down, garbage collection closes it.
+        with contextlib.suppress(RuntimeError):
+            pool.submit(_close_after, step, gen)
+    return resp
+
+
+# ---------------------------------------------------------------------------- import
+
+
+def _parse_import(raw: bytes, settings: Settings) -> ImportPlan:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from exc
+    plan = parse_export(data)
+    doc = plan.doc
+    if doc.session.title is not None and len(doc.session.title) > settings.max_title_chars:
+        raise ApiError(400, "invalid_input", "the session title is too long")
+    for i, m in enumerate(doc.messages):
+        if len(m.content) > settings.max_content_chars:
+            raise ApiError(
+                413,
+                "content_too_large",
+                f"message {i} has {len(m.content)} characters; the limit is "
+                f"{settings.max_content_chars}",
+                {"loc": ["messages", i, "content"]},
+            )
+    return plan
+
+
+@routes.post("/api/sessions/import")
+async def import_session(request: web.Request) -> web.Response:
+    """A JSON export becomes a new session (201 Session); ``?id=`` names it (409 if taken)."""
+    settings = request.app[SETTINGS]
+    registry = request.app[REGISTRY]
+    if request.content_type != "application/json":
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"expected Content-Type application/json, got {request.content_type or 'none'}",
+        )
+    sid = request.query.get("id")
+    if sid is not None:
+        validate_session_id(sid)
+    limit = settings.max_import_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(
+            413, "payload_too_large", f"the import is larger than the limit of {limit} bytes"
+        )
+    buf = bytearray()
+    async for chunk in request.content.iter_chunked(READ_CHUNK):
+        buf += chunk
+        if len(buf) > limit:
+            raise ApiError(
+                413, "payload_too_large", f"the import is larger than the limit of {limit} bytes"
+            )
+    loop = asyncio.get_running_loop()
+    plan = await loop.run_in_executor(registry.write_pool, _parse_import, bytes(buf), settings)
+    del buf
+    doc = await registry.create_session(
+        sid,
+        owner=user_of(request),
+        title=plan.doc.session.title,
+        metadata=plan.doc.session.metadata,
+        populate=lambda conn, new_sid, now: populate_import(conn, new_sid, plan, now),
+    )
+    return json_response(doc, 201, {"Location": f"/api/sessions/{doc['id']}"})
+
+
+# ---------------------------------------------------------------------------- search
+
+
+@routes.get("/api/sessions/{sid}/search")
+async def search(request: web.Request) -> web.Response:
+    """Messages matching ``q``, best first: ``{items: [{message, snippet, score, rank}]}``.
+
+    ``mode=words`` (default): ``q`` is plain words, all required, ``word*``
+    for a prefix. ``mode=fts``: ``q`` is SQLite FTS5 query syntax. Either way
+    a query the engine cannot parse is 400 ``invalid_query``.
+    """
+    settings = request.app[SETTINGS]
+    q = request.query.get("q")
+    if q is None or not q.strip():
+        raise ApiError(400, "invalid_query", "give a search query in q", {"loc": ["query", "q"]})
+    if len(q) > settings.max_search_chars or "\x00" in q:
+        raise ApiError(
+            400,
+            "invalid_query",
+            f"q must be at most {settings.max_search_chars} characters, without NUL",
+            {"loc": ["query", "q"]},
+        )
+    limit = query_int(request, "limit", 20, 1, settings.max_page_limit)
+    mode = query_choice(request, "mode", ("words", "fts"))
+    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
+        items = actor.file.search(q, limit=limit, raw=mode == "fts")
+    for i, item in enumerate(items, 1):
+        item["rank"] = i
+    return json_response({"items": items, "q": q, "mode": mode})

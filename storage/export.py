@@ -1,0 +1,444 @@
+"""Session export and import: the ``roost.session.v1`` format.
+
+The renderers are pure functions: they take the session's documents and an
+*iterable* of Message documents (API shape, see ``storage.session_db.message_doc``)
+and yield the output in chunks, so a caller can stream a session of any size in
+bounded memory: nothing here holds more than one batch of messages at a time.
+The server's ``GET /api/sessions/{sid}/export`` (through :func:`iter_export`)
+and ``roost-admin export`` both use them, so they produce the same formats.
+
+JSON (``roost.session.v1``)::
+
+    {"format": "roost.session.v1", "exported_at": "...",
+     "session": {Session doc, plus "owner" in the admin tool's export},
+     "active_leaf_id": "..." | null,
+     "messages": [every message of every branch in log order, tombstones
+                  included with "deleted": true],
+     "attachments": [attachment records {id, name, mime, size, sha256, url,
+                     created_at}: metadata only, the bytes are not exported]}
+
+Markdown: a ``#`` title, then each live message of the active path (root to
+active leaf) as a ``## role`` heading followed by its content and links to its
+attachments.
+
+Import (:func:`parse_export`, :func:`populate_import`) validates a JSON export
+strictly and writes it into a fresh session file with the same message ids,
+``seq`` numbers, tree and active leaf.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from storage.attachments import attachment_url
+from storage.errors import InvalidInput
+from storage.layout import connect
+
+EXPORT_FORMAT = "roost.session.v1"
+
+# ---------------------------------------------------------------------------- rendering
+
+
+def export_json_chunks(
+    session: dict[str, Any],
+    messages: Iterable[dict[str, Any]],
+    *,
+    exported_at: str,
+    attachments: Iterable[dict[str, Any]] = (),
+) -> Iterator[bytes]:
+    """Yield the JSON export as UTF-8 byte chunks; joined, they are one JSON document.
+
+    ``messages`` must be in log order (``seq``) and include tombstones.
+    """
+    head = {
+        "format": EXPORT_FORMAT,
+        "exported_at": exported_at,
+        "session": session,
+        "active_leaf_id": session.get("active_leaf_id"),
+    }
+    yield orjson.dumps(head)[:-1] + b',"messages":['
+    for i, msg in enumerate(messages):
+        yield (b"," if i else b"") + orjson.dumps(msg)
+    yield b'],"attachments":['
+    for i, att in enumerate(attachments):
+        yield (b"," if i else b"") + orjson.dumps(att)
+    yield b"]}\n"
+
+
+def export_markdown_chunks(
+    session: dict[str, Any], active_path: Iterable[dict[str, Any]]
+) -> Iterator[str]:
+    """Yield the Markdown export of the active path, root first.
+
+    Tombstones (``"deleted": true``) on the path are left out.
+    """
+    title = session.get("title") or session.get("id") or "Session"
+    yield f"# {_one_line(str(title))}\n\n"
+    for msg in active_path:
+        if msg.get("deleted"):
+            continue
+        content = str(msg.get("content") or "").rstrip("\n")
+        links = "".join(
+            f"- [{_md_text(str(a.get('name', 'file')))}](<{a.get('url', '')}>)\n"
+            for a in msg.get("attachments") or []
+            if isinstance(a, dict)
+        )
+        yield f"## {msg.get('role', '?')}\n\n{content}\n\n" + (f"{links}\n" if links else "")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _md_text(text: str) -> str:
+    return re.sub(r"([\\`*_\[\]()<>#!|])", r"\\\1", _one_line(text))
+
+
+def attachment_records(conn: sqlite3.Connection, sid: str) -> Iterator[dict[str, Any]]:
+    """The attachment records of the session file open on ``conn``, oldest first.
+
+    Yields nothing for a file from before attachments existed (schema v1).
+    """
+    has_table = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'attachments'"
+    ).fetchone()
+    if has_table is None:
+        return
+    for aid, name, mime, size, sha256, created_at in conn.execute(
+        "SELECT id, name, mime, size, sha256, created_at FROM attachments ORDER BY created_at, id"
+    ):
+        yield {
+            "id": aid,
+            "name": name,
+            "mime": mime,
+            "size": size,
+            "sha256": sha256,
+            "url": attachment_url(sid, aid),
+            "created_at": created_at,
+        }
+
+
+def _coalesce(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    buf: list[bytes] = []
+    n = 0
+    for c in chunks:
+        buf.append(c)
+        n += len(c)
+        if n >= size:
+            yield b"".join(buf)
+            buf, n = [], 0
+    if buf:
+        yield b"".join(buf)
+
+
+def iter_export(
+    path: Path,
+    sid: str,
+    fmt: Literal["json", "markdown"],
+    *,
+    exported_at: str,
+    batch: int = 500,
+    chunk_bytes: int = 64 * 1024,
+) -> Iterator[bytes]:
+    """Stream the export of the session file at ``path`` in chunks of about ``chunk_bytes``.
+
+    Opens its own read-only connection and reads everything in one read
+    transaction, so the export is one consistent snapshot while writers go
+    on (WAL); messages are fetched ``batch`` at a time, so memory does not
+    grow with the session. The connection is opened on the first ``next()``
+    and closed when the generator ends or is closed: callers that stop early
+    must call ``close()``. Drive it from one thread at a time (any thread).
+    """
+    # imported here: session_db imports this module's neighbours, not the reverse
+    from storage.session_db import _MSG_COLS, _SESSION_COLS, message_doc, session_doc
+
+    conn = connect(path, readonly=True, cache_kib=512)
+    try:
+        conn.execute("BEGIN")
+        session = session_doc(conn.execute(f"SELECT {_SESSION_COLS} FROM session").fetchone())
+
+        def batches(sql: str) -> Iterator[dict[str, Any]]:
+            last = -1
+            while True:
+                rows = conn.execute(sql, (last, batch)).fetchall()
+                if not rows:
+                    return
+                for r in rows:
+                    yield message_doc(r[:26], sid)
+                last = rows[-1][26]
+
+        if fmt == "json":
+            msgs = batches(
+                f"SELECT {_MSG_COLS}, seq FROM messages WHERE seq > ? ORDER BY seq LIMIT ?"
+            )
+            chunks = export_json_chunks(
+                session,
+                msgs,
+                exported_at=exported_at,
+                attachments=attachment_records(conn, sid),
+            )
+        else:
+            cols = ", ".join(f"m.{c.strip()}" for c in _MSG_COLS.split(","))
+            path_msgs = batches(
+                f"SELECT {cols}, ap.depth FROM active_path ap JOIN messages m ON m.seq = ap.seq "
+                "WHERE ap.depth > ? ORDER BY ap.depth LIMIT ?"
+            )
+            chunks = (c.encode() for c in export_markdown_chunks(session, path_msgs))
+        yield from _coalesce(chunks, chunk_bytes)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------- import
+
+_TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)"
+Ts = Annotated[str, StringConstraints(strict=True, pattern=f"^{_TS}$")]
+MsgId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=128)]
+ShortText = Annotated[str, StringConstraints(strict=True, max_length=256)]
+Sha = Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ImportedSession(_Strict):
+    id: str | None = None
+    owner: str | None = None
+    title: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    created_at: Ts
+    updated_at: Ts
+    message_count: int | None = None
+    last_message_at: Ts | None = None
+    active_leaf_id: MsgId | None = None
+
+
+class ImportedMessage(_Strict):
+    id: MsgId
+    session_id: str | None = None
+    seq: Annotated[int, Field(ge=1, le=2**62)]
+    role: Literal["user", "assistant", "system", "tool"]
+    content: str
+    parts: list[Any] | None = None
+    status: Literal["pending", "streaming", "complete", "error", "cancelled", "interrupted"]
+    parent_id: MsgId | None = None
+    client_id: ShortText | None = None
+    model_id: ShortText | None = None
+    provider_id: ShortText | None = None
+    fallback_notice: str | None = None
+    tool_name: ShortText | None = None
+    tool_call: Any = None
+    tool_result: Any = None
+    attachments: list[dict[str, Any]] = Field(default_factory=list)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    error: Any = None
+    created_at: Ts
+    updated_at: Ts
+    version: Annotated[int, Field(ge=1, le=2**62)] = 1
+    deleted: bool = False
+
+
+class ImportedAttachment(_Strict):
+    id: MsgId
+    name: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=255)]
+    mime: Annotated[str, StringConstraints(strict=True, min_length=3, max_length=255)]
+    size: Annotated[int, Field(ge=0)]
+    sha256: Sha
+    url: str | None = None
+    created_at: Ts
+
+
+class ExportDocument(_Strict):
+    format: Literal["roost.session.v1"]
+    exported_at: Ts | None = None
+    session: ImportedSession
+    active_leaf_id: MsgId | None
+    messages: list[ImportedMessage]
+    attachments: list[ImportedAttachment] = Field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ImportPlan:
+    """A validated export, ready for :func:`populate_import`."""
+
+    doc: ExportDocument
+
+
+def parse_export(data: Any) -> ImportPlan:
+    """Validate a decoded JSON export; raise :class:`InvalidInput` with details if bad.
+
+    Beyond the shape: ``seq`` strictly increasing, message ids and client ids
+    unique, every ``parent_id`` naming an earlier message, the active leaf a
+    live message, every attachment ref naming an attachment record.
+    """
+    if not isinstance(data, dict):
+        raise InvalidInput("an export must be a JSON object")
+    if data.get("format") != EXPORT_FORMAT:
+        raise InvalidInput(
+            f"unsupported export format; expected {EXPORT_FORMAT!r}",
+            details={"format": str(data.get("format"))[:80]},
+        )
+    try:
+        doc = ExportDocument.model_validate(data)
+    except ValidationError as exc:
+        details = [
+            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
+            for e in exc.errors(include_url=False, include_input=False)[:20]
+        ]
+        raise InvalidInput("the export does not match roost.session.v1", details=details) from exc
+    problems: list[dict[str, Any]] = []
+    seen: dict[str, bool] = {}  # id -> deleted
+    client_ids: set[str] = set()
+    att_ids = {a.id for a in doc.attachments}
+    if len(att_ids) != len(doc.attachments):
+        problems.append({"loc": ["attachments"], "msg": "attachment ids repeat"})
+    last_seq = 0
+    for i, m in enumerate(doc.messages):
+        loc: list[Any] = ["messages", i]
+        if m.seq <= last_seq:
+            problems.append({"loc": [*loc, "seq"], "msg": "seq must increase"})
+        last_seq = m.seq
+        if m.id in seen:
+            problems.append({"loc": [*loc, "id"], "msg": "message id repeats"})
+        if m.parent_id is not None and m.parent_id not in seen:
+            problems.append(
+                {"loc": [*loc, "parent_id"], "msg": "parent_id must name an earlier message"}
+            )
+        if m.client_id is not None:
+            if m.client_id in client_ids:
+                problems.append({"loc": [*loc, "client_id"], "msg": "client_id repeats"})
+            client_ids.add(m.client_id)
+        for j, ref in enumerate(m.attachments):
+            if ref.get("id") not in att_ids:
+                problems.append(
+                    {"loc": [*loc, "attachments", j], "msg": "not an attachment of the export"}
+                )
+        seen[m.id] = m.deleted
+        if len(problems) >= 20:
+            break
+    leaf = doc.active_leaf_id
+    if leaf is not None and seen.get(leaf, True):
+        problems.append(
+            {"loc": ["active_leaf_id"], "msg": "active_leaf_id must name a live message"}
+        )
+    if problems:
+        raise InvalidInput("the export is not consistent", details=problems[:20])
+    return ImportPlan(doc)
+
+
+def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: str) -> None:
+    """Write ``plan`` into the new session file of ``sid`` (inside the caller's transaction).
+
+    The session row must exist already. Message ids and ``seq`` are kept;
+    depth, sibling order, counters and the active path are rebuilt; replies
+    that were still running when exported become ``interrupted``; the event
+    log starts empty; idempotency hashes of ``client_id`` are not part of an
+    export, so retrying a pre-export request with its ``client_id`` answers 409.
+    Attachment records are imported as metadata; their bytes are not in the
+    export, so downloading them answers 410 until re-uploaded.
+    """
+    doc = plan.doc
+    conn.executemany(
+        "INSERT INTO attachments (id, name, mime, size, sha256, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(a.id, a.name, a.mime, a.size, a.sha256, a.created_at) for a in doc.attachments],
+    )
+    info: dict[str, tuple[int, int]] = {}  # id -> (seq, depth)
+    parent_of: dict[int, int | None] = {}
+    children: dict[int, int] = {}
+    roots = 0
+    live = 0
+
+    def rows() -> Iterator[tuple[Any, ...]]:
+        nonlocal roots, live
+        for m in doc.messages:
+            if m.parent_id is None:
+                pseq, depth, sib = None, 0, roots
+                roots += 1
+            else:
+                pseq, pdepth = info[m.parent_id]
+                depth, sib = pdepth + 1, children.get(pseq, 0)
+                children[pseq] = sib + 1
+            info[m.id] = (m.seq, depth)
+            parent_of[m.seq] = pseq
+            live += not m.deleted
+            status = "interrupted" if m.status in ("pending", "streaming") else m.status
+            refs = [{**r, "url": attachment_url(sid, str(r["id"]))} for r in m.attachments]
+            yield (
+                m.seq,
+                m.id,
+                pseq,
+                m.parent_id,
+                depth,
+                sib,
+                m.role,
+                m.content,
+                None if m.parts is None else _dumps(m.parts),
+                status,
+                m.client_id,
+                m.model_id,
+                m.provider_id,
+                m.fallback_notice,
+                m.tool_name,
+                None if m.tool_call is None else _dumps(m.tool_call),
+                None if m.tool_result is None else _dumps(m.tool_result),
+                _dumps(refs) if refs else None,
+                _dumps(m.metadata),
+                None if m.error is None else _dumps(m.error),
+                m.created_at,
+                m.updated_at,
+                m.version,
+                m.updated_at if m.deleted else None,
+            )
+
+    conn.executemany(
+        "INSERT INTO messages (seq, id, parent_seq, parent_id, depth, sibling_index, role, "
+        "content, parts, status, client_id, model_id, provider_id, fallback_notice, tool_name, "
+        "tool_call, tool_result, attachments, metadata, error, created_at, updated_at, version, "
+        f"deleted_at) VALUES ({', '.join(['?'] * 24)})",
+        rows(),
+    )
+    conn.executemany(
+        "UPDATE messages SET child_count = ? WHERE seq = ?",
+        [(n, seq) for seq, n in children.items()],
+    )
+    path: list[tuple[int, int]] = []
+    leaf_seq = None
+    if doc.active_leaf_id is not None:
+        leaf_seq, depth = info[doc.active_leaf_id]
+        node: int | None = leaf_seq
+        while node is not None:
+            path.append((depth, node))
+            node, depth = parent_of[node], depth - 1
+    conn.executemany("INSERT INTO active_path (depth, seq) VALUES (?, ?)", path)
+    last_at = doc.session.last_message_at or (doc.messages[-1].created_at if doc.messages else None)
+    conn.execute(
+        "UPDATE session SET title = ?, metadata = ?, created_at = ?, updated_at = ?, "
+        "message_count = ?, last_message_at = ?, active_leaf_seq = ?, active_leaf_id = ?, "
+        "root_count = ?",
+        (
+            doc.session.title,
+            _dumps(doc.session.metadata),
+            doc.session.created_at,
+            now,
+            live,
+            last_at,
+            leaf_seq,
+            doc.active_leaf_id,
+            roots,
+        ),
+    )
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
