@@ -50,6 +50,7 @@ def make_app(settings: Settings) -> web.Application:
     from server.routes_core import routes as core_routes
     from server.routes_realtime import OPEN_FEEDS, OPEN_SOCKETS, close_realtime
     from server.routes_realtime import routes as realtime_routes
+    from server.routes_static import setup_static
 
     app = web.Application(
         middlewares=[error_middleware],
@@ -83,4 +84,5 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_routes(core_routes)
     app.router.add_routes(chat_routes)
     app.router.add_routes(realtime_routes)
+    setup_static(app)
     return app

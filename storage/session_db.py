@@ -1030,3 +1030,24 @@ def read_history(f: SessionFile, parent_id: str | None, limit: int) -> list[dict
         (parent_id, limit),
     ).fetchall()
     return [message_doc(r, f.sid) for r in rows]
+
+
+def read_siblings(f: SessionFile, mid: str, limit: int) -> list[dict[str, Any]]:
+    """Message ``mid`` and its siblings (same parent), by sibling index, at most ``limit``.
+
+    Each item is ``{id, role, status, deleted, created_at}``; tombstones are
+    kept so positions match ``siblings.index`` of the active view. Raises
+    ``NotFound`` for an unknown message. Uses the parent index: O(siblings).
+    """
+    row = f.reader.execute("SELECT parent_seq FROM messages WHERE id = ?", (mid,)).fetchone()
+    if row is None:
+        raise NotFound(f"message {mid!r} not found", details={"message_id": mid})
+    rows = f.reader.execute(
+        "SELECT id, role, status, deleted_at, created_at FROM messages"
+        " WHERE parent_seq IS ? ORDER BY sibling_index, seq LIMIT ?",
+        (row[0], limit),
+    ).fetchall()
+    return [
+        {"id": r[0], "role": r[1], "status": r[2], "deleted": r[3] is not None, "created_at": r[4]}
+        for r in rows
+    ]
