@@ -20,7 +20,12 @@ from server.errors import ApiError
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*\.(?:html|css|js|svg|png|ico|json|txt)$")
-_TYPES = {".js": "text/javascript", ".css": "text/css", ".html": "text/html", ".svg": "image/svg+xml"}
+_TYPES = {
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".html": "text/html",
+    ".svg": "image/svg+xml",
+}
 
 # The page talks only to its own origin; no inline script or style, nothing fetched elsewhere.
 CSP = (

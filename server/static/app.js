@@ -102,7 +102,7 @@ function renderSessions() {
       'a',
       { href: `#/s/${encodeURIComponent(s.id)}`, 'aria-current': current ? 'page' : null, dataset: { sid: s.id } },
       el('span', { class: 'title' }, sessionTitle(s)),
-      el('span', { class: 'when' }, `${s.message_count} messages · ${relativeTime(s.updated_at)}`),
+      el('span', { class: 'when' }, `${s.message_count} message${s.message_count === 1 ? '' : 's'} · ${relativeTime(s.updated_at)}`),
     )));
   }
   if (!sessions.items.length) ui.list.append(el('li', { class: 'when' }, 'No chats yet.'));
@@ -254,7 +254,11 @@ class ChatView {
   upsert(m) {
     const old = this.byId.get(m.id);
     if (old) {
-      if (m.version < old.version) return old;
+      if (m.version < old.version) {
+        if (m.siblings) old.siblings = m.siblings; // branch info is as fresh as the page
+        if (this.path.includes(m.id)) this.renderMessage(m.id);
+        return old;
+      }
       if (!m.siblings && old.siblings) m = { ...m, siblings: old.siblings };
       if (UNFINISHED.has(m.status) && old.content.length > m.content.length && old.content.startsWith(m.content)) {
         m = { ...m, content: old.content };

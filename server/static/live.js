@@ -19,7 +19,8 @@ export class LiveSocket {
     this.timer = null;
     this.closed = false;
     this.onOnline = () => this.retryNow();
-    this.onOffline = () => this.h.onState('offline');
+    // The network is gone: this socket is as good as dead; reconnect (with since) when back.
+    this.onOffline = () => this.drop();
     window.addEventListener('online', this.onOnline);
     window.addEventListener('offline', this.onOffline);
   }
@@ -79,6 +80,14 @@ export class LiveSocket {
       this.timer = null;
       this.start();
     }, delay);
+  }
+
+  drop() {
+    if (this.closed) return;
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) ws.close(4000, 'offline');
+    this.schedule();
   }
 
   retryNow() {
