@@ -424,3 +424,103 @@ def test_phone_sized_screen(roost: ServerProcess, pages: Any) -> None:
     shot(page, "mobile-sessions.png")
     page.keyboard.press("Escape")
     assert toggle.get_attribute("aria-expanded") == "false"
+
+
+def test_login_form_appears_on_401_and_signs_in(roost: ServerProcess, pages: Any) -> None:
+    """A 401 opens the sign-in form; a token it accepts closes it and reloads the list.
+
+    The token server is another branch's work: here the browser itself answers
+    401 and the login call, so only the page's side is under test.
+    """
+    sid = new_session(roost, "Behind a token")
+    page = pages()
+    logins: list[Any] = []
+    page.route(
+        "**/api/sessions?*",
+        lambda route: route.fulfill(
+            status=401,
+            content_type="application/json",
+            body='{"error": {"code": "unauthorized", "message": "token needed", "details": null}}',
+        ),
+    )
+    page.goto(roost.url + "/")
+    page.wait_for_selector("#login[open]")
+    assert page.locator("#login-token").is_visible()
+
+    def login(route: Any) -> None:
+        logins.append(route.request.post_data_json)
+        page.unroute("**/api/sessions?*")
+        route.fulfill(status=204)
+
+    page.route("**/api/login", login)
+    page.fill("#login-token", "tok-a")
+    page.press("#login-token", "Enter")
+    page.wait_for_selector("#login", state="hidden")
+    assert logins == [{"token": "tok-a"}]
+    page.wait_for_selector(f"#session-list a[data-sid='{sid}']")
+
+
+def route_exists(roost: ServerProcess, sid: str, method: str, path: str) -> bool:
+    """Whether the server has a route (the files branch adds search, export, attachments)."""
+    conn = http.client.HTTPConnection(urlsplit(roost.url).netloc, timeout=TIMEOUT)
+    try:
+        conn.request(method, f"/api/sessions/{sid}{path}")
+        status = conn.getresponse().status
+    finally:
+        conn.close()
+    return status not in (404, 405)
+
+
+def test_files_features_shown_only_when_the_server_has_them(
+    roost: ServerProcess, pages: Any
+) -> None:
+    """Search, export and attach controls follow what the server answers."""
+    sid = new_session(roost, "Features")
+    page = pages()
+    open_chat(page, roost, sid)
+    search = route_exists(roost, sid, "GET", "/search?q=x")
+    export = route_exists(roost, sid, "GET", "/export?format=__probe__")
+    attach = route_exists(roost, sid, "POST", "/attachments")
+    page.wait_for_function("() => Object.values(window.roost.features).every(v => v !== null)")
+    assert page.locator("#search-form").is_visible() == search
+    assert page.locator("#export-json").is_visible() == export
+    assert page.locator("#attach-label").is_visible() == attach
+
+
+def test_search_results_highlight_matches(roost: ServerProcess, pages: Any) -> None:
+    """Search in a chat lists matches with <mark> highlights and jumps to one."""
+    sid = new_session(roost, "Search")
+    if not route_exists(roost, sid, "GET", "/search?q=x"):
+        pytest.skip("this server has no search route yet")
+    call("POST", f"{roost.url}/api/sessions/{sid}/messages", {"role": "user", "content": "zebra"})
+    call("POST", f"{roost.url}/api/sessions/{sid}/messages", {"role": "user", "content": "lion"})
+    page = pages()
+    open_chat(page, roost, sid)
+    page.wait_for_selector("#search-form:visible")
+    page.fill("#search-input", "zebra")
+    page.press("#search-input", "Enter")
+    page.wait_for_selector("#search-list mark")
+    assert page.locator("#search-list li").count() == 1
+    assert page.locator("#search-list .snippet").text_content() == "zebra"
+    page.click("#search-list button")
+    page.wait_for_selector(".msg.flash")
+
+
+def test_attachment_upload_shows_in_the_message(
+    roost: ServerProcess, pages: Any, tmp_path: Any
+) -> None:
+    """A file attached in the composer is sent with the message and shown as a link."""
+    sid = new_session(roost, "Files")
+    if not route_exists(roost, sid, "POST", "/attachments"):
+        pytest.skip("this server has no attachments route yet")
+    note = tmp_path / "notes.txt"
+    note.write_text("hello file")
+    page = pages()
+    open_chat(page, roost, sid)
+    page.wait_for_selector("#attach-label:visible")
+    page.set_input_files("#attach-input", str(note))
+    page.wait_for_selector("#attach-chips li:has-text('notes.txt')")
+    send(page, "see attached")
+    page.wait_for_selector(".msg[data-role=user] .attachments a:has-text('notes.txt')")
+    href = page.locator(".msg[data-role=user] .attachments a").get_attribute("href")
+    assert href is not None and href.startswith("/")

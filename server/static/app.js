@@ -713,7 +713,7 @@ function route() {
 
 window.addEventListener('hashchange', route);
 window.addEventListener('focus', refreshSessionsSoon);
-window.roost = { get view() { return view; } }; // for tests and debugging
+window.roost = { get view() { return view; }, features }; // for tests and debugging
 
 loadSessions().catch(fail);
 route();
