@@ -8,6 +8,15 @@ if [[ ! -x .venv/bin/python ]]; then
   echo "[test] creating .venv" >&2
   "$PY" -m venv .venv
 fi
+# The browser tests drive Debian's Chromium (never a downloaded browser).
+if [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null; then
+  echo "[test] installing chromium with apt-get" >&2
+  SUDO=""
+  [[ "$(id -u)" != 0 ]] && command -v sudo >/dev/null && SUDO="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium; } >/dev/null ||
+    echo "[test] could not install chromium: browser tests skip (fail when CI is set)" >&2
+fi
 echo "[test] installing roost with test extras" >&2
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 # the AI SDK adapter's tests run the real `ai` package in node (tests/aisdk)

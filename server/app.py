@@ -53,6 +53,7 @@ def make_app(settings: Settings) -> web.Application:
     from server.routes_files import routes as files_routes
     from server.routes_realtime import OPEN_FEEDS, OPEN_SOCKETS, close_realtime
     from server.routes_realtime import routes as realtime_routes
+    from server.routes_static import setup_static
 
     app = web.Application(
         middlewares=[error_middleware],
@@ -93,4 +94,5 @@ def make_app(settings: Settings) -> web.Application:
     from server.routes_aisdk import routes as aisdk_routes
 
     app.router.add_routes(aisdk_routes)
+    setup_static(app)
     return app

@@ -36,6 +36,7 @@ from storage.session_db import (
     op_delete_message,
     op_update_message,
     op_update_session,
+    read_siblings,
 )
 
 routes = web.RouteTableDef()
@@ -227,3 +228,16 @@ async def delete_message(request: web.Request) -> web.Response:
         await streams.cancel(actor, mid)
         await actor.submit(op_delete_message(mid))
     return web.Response(status=204)
+
+
+@routes.get("/api/sessions/{sid}/messages/{mid}/siblings")
+async def list_siblings(request: web.Request) -> web.Response:
+    """``{items}``: the message and its siblings by sibling index (for a branch switcher).
+
+    Items are ``{id, role, status, deleted, created_at}``; ``items[i]`` is the
+    sibling whose ``siblings.index`` is ``i``. At most ``limit`` (default 200).
+    """
+    limit = query_int(request, "limit", 200, 1, 1000)
+    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
+        items = read_siblings(actor.file, request.match_info["mid"], limit)
+    return json_response({"items": items})

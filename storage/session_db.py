@@ -1372,3 +1372,24 @@ def read_by_client_id_prefix(f: SessionFile, prefix: str) -> dict[str, Any] | No
         (prefix, upper),
     ).fetchone()
     return None if row is None else message_doc(row, f.sid)
+
+
+def read_siblings(f: SessionFile, mid: str, limit: int) -> list[dict[str, Any]]:
+    """Message ``mid`` and its siblings (same parent), by sibling index, at most ``limit``.
+
+    Each item is ``{id, role, status, deleted, created_at}``; tombstones are
+    kept so positions match ``siblings.index`` of the active view. Raises
+    ``NotFound`` for an unknown message. Uses the parent index: O(siblings).
+    """
+    row = f.reader.execute("SELECT parent_seq FROM messages WHERE id = ?", (mid,)).fetchone()
+    if row is None:
+        raise NotFound(f"message {mid!r} not found", details={"message_id": mid})
+    rows = f.reader.execute(
+        "SELECT id, role, status, deleted_at, created_at FROM messages"
+        " WHERE parent_seq IS ? ORDER BY seq LIMIT ?",  # seq order is sibling order
+        (row[0], limit),
+    ).fetchall()
+    return [
+        {"id": r[0], "role": r[1], "status": r[2], "deleted": r[3] is not None, "created_at": r[4]}
+        for r in rows
+    ]

@@ -1,0 +1,719 @@
+// Roost's web page: a session list, a chat view fed by HTTP pages and the live
+// WebSocket feed. The model is a map of known messages plus the loaded part of
+// the active branch (``path``, oldest first); every update is idempotent, so
+// the same change arriving over SSE and over the socket is applied once.
+
+import { api, ApiError, newClientId, onUnauthorized, postStream, probe, sessionPath } from './api.js';
+import { LiveSocket } from './live.js';
+import { editor, el, messageItem, relativeTime, safeSnippet, UNFINISHED } from './view.js';
+
+const PAGE = 50;
+const $ = (id) => document.getElementById(id);
+const cp = (s) => [...s];
+
+const ui = {
+  conn: $('conn'), connText: $('conn-text'), menu: $('menu-toggle'), sidebar: $('sidebar'),
+  list: $('session-list'), more: $('more-sessions'), newSession: $('new-session'),
+  empty: $('empty-state'), view: $('chat-view'), title: $('chat-title'),
+  renameBtn: $('rename'), renameForm: $('rename-form'), renameInput: $('rename-input'),
+  renameCancel: $('rename-cancel'), deleteBtn: $('delete'),
+  exportJson: $('export-json'), exportMd: $('export-md'),
+  searchForm: $('search-form'), searchInput: $('search-input'), results: $('search-results'),
+  resultsList: $('search-list'), resultsSummary: $('search-summary'), resultsClose: $('search-close'),
+  log: $('log'), messages: $('messages'), older: $('load-older'), historyStatus: $('history-status'),
+  composer: $('composer'), input: $('composer-input'), send: $('send'), stop: $('stop'),
+  attachLabel: $('attach-label'), attachInput: $('attach-input'), chips: $('attach-chips'),
+  login: $('login'), loginForm: $('login-form'), loginToken: $('login-token'), loginError: $('login-error'),
+  toast: $('toast'),
+};
+
+const features = { search: null, export: null, attachments: null };
+
+let sessions = { items: [], next: null };
+let view = null; // the open chat, see openSession
+
+// ------------------------------------------------------------------ small things
+
+let toastTimer = null;
+function toast(text) {
+  ui.toast.textContent = text;
+  ui.toast.hidden = false;
+  clearTimeout(toastTimer);
+  toastTimer = setTimeout(() => { ui.toast.hidden = true; }, 5000);
+}
+
+function fail(err) {
+  if (err instanceof ApiError && err.status === 401) return;
+  if (err && err.name === 'AbortError') return;
+  console.error(err);
+  toast(err instanceof ApiError ? err.message : `Something went wrong: ${err}`);
+}
+
+const CONN_TEXT = {
+  idle: 'Not connected', connecting: 'Connecting…', connected: 'Live',
+  reconnecting: 'Reconnecting…', offline: 'Offline',
+};
+function setConn(state) {
+  ui.conn.dataset.state = state;
+  ui.connText.textContent = CONN_TEXT[state] || state;
+}
+
+function nearBottom() {
+  const l = ui.log;
+  return l.scrollHeight - l.scrollTop - l.clientHeight < 80;
+}
+
+// ------------------------------------------------------------------ login (tokens)
+
+onUnauthorized(() => {
+  if (!ui.login.open) {
+    ui.loginError.textContent = '';
+    ui.login.showModal();
+    ui.loginToken.focus();
+  }
+});
+
+ui.loginForm.addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  try {
+    await api('POST', '/api/login', { token: ui.loginToken.value });
+    ui.loginToken.value = '';
+    ui.login.close();
+    await loadSessions();
+    closeView();
+    route();
+  } catch (err) {
+    ui.loginError.textContent = err instanceof ApiError && err.status === 401
+      ? 'That token was not accepted.' : String(err.message || err);
+  }
+});
+
+// ------------------------------------------------------------------ session list
+
+function sessionTitle(s) {
+  return s.title && s.title.trim() ? s.title : 'Untitled chat';
+}
+
+function renderSessions() {
+  ui.list.replaceChildren();
+  for (const s of sessions.items) {
+    const current = view && view.sid === s.id;
+    ui.list.append(el('li', {}, el(
+      'a',
+      { href: `#/s/${encodeURIComponent(s.id)}`, 'aria-current': current ? 'page' : null, dataset: { sid: s.id } },
+      el('span', { class: 'title' }, sessionTitle(s)),
+      el('span', { class: 'when' }, `${s.message_count} message${s.message_count === 1 ? '' : 's'} · ${relativeTime(s.updated_at)}`),
+    )));
+  }
+  if (!sessions.items.length) ui.list.append(el('li', { class: 'when' }, 'No chats yet.'));
+  ui.more.hidden = !sessions.next;
+}
+
+async function loadSessions() {
+  const data = await api('GET', '/api/sessions?limit=50');
+  sessions = { items: data.items, next: data.next_cursor };
+  renderSessions();
+}
+
+let listTimer = null;
+function refreshSessionsSoon() {
+  clearTimeout(listTimer);
+  listTimer = setTimeout(() => loadSessions().catch(fail), 300);
+}
+
+ui.more.addEventListener('click', async () => {
+  try {
+    const data = await api('GET', `/api/sessions?limit=50&cursor=${encodeURIComponent(sessions.next)}`);
+    const known = new Set(sessions.items.map((s) => s.id));
+    sessions.items.push(...data.items.filter((s) => !known.has(s.id)));
+    sessions.next = data.next_cursor;
+    renderSessions();
+  } catch (err) { fail(err); }
+});
+
+ui.newSession.addEventListener('click', async () => {
+  try {
+    const s = await api('POST', '/api/sessions', { title: 'New chat' });
+    sessions.items.unshift(s);
+    location.hash = `#/s/${encodeURIComponent(s.id)}`;
+    renderSessions();
+    ui.input.focus();
+  } catch (err) { fail(err); }
+});
+
+ui.menu.addEventListener('click', () => setSidebar(!ui.sidebar.classList.contains('open')));
+function setSidebar(open) {
+  ui.sidebar.classList.toggle('open', open);
+  ui.menu.setAttribute('aria-expanded', String(open));
+}
+ui.list.addEventListener('click', (ev) => { if (ev.target.closest('a')) setSidebar(false); });
+document.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Escape' && ui.sidebar.classList.contains('open')) { setSidebar(false); ui.menu.focus(); }
+});
+
+// ------------------------------------------------------------------ the chat view
+
+class ChatView {
+  constructor(sid) {
+    this.sid = sid;
+    this.base = sessionPath(sid);
+    this.session = null;
+    this.byId = new Map();
+    this.path = []; // ids on the active branch, oldest first (the loaded part)
+    this.before = null;
+    this.lastSeq = null; // last applied durable event seq
+    this.ready = false; // the first page is in
+    this.queue = []; // frames that came before it
+    this.structural = 0; // counts branch-shaping events (for reload races)
+    this.reloading = null;
+    this.reloadTimer = null;
+    this.loadingOlder = false;
+    this.busy = 0; // own requests in flight that change the tree
+    this.pendingFiles = [];
+    this.closed = false;
+    this.live = new LiveSocket(sid, {
+      since: () => (this.ready ? this.lastSeq : null),
+      onFrame: (f) => this.onFrame(f),
+      onState: (s) => { if (!this.closed) setConn(s); },
+      onGone: () => this.gone(),
+    });
+  }
+
+  start() { this.live.start(); }
+
+  close() {
+    this.closed = true;
+    this.live.close();
+    clearTimeout(this.reloadTimer);
+  }
+
+  tail() { return this.path.length ? this.path[this.path.length - 1] : null; }
+
+  // ---- frames from the socket
+
+  onFrame(f) {
+    if (this.closed) return;
+    if (f.type === 'hello') {
+      if (!this.ready) {
+        // first connection (or a reconnect before the first page came in): start from here
+        this.lastSeq = f.seq;
+        this.queue = [];
+        if (this.loading) this.loadAgain = true;
+        else this.firstLoad().catch(fail);
+      }
+      return;
+    }
+    if (!this.ready) { this.queue.push(f); return; }
+    this.apply(f);
+  }
+
+  apply(f) {
+    if (typeof f.seq === 'number' && f.type !== 'resync') {
+      if (f.seq <= this.lastSeq) return; // already applied
+      this.lastSeq = f.seq;
+    }
+    switch (f.type) {
+      case 'message.created': this.created(f.message); break;
+      case 'message.updated': this.upsert(f.message); break;
+      case 'message.delta': this.delta(f.message_id, f.offset, f.text); break;
+      case 'message.deleted': this.deleted(f.message_id); break;
+      case 'session.updated': this.sessionUpdated(f.session); break;
+      case 'session.deleted': this.gone(); break;
+      case 'resync': this.lastSeq = f.seq; this.scheduleReload(0); break;
+      case 'error': toast(f.message || 'error'); break;
+      default: break;
+    }
+  }
+
+  async firstLoad() {
+    this.loading = true;
+    let data;
+    try {
+      do {
+        this.loadAgain = false;
+        data = await api('GET', `${this.base}?limit=${PAGE}`);
+      } while (this.loadAgain && !this.closed);
+    } finally {
+      this.loading = false;
+    }
+    if (this.closed) return;
+    this.session = data.session;
+    this.setPath(data.messages, data.before);
+    this.renderHead();
+    this.ready = true;
+    const queued = this.queue;
+    this.queue = [];
+    for (const f of queued) this.apply(f);
+    this.scrollToBottom();
+    this.fillViewport();
+  }
+
+  // ---- the model
+
+  /** Store a message unless we hold a newer version; keep streamed text ahead of a commit. */
+  upsert(m) {
+    const old = this.byId.get(m.id);
+    if (old) {
+      if (m.version < old.version) {
+        if (m.siblings) old.siblings = m.siblings; // branch info is as fresh as the page
+        if (this.path.includes(m.id)) this.renderMessage(m.id);
+        return old;
+      }
+      if (!m.siblings && old.siblings) m = { ...m, siblings: old.siblings };
+      if (UNFINISHED.has(m.status) && old.content.length > m.content.length && old.content.startsWith(m.content)) {
+        m = { ...m, content: old.content };
+      }
+    }
+    this.byId.set(m.id, m);
+    if (this.path.includes(m.id)) this.renderMessage(m.id);
+    this.renderComposer();
+    return m;
+  }
+
+  created(m) {
+    const known = this.byId.has(m.id);
+    this.upsert(m);
+    if (this.path.includes(m.id)) return;
+    const tail = this.tail();
+    const continues = tail ? m.parent_id === tail : m.parent_id == null && this.before == null && !known;
+    if (continues) {
+      const stored = this.byId.get(m.id);
+      if (!stored.siblings) stored.siblings = { index: 0, count: 1 };
+      const stick = nearBottom();
+      this.path.push(m.id);
+      ui.messages.append(this.item(stored));
+      if (stick) this.scrollToBottom();
+      this.renderComposer();
+    } else {
+      this.structural += 1;
+      this.scheduleReload();
+    }
+    if (this.session) this.session.active_leaf_id = m.id;
+  }
+
+  delta(mid, offset, text) {
+    const m = this.byId.get(mid);
+    if (!m || !UNFINISHED.has(m.status)) return; // unknown yet, or final text is in
+    const have = cp(m.content);
+    if (offset > have.length) { this.refetch(mid); return; } // a gap: ask for the committed text
+    const add = cp(text);
+    if (offset + add.length <= have.length) return; // seen already
+    m.content = have.join('') + add.slice(have.length - offset).join('');
+    if (m.status === 'pending') { m.status = 'streaming'; this.renderMessage(mid); return; }
+    const li = document.getElementById(`m-${mid}`);
+    if (li) {
+      const stick = nearBottom();
+      li.querySelector('.body').textContent = m.content;
+      if (stick) this.scrollToBottom();
+    }
+  }
+
+  async refetch(mid) {
+    try {
+      const m = await api('GET', `${this.base}/messages/${encodeURIComponent(mid)}`);
+      if (!this.closed) this.upsert(m);
+    } catch (err) { fail(err); }
+  }
+
+  deleted(mid) {
+    const m = this.byId.get(mid);
+    if (m) this.byId.set(mid, { ...m, deleted: true, content: '' });
+    if (this.path.includes(mid)) this.renderMessage(mid);
+  }
+
+  sessionUpdated(s) {
+    const idx = sessions.items.findIndex((x) => x.id === s.id);
+    if (idx >= 0) sessions.items[idx] = s;
+    const leafChanged = this.session && s.active_leaf_id !== this.tail();
+    this.session = s;
+    this.renderHead();
+    renderSessions();
+    if (leafChanged) { this.structural += 1; this.scheduleReload(); }
+  }
+
+  gone() {
+    if (this.closed) return;
+    toast('This chat was deleted.');
+    sessions.items = sessions.items.filter((s) => s.id !== this.sid);
+    closeView();
+    renderSessions();
+    history.replaceState(null, '', '#/');
+  }
+
+  setPath(items, before) {
+    for (const m of items) this.upsert(m);
+    this.path = items.map((m) => m.id);
+    this.before = before;
+    ui.messages.replaceChildren(...this.path.map((id) => this.item(this.byId.get(id))));
+    this.renderHistory();
+    this.renderComposer();
+  }
+
+  scheduleReload(delay = 30) {
+    clearTimeout(this.reloadTimer);
+    this.reloadTimer = setTimeout(() => this.reload().catch(fail), delay);
+  }
+
+  /** Refetch the newest page of the active branch; again if the tree changed meanwhile. */
+  async reload() {
+    if (this.reloading) { this.reloadAgain = true; return; }
+    this.reloading = true;
+    try {
+      for (let i = 0; i < 4; i++) {
+        this.reloadAgain = false;
+        const mark = this.structural;
+        const data = await api('GET', `${this.base}?limit=${PAGE}`);
+        if (this.closed) return;
+        const stick = nearBottom();
+        this.session = data.session;
+        this.setPath(data.messages, data.before);
+        this.renderHead();
+        if (stick) this.scrollToBottom();
+        if (this.structural === mark && !this.reloadAgain) break;
+      }
+    } finally {
+      this.reloading = false;
+    }
+  }
+
+  async loadOlder() {
+    if (!this.before || this.loadingOlder || !this.ready) return false;
+    this.loadingOlder = true;
+    ui.historyStatus.textContent = 'Loading older messages…';
+    try {
+      const cursor = this.before;
+      const data = await api('GET', `${this.base}/messages?limit=${PAGE}&before=${encodeURIComponent(cursor)}`);
+      if (this.closed || cursor !== this.before) return false;
+      const fresh = data.items.filter((m) => !this.path.includes(m.id));
+      for (const m of fresh) this.upsert(m);
+      const height = ui.log.scrollHeight;
+      const top = ui.log.scrollTop;
+      this.path.unshift(...fresh.map((m) => m.id));
+      ui.messages.prepend(...fresh.map((m) => this.item(this.byId.get(m.id))));
+      ui.log.scrollTop = top + (ui.log.scrollHeight - height);
+      this.before = data.before;
+      return true;
+    } finally {
+      this.loadingOlder = false;
+      this.renderHistory();
+    }
+  }
+
+  /** Load older pages until the log can scroll (or there are none). */
+  async fillViewport() {
+    for (let i = 0; i < 20 && this.before && ui.log.scrollHeight <= ui.log.clientHeight + 200; i++) {
+      if (!(await this.loadOlder())) break;
+    }
+  }
+
+  // ---- rendering
+
+  item(m) {
+    return messageItem(m, messageActions, { busy: this.busy > 0 });
+  }
+
+  renderMessage(id) {
+    const li = document.getElementById(`m-${id}`);
+    const m = this.byId.get(id);
+    if (!li || !m) return;
+    if (li.querySelector('form.edit')) return; // do not clobber an open editor
+    const stick = nearBottom();
+    li.replaceWith(this.item(m));
+    if (stick) this.scrollToBottom();
+  }
+
+  renderAll() {
+    for (const id of this.path) this.renderMessage(id);
+  }
+
+  renderHead() {
+    const title = this.session ? sessionTitle(this.session) : '…';
+    ui.title.textContent = title;
+    document.title = `${title} · Roost`;
+    const slug = title.replace(/[^\w.-]+/g, '_').slice(0, 60) || 'chat';
+    ui.exportJson.href = `${this.base}/export?format=json`;
+    ui.exportJson.download = `${slug}.json`;
+    ui.exportMd.href = `${this.base}/export?format=markdown`;
+    ui.exportMd.download = `${slug}.md`;
+  }
+
+  renderHistory() {
+    ui.older.hidden = !this.before;
+    ui.historyStatus.textContent = this.before || !this.path.length ? '' : 'Start of the chat';
+  }
+
+  running() {
+    return this.path.map((id) => this.byId.get(id)).filter((m) => m && m.role === 'assistant' && UNFINISHED.has(m.status));
+  }
+
+  renderComposer() {
+    if (view !== this) return;
+    const running = this.running().length > 0;
+    ui.stop.hidden = !running;
+    ui.send.hidden = running;
+  }
+
+  scrollToBottom() { ui.log.scrollTop = ui.log.scrollHeight; }
+
+  // ---- actions
+
+  /** Run a tree-changing SSE request (chat, regenerate); the model follows its events. */
+  async stream(path, body) {
+    this.busy += 1;
+    this.renderAll();
+    try {
+      await postStream(path, body, (name, data) => {
+        if (this.closed) return;
+        if (name === 'ack') {
+          if (data.user_message) this.created(data.user_message);
+          if (data.assistant_message) this.created(data.assistant_message);
+        } else if (name === 'delta') {
+          this.delta(data.message_id, data.offset, data.text);
+        } else if (name === 'message') {
+          this.upsert(data);
+        } else if (name === 'error') {
+          toast(data.message || 'The reply failed.');
+        }
+      });
+    } finally {
+      this.busy -= 1;
+      if (!this.closed) this.renderAll();
+      refreshSessionsSoon();
+    }
+  }
+
+  async sendMessage(content, parentId) {
+    const body = { content, client_id: newClientId() };
+    if (parentId !== undefined) body.parent_id = parentId;
+    if (this.pendingFiles.length) body.attachments = this.pendingFiles.map((f) => f.id);
+    this.pendingFiles = [];
+    renderChips(this);
+    this.scrollToBottom();
+    await this.stream(`${this.base}/chat`, body);
+  }
+}
+
+const messageActions = {
+  regenerate(m) {
+    if (!view) return;
+    view.stream(`${view.base}/messages/${encodeURIComponent(m.id)}/regenerate`, undefined).catch(fail);
+  },
+  stop(m) {
+    if (!view) return;
+    api('POST', `${view.base}/messages/${encodeURIComponent(m.id)}/cancel`).then((x) => view && view.upsert(x)).catch(fail);
+  },
+  edit(m) {
+    const li = document.getElementById(`m-${m.id}`);
+    if (!li || !view) return;
+    const v = view;
+    const { form, area } = editor(
+      m,
+      (text) => { form.remove(); v.renderMessage(m.id); v.sendMessage(text, m.parent_id ?? null).catch(fail); },
+      () => { form.remove(); v.renderMessage(m.id); },
+    );
+    li.querySelector('.body').hidden = true;
+    li.querySelector('.actions')?.remove();
+    li.append(form);
+    area.focus();
+  },
+  async switchTo(m, step) {
+    if (!view) return;
+    const v = view;
+    try {
+      const data = await api('GET', `${v.base}/messages/${encodeURIComponent(m.id)}/siblings`);
+      const items = data.items;
+      let i = m.siblings.index + step;
+      while (i >= 0 && i < items.length && items[i].deleted) i += step;
+      if (i < 0 || i >= items.length) return;
+      const s = await api('PATCH', v.base, { active_leaf_id: items[i].id });
+      v.session = s;
+      v.structural += 1;
+      await v.reload();
+      document.querySelector(`#m-${CSS.escape(items[i].id)} .switcher .${step < 0 ? 'prev' : 'next'}`)?.focus();
+    } catch (err) { fail(err); }
+  },
+};
+
+// ------------------------------------------------------------------ composer
+
+ui.composer.addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  const text = ui.input.value;
+  if (!view || !text.trim()) return;
+  ui.input.value = '';
+  view.sendMessage(text).catch((err) => {
+    fail(err);
+    if (!ui.input.value) ui.input.value = text;
+  });
+});
+ui.input.addEventListener('keydown', (ev) => {
+  if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
+    ev.preventDefault();
+    ui.composer.requestSubmit();
+  }
+});
+ui.stop.addEventListener('click', () => {
+  if (view) for (const m of view.running()) messageActions.stop(m);
+});
+
+ui.log.addEventListener('scroll', () => {
+  if (view && ui.log.scrollTop < 300) view.loadOlder().catch(fail);
+}, { passive: true });
+ui.older.addEventListener('click', () => view && view.loadOlder().catch(fail));
+
+// attachments
+function renderChips(v) {
+  ui.chips.replaceChildren(...v.pendingFiles.map((f) => el(
+    'li', {}, f.name,
+    el('button', {
+      type: 'button', 'aria-label': `Remove ${f.name}`,
+      onclick: () => { v.pendingFiles = v.pendingFiles.filter((x) => x !== f); renderChips(v); },
+    }, '×'),
+  )));
+}
+ui.attachInput.addEventListener('change', async () => {
+  const v = view;
+  const files = [...ui.attachInput.files];
+  ui.attachInput.value = '';
+  for (const file of files) {
+    try {
+      const form = new FormData();
+      form.append('file', file, file.name);
+      const a = await api('POST', `${v.base}/attachments`, form);
+      v.pendingFiles.push(a);
+      renderChips(v);
+    } catch (err) { fail(err); }
+  }
+});
+
+// rename / delete
+ui.renameBtn.addEventListener('click', () => {
+  if (!view || !view.session) return;
+  ui.renameInput.value = view.session.title || '';
+  ui.title.hidden = true;
+  ui.renameForm.hidden = false;
+  ui.renameInput.focus();
+  ui.renameInput.select();
+});
+function endRename() {
+  ui.renameForm.hidden = true;
+  ui.title.hidden = false;
+  ui.renameBtn.focus();
+}
+ui.renameCancel.addEventListener('click', endRename);
+ui.renameInput.addEventListener('keydown', (ev) => { if (ev.key === 'Escape') endRename(); });
+ui.renameForm.addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const v = view;
+  try {
+    const s = await api('PATCH', v.base, { title: ui.renameInput.value.trim() || null });
+    v.sessionUpdated(s);
+    endRename();
+  } catch (err) { fail(err); }
+});
+ui.deleteBtn.addEventListener('click', async () => {
+  const v = view;
+  if (!v || !confirm(`Delete “${sessionTitle(v.session || {})}”? This cannot be undone.`)) return;
+  try {
+    await api('DELETE', v.base);
+    sessions.items = sessions.items.filter((s) => s.id !== v.sid);
+    closeView();
+    renderSessions();
+    history.replaceState(null, '', '#/');
+  } catch (err) { fail(err); }
+});
+
+// search
+ui.searchForm.addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const v = view;
+  const q = ui.searchInput.value.trim();
+  if (!v || !q) return;
+  try {
+    const data = await api('GET', `${v.base}/search?q=${encodeURIComponent(q)}`);
+    ui.resultsList.replaceChildren(...data.items.map((hit) => el('li', {}, el(
+      'button',
+      { type: 'button', class: 'ghost', onclick: () => jumpTo(v, hit.message) },
+      el('span', { class: 'who' }, hit.message.role === 'user' ? 'You' : 'Assistant'),
+      el('span', { class: 'snippet' }, safeSnippet(String(hit.snippet ?? ''))),
+    ))));
+    ui.resultsSummary.textContent = `${data.items.length} result${data.items.length === 1 ? '' : 's'} for “${q}”`;
+    ui.results.hidden = false;
+  } catch (err) { fail(err); }
+});
+ui.resultsClose.addEventListener('click', () => { ui.results.hidden = true; ui.searchInput.focus(); });
+
+async function jumpTo(v, m) {
+  for (let i = 0; i < 200 && !v.path.includes(m.id) && v.before; i++) {
+    if (!(await v.loadOlder())) break;
+  }
+  const li = document.getElementById(`m-${m.id}`);
+  if (!li) { toast('That message is on another branch.'); return; }
+  li.scrollIntoView({ block: 'center' });
+  li.classList.add('flash');
+  li.tabIndex = -1;
+  li.focus();
+  setTimeout(() => li.classList.remove('flash'), 2000);
+}
+
+// ------------------------------------------------------------------ features, routing
+
+async function detectFeatures(sid) {
+  const base = sessionPath(sid);
+  const absent = (status) => status === 404 || status === 405 || status === 0;
+  if (features.search === null) {
+    const st = await probe('GET', `${base}/search?q=roost&limit=1`);
+    if (st !== 401) features.search = !absent(st);
+  }
+  if (features.export === null) {
+    const st = await probe('GET', `${base}/export?format=__probe__`);
+    if (st !== 401) features.export = !absent(st);
+  }
+  if (features.attachments === null) {
+    const st = await probe('POST', `${base}/attachments`, new FormData());
+    if (st !== 401) features.attachments = !absent(st);
+  }
+  ui.searchForm.hidden = !features.search;
+  ui.exportJson.hidden = ui.exportMd.hidden = !features.export;
+  ui.attachLabel.hidden = !features.attachments;
+}
+
+function closeView() {
+  if (view) view.close();
+  view = null;
+  ui.view.hidden = true;
+  ui.empty.hidden = false;
+  ui.results.hidden = true;
+  document.title = 'Roost';
+  setConn('idle');
+}
+
+function openSession(sid) {
+  if (view && view.sid === sid) return;
+  closeView();
+  view = new ChatView(sid);
+  ui.view.hidden = false;
+  ui.empty.hidden = true;
+  ui.messages.replaceChildren();
+  ui.chips.replaceChildren();
+  ui.title.textContent = '…';
+  ui.historyStatus.textContent = '';
+  ui.older.hidden = true;
+  ui.searchInput.value = '';
+  renderSessions();
+  view.start();
+  detectFeatures(sid).catch(() => {});
+}
+
+function route() {
+  const m = /^#\/s\/(.+)$/.exec(location.hash);
+  if (m) openSession(decodeURIComponent(m[1]));
+  else { closeView(); renderSessions(); }
+}
+
+window.addEventListener('hashchange', route);
+window.addEventListener('focus', refreshSessionsSoon);
+window.roost = { get view() { return view; }, features }; // for tests and debugging
+
+loadSessions().catch(fail);
+route();

@@ -1,0 +1,526 @@
+"""The web page in a real browser: Playwright driving Debian's Chromium (issue 7).
+
+One ``roost serve`` process and one browser serve the whole module; every test
+makes its own sessions and its own browser context. Screenshots of the main
+states go to ``test-artifacts/``. Without /usr/bin/chromium the tests skip,
+unless ``CI`` is set, where that is a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import json
+import os
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from tests.conftest import ROOT, TIMEOUT, ServerProcess
+
+try:
+    from playwright.sync_api import Browser, Page, sync_playwright
+except ImportError:  # pragma: no cover - the test extra installs it
+    sync_playwright = None
+
+CHROMIUM = os.environ.get("ROOST_CHROMIUM", "/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+WORDS_PER_SECOND = 20
+MS = int(TIMEOUT * 1000)  # Playwright waits, in milliseconds
+CHROME_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+]
+
+# Records every text an assistant message body shows, to check text only ever grows.
+RECORD_TEXTS = """
+window.__texts = {};
+new MutationObserver(() => {
+  for (const li of document.querySelectorAll('.msg[data-role=assistant]')) {
+    const t = li.querySelector('.body').textContent;
+    const seen = (window.__texts[li.dataset.id] ||= []);
+    if (seen[seen.length - 1] !== t) seen.push(t);
+  }
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
+def _unavailable() -> str | None:
+    if sync_playwright is None:
+        return "the playwright package is not installed (pip install -e '.[test]')"
+    if not os.access(CHROMIUM, os.X_OK):
+        return f"no Chromium at {CHROMIUM} (apt-get install chromium)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def roost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real ``roost serve`` with the echo responder at a known pace."""
+    reason = _unavailable()
+    if reason is not None:
+        if os.environ.get("CI"):
+            pytest.fail(f"browser tests cannot run in CI: {reason}")
+        pytest.skip(reason)
+    data = tmp_path_factory.mktemp("web") / "data"
+    proc = ServerProcess(data, env={"ROOST_ECHO_WORDS_PER_SECOND": str(WORDS_PER_SECOND)})
+    try:
+        asyncio.run(proc.wait_ready())
+        yield proc
+    finally:
+        proc.close()
+
+
+@pytest.fixture(scope="module")
+def browser(roost: ServerProcess) -> Iterator[Browser]:
+    """Debian's Chromium (never a downloaded one), headless.
+
+    ``launch`` gives the browser a fresh temporary profile and removes it on close.
+    """
+    assert sync_playwright is not None
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROME_ARGS, timeout=MS * 3)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture
+def pages(browser: Browser) -> Iterator[Any]:
+    """Factory: ``pages(width=, height=)`` → a fresh tab in its own context."""
+    contexts = []
+    errors: list[str] = []
+
+    def make(width: int = 1100, height: int = 760) -> Page:
+        ctx = browser.new_context(viewport={"width": width, "height": height})
+        ctx.add_init_script(RECORD_TEXTS)
+        ctx.set_default_timeout(MS)
+        contexts.append(ctx)
+        page = ctx.new_page()
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        return page
+
+    yield make
+    for ctx in contexts:
+        ctx.close()
+    assert not errors, f"uncaught errors in the page: {errors}"
+
+
+class Api:
+    """A tiny blocking JSON client (Playwright's sync API owns this thread's event loop)."""
+
+    def __init__(self, url: str) -> None:
+        self.conn = http.client.HTTPConnection(urlsplit(url).netloc, timeout=TIMEOUT)
+
+    def __call__(self, method: str, path: str, body: Any = None) -> Any:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        data = None if body is None else json.dumps(body)
+        self.conn.request(method, path, body=data, headers=headers)
+        resp = self.conn.getresponse()
+        raw = resp.read()
+        assert resp.status < 300, raw
+        return json.loads(raw) if raw else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def call(method: str, url: str, body: Any = None) -> Any:
+    """One JSON request to the server under test."""
+    parts = urlsplit(url)
+    api = Api(url)
+    try:
+        return api(method, parts.path + (f"?{parts.query}" if parts.query else ""), body)
+    finally:
+        api.close()
+
+
+def new_session(roost: ServerProcess, title: str) -> str:
+    sid: str = call("POST", f"{roost.url}/api/sessions", {"title": title})["id"]
+    return sid
+
+
+def open_chat(page: Page, roost: ServerProcess, sid: str) -> None:
+    page.goto(f"{roost.url}/#/s/{sid}")
+    page.wait_for_selector("#conn[data-state=connected]")
+    page.wait_for_function("() => window.roost.view && window.roost.view.ready")
+
+
+def send(page: Page, text: str) -> None:
+    page.fill("#composer-input", text)
+    page.press("#composer-input", "Enter")
+
+
+def words(n: int, tag: str) -> str:
+    return " ".join(f"{tag}{i}" for i in range(n))
+
+
+def assistant_text(page: Page, nth: int = -1) -> str:
+    bodies = page.locator(".msg[data-role=assistant] .body")
+    text: str = bodies.nth(nth if nth >= 0 else bodies.count() + nth).text_content() or ""
+    return text
+
+
+def shot(page: Page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / name))
+
+
+def test_two_tabs_message_appears_streamed_in_the_other(roost: ServerProcess, pages: Any) -> None:
+    """A message sent in one tab appears in the other, its reply streamed there."""
+    sid = new_session(roost, "Two tabs")
+    new_session(roost, "Groceries")
+    a, b = pages(), pages()
+    open_chat(a, roost, sid)
+    open_chat(b, roost, sid)
+    text = words(30, "tab")
+    send(a, text)
+    b.wait_for_selector(f".msg[data-role=user] .body:text-is('{text}')")
+    partial = b.wait_for_function(
+        """final => {
+            const li = document.querySelector('.msg[data-role=assistant]');
+            const t = li && li.querySelector('.body').textContent;
+            return li && li.dataset.status === 'streaming' && t.length > 0
+                && t.length < final.length && t;
+        }""",
+        arg=text,
+    ).json_value()
+    assert text.startswith(partial)
+    shot(b, "streaming-reply.png")
+    b.wait_for_selector(".msg[data-role=assistant][data-status=complete]")
+    assert assistant_text(b) == text
+    assert assistant_text(a) == text
+    shot(a, "session-list.png")
+
+
+def test_reload_mid_reply_shows_text_so_far_then_the_rest(roost: ServerProcess, pages: Any) -> None:
+    """Reloading during a reply shows the text so far, then the rest, ending exactly."""
+    sid = new_session(roost, "Reload")
+    page = pages()
+    open_chat(page, roost, sid)
+    text = words(60, "word")
+    send(page, text)
+    page.wait_for_function(
+        "() => (document.querySelector('.msg[data-role=assistant] .body')?.textContent || '')"
+        ".split(' ').length >= 8"
+    )
+    page.reload()
+    so_far = page.wait_for_function(
+        """() => {
+            const li = document.querySelector('.msg[data-role=assistant]');
+            const t = li && li.querySelector('.body').textContent;
+            return li && li.dataset.status === 'streaming' && t.length > 0 && t;
+        }"""
+    ).json_value()
+    assert so_far != text and text.startswith(so_far)
+    page.wait_for_selector(".msg[data-role=assistant][data-status=complete]", timeout=MS * 2)
+    assert assistant_text(page) == text
+    seen: dict[str, list[str]] = page.evaluate("window.__texts")
+    (texts,) = seen.values()
+    assert texts[-1] == text
+    assert all(text.startswith(t) for t in texts), "the text went backwards or doubled"
+
+
+def seed(roost: ServerProcess, sid: str, n: int) -> list[str]:
+    """Append ``n`` messages in one line; return the ids in log order."""
+    api = Api(roost.url)
+    try:
+        base = f"/api/sessions/{sid}/messages"
+        for i in range(n):
+            role = "user" if i % 2 == 0 else "assistant"
+            api("POST", base, {"role": role, "content": f"message {i}"})
+        ids: list[str] = []
+        cursor = None
+        for _ in range(n):
+            q = "limit=200&view=all" + (f"&before={cursor}" if cursor else "")
+            page = api("GET", f"{base}?{q}")
+            ids = [m["id"] for m in page["items"]] + ids
+            cursor = page["before"]
+            if cursor is None:
+                break
+        return ids
+    finally:
+        api.close()
+
+
+def test_scroll_up_loads_500_messages_without_duplicates_or_gaps(
+    roost: ServerProcess, pages: Any
+) -> None:
+    """Scrolling up through 500 messages loads every older page once, in order."""
+    sid = new_session(roost, "Long chat")
+    ids = seed(roost, sid, 500)
+    assert len(ids) == 500
+    page = pages()
+    open_chat(page, roost, sid)
+    count = page.locator(".msg").count()
+    assert count < 500
+    for _ in range(30):
+        if count == 500:
+            break
+        page.mouse.move(500, 300)
+        page.mouse.wheel(0, -100_000)
+        page.wait_for_function(
+            "n => document.querySelectorAll('.msg').length > n || !window.roost.view.before",
+            arg=count,
+        )
+        count = page.locator(".msg").count()
+    shown = page.eval_on_selector_all(".msg", "els => els.map(e => e.dataset.id)")
+    assert shown == ids
+    assert page.locator("#history-status").text_content() == "Start of the chat"
+    assert page.locator(".msg .body").first.text_content() == "message 0"
+
+
+def test_regenerate_then_switch_between_branches(roost: ServerProcess, pages: Any) -> None:
+    """Regenerate makes a second reply; the switcher moves between the two."""
+    sid = new_session(roost, "Branches")
+    page = pages()
+    open_chat(page, roost, sid)
+    send(page, "tell me twice")
+    page.wait_for_selector(".msg[data-role=assistant][data-status=complete]")
+    first = page.locator(".msg[data-role=assistant]").get_attribute("data-id")
+    page.click(".msg[data-role=assistant] .regenerate")
+    page.wait_for_selector(".msg[data-role=assistant] .switcher .pos:text-is('2/2')")
+    page.wait_for_selector(".msg[data-role=assistant][data-status=complete]")
+    second = page.locator(".msg[data-role=assistant]").get_attribute("data-id")
+    assert second != first
+    shot(page, "branch-switcher.png")
+
+    page.click(".msg[data-role=assistant] .switcher .prev")
+    page.wait_for_selector(f".msg[data-role=assistant][data-id='{first}'] .pos:text-is('1/2')")
+    assert call("GET", f"{roost.url}/api/sessions/{sid}")["session"]["active_leaf_id"] == first
+    assert page.locator(".msg").count() == 2
+
+    page.click(".msg[data-role=assistant] .switcher .next")
+    page.wait_for_selector(f".msg[data-role=assistant][data-id='{second}'] .pos:text-is('2/2')")
+    assert call("GET", f"{roost.url}/api/sessions/{sid}")["session"]["active_leaf_id"] == second
+
+
+def test_edit_and_resend_starts_a_branch(roost: ServerProcess, pages: Any) -> None:
+    """Editing the first message sends the new text as a sibling; the old one stays reachable."""
+    sid = new_session(roost, "Edit")
+    page = pages()
+    open_chat(page, roost, sid)
+    send(page, "first draft")
+    page.wait_for_selector(".msg[data-role=assistant][data-status=complete]")
+    page.click(".msg[data-role=user] .edit")
+    page.fill(".msg[data-role=user] form.edit textarea", "second draft")
+    page.click(".msg[data-role=user] form.edit button[type=submit]")
+    page.wait_for_selector(".msg[data-role=user] .pos:text-is('2/2')")
+    page.wait_for_selector(".msg[data-role=assistant][data-status=complete]")
+    assert assistant_text(page) == "second draft"
+    page.click(".msg[data-role=user] .switcher .prev")
+    page.wait_for_selector(".msg[data-role=user] .pos:text-is('1/2')")
+    assert page.locator(".msg[data-role=user] .body").text_content() == "first draft"
+    assert assistant_text(page) == "first draft"
+
+
+def test_stop_keeps_the_text_so_far(roost: ServerProcess, pages: Any) -> None:
+    """Stop ends a running reply as cancelled, keeping a prefix of the text."""
+    sid = new_session(roost, "Stop")
+    page = pages()
+    open_chat(page, roost, sid)
+    text = words(60, "stop")
+    send(page, text)
+    page.wait_for_selector(".msg[data-role=assistant][data-status=streaming]")
+    page.click("#stop")
+    page.wait_for_selector(".msg[data-role=assistant][data-status=cancelled]")
+    kept = assistant_text(page)
+    assert text.startswith(kept) and kept != text
+    assert page.locator("#send").is_visible()
+
+
+def test_message_text_is_never_html(roost: ServerProcess, pages: Any) -> None:
+    """Markup in a message shows as text; nothing in it becomes an element."""
+    sid = new_session(roost, "Markup")
+    page = pages()
+    open_chat(page, roost, sid)
+    evil = "<b>bold</b> <img src=x onerror=window.__pwned=1>"
+    send(page, evil)
+    page.wait_for_selector(".msg[data-role=assistant][data-status=complete]")
+    assert assistant_text(page) == evil
+    assert page.locator(".msg .body b, .msg .body img").count() == 0
+    assert page.evaluate("window.__pwned") is None
+
+
+def test_search_snippet_keeps_only_mark(roost: ServerProcess, pages: Any) -> None:
+    """The snippet sanitizer keeps <mark> and turns everything else into text."""
+    page = pages()
+    page.goto(roost.url + "/")
+    html = page.evaluate(
+        """async () => {
+            const { safeSnippet } = await import('/static/view.js');
+            const div = document.createElement('div');
+            div.append(safeSnippet(
+                'a <mark>hit</mark> &lt;b&gt; <img src=x onerror="window.__pwned=1">'
+                + '<b>bold</b><script>window.__pwned=2</script>'));
+            return div.innerHTML;
+        }"""
+    )
+    assert html == "a <mark>hit</mark> &lt;b&gt; bold"
+    assert page.evaluate("window.__pwned") is None
+
+
+def test_session_list_create_rename_delete(roost: ServerProcess, pages: Any) -> None:
+    """New chat, rename it, delete it: the list follows each step."""
+    page = pages()
+    page.goto(roost.url + "/")
+    page.click("#new-session")
+    page.wait_for_selector("#conn[data-state=connected]")
+    page.click("#rename")
+    page.fill("#rename-input", "Renamed chat")
+    page.press("#rename-input", "Enter")
+    page.wait_for_selector("#session-list a[aria-current=page] .title:text-is('Renamed chat')")
+    assert page.locator("#chat-title").text_content() == "Renamed chat"
+    sid = page.evaluate("window.roost.view.sid")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#delete")
+    page.wait_for_selector("#empty-state:visible")
+    assert page.locator(f"#session-list a[data-sid='{sid}']").count() == 0
+    sessions = call("GET", f"{roost.url}/api/sessions?limit=200")["items"]
+    assert sid not in {s["id"] for s in sessions}
+
+
+def test_connection_state_follows_the_network(roost: ServerProcess, pages: Any) -> None:
+    """Offline shows; back online it reconnects with since and replays what it missed."""
+    sid = new_session(roost, "Network")
+    page = pages()
+    open_chat(page, roost, sid)
+    page.context.set_offline(True)
+    page.wait_for_selector("#conn[data-state=offline]")
+    call("POST", f"{roost.url}/api/sessions/{sid}/messages", {"role": "user", "content": "missed"})
+    page.context.set_offline(False)
+    page.wait_for_selector("#conn[data-state=connected]")
+    page.wait_for_selector(".msg[data-role=user] .body:text-is('missed')")
+    assert page.locator(".msg").count() == 1
+
+
+def test_phone_sized_screen(roost: ServerProcess, pages: Any) -> None:
+    """On a phone the chat list is a drawer behind a labelled toggle."""
+    sid = new_session(roost, "On the phone")
+    page = pages(width=390, height=844)
+    open_chat(page, roost, sid)
+    send(page, "hello from a small screen")
+    page.wait_for_selector(".msg[data-role=assistant][data-status=complete]")
+    assert not page.locator("#session-list").is_visible() or (
+        page.locator("#sidebar").bounding_box()["x"] < 0  # type: ignore[index]
+    )
+    shot(page, "mobile-chat.png")
+    toggle = page.locator("#menu-toggle")
+    assert toggle.get_attribute("aria-expanded") == "false"
+    toggle.click()
+    assert toggle.get_attribute("aria-expanded") == "true"
+    page.wait_for_function(
+        "() => document.getElementById('sidebar').getBoundingClientRect().x >= 0"
+    )
+    shot(page, "mobile-sessions.png")
+    page.keyboard.press("Escape")
+    assert toggle.get_attribute("aria-expanded") == "false"
+
+
+def test_login_form_appears_on_401_and_signs_in(roost: ServerProcess, pages: Any) -> None:
+    """A 401 opens the sign-in form; a token it accepts closes it and reloads the list.
+
+    The token server is another branch's work: here the browser itself answers
+    401 and the login call, so only the page's side is under test.
+    """
+    sid = new_session(roost, "Behind a token")
+    page = pages()
+    logins: list[Any] = []
+    page.route(
+        "**/api/sessions?*",
+        lambda route: route.fulfill(
+            status=401,
+            content_type="application/json",
+            body='{"error": {"code": "unauthorized", "message": "token needed", "details": null}}',
+        ),
+    )
+    page.goto(roost.url + "/")
+    page.wait_for_selector("#login[open]")
+    assert page.locator("#login-token").is_visible()
+
+    def login(route: Any) -> None:
+        logins.append(route.request.post_data_json)
+        page.unroute("**/api/sessions?*")
+        route.fulfill(status=204)
+
+    page.route("**/api/login", login)
+    page.fill("#login-token", "tok-a")
+    page.press("#login-token", "Enter")
+    page.wait_for_selector("#login", state="hidden")
+    assert logins == [{"token": "tok-a"}]
+    page.wait_for_selector(f"#session-list a[data-sid='{sid}']")
+
+
+def route_exists(roost: ServerProcess, sid: str, method: str, path: str) -> bool:
+    """Whether the server has a route (the files branch adds search, export, attachments)."""
+    conn = http.client.HTTPConnection(urlsplit(roost.url).netloc, timeout=TIMEOUT)
+    try:
+        conn.request(method, f"/api/sessions/{sid}{path}")
+        status = conn.getresponse().status
+    finally:
+        conn.close()
+    return status not in (404, 405)
+
+
+def test_files_features_shown_only_when_the_server_has_them(
+    roost: ServerProcess, pages: Any
+) -> None:
+    """Search, export and attach controls follow what the server answers."""
+    sid = new_session(roost, "Features")
+    page = pages()
+    open_chat(page, roost, sid)
+    search = route_exists(roost, sid, "GET", "/search?q=x")
+    export = route_exists(roost, sid, "GET", "/export?format=__probe__")
+    attach = route_exists(roost, sid, "POST", "/attachments")
+    page.wait_for_function("() => Object.values(window.roost.features).every(v => v !== null)")
+    assert page.locator("#search-form").is_visible() == search
+    assert page.locator("#export-json").is_visible() == export
+    assert page.locator("#attach-label").is_visible() == attach
+
+
+def test_search_results_highlight_matches(roost: ServerProcess, pages: Any) -> None:
+    """Search in a chat lists matches with <mark> highlights and jumps to one."""
+    sid = new_session(roost, "Search")
+    if not route_exists(roost, sid, "GET", "/search?q=x"):
+        pytest.skip("this server has no search route yet")
+    call("POST", f"{roost.url}/api/sessions/{sid}/messages", {"role": "user", "content": "zebra"})
+    call("POST", f"{roost.url}/api/sessions/{sid}/messages", {"role": "user", "content": "lion"})
+    page = pages()
+    open_chat(page, roost, sid)
+    page.wait_for_selector("#search-form:visible")
+    page.fill("#search-input", "zebra")
+    page.press("#search-input", "Enter")
+    page.wait_for_selector("#search-list mark")
+    assert page.locator("#search-list li").count() == 1
+    assert page.locator("#search-list .snippet").text_content() == "zebra"
+    page.click("#search-list button")
+    page.wait_for_selector(".msg.flash")
+
+
+def test_attachment_upload_shows_in_the_message(
+    roost: ServerProcess, pages: Any, tmp_path: Any
+) -> None:
+    """A file attached in the composer is sent with the message and shown as a link."""
+    sid = new_session(roost, "Files")
+    if not route_exists(roost, sid, "POST", "/attachments"):
+        pytest.skip("this server has no attachments route yet")
+    note = tmp_path / "notes.txt"
+    note.write_text("hello file")
+    page = pages()
+    open_chat(page, roost, sid)
+    page.wait_for_selector("#attach-label:visible")
+    page.set_input_files("#attach-input", str(note))
+    page.wait_for_selector("#attach-chips li:has-text('notes.txt')")
+    send(page, "see attached")
+    page.wait_for_selector(".msg[data-role=user] .attachments a:has-text('notes.txt')")
+    href = page.locator(".msg[data-role=user] .attachments a").get_attribute("href")
+    assert href is not None and href.startswith("/")
