@@ -45,17 +45,26 @@ def make_responder(settings: Settings, http: aiohttp.ClientSession) -> Responder
 
 
 def make_app(settings: Settings) -> web.Application:
-    """Build the application; resources open in ``cleanup_ctx`` when it starts."""
+    """Build the application; resources open in ``cleanup_ctx`` when it starts.
+
+    Raises ``server.auth.TokensError`` if the tokens file cannot be used.
+    """
+    from server.access import LIMITS, cors_headers, gate_middleware, make_limits, rate_middleware
+    from server.auth import TOKENS, auth_middleware, load_tokens
+    from server.auth import routes as auth_routes
     from server.routes_chat import routes as chat_routes
     from server.routes_core import routes as core_routes
     from server.routes_realtime import OPEN_FEEDS, OPEN_SOCKETS, close_realtime
     from server.routes_realtime import routes as realtime_routes
 
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[gate_middleware, error_middleware, auth_middleware, rate_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[TOKENS] = load_tokens(settings.tokens_file)
+    app[LIMITS] = make_limits(app)
+    app.on_response_prepare.append(cors_headers)
 
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         raise_nofile_limit()
@@ -83,4 +92,5 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_routes(core_routes)
     app.router.add_routes(chat_routes)
     app.router.add_routes(realtime_routes)
+    app.router.add_routes(auth_routes)
     return app

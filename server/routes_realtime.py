@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -14,6 +13,7 @@ from pydantic import ValidationError
 from actors import streams
 from actors.feed import End, Feed
 from actors.pubsub import Subscription
+from server import access
 from server.errors import ApiError, status_of, validation_details
 from server.http import REGISTRY, SETTINGS, request_hash, user_of
 from server.models import check_content, check_metadata
@@ -34,14 +34,7 @@ CLOSE_DELETED = 4004  # the session was deleted
 
 def origin_allowed(request: web.Request) -> bool:
     """Same-origin requests, requests without Origin (non-browsers), and the allow-list."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    allowed = request.app[SETTINGS].allowed_origin_list()
-    if "*" in allowed or origin in allowed:
-        return True
-    parts = urlsplit(origin)
-    return parts.netloc == request.host
+    return access.origin_allowed(request)
 
 
 def _since(request: web.Request, header: str | None = None) -> int | None:
@@ -155,6 +148,7 @@ async def _on_client_frame(request: web.Request, ws: web.WebSocketResponse, text
         if kind == "ping":
             await _send_json(ws, {"type": "pong", "ref": ref})
         elif kind == "chat":
+            access.check_rate(request, request.match_info["sid"])
             await _ws_chat(request, ws, data, ref)
         elif kind == "cancel":
             mid = data.get("message_id")
