@@ -164,8 +164,13 @@ async def _hibernate(client: Any, sid: str) -> Path:
     if actor is not None:
         await actor.close()
     path: Path = reg.datadir.session_db(sid)
-    assert not Path(str(path) + "-wal").exists() or Path(str(path) + "-wal").stat().st_size == 0
+    assert _wal_empty(path)
     return path
+
+
+def _wal_empty(path: Path) -> bool:
+    wal = Path(str(path) + "-wal")
+    return not wal.exists() or wal.stat().st_size == 0
 
 
 def _damage_header(path: Path) -> None:
@@ -256,4 +261,3 @@ def test_reader_failure_is_unavailable_not_sqlite_error(tmp_path: Path) -> None:
             f.page(view="all", limit=25)
     finally:
         f.close()
-
