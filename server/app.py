@@ -12,6 +12,8 @@ from actors.registry import ActorRegistry
 from actors.responders import EchoResponder, Responder
 from server.errors import error_middleware, error_response
 from server.http import REGISTRY, SETTINGS, json_response
+from server.openapi import OPENAPI, Reply, describe, openapi_json
+from server.schemas import Health
 from server.settings import Settings
 from server.sse import OPEN_STREAMS
 from storage.layout import DataDir, raise_nofile_limit
@@ -19,7 +21,9 @@ from storage.layout import DataDir, raise_nofile_limit
 log = logging.getLogger("roost.server")
 
 
+@describe(responses={200: Reply("the server is up", Health)})
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: ``{status, live_actors}``."""
     reg = request.app[REGISTRY]
     return json_response({"status": "ok", "live_actors": reg.live})
 
@@ -93,4 +97,6 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_routes(chat_routes)
     app.router.add_routes(realtime_routes)
     app.router.add_routes(auth_routes)
+    app[OPENAPI] = {}
+    app.router.add_get("/openapi.json", openapi_json)
     return app

@@ -32,6 +32,8 @@ from pydantic import StringConstraints
 from server.errors import Handler, error_response
 from server.http import SETTINGS, USER, json_response, parse_body, user_of
 from server.models import Strict
+from server.openapi import Reply, describe
+from server.schemas import User
 
 COOKIE = "roost_token"
 WS_PROTOCOL_PREFIX = "bearer."
@@ -104,14 +106,15 @@ def load_tokens(path: str | None) -> Tokens | None:
     return Tokens(data)
 
 
+def is_public_path(path: str) -> bool:
+    """Whether ``path`` may be fetched without a token."""
+    return path in PUBLIC_PATHS or path in LOGIN_PATHS or path.startswith(PUBLIC_PREFIXES)
+
+
 def is_public(request: web.Request) -> bool:
-    """Whether ``request`` may be served without a token."""
-    path = request.path
-    return (
-        path in PUBLIC_PATHS
-        or path in LOGIN_PATHS
-        or path.startswith(PUBLIC_PREFIXES)
-        or (request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers)
+    """Whether ``request`` may be served without a token (public paths, CORS preflights)."""
+    return is_public_path(request.path) or (
+        request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
     )
 
 
@@ -167,6 +170,7 @@ class LoginRequest(Strict):
 
 
 @routes.post("/api/login")
+@describe(body=LoginRequest, responses={200: Reply("signed in; the cookie is set", User)})
 async def login(request: web.Request) -> web.Response:
     """Check a token and keep it in an HttpOnly cookie (for browsers): ``{user}``.
 
@@ -194,6 +198,7 @@ async def login(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/logout")
+@describe(responses={204: Reply("signed out")})
 async def logout(request: web.Request) -> web.Response:
     """Forget the login cookie: 204 (also when there was none)."""
     resp = web.Response(status=204)
@@ -202,6 +207,7 @@ async def logout(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/whoami")
+@describe(responses={200: Reply("the caller", User)})
 async def whoami(request: web.Request) -> web.Response:
     """The caller's user id: ``{user}`` (``""`` when the server runs without tokens)."""
     return json_response({"user": user_of(request)})

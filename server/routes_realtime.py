@@ -17,6 +17,7 @@ from server import access
 from server.errors import ApiError, status_of, validation_details
 from server.http import REGISTRY, SETTINGS, request_hash, user_of
 from server.models import check_content, check_metadata
+from server.openapi import FEED_EVENTS, SSE, Param, Reply, describe
 from server.routes_chat import ChatRequest
 from server.sse import OPEN_STREAMS, open_sse
 from storage.errors import StorageError
@@ -64,6 +65,10 @@ async def _open_feed(request: web.Request, since: int | None) -> Feed:
 
 
 @routes.get("/api/sessions/{sid}/ws")
+@describe(
+    params=(Param("since", "query", {"type": "string"}, "the last event seq you saw"),),
+    responses={101: Reply("a WebSocket (subprotocol roost.v1) of the session's events")},
+)
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """hello, the events missed since ``since``, then live events; takes chat/cancel/ping."""
     settings = request.app[SETTINGS]
@@ -235,6 +240,13 @@ async def _ws_chat(
 
 
 @routes.get("/api/sessions/{sid}/events")
+@describe(
+    params=(
+        Param("since", "query", {"type": "string"}, "the last event seq you saw"),
+        Param("Last-Event-ID", "header", {"type": "string"}, "the same, as SSE sends it"),
+    ),
+    responses={200: Reply("the session's events as SSE", None, (SSE,), FEED_EVENTS)},
+)
 async def events(request: web.Request) -> web.StreamResponse:
     """The WebSocket's event stream as SSE; resumes from ``Last-Event-ID`` (or ``?since=``)."""
     settings = request.app[SETTINGS]
