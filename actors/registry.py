@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import sqlite3
 import time
 from collections import OrderedDict
@@ -27,10 +28,12 @@ from actors.actor import ActorConfig, SessionActor, State
 from actors.pubsub import Frame, Topic
 from actors.responders import EchoResponder, Responder
 from storage.catalog import Catalog
-from storage.errors import NotFound
+from storage.errors import NotFound, StorageError, Unavailable
 from storage.ids import now_iso, uuid7, validate_session_id
 from storage.layout import DataDir, trim_heap
 from storage.session_db import create_session_file, remove_session_files
+
+log = logging.getLogger("roost.actors")
 
 
 class RegistryStats:
@@ -126,9 +129,16 @@ class ActorRegistry:
         """The running actor of ``sid``, kept live (not hibernated) while held.
 
         Raises ``InvalidInput`` for a bad id and ``NotFound`` for a session
-        that does not exist or belongs to another user.
+        that does not exist or belongs to another user, ``Unavailable`` for
+        the owner's session whose file cannot be opened (another user gets
+        ``NotFound`` for that too: a damaged file reveals nothing).
         """
-        actor = await self._acquire(sid)
+        try:
+            actor = await self._acquire(sid)
+        except Unavailable:
+            if self._owner_in_catalog(sid) != user:
+                raise NotFound(f"session {sid!r} not found", details={"session_id": sid}) from None
+            raise
         try:
             if actor.owner != user:
                 raise NotFound(f"session {sid!r} not found", details={"session_id": sid})
@@ -138,6 +148,12 @@ class ActorRegistry:
             actor.last_used = time.monotonic()
             if actor.leases == 0:
                 self._room.set()
+
+    def _owner_in_catalog(self, sid: str) -> str | None:
+        try:
+            return self.catalog.owner_of(sid)
+        except (StorageError, RuntimeError):
+            return None
 
     async def _acquire(self, sid: str) -> SessionActor:
         validate_session_id(sid)
@@ -292,8 +308,13 @@ class ActorRegistry:
                 populate=populate,
             ),
         )
-        async with self._catalog_lock:
-            await loop.run_in_executor(self.write_pool, self.catalog.insert_durable, owner, doc)
+        try:
+            async with self._catalog_lock:
+                await loop.run_in_executor(self.write_pool, self.catalog.insert_durable, owner, doc)
+        except BaseException:
+            # not acknowledged: take the new file away again so a retry can succeed
+            await loop.run_in_executor(self.write_pool, remove_session_files, self.datadir, sid)
+            raise
         return doc
 
     async def delete_session(self, sid: str, user: str = "") -> None:
@@ -343,20 +364,35 @@ class ActorRegistry:
         for hook in self.commit_hooks:
             hook(actor, session)
 
-    async def flush_catalog(self) -> None:
-        """Write the pending catalog updates now."""
+    async def flush_catalog(self) -> bool:
+        """Write the pending catalog updates now; return whether that worked.
+
+        The catalog is a mirror: when it cannot be written (a full disk), the
+        updates stay pending for the next try and nothing is raised; each
+        session's own file still holds the truth.
+        """
         if not self._catalog_pending or self._catalog is None:
-            return
+            return True
         async with self._catalog_lock:
             pending, self._catalog_pending = self._catalog_pending, {}
-            if pending:
+            if not pending:
+                return True
+            try:
                 await asyncio.get_running_loop().run_in_executor(
                     self.write_pool, self.catalog.upsert_many, list(pending.values())
                 )
+            except StorageError as exc:
+                for sid, item in pending.items():  # newer updates win
+                    self._catalog_pending.setdefault(sid, item)
+                log.warning("catalog update postponed: %s", exc.message)
+                return False
+            return True
 
     async def _catalog_flusher(self) -> None:
         while True:
             await self._catalog_wakeup.wait()
             self._catalog_wakeup.clear()
             await asyncio.sleep(0.05)
-            await self.flush_catalog()
+            if not await self.flush_catalog():
+                await asyncio.sleep(1.0)
+                self._catalog_wakeup.set()

@@ -14,6 +14,8 @@ from server.errors import error_middleware, error_response
 from server.http import REGISTRY, SETTINGS, json_response
 from server.metrics import METRICS
 from server.metrics import install as install_metrics
+from server.openapi import OPENAPI, Reply, describe, openapi_json
+from server.schemas import Health
 from server.settings import Settings
 from server.sse import OPEN_STREAMS
 from storage.layout import DataDir, limit_malloc_arenas, raise_nofile_limit
@@ -21,7 +23,9 @@ from storage.layout import DataDir, limit_malloc_arenas, raise_nofile_limit
 log = logging.getLogger("roost.server")
 
 
+@describe(responses={200: Reply("the server is up", Health)})
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: ``{status, live_actors}``."""
     reg = request.app[REGISTRY]
     return json_response({"status": "ok", "live_actors": reg.live})
 
@@ -47,7 +51,13 @@ def make_responder(settings: Settings, http: aiohttp.ClientSession) -> Responder
 
 
 def make_app(settings: Settings) -> web.Application:
-    """Build the application; resources open in ``cleanup_ctx`` when it starts."""
+    """Build the application; resources open in ``cleanup_ctx`` when it starts.
+
+    Raises ``server.auth.TokensError`` if the tokens file cannot be used.
+    """
+    from server.access import LIMITS, cors_headers, gate_middleware, make_limits, rate_middleware
+    from server.auth import TOKENS, auth_middleware, load_tokens
+    from server.auth import routes as auth_routes
     from server.routes_chat import routes as chat_routes
     from server.routes_core import routes as core_routes
     from server.routes_files import routes as files_routes
@@ -56,10 +66,13 @@ def make_app(settings: Settings) -> web.Application:
     from server.routes_static import setup_static
 
     app = web.Application(
-        middlewares=[error_middleware],
+        middlewares=[gate_middleware, error_middleware, auth_middleware, rate_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[TOKENS] = load_tokens(settings.tokens_file)
+    app[LIMITS] = make_limits(app)
+    app.on_response_prepare.append(cors_headers)
 
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         raise_nofile_limit()
@@ -95,4 +108,7 @@ def make_app(settings: Settings) -> web.Application:
 
     app.router.add_routes(aisdk_routes)
     setup_static(app)
+    app.router.add_routes(auth_routes)
+    app[OPENAPI] = {}
+    app.router.add_get("/openapi.json", openapi_json)
     return app

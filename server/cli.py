@@ -77,8 +77,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             " (--insecure: NOT loopback)" if not _is_loopback(settings.host) else "",
         )
     from server.app import make_app
+    from server.auth import TokensError
 
-    app = make_app(settings)
+    try:
+        app = make_app(settings)
+    except TokensError as exc:
+        print(f"roost: {exc}", file=sys.stderr)
+        return 2
     log.info(
         "roost serving http://%s:%s data dir %s synchronous=%s",
         settings.host,

@@ -17,6 +17,7 @@ M = TypeVar("M", bound=BaseModel)
 
 REGISTRY = web.AppKey("registry", ActorRegistry)
 SETTINGS = web.AppKey("settings", Settings)
+USER = web.RequestKey("user", str)  # set by server.auth; read it with user_of()
 
 
 def json_response(
@@ -103,5 +104,5 @@ def query_choice(request: web.Request, name: str, choices: tuple[str, ...]) -> s
 
 def user_of(request: web.Request) -> str:
     """The authenticated user id ('' when the server runs without tokens)."""
-    user = request.get("user", "")
-    return user if isinstance(user, str) else ""
+    user: str = request.get(USER, "")
+    return user

@@ -14,6 +14,8 @@ from actors.streams import Generation
 from server.errors import ApiError
 from server.http import REGISTRY, SETTINGS, json_response, read_json, request_hash, user_of
 from server.models import Id, Str, Strict, check_content, check_metadata
+from server.openapi import JSON, SSE, Param, Reply, describe
+from server.schemas import ChatResult, Message
 from server.sse import open_sse, pump, sse_frame
 from storage.session_db import MessageDraft
 
@@ -88,6 +90,13 @@ async def _answer(
 
 
 @routes.post("/api/sessions/{sid}/chat")
+@describe(
+    body=ChatRequest,
+    responses={
+        200: Reply("the reply as SSE, or (a retry) JSON", ChatResult, (SSE, JSON)),
+        201: Reply("with Accept: application/json: the finished exchange", ChatResult),
+    },
+)
 async def chat(request: web.Request) -> web.StreamResponse:
     """Commit the user message and a pending reply, then stream the reply."""
     settings = request.app[SETTINGS]
@@ -131,6 +140,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post("/api/sessions/{sid}/messages/{mid}/regenerate")
+@describe(
+    body=RegenerateRequest,
+    body_required=False,
+    responses={
+        200: Reply("the new reply as SSE", None, (SSE,)),
+        201: Reply("with Accept: application/json: the finished reply", ChatResult),
+    },
+)
 async def regenerate(request: web.Request) -> web.StreamResponse:
     """A new reply: a sibling of an assistant message, or a child of a user message."""
     settings = request.app[SETTINGS]
@@ -157,6 +174,7 @@ async def regenerate(request: web.Request) -> web.StreamResponse:
 
 
 @routes.post("/api/sessions/{sid}/messages/{mid}/cancel")
+@describe(responses={200: Reply("the reply as it stopped", Message)})
 async def cancel(request: web.Request) -> web.Response:
     """Stop a running reply (status ``cancelled``, text so far kept): 200 Message.
 
@@ -182,6 +200,13 @@ def _last_event_id(request: web.Request) -> int:
 
 
 @routes.get("/api/sessions/{sid}/messages/{mid}/stream")
+@describe(
+    params=(
+        Param("Last-Event-ID", "header", {"type": "string"}, "text offset to resume from"),
+        Param("offset", "query", {"type": "string"}, "the same, for clients without headers"),
+    ),
+    responses={200: Reply("the reply from the offset on, as SSE", None, (SSE,))},
+)
 async def resume(request: web.Request) -> web.StreamResponse:
     """Resume a reply: the text after ``Last-Event-ID``, then live deltas, ``message``, ``done``."""
     since = _last_event_id(request)

@@ -30,6 +30,8 @@ from server.models import (
     check_parts,
     check_title,
 )
+from server.openapi import Param, Reply, cursor_param, describe, limit_param
+from server.schemas import Message, MessagePage, Session, SessionList, SessionView
 from storage.session_db import (
     MessageDraft,
     op_append,
@@ -55,6 +57,7 @@ def _page_params(request: web.Request) -> tuple[int, str | None, str | None]:
 
 
 @routes.post("/api/sessions")
+@describe(body=SessionCreate, responses={201: Reply("the new session", Session)})
 async def create_session(request: web.Request) -> web.Response:
     """Create a session: 201 Session; 409 if the id exists."""
     settings = request.app[SETTINGS]
@@ -68,6 +71,10 @@ async def create_session(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/sessions")
+@describe(
+    params=(limit_param(), cursor_param("cursor")),
+    responses={200: Reply("sessions, most recently updated first", SessionList)},
+)
 async def list_sessions(request: web.Request) -> web.Response:
     """Sessions, most recently updated first: ``{items, next_cursor}``."""
     limit = query_int(request, "limit", 25, 1, request.app[SETTINGS].max_page_limit)
@@ -78,6 +85,10 @@ async def list_sessions(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/sessions/{sid}")
+@describe(
+    params=(limit_param(),),
+    responses={200: Reply("the session and its newest messages", SessionView)},
+)
 async def get_session(request: web.Request) -> web.Response:
     """``{session, messages, before}``: the newest page of the active branch."""
     limit = query_int(request, "limit", 25, 1, request.app[SETTINGS].max_page_limit)
@@ -90,6 +101,7 @@ async def get_session(request: web.Request) -> web.Response:
 
 
 @routes.patch("/api/sessions/{sid}")
+@describe(body=SessionPatch, responses={200: Reply("the changed session", Session)})
 async def patch_session(request: web.Request) -> web.Response:
     """Change title, metadata or the active branch: 200 Session."""
     settings = request.app[SETTINGS]
@@ -114,6 +126,7 @@ async def patch_session(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/sessions/{sid}")
+@describe(responses={204: Reply("deleted")})
 async def delete_session(request: web.Request) -> web.Response:
     """Delete a session with its files: 204."""
     await request.app[REGISTRY].delete_session(request.match_info["sid"], user_of(request))
@@ -124,6 +137,15 @@ async def delete_session(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/sessions/{sid}/messages")
+@describe(
+    params=(
+        limit_param(),
+        cursor_param("before"),
+        cursor_param("after"),
+        Param("view", "query", {"enum": ["active", "all"], "default": "active"}),
+    ),
+    responses={200: Reply("a page of messages, oldest first", MessagePage)},
+)
 async def list_messages(request: web.Request) -> web.Response:
     """A page of messages: ``{items, before, after}``, items oldest first."""
     limit, before, after = _page_params(request)
@@ -157,6 +179,13 @@ def draft_from(body: MessageCreate, request: web.Request) -> MessageDraft:
 
 
 @routes.post("/api/sessions/{sid}/messages")
+@describe(
+    body=MessageCreate,
+    responses={
+        200: Reply("the stored message (a retry with the same client_id)", Message),
+        201: Reply("the new message", Message),
+    },
+)
 async def append_message(request: web.Request) -> web.Response:
     """Append a message: 201, or 200 with the stored one for a repeated client_id."""
     body = await parse_body(request, MessageCreate)
@@ -167,6 +196,7 @@ async def append_message(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/sessions/{sid}/messages/{mid}")
+@describe(responses={200: Reply("the message", Message)})
 async def get_message(request: web.Request) -> web.Response:
     async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
         msg = actor.file.read_message(request.match_info["mid"])
@@ -193,6 +223,11 @@ async def _read(request: web.Request) -> tuple[dict[str, Any], bytes]:
 
 
 @routes.patch("/api/sessions/{sid}/messages/{mid}")
+@describe(
+    body=MessagePatch,
+    params=(Param("If-Match", "header", {"type": "string"}, "the version you last saw"),),
+    responses={200: Reply("the changed message", Message)},
+)
 async def patch_message(request: web.Request) -> web.Response:
     """Edit content, parts or metadata in place: 200; a stale If-Match: 412."""
     settings = request.app[SETTINGS]
@@ -221,6 +256,7 @@ async def patch_message(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/sessions/{sid}/messages/{mid}")
+@describe(responses={204: Reply("replaced by a tombstone")})
 async def delete_message(request: web.Request) -> web.Response:
     """Replace a message with a tombstone: 204."""
     mid = request.match_info["mid"]

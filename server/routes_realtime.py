@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from typing import Any
-from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
@@ -14,9 +13,11 @@ from pydantic import ValidationError
 from actors import streams
 from actors.feed import End, Feed
 from actors.pubsub import Subscription
+from server import access
 from server.errors import ApiError, status_of, validation_details
 from server.http import REGISTRY, SETTINGS, request_hash, user_of
 from server.models import check_content, check_metadata
+from server.openapi import FEED_EVENTS, SSE, Param, Reply, describe
 from server.routes_chat import ChatRequest
 from server.sse import OPEN_STREAMS, open_sse
 from storage.errors import StorageError
@@ -34,14 +35,7 @@ CLOSE_DELETED = 4004  # the session was deleted
 
 def origin_allowed(request: web.Request) -> bool:
     """Same-origin requests, requests without Origin (non-browsers), and the allow-list."""
-    origin = request.headers.get("Origin")
-    if origin is None:
-        return True
-    allowed = request.app[SETTINGS].allowed_origin_list()
-    if "*" in allowed or origin in allowed:
-        return True
-    parts = urlsplit(origin)
-    return parts.netloc == request.host
+    return access.origin_allowed(request)
 
 
 def _since(request: web.Request, header: str | None = None) -> int | None:
@@ -71,6 +65,10 @@ async def _open_feed(request: web.Request, since: int | None) -> Feed:
 
 
 @routes.get("/api/sessions/{sid}/ws")
+@describe(
+    params=(Param("since", "query", {"type": "string"}, "the last event seq you saw"),),
+    responses={101: Reply("a WebSocket (subprotocol roost.v1) of the session's events")},
+)
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """hello, the events missed since ``since``, then live events; takes chat/cancel/ping."""
     settings = request.app[SETTINGS]
@@ -155,6 +153,7 @@ async def _on_client_frame(request: web.Request, ws: web.WebSocketResponse, text
         if kind == "ping":
             await _send_json(ws, {"type": "pong", "ref": ref})
         elif kind == "chat":
+            access.check_rate(request, request.match_info["sid"])
             await _ws_chat(request, ws, data, ref)
         elif kind == "cancel":
             mid = data.get("message_id")
@@ -240,6 +239,13 @@ async def _ws_chat(
 
 
 @routes.get("/api/sessions/{sid}/events")
+@describe(
+    params=(
+        Param("since", "query", {"type": "string"}, "the last event seq you saw"),
+        Param("Last-Event-ID", "header", {"type": "string"}, "the same, as SSE sends it"),
+    ),
+    responses={200: Reply("the session's events as SSE", None, (SSE,), FEED_EVENTS)},
+)
 async def events(request: web.Request) -> web.StreamResponse:
     """The WebSocket's event stream as SSE; resumes from ``Last-Event-ID`` (or ``?since=``)."""
     settings = request.app[SETTINGS]

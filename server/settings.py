@@ -68,6 +68,20 @@ class Settings(BaseModel):
     max_ws_frame_bytes: int = Field(1 << 20, ge=1024, description="largest WebSocket frame")
     max_import_bytes: int = Field(64 << 20, ge=1024, description="largest session import (JSON)")
     max_search_chars: int = Field(1000, ge=1, description="longest search query")
+    # access (SPEC section 7)
+    rate_user_per_sec: float = Field(
+        20.0, ge=0, description="changes a user may make per second, sustained (0 = no limit)"
+    )
+    rate_user_burst: int = Field(200, ge=1, description="changes a user may make in a burst")
+    rate_session_per_sec: float = Field(
+        10.0, ge=0, description="changes per second one user may make to one session (0 = off)"
+    )
+    rate_session_burst: int = Field(
+        100, ge=1, description="changes one user may make to one session in a burst"
+    )
+    login_cookie_max_age: int = Field(
+        30 * 86400, ge=60, description="seconds the login cookie of POST /api/login lasts"
+    )
 
     def allowed_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]

@@ -9,15 +9,26 @@ is re-mirrored when the session next activates.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
 
 from storage.cursors import decode_pair, encode_pair
+from storage.errors import from_sqlite
 from storage.layout import DataDir, connect
 from storage.schema import CATALOG_MIGRATIONS, migrate
+
+
+@contextlib.contextmanager
+def _mapped() -> Iterator[None]:
+    """Raise SQLite failures of the catalog as storage errors."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise from_sqlite(exc, "the catalog") from exc
 
 
 class Catalog:
@@ -48,18 +59,20 @@ class Catalog:
         if not rows:
             return
         conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.executemany(
-                "INSERT INTO sessions (id, owner, updated_at, doc) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at, "
-                "doc = excluded.doc",
-                rows,
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+        with _mapped():
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(
+                    "INSERT INTO sessions (id, owner, updated_at, doc) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at, "
+                    "doc = excluded.doc",
+                    rows,
+                )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
 
     def insert_durable(self, owner: str, doc: dict[str, Any]) -> None:
         """Insert one session's row and fsync (used when a session is created)."""
@@ -70,10 +83,14 @@ class Catalog:
             self.conn.execute("PRAGMA synchronous=NORMAL")
 
     def delete(self, sid: str) -> None:
-        self.conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+        with _mapped():
+            self.conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
 
     def owner_of(self, sid: str) -> str | None:
-        row = self.conn.execute("SELECT owner FROM sessions WHERE id = ?", (sid,)).fetchone()
+        """The owner the catalog records for ``sid`` (None if it lists no such session)."""
+        assert self._reader is not None
+        with _mapped():
+            row = self._reader.execute("SELECT owner FROM sessions WHERE id = ?", (sid,)).fetchone()
         return None if row is None else str(row[0])
 
     def list(
@@ -81,24 +98,31 @@ class Catalog:
     ) -> tuple[list[dict[str, Any]], str | None]:
         """Sessions of ``owner``, most recently updated first; (items, next_cursor)."""
         assert self._reader is not None
-        if cursor is None:
-            rows = self._reader.execute(
-                "SELECT id, updated_at, doc FROM sessions WHERE owner = ? "
-                "ORDER BY updated_at DESC, id DESC LIMIT ?",
-                (owner, limit + 1),
-            ).fetchall()
-        else:
-            ts, ident = decode_pair("u", cursor)
-            rows = self._reader.execute(
-                "SELECT id, updated_at, doc FROM sessions WHERE owner = ? "
-                "AND (updated_at, id) < (?, ?) ORDER BY updated_at DESC, id DESC LIMIT ?",
-                (owner, ts, ident, limit + 1),
-            ).fetchall()
-        more = len(rows) > limit
-        rows = rows[:limit]
-        items = [orjson.loads(r[2]) for r in rows]
-        nxt = encode_pair("u", rows[-1][1], rows[-1][0]) if more and rows else None
-        return items, nxt
+        with _mapped():
+            return _list(self._reader, owner, limit, cursor)
 
     def count(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0])
+
+
+def _list(
+    reader: sqlite3.Connection, owner: str, limit: int, cursor: str | None
+) -> tuple[list[dict[str, Any]], str | None]:
+    if cursor is None:
+        rows = reader.execute(
+            "SELECT id, updated_at, doc FROM sessions WHERE owner = ? "
+            "ORDER BY updated_at DESC, id DESC LIMIT ?",
+            (owner, limit + 1),
+        ).fetchall()
+    else:
+        ts, ident = decode_pair("u", cursor)
+        rows = reader.execute(
+            "SELECT id, updated_at, doc FROM sessions WHERE owner = ? "
+            "AND (updated_at, id) < (?, ?) ORDER BY updated_at DESC, id DESC LIMIT ?",
+            (owner, ts, ident, limit + 1),
+        ).fetchall()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    items = [orjson.loads(r[2]) for r in rows]
+    nxt = encode_pair("u", rows[-1][1], rows[-1][0]) if more and rows else None
+    return items, nxt

@@ -16,6 +16,8 @@ codes to status lines in one place (``server.errors``)::
 
 from __future__ import annotations
 
+import errno
+import sqlite3
 from typing import Any
 
 
@@ -58,3 +60,28 @@ class InvalidQuery(InvalidInput):
     """A search query that the full-text engine cannot parse (400)."""
 
     code = "invalid_query"
+
+
+def from_sqlite(exc: sqlite3.Error, what: str = "the session file") -> StorageError:
+    """The storage error that explains a SQLite failure on ``what`` (one place for this)."""
+    text = str(exc).lower()
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code == sqlite3.SQLITE_FULL or "database or disk is full" in text:
+        return StorageFull("the disk is full: the change was not saved")
+    if isinstance(exc, sqlite3.DatabaseError) and (
+        "malformed" in text
+        or "not a database" in text
+        or code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+    ):
+        return Unavailable(
+            f"{what} is damaged; an operator must restore it from a backup",
+            details={"sqlite": str(exc)},
+        )
+    return Unavailable(f"{what} could not be used: {exc}")
+
+
+def from_os_error(exc: OSError) -> StorageError:
+    """The storage error that explains a failed file-system call."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return StorageFull("the disk is full: the change was not saved")
+    return Unavailable(f"the data dir could not be used: {exc.strerror or exc}")

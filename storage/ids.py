@@ -31,6 +31,20 @@ def validate_session_id(sid: str) -> str:
     return sid
 
 
+def validate_path_component(name: str) -> str:
+    """Return ``name`` if it is safe as one file name inside a folder, else raise.
+
+    Same rule as session ids; raises :class:`InvalidInput` for anything else
+    (separators, ``..``, NUL, leading dots, over 128 characters).
+    """
+    if not isinstance(name, str) or SESSION_ID_RE.fullmatch(name) is None:
+        raise InvalidInput(
+            "file name must match [A-Za-z0-9][A-Za-z0-9._-]{0,127}",
+            details={"name": name if isinstance(name, str) and len(name) <= 200 else None},
+        )
+    return name
+
+
 def uuid7() -> str:
     """A UUIDv7 string: 48-bit unix milliseconds, then a counter and random bits.
 

@@ -22,7 +22,7 @@ import resource
 import sqlite3
 from pathlib import Path
 
-from storage.ids import validate_session_id
+from storage.ids import validate_path_component, validate_session_id
 
 SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
 
@@ -50,6 +50,16 @@ class DataDir:
     def session_db(self, sid: str) -> Path:
         """The SQLite file of session ``sid``."""
         return self.session_dir(sid) / "session.db"
+
+    def attachment_path(self, sid: str, name: str) -> Path:
+        """Where attachment file ``name`` of session ``sid`` lives.
+
+        ``name`` must be a server-made single path component (the same rule as
+        session ids: ``[A-Za-z0-9][A-Za-z0-9._-]{0,127}``); user-given file names
+        never become paths. Raises ``InvalidInput`` otherwise, so the result is
+        always inside the session's ``attachments/`` folder.
+        """
+        return self.session_dir(sid) / "attachments" / validate_path_component(name)
 
 
 def connect(

@@ -38,8 +38,9 @@ from storage.errors import (
     NotFound,
     PreconditionFailed,
     StorageError,
-    StorageFull,
     Unavailable,
+    from_os_error,
+    from_sqlite,
 )
 from storage.ids import uuid7
 from storage.layout import DataDir, connect, fsync_dir
@@ -249,15 +250,55 @@ class Page:
 
 def _classify(exc: sqlite3.Error) -> StorageError:
     """Map a SQLite failure to a storage error the HTTP layer can explain."""
-    text = str(exc).lower()
-    code = getattr(exc, "sqlite_errorcode", None)
-    if code == sqlite3.SQLITE_FULL or "database or disk is full" in text:
-        return StorageFull("the disk is full: the change was not saved")
-    if isinstance(exc, sqlite3.DatabaseError) and (
-        "malformed" in text or "not a database" in text or code == sqlite3.SQLITE_CORRUPT
-    ):
-        return Unavailable("the session file is damaged", details={"sqlite": str(exc)})
-    return Unavailable(f"the session file could not be used: {exc}")
+    return from_sqlite(exc)
+
+
+class _Cursor:
+    """A reader cursor whose SQLite failures surface as storage errors."""
+
+    __slots__ = ("_cur",)
+
+    def __init__(self, cur: sqlite3.Cursor) -> None:
+        self._cur = cur
+
+    def fetchone(self) -> Any:
+        try:
+            return self._cur.fetchone()
+        except sqlite3.Error as exc:
+            raise _classify(exc) from exc
+
+    def fetchall(self) -> list[Any]:
+        try:
+            return self._cur.fetchall()
+        except sqlite3.Error as exc:
+            raise _classify(exc) from exc
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.fetchall())
+
+
+class ReadConnection:
+    """The reader connection of a :class:`SessionFile`.
+
+    Every read goes through here, so a damaged or unreadable file raises
+    :class:`Unavailable` (or :class:`StorageFull`) instead of a raw
+    ``sqlite3`` error, whichever query hits the bad page.
+    """
+
+    __slots__ = ("_conn",)
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
+        try:
+            return _Cursor(self._conn.execute(sql, params))
+        except sqlite3.Error as exc:
+            raise _classify(exc) from exc
+
+    def set_trace_callback(self, callback: Callable[[str], object] | None) -> None:
+        """Pass every statement run to ``callback`` (for tests and debugging)."""
+        self._conn.set_trace_callback(callback)
 
 
 # --------------------------------------------------------------------------- creation
@@ -279,9 +320,38 @@ def create_session_file(
     The file is built in a temporary folder and renamed into place, so a crash
     leaves either no session or a complete one. ``populate(conn, sid, now)``,
     if given, fills the new file in the same transaction as the session row
-    (import); if it raises, nothing is created. Raises :class:`Conflict` if
-    the session exists.
+    (import); if it raises, nothing is created. Raises :class:`Conflict` if the
+    session exists, :class:`StorageFull` when the disk is full (nothing is left
+    behind), :class:`Unavailable` for other file-system failures.
     """
+    try:
+        return _create_session_file(
+            datadir,
+            sid,
+            owner=owner,
+            title=title,
+            metadata=metadata,
+            now=now,
+            synchronous=synchronous,
+            populate=populate,
+        )
+    except sqlite3.Error as exc:
+        raise _classify(exc) from exc
+    except OSError as exc:
+        raise from_os_error(exc) from exc
+
+
+def _create_session_file(
+    datadir: DataDir,
+    sid: str,
+    *,
+    owner: str,
+    title: str | None,
+    metadata: dict[str, Any],
+    now: str,
+    synchronous: str,
+    populate: Callable[[sqlite3.Connection, str, str], None] | None,
+) -> dict[str, Any]:
     final = datadir.session_dir(sid)
     if final.exists():
         raise Conflict(f"session {sid!r} already exists", details={"id": sid})
@@ -906,13 +976,14 @@ class SessionFile:
         finally:
             self._snapshot_depth -= 1
             if self._snapshot_depth == 0 and self._reader is not None:
-                self._reader.execute("COMMIT")
+                self.reader.execute("COMMIT")
 
     @property
-    def reader(self) -> sqlite3.Connection:
+    def reader(self) -> ReadConnection:
+        """The reader (committed state); raises storage errors, never ``sqlite3`` ones."""
         if self._reader is None:
             raise Unavailable(f"session {self.sid!r} is closed")
-        return self._reader
+        return ReadConnection(self._reader)
 
     @property
     def writer(self) -> sqlite3.Connection:

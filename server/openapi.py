@@ -1,0 +1,282 @@
+"""``GET /openapi.json``: the API description, generated from the routes and models.
+
+Each handler may carry a description made by :func:`describe` (request body
+model, query and header parameters, responses by status). The document walks
+the app's route table, so every route appears, described or not; schemas come
+from the pydantic models (``server.models``, ``server.schemas``, and the
+models of the routes); limits that are settings (page size, content length)
+are filled in from the running server's settings.
+
+To document a new route: put ``@describe(...)`` under its ``@routes.<verb>``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from server.http import SETTINGS, json_response
+from server.schemas import Error
+from server.settings import Settings
+
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
+
+SSE = "text/event-stream"
+JSON = "application/json"
+
+Schema = dict[str, Any] | Callable[[Settings], dict[str, Any]]
+
+# the events of a streamed reply (chat, regenerate, resume)
+REPLY_EVENTS = ("ack", "delta", "message", "done", "error")
+# the events of a session's feed (GET /events)
+FEED_EVENTS = (
+    "hello",
+    "message.created",
+    "message.updated",
+    "message.delta",
+    "message.deleted",
+    "session.updated",
+    "session.deleted",
+    "resync",
+    "lagged",
+)
+
+
+def sse_event_schema(events: tuple[str, ...]) -> dict[str, Any]:
+    """One server-sent event as OpenAPI 3.1 tools read it: ``{event, data, id?, retry?}``."""
+    return {
+        "type": "object",
+        "properties": {
+            "event": {"enum": list(events)},
+            "data": {"type": "string", "contentMediaType": JSON},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+        "required": ["event", "data"],
+    }
+
+
+@dataclass(frozen=True)
+class Param:
+    """A query or header parameter."""
+
+    name: str
+    where: str  # "query" | "header"
+    schema: Schema
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One documented response: a model (JSON), a content type with no model, or nothing."""
+
+    description: str
+    model: type[BaseModel] | None = None
+    media: tuple[str, ...] = (JSON,)
+    events: tuple[str, ...] = REPLY_EVENTS
+
+
+@dataclass(frozen=True)
+class Doc:
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    params: tuple[Param, ...] = ()
+    responses: dict[int, Reply] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+
+
+def describe(
+    *,
+    body: type[BaseModel] | None = None,
+    body_required: bool = True,
+    params: tuple[Param, ...] = (),
+    responses: dict[int, Reply] | None = None,
+    tags: tuple[str, ...] = (),
+) -> Callable[[Any], Any]:
+    """Attach an OpenAPI description to a handler (returns the handler unchanged)."""
+    doc = Doc(body, body_required, params, responses or {}, tags)
+
+    def mark(fn: Any) -> Any:
+        fn.__openapi__ = doc
+        return fn
+
+    return mark
+
+
+# ---------------------------------------------------------------------------- common parameters
+
+
+def limit_param() -> Param:
+    return Param(
+        "limit",
+        "query",
+        lambda s: {"type": "integer", "minimum": 1, "maximum": s.max_page_limit, "default": 25},
+        "page size",
+    )
+
+
+def cursor_param(name: str) -> Param:
+    return Param(name, "query", {"type": "string", "maxLength": 512}, "a cursor from a page")
+
+
+PATH_PARAMS: dict[str, dict[str, Any]] = {
+    "sid": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+}
+
+
+# ---------------------------------------------------------------------------- the document
+
+
+def _path_schema(name: str) -> dict[str, Any]:
+    return PATH_PARAMS.get(name, {"type": "string", "minLength": 1})
+
+
+def _schema(schema: Schema, settings: Settings) -> dict[str, Any]:
+    return schema(settings) if callable(schema) else schema
+
+
+def build_openapi(app: web.Application) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``app``'s routes, for its settings."""
+    from server.auth import TOKENS, is_public_path
+
+    settings = app[SETTINGS]
+    secured = app[TOKENS] is not None
+    entries: list[tuple[str, str, str, Any, Doc]] = []
+    models: set[type[BaseModel]] = {Error}
+    for route in app.router.routes():
+        if route.method in ("HEAD", "OPTIONS", "*") or route.resource is None:
+            continue
+        path = route.resource.canonical
+        doc: Doc = getattr(route.handler, "__openapi__", Doc())
+        entries.append((path, route.method.lower(), route.name or "", route.handler, doc))
+        if doc.body is not None:
+            models.add(doc.body)
+        models.update(r.model for r in doc.responses.values() if r.model is not None)
+    refs, defs = models_json_schema(
+        [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
+        ref_template="#/components/schemas/{model}",
+    )
+
+    def ref(model: type[BaseModel]) -> dict[str, Any]:
+        return dict(refs[(model, "validation")])
+
+    components = _limit_components(defs.get("$defs", {}), settings)
+    paths: dict[str, dict[str, Any]] = {}
+    for path, method, _, handler, doc in sorted(entries, key=lambda e: (e[0], e[1])):
+        op: dict[str, Any] = {
+            "operationId": f"{method}_{_slug(path)}",
+            "summary": _summary(handler),
+            "parameters": [
+                {
+                    "name": name,
+                    "in": "path",
+                    "required": True,
+                    "schema": PATH_PARAMS.get(name, {"type": "string", "minLength": 1}),
+                }
+                for name in re.findall(r"\{([^}:]+)", path)
+            ]
+            + [
+                {
+                    "name": p.name,
+                    "in": p.where,
+                    "required": False,
+                    "schema": _schema(p.schema, settings),
+                    "description": p.description,
+                }
+                for p in doc.params
+            ],
+            "responses": {},
+        }
+        if doc.tags:
+            op["tags"] = list(doc.tags)
+        if doc.body is not None:
+            op["requestBody"] = {
+                "required": doc.body_required,
+                "content": {JSON: {"schema": ref(doc.body)}},
+            }
+        for status, reply in sorted(doc.responses.items()):
+            entry: dict[str, Any] = {"description": reply.description}
+            if status not in (101, 204):
+                entry["content"] = {media: _media(media, reply, ref) for media in reply.media}
+            op["responses"][str(status)] = entry
+        if not doc.responses:
+            op["responses"]["200"] = {"description": "success (not described in detail)"}
+        op["responses"]["default"] = {
+            "description": "an error: {error: {code, message, details}}",
+            "content": {JSON: {"schema": ref(Error)}},
+        }
+        if secured and is_public_path(path):
+            op["security"] = []
+        paths.setdefault(path, {})[method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Roost",
+            "version": "1",
+            "description": "Chat sessions, each owned by an actor with its own SQLite file.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+        "security": [{"bearer": []}] if secured else [{"bearer": []}, {}],
+    }
+
+
+def _media(
+    media: str, reply: Reply, ref: Callable[[type[BaseModel]], dict[str, Any]]
+) -> dict[str, Any]:
+    if media == SSE:
+        return {"schema": sse_event_schema(reply.events)}
+    if media == JSON and reply.model is not None:
+        return {"schema": ref(reply.model)}
+    return {"schema": {"type": "string"}}
+
+
+def _limit_components(defs: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Put the settings' length limits on the request fields they bound."""
+    limits = {"content": settings.max_content_chars, "title": settings.max_title_chars}
+    for name in ("MessageCreate", "MessagePatch", "ChatRequest", "SessionCreate", "SessionPatch"):
+        props = defs.get(name, {}).get("properties", {})
+        for key, limit in limits.items():
+            if key in props:
+                _set_max_length(props[key], limit)
+        if "parts" in props:
+            for alt in props["parts"].get("anyOf", [props["parts"]]):
+                if alt.get("type") == "array":
+                    alt["maxItems"] = settings.max_parts
+    return defs
+
+
+def _set_max_length(schema: dict[str, Any], limit: int) -> None:
+    if schema.get("type") == "string":
+        schema["maxLength"] = limit
+    for alt in schema.get("anyOf", []):
+        _set_max_length(alt, limit)
+
+
+def _slug(path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", path).strip("_") or "root"
+
+
+def _summary(handler: Any) -> str:
+    text = (getattr(handler, "__doc__", None) or "").strip()
+    return text.splitlines()[0] if text else ""
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    """The OpenAPI document of this server (public, made once)."""
+    cache = request.app[OPENAPI]
+    if not cache:
+        cache.update(build_openapi(request.app))
+    return json_response(cache)
+
+
+__all__ = ["Doc", "Param", "Reply", "build_openapi", "describe", "openapi_json"]

@@ -1,0 +1,105 @@
+"""Response bodies as pydantic models: the shapes the API promises (SPEC section 3).
+
+The handlers build plain dicts (storage makes them); these models describe
+them for ``/openapi.json``, and the test suite validates real responses
+against them (``extra="forbid"``), so a field added to a response without
+being added here fails a test instead of silently drifting from the document.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Shape(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Session(Shape):
+    id: str
+    title: str | None
+    metadata: dict[str, Any]
+    created_at: str = Field(description="RFC 3339 UTC with milliseconds")
+    updated_at: str
+    message_count: int
+    last_message_at: str | None
+    active_leaf_id: str | None
+
+
+class Siblings(Shape):
+    index: int = Field(description="position among the message's siblings, from 0")
+    count: int
+
+
+class Message(Shape):
+    id: str
+    session_id: str
+    seq: int = Field(description="position in the session's log")
+    role: Literal["user", "assistant", "system", "tool"]
+    content: str
+    parts: list[dict[str, Any]] | None
+    status: Literal["pending", "streaming", "complete", "error", "cancelled", "interrupted"]
+    parent_id: str | None
+    client_id: str | None
+    model_id: str | None
+    provider_id: str | None
+    fallback_notice: str | None
+    tool_name: str | None
+    tool_call: Any
+    tool_result: Any
+    attachments: list[Any]
+    metadata: dict[str, Any]
+    error: dict[str, Any] | None
+    created_at: str
+    updated_at: str
+    version: int = Field(description="bumped on every change; use it in If-Match")
+    deleted: bool = Field(description="a tombstone that keeps the tree whole")
+    siblings: Siblings | None = Field(
+        None, description="only in view=active pages: where this message is among its siblings"
+    )
+
+
+class SessionList(Shape):
+    items: list[Session]
+    next_cursor: str | None
+
+
+class SessionView(Shape):
+    session: Session
+    messages: list[Message]
+    before: str | None
+
+
+class MessagePage(Shape):
+    items: list[Message]
+    before: str | None
+    after: str | None
+
+
+class ChatResult(Shape):
+    """The answer of chat/regenerate with ``Accept: application/json``."""
+
+    client_id: str | None = None
+    user_message: Message | None = None
+    assistant_message: Message
+
+
+class User(Shape):
+    user: str
+
+
+class Health(Shape):
+    status: str
+    live_actors: int
+
+
+class ErrorDetail(Shape):
+    code: str
+    message: str
+    details: Any
+
+
+class Error(Shape):
+    error: ErrorDetail

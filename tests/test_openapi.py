@@ -1,0 +1,183 @@
+"""``/openapi.json``: generated, complete, true to the real responses, and fuzzed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from pydantic import BaseModel
+
+from server import schemas
+from tests.conftest import TIMEOUT, append, new_session, registry_of
+
+SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
+
+
+async def _doc(client: Any) -> dict[str, Any]:
+    r = await client.get("/openapi.json")
+    assert r.status == 200
+    doc: dict[str, Any] = await r.json()
+    return doc
+
+
+def _check(model: type[BaseModel], data: Any) -> None:
+    model.model_validate(data)
+
+
+async def test_openapi_lists_every_route(client: Any) -> None:
+    """Every route of the app is in the document, with its method."""
+    doc = await _doc(client)
+    for route in client.server.app.router.routes():
+        if route.method in ("HEAD", "OPTIONS"):
+            continue
+        path = route.resource.canonical
+        assert route.method.lower() in doc["paths"].get(path, {}), (route.method, path)
+
+
+async def test_openapi_request_schemas_carry_setting_limits(make_client: Any) -> None:
+    """Request schemas come from the models, with the server's own limits filled in."""
+    client = await make_client(max_content_chars=1234, max_page_limit=77)
+    doc = await _doc(client)
+    content = doc["components"]["schemas"]["MessageCreate"]["properties"]["content"]
+    assert content["maxLength"] == 1234
+    params = doc["paths"]["/api/sessions/{sid}/messages"]["get"]["parameters"]
+    limit = next(p for p in params if p["name"] == "limit")
+    assert limit["schema"]["maximum"] == 77
+
+
+async def test_openapi_is_public_with_tokens(make_client: Any, tmp_path: Path) -> None:
+    """The document needs no token and declares bearer security."""
+    tokens = tmp_path / "t.json"
+    tokens.write_text('{"tok": "u"}')
+    client = await make_client(tokens_file=str(tokens))
+    doc = await _doc(client)
+    assert doc["security"] == [{"bearer": []}]
+    assert doc["paths"]["/healthz"]["get"]["security"] == []
+
+
+async def test_session_responses_match_models(client: Any) -> None:
+    """Real session answers validate against the documented response models."""
+    r = await client.post("/api/sessions", json={"id": "s1", "title": "t", "metadata": {"k": 1}})
+    _check(schemas.Session, await r.json())
+    await append(client, "s1", "hi")
+    _check(schemas.SessionView, await (await client.get("/api/sessions/s1")).json())
+    _check(schemas.SessionList, await (await client.get("/api/sessions")).json())
+    r = await client.patch("/api/sessions/s1", json={"title": "u"})
+    _check(schemas.Session, await r.json())
+
+
+async def test_message_responses_match_models(client: Any) -> None:
+    """Real message answers (both views, tombstones, tool parts) validate against the models."""
+    await new_session(client, "s1")
+    m = await append(
+        client,
+        "s1",
+        "hi",
+        parts=[{"type": "tool-call", "tool_call_id": "c1", "tool_name": "f", "args": {"a": 1}}],
+        metadata={"x": [1]},
+    )
+    _check(schemas.Message, m)
+    await append(client, "s1", "second")
+    await client.delete(f"/api/sessions/s1/messages/{m['id']}")
+    for view in ("active", "all"):
+        page = await (await client.get(f"/api/sessions/s1/messages?view={view}")).json()
+        _check(schemas.MessagePage, page)
+    r = await client.get(f"/api/sessions/s1/messages/{(await append(client, 's1', 'x'))['id']}")
+    _check(schemas.Message, await r.json())
+
+
+async def test_chat_json_answer_matches_model(make_client: Any) -> None:
+    """Chat and regenerate with Accept: application/json validate against ChatResult."""
+    client = await make_client(echo_words_per_second=0)
+    await new_session(client, "s1")
+    r = await client.post(
+        "/api/sessions/s1/chat", json={"content": "hello"}, headers={"Accept": "application/json"}
+    )
+    body = await r.json()
+    _check(schemas.ChatResult, body)
+    mid = body["assistant_message"]["id"]
+    r = await client.post(
+        f"/api/sessions/s1/messages/{mid}/regenerate", headers={"Accept": "application/json"}
+    )
+    _check(schemas.ChatResult, await r.json())
+    r = await client.post(f"/api/sessions/s1/messages/{mid}/cancel")
+    _check(schemas.Message, await r.json())
+
+
+async def test_error_and_misc_responses_match_models(client: Any) -> None:
+    """Errors, health and whoami validate against their models."""
+    _check(schemas.Error, await (await client.get("/api/sessions/nope")).json())
+    _check(schemas.Health, await (await client.get("/healthz")).json())
+    _check(schemas.User, await (await client.get("/api/whoami")).json())
+    assert registry_of(client).live >= 0
+
+
+async def test_schemathesis_finds_no_server_error_or_schema_violation(
+    server_process: Any, tmp_path: Path
+) -> None:
+    """A bounded schemathesis run against a real server: no 5xx, every answer as documented."""
+    if not SCHEMATHESIS.exists():
+        pytest.skip("schemathesis is not installed (pip install -e '.[test]')")
+    tokens = tmp_path / "tokens.json"
+    tokens.write_text(json.dumps({"tok-fuzz": "fuzzer", "tok-other": "other"}))
+    server = server_process(
+        "--tokens-file",
+        str(tokens),
+        "--echo-words-per-second",
+        "0",
+        "--rate-user-per-sec",
+        "0",
+        "--rate-session-per-sec",
+        "0",
+    )
+    await server.wait_ready()
+    auth = {"Authorization": "Bearer tok-fuzz"}
+    async with aiohttp.ClientSession(server.url, headers=auth) as http:
+        for sid in ("s1", "s2"):
+            async with http.post("/api/sessions", json={"id": sid}) as r:
+                assert r.status == 201
+        async with http.post(
+            "/api/sessions/s1/messages", json={"role": "user", "content": "hello"}
+        ) as r:
+            mid = (await r.json())["id"]
+    config = tmp_path / "schemathesis.toml"
+    config.write_text(f'[parameters]\n"path.sid" = "s1"\n"path.mid" = "{mid}"\n')
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [
+            str(SCHEMATHESIS),
+            "--config-file",
+            str(config),
+            "run",
+            f"{server.url}/openapi.json",
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,"
+            "response_schema_conformance,response_headers_conformance",
+            "--exclude-path-regex",
+            "/(ws|events)$",
+            "--header",
+            "Authorization: Bearer tok-fuzz",
+            "--max-examples",
+            "15",
+            "--request-timeout",
+            str(TIMEOUT),
+            "--seed",
+            "20261124",
+            "--generation-database",
+            "none",
+            "--no-color",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 12,
+        check=False,
+    )
+    log = server.log.read_text()
+    assert "unhandled error" not in log, log[-4000:]
+    assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
