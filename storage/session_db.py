@@ -300,6 +300,11 @@ class ReadConnection:
         """Pass every statement run to ``callback`` (for tests and debugging)."""
         self._conn.set_trace_callback(callback)
 
+    @property
+    def raw(self) -> sqlite3.Connection:
+        """The connection itself, for a caller that maps SQLite errors on its own."""
+        return self._conn
+
 
 # --------------------------------------------------------------------------- creation
 
@@ -1246,7 +1251,7 @@ class SessionFile:
             "ORDER BY messages_fts.rank LIMIT ?"
         )
         try:
-            rows = self.reader.execute(sql, (expr, limit)).fetchall()
+            rows = self.reader.raw.execute(sql, (expr, limit)).fetchall()
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR:
                 raise InvalidQuery(
