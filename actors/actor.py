@@ -31,7 +31,7 @@ from actors.pubsub import Frame, Topic
 from storage.errors import StorageError
 from storage.ids import now_iso
 from storage.layout import DataDir
-from storage.session_db import Event, SessionFile, Txn
+from storage.session_db import Event, SessionFile, Txn, op_index_search
 
 if TYPE_CHECKING:
     from actors.streams import Generation
@@ -51,6 +51,7 @@ class ActorConfig:
     event_retention: int = 10_000
     subscriber_queue: int = 1024
     flush_interval: float = 0.05
+    index_delay: float = 0.25
     shutdown_grace: float = 2.0
 
 
@@ -100,6 +101,7 @@ class SessionActor:
         self.last_used = time.monotonic()
         self.commits = 0
         self.committed_ops = 0
+        self._index_due = True  # new activation: messages may await indexing
         self.generations: dict[str, Generation] = {}
         self.graceful = True
         self.stream_lag_observer: Callable[[float], None] | None = None
@@ -225,6 +227,12 @@ class SessionActor:
         self._wakeup.set()
         return fut
 
+    async def catch_up_search_index(self) -> None:
+        """Index every committed message for search (before a search reads it)."""
+        while await self.submit(op_index_search(2000)):
+            pass
+        self._index_due = False
+
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
@@ -232,7 +240,14 @@ class SessionActor:
                 if self.state is not State.RUNNING:
                     return
                 self._wakeup.clear()
-                await self._wakeup.wait()
+                if not self._index_due:
+                    await self._wakeup.wait()
+                    continue
+                # idle for a moment: catch the search index up, off the hot path
+                try:
+                    await asyncio.wait_for(self._wakeup.wait(), self.config.index_delay)
+                except TimeoutError:
+                    self._mailbox.append(Envelope(op_index_search(500), self._index_done()))
             n = min(len(self._mailbox), self.config.max_batch)
             batch = [self._mailbox.popleft() for _ in range(n)]
             f = self._file
@@ -247,6 +262,8 @@ class SessionActor:
                 return
             if self.commit_observer is not None:
                 self.commit_observer(time.perf_counter() - started, n)
+            if events:
+                self._index_due = True
             self.commits += 1
             self.committed_ops += n
             self.last_used = time.monotonic()
@@ -260,6 +277,17 @@ class SessionActor:
                     env.future.set_result(res)
             if sess is not None:
                 self._on_commit(self, sess)
+
+    def _index_done(self) -> asyncio.Future[bool]:
+        """The future of a background indexing op: it clears the flag when done."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def done(f: asyncio.Future[bool]) -> None:
+            if not f.cancelled() and f.exception() is None and not f.result():
+                self._index_due = False
+
+        fut.add_done_callback(done)
+        return fut
 
     def _break(self, exc: BaseException, batch: list[Envelope]) -> None:
         """A commit failed: fail the batch and the queue, then close."""

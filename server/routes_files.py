@@ -390,6 +390,7 @@ async def search(request: web.Request) -> web.Response:
     limit = query_int(request, "limit", 20, 1, settings.max_page_limit)
     mode = query_choice(request, "mode", ("words", "fts"))
     async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
+        await actor.catch_up_search_index()
         items = actor.file.search(q, limit=limit, raw=mode == "fts")
     for i, item in enumerate(items, 1):
         item["rank"] = i

@@ -71,12 +71,14 @@ SESSION_MIGRATIONS: list[str] = [
     );
     """,
     # v2: attachments (content-addressed blobs in the session's folder) and full-text
-    # search. messages_fts is an external-content FTS5 index over messages.content,
-    # kept in step by triggers. A message is indexed iff it is live (no deleted_at)
-    # and finished (not pending/streaming): streaming flushes (content = content || ?)
-    # then cost nothing, and the reply is indexed once when its status leaves
-    # streaming. Each trigger removes exactly what was indexed, so the index never
-    # drifts from the table.
+    # search. messages_fts is an external-content FTS5 index over messages.content.
+    # A message is indexed iff it is live (no deleted_at) and finished (not
+    # pending/streaming). Indexing new messages is deferred off the write path:
+    # search_index.indexed_seq is a watermark, and messages above it are indexed in
+    # batches by op_index_search (when the session is idle, and before every
+    # search). Below the watermark, triggers keep the index exact on edits,
+    # deletes and a reply's status leaving streaming; each removes exactly what
+    # was indexed, so the index never drifts from the table.
     """
     CREATE TABLE attachments (
         id TEXT PRIMARY KEY,
@@ -91,18 +93,16 @@ SESSION_MIGRATIONS: list[str] = [
         content, content='messages', content_rowid='seq',
         tokenize='unicode61 remove_diacritics 2'
     );
-    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages
-    WHEN new.deleted_at IS NULL AND new.status NOT IN ('pending', 'streaming')
-    BEGIN
-        INSERT INTO messages_fts (rowid, content) VALUES (new.seq, new.content);
-    END;
+    CREATE TABLE search_index (indexed_seq INTEGER NOT NULL);
     CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
     WHEN old.deleted_at IS NULL AND old.status NOT IN ('pending', 'streaming')
+        AND old.seq <= (SELECT indexed_seq FROM search_index)
     BEGIN
         INSERT INTO messages_fts (messages_fts, rowid, content)
         VALUES ('delete', old.seq, old.content);
     END;
     CREATE TRIGGER messages_fts_update AFTER UPDATE OF content, status, deleted_at ON messages
+    WHEN old.seq <= (SELECT indexed_seq FROM search_index)
     BEGIN
         INSERT INTO messages_fts (messages_fts, rowid, content)
         SELECT 'delete', old.seq, old.content
@@ -114,6 +114,7 @@ SESSION_MIGRATIONS: list[str] = [
     INSERT INTO messages_fts (rowid, content)
     SELECT seq, content FROM messages
     WHERE deleted_at IS NULL AND status NOT IN ('pending', 'streaming');
+    INSERT INTO search_index (indexed_seq) SELECT COALESCE(MAX(seq), 0) FROM messages;
     """,
 ]
 

@@ -1409,6 +1409,34 @@ def op_stream(
     return run
 
 
+def op_index_search(limit: int = 1000) -> Callable[[Txn], bool]:
+    """Index up to ``limit`` messages above the search watermark; True if more remain.
+
+    New messages are not indexed by the write that adds them (that would
+    double the cost of an append); this catches the index up. Unfinished
+    replies are passed over: the trigger indexes them when they finish.
+    """
+
+    def run(txn: Txn) -> bool:
+        conn = txn.conn
+        (mark,) = conn.execute("SELECT indexed_seq FROM search_index").fetchone()
+        rows = conn.execute(
+            "SELECT seq, content, status, deleted_at FROM messages WHERE seq > ? "
+            "ORDER BY seq LIMIT ?",
+            (mark, limit),
+        ).fetchall()
+        if not rows:
+            return False
+        conn.executemany(
+            "INSERT INTO messages_fts (rowid, content) VALUES (?, ?)",
+            [(r[0], r[1]) for r in rows if r[3] is None and r[2] not in UNFINISHED],
+        )
+        conn.execute("UPDATE search_index SET indexed_seq = ?", (rows[-1][0],))
+        return len(rows) == limit
+
+    return run
+
+
 def op_noop(txn: Txn) -> None:
     """Does nothing; submitting it waits until everything queued before is committed."""
 

@@ -13,7 +13,7 @@ import pytest
 
 from storage.ids import now_iso
 from storage.layout import DataDir, connect
-from storage.session_db import create_session_file
+from storage.session_db import SessionFile, create_session_file, op_index_search
 from tests.conftest import TIMEOUT, append, new_session, registry_of
 
 VOLATILE = {"session_id", "attachments"}
@@ -371,6 +371,10 @@ def test_generated_session_is_consistent(tmp_path: Path) -> None:
     dd = DataDir(tmp_path / "data")
     dd.ensure()
     _generate(dd, "g", 50)
+    f = SessionFile(dd, "g")
+    while f.run_batch([op_index_search()], "t")[0][0]:  # what an idle actor does
+        pass
+    f.close()
     conn = sqlite3.connect(dd.session_db("g"))
     try:
         hits = "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'lorem'"

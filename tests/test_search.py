@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from storage.ids import now_iso
 from storage.layout import DataDir, connect
 from storage.schema import SESSION_MIGRATIONS, migrate
 from storage.session_db import fts_query
-from tests.conftest import TIMEOUT, append, new_session
+from tests.conftest import TIMEOUT, append, new_session, registry_of
 
 
 async def search(client: Any, sid: str, q: str, **params: Any) -> list[dict[str, Any]]:
@@ -223,3 +224,18 @@ async def test_search_works_on_a_session_file_from_schema_v1(
         assert check.execute("PRAGMA user_version").fetchone()[0] == len(SESSION_MIGRATIONS)
     finally:
         check.close()
+
+
+async def test_search_index_catches_up_when_idle(make_client: Any) -> None:
+    """New messages are indexed off the write path, once the session is idle."""
+    client = await make_client()
+    await new_session(client)
+    reg = registry_of(client)
+    msg = await append(client, "s1", "zebra crossing")
+    actor = reg.actor_if_live("s1")
+    fts = "SELECT rowid FROM messages_fts WHERE messages_fts MATCH 'zebra'"
+    deadline = asyncio.get_running_loop().time() + TIMEOUT
+    while not actor.file.reader.execute(fts).fetchall():
+        assert asyncio.get_running_loop().time() < deadline, "never indexed"
+        await asyncio.sleep(0.05)
+    assert actor.file.reader.execute(fts).fetchall() == [(msg["seq"],)]
