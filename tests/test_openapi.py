@@ -173,6 +173,7 @@ async def test_schemathesis_finds_no_server_error_or_schema_violation(
             "none",
             "--no-color",
         ],
+        cwd=tmp_path,  # its crash cache (.schemathesis/) stays out of the repository
         capture_output=True,
         text=True,
         timeout=TIMEOUT * 12,
