@@ -49,6 +49,7 @@ from actors.actor import SessionActor
 from actors.pubsub import Subscription
 from actors.registry import ActorRegistry
 from actors.streams import Generation
+from server.access import check_session_rate
 from server.errors import ApiError
 from server.http import REGISTRY, SETTINGS, read_json, user_of
 from server.models import Strict, check_content
@@ -381,6 +382,7 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
     data, _ = await read_json(request)
     body = AiChatRequest.model_validate(data)
     sid = validate_session_id(body.id)
+    check_session_rate(request, sid)  # the middleware could not see the body's session id
     user = user_of(request)
     draft: MessageDraft | None = None
     if body.trigger == "submit-message":
