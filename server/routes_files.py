@@ -66,7 +66,7 @@ UPLOAD_BODY = {
                 }
             },
             "required": ["file"],
-            "additionalProperties": False,
+            "description": "the first part must be file; parts after it are ignored",
         },
         "encoding": {"file": {"contentType": "*/*"}},
     }
