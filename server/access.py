@@ -173,6 +173,22 @@ def check_rate(request: web.Request, sid: str | None) -> None:
     wait = limits.user.take(who)
     if wait <= 0 and sid is not None:
         wait = limits.session.take((who, sid))
+    _refuse_if_waiting(wait)
+
+
+def check_session_rate(request: web.Request, sid: str) -> None:
+    """Take a token from this caller's bucket for session ``sid`` only; raise 429 if none.
+
+    For routes that carry the session id in the body (``POST /api/ai/chat``):
+    :func:`rate_middleware` already took the caller's own token but could not
+    see the session.
+    """
+    limits = request.app[LIMITS]
+    if limits.active:
+        _refuse_if_waiting(limits.session.take((caller_key(request), sid)))
+
+
+def _refuse_if_waiting(wait: float) -> None:
     if wait > 0:
         raise ApiError(
             429,

@@ -52,6 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def request_line_limit(settings: Settings) -> int:
+    """The longest request line the server reads (aiohttp's default is 8190 bytes).
+
+    A search query of ``max_search_chars`` characters, each 4 UTF-8 bytes
+    percent-encoded (12 bytes), must fit with room for the path and the other
+    query parameters; a longer line is refused by the HTTP parser itself.
+    """
+    return max(8190, 12 * settings.max_search_chars + 8190)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = {k: v for k, v in vars(args).items() if k != "command"}
@@ -98,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print=None,
         shutdown_timeout=10.0,
         access_log=None,
+        max_line_size=request_line_limit(settings),
     )
     return 0
 

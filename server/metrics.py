@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector
 
 from actors.registry import ActorRegistry
 from server.errors import Handler
+from server.openapi import Reply, describe
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -124,6 +125,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
         )
 
 
+@describe(responses={200: Reply("Prometheus text exposition format", None, ("text/plain",))})
 async def metrics_handler(request: web.Request) -> web.Response:
     body = generate_latest(request.app[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})

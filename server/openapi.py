@@ -29,6 +29,8 @@ OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
 
 SSE = "text/event-stream"
 JSON = "application/json"
+MULTIPART = "multipart/form-data"
+ANY = "*/*"  # bytes of any type (attachments): documented without a schema
 
 Schema = dict[str, Any] | Callable[[Settings], dict[str, Any]]
 
@@ -70,16 +72,24 @@ class Param:
     where: str  # "query" | "header"
     schema: Schema
     description: str = ""
+    required: bool = False
 
 
 @dataclass(frozen=True)
 class Reply:
-    """One documented response: a model (JSON), a content type with no model, or nothing."""
+    """One documented response: a model (JSON), a content type with no model, or nothing.
+
+    ``headers`` names the headers the response always carries (name → description);
+    ``item`` replaces the default schema of one server-sent event (``{event, data}``)
+    for streams whose events have no name. Statuses 101, 204 and 304 have no body.
+    """
 
     description: str
     model: type[BaseModel] | None = None
     media: tuple[str, ...] = (JSON,)
     events: tuple[str, ...] = REPLY_EVENTS
+    headers: dict[str, str] = field(default_factory=dict)
+    item: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -89,6 +99,7 @@ class Doc:
     params: tuple[Param, ...] = ()
     responses: dict[int, Reply] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    body_content: dict[str, dict[str, Any]] | None = None
 
 
 def describe(
@@ -98,9 +109,15 @@ def describe(
     params: tuple[Param, ...] = (),
     responses: dict[int, Reply] | None = None,
     tags: tuple[str, ...] = (),
+    body_content: dict[str, dict[str, Any]] | None = None,
 ) -> Callable[[Any], Any]:
-    """Attach an OpenAPI description to a handler (returns the handler unchanged)."""
-    doc = Doc(body, body_required, params, responses or {}, tags)
+    """Attach an OpenAPI description to a handler (returns the handler unchanged).
+
+    ``body`` is a JSON request body's model; ``body_content`` instead gives a
+    body that is not JSON as media type → OpenAPI media type object (for
+    example a multipart upload).
+    """
+    doc = Doc(body, body_required, params, responses or {}, tags, body_content)
 
     def mark(fn: Any) -> Any:
         fn.__openapi__ = doc
@@ -125,8 +142,18 @@ def cursor_param(name: str) -> Param:
     return Param(name, "query", {"type": "string", "maxLength": 512}, "a cursor from a page")
 
 
+SESSION_ID = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"}
+# Message and attachment ids: uuid7 when made here, any 1..128 characters when imported.
+RECORD_ID = {"type": "string", "minLength": 1, "maxLength": 128}
 PATH_PARAMS: dict[str, dict[str, Any]] = {
-    "sid": {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"},
+    "sid": SESSION_ID,
+    "id": SESSION_ID,  # the AI SDK's chat id is the session id
+    "mid": RECORD_ID,
+    "aid": RECORD_ID,
+    "name": {
+        "type": "string",
+        "pattern": r"^[A-Za-z0-9][A-Za-z0-9_-]*\.(html|css|js|svg|png|ico|json|txt)$",
+    },
 }
 
 
@@ -177,7 +204,7 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
                     "name": name,
                     "in": "path",
                     "required": True,
-                    "schema": PATH_PARAMS.get(name, {"type": "string", "minLength": 1}),
+                    "schema": _path_schema(name),
                 }
                 for name in re.findall(r"\{([^}:]+)", path)
             ]
@@ -185,7 +212,7 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
                 {
                     "name": p.name,
                     "in": p.where,
-                    "required": False,
+                    "required": p.required,
                     "schema": _schema(p.schema, settings),
                     "description": p.description,
                 }
@@ -200,10 +227,17 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
                 "required": doc.body_required,
                 "content": {JSON: {"schema": ref(doc.body)}},
             }
+        elif doc.body_content is not None:
+            op["requestBody"] = {"required": doc.body_required, "content": doc.body_content}
         for status, reply in sorted(doc.responses.items()):
             entry: dict[str, Any] = {"description": reply.description}
-            if status not in (101, 204):
+            if status not in NO_BODY:
                 entry["content"] = {media: _media(media, reply, ref) for media in reply.media}
+            if reply.headers:
+                entry["headers"] = {
+                    name: {"description": text, "required": True, "schema": {"type": "string"}}
+                    for name, text in reply.headers.items()
+                }
             op["responses"][str(status)] = entry
         if not doc.responses:
             op["responses"]["200"] = {"description": "success (not described in detail)"}
@@ -230,13 +264,18 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
     }
 
 
+NO_BODY = (101, 204, 304)
+
+
 def _media(
     media: str, reply: Reply, ref: Callable[[type[BaseModel]], dict[str, Any]]
 ) -> dict[str, Any]:
     if media == SSE:
-        return {"schema": sse_event_schema(reply.events)}
-    if media == JSON and reply.model is not None:
-        return {"schema": ref(reply.model)}
+        return {"schema": reply.item or sse_event_schema(reply.events)}
+    if media == JSON:
+        return {"schema": ref(reply.model)} if reply.model is not None else {}
+    if "*" in media:
+        return {}
     return {"schema": {"type": "string"}}
 
 
@@ -271,6 +310,7 @@ def _summary(handler: Any) -> str:
     return text.splitlines()[0] if text else ""
 
 
+@describe(responses={200: Reply("this document (OpenAPI 3.1)")})
 async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI document of this server (public, made once)."""
     cache = request.app[OPENAPI]

@@ -49,9 +49,11 @@ from actors.actor import SessionActor
 from actors.pubsub import Subscription
 from actors.registry import ActorRegistry
 from actors.streams import Generation
+from server.access import check_session_rate
 from server.errors import ApiError
 from server.http import REGISTRY, SETTINGS, read_json, user_of
 from server.models import Strict, check_content
+from server.openapi import SSE, Reply, describe
 from server.sse import OPEN_STREAMS, open_sse
 from storage.errors import Conflict, NotFound
 from storage.ids import validate_session_id
@@ -339,13 +341,48 @@ def _regenerate_target(actor: SessionActor, body: AiChatRequest) -> str:
     return str(found["id"])
 
 
+# One UI Message Stream chunk: an unnamed server-sent event whose data is a chunk
+# as JSON ({"type": "start" | "text-delta" | ... | "finish", ...}), or [DONE] last.
+UI_CHUNK_EVENT: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "event": {"const": "message"},
+        "data": {
+            "anyOf": [
+                {"const": "[DONE]"},
+                {"type": "string", "contentMediaType": "application/json"},
+            ]
+        },
+    },
+    "required": ["data"],
+}
+STREAM_HEADER = {"x-vercel-ai-ui-message-stream": "v1"}
+
+
 @routes.post("/api/ai/chat")
+@describe(
+    body=AiChatRequest,
+    responses={
+        200: Reply(
+            "the reply in the UI Message Stream protocol (v1)",
+            None,
+            (SSE,),
+            headers={
+                **STREAM_HEADER,
+                "X-Assistant-Message-Id": "the Roost id of the reply",
+            },
+            item=UI_CHUNK_EVENT,
+        )
+    },
+    tags=("ai-sdk",),
+)
 async def ai_chat(request: web.Request) -> web.StreamResponse:
     """Take what is new from a ``useChat`` request and stream the reply."""
     settings = request.app[SETTINGS]
     data, _ = await read_json(request)
     body = AiChatRequest.model_validate(data)
     sid = validate_session_id(body.id)
+    check_session_rate(request, sid)  # the middleware could not see the body's session id
     user = user_of(request)
     draft: MessageDraft | None = None
     if body.trigger == "submit-message":
@@ -407,6 +444,19 @@ def _running(actor: SessionActor) -> Generation | None:
 
 
 @routes.get("/api/ai/chat/{id}/stream")
+@describe(
+    responses={
+        200: Reply(
+            "the running reply from its start, then live (UI Message Stream v1)",
+            None,
+            (SSE,),
+            headers={**STREAM_HEADER, "X-Assistant-Message-Id": "the Roost id of the reply"},
+            item=UI_CHUNK_EVENT,
+        ),
+        204: Reply("no reply is running in this chat (or no such chat of yours)"),
+    },
+    tags=("ai-sdk",),
+)
 async def ai_resume(request: web.Request) -> web.StreamResponse:
     """The running reply from its ``start``, then live; 204 when none runs.
 

@@ -31,7 +31,7 @@ from server.models import (
     check_title,
 )
 from server.openapi import Param, Reply, cursor_param, describe, limit_param
-from server.schemas import Message, MessagePage, Session, SessionList, SessionView
+from server.schemas import Message, MessagePage, Session, SessionList, SessionView, SiblingsPage
 from storage.session_db import (
     MessageDraft,
     op_append,
@@ -42,6 +42,8 @@ from storage.session_db import (
 )
 
 routes = web.RouteTableDef()
+
+SIBLINGS_MAX = 1000
 
 
 def _meta_size(meta: dict[str, Any] | None) -> int:
@@ -267,13 +269,24 @@ async def delete_message(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/sessions/{sid}/messages/{mid}/siblings")
+@describe(
+    params=(
+        Param(
+            "limit",
+            "query",
+            {"type": "integer", "minimum": 1, "maximum": SIBLINGS_MAX, "default": 200},
+            "at most this many siblings",
+        ),
+    ),
+    responses={200: Reply("the message and its siblings, by sibling index", SiblingsPage)},
+)
 async def list_siblings(request: web.Request) -> web.Response:
     """``{items}``: the message and its siblings by sibling index (for a branch switcher).
 
     Items are ``{id, role, status, deleted, created_at}``; ``items[i]`` is the
     sibling whose ``siblings.index`` is ``i``. At most ``limit`` (default 200).
     """
-    limit = query_int(request, "limit", 200, 1, 1000)
+    limit = query_int(request, "limit", 200, 1, SIBLINGS_MAX)
     async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
         items = read_siblings(actor.file, request.match_info["mid"], limit)
     return json_response({"items": items})

@@ -29,9 +29,11 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from server.errors import ApiError
 from server.http import REGISTRY, SETTINGS, json_response, query_choice, query_int, user_of
+from server.openapi import ANY, JSON, MULTIPART, SESSION_ID, Param, Reply, describe
+from server.schemas import Attachment, Error, SearchPage, Session
 from server.settings import Settings
 from storage.attachments import BlobWriter, TooLarge, blob_path, safe_mime, safe_name
-from storage.export import ImportPlan, iter_export, parse_export, populate_import
+from storage.export import ExportDocument, ImportPlan, iter_export, parse_export, populate_import
 from storage.ids import now_iso, validate_session_id
 from storage.session_db import op_add_attachment
 
@@ -51,7 +53,35 @@ INLINE_TYPES = re.compile(
 # ---------------------------------------------------------------------------- upload
 
 
+UPLOAD_BODY = {
+    MULTIPART: {
+        "schema": {
+            "type": "object",
+            "properties": {
+                "file": {
+                    "type": "string",
+                    "format": "binary",
+                    "description": "the file (its part's filename and Content-Type are kept); "
+                    "at most max_attachment_bytes",
+                }
+            },
+            "required": ["file"],
+            "description": "the first part must be file; parts after it are ignored",
+        },
+        "encoding": {"file": {"contentType": "*/*"}},
+    }
+}
+
+
 @routes.post("/api/sessions/{sid}/attachments")
+@describe(
+    body_content=UPLOAD_BODY,
+    responses={
+        201: Reply("the stored file's record", Attachment, headers={"Location": "its url"}),
+        413: Reply("larger than max_attachment_bytes (nothing is kept)", Error),
+        415: Reply("the body is not multipart/form-data", Error),
+    },
+)
 async def upload_attachment(request: web.Request) -> web.Response:
     """Store one uploaded file: 201 ``{id, name, mime, size, sha256, url, created_at}``."""
     settings = request.app[SETTINGS]
@@ -176,7 +206,42 @@ def _etag_matches(header: str | None, etag: str) -> bool:
     return "*" in tags or etag in tags
 
 
+DOWNLOAD_HEADERS = {
+    "ETag": "the SHA-256 of the bytes, quoted",
+    "Cache-Control": "private, immutable (the bytes never change)",
+    "Accept-Ranges": "bytes",
+    "Content-Disposition": "inline for types a browser shows safely, else attachment",
+}
+
+
 @routes.get("/api/sessions/{sid}/attachments/{aid}")
+@describe(
+    params=(
+        Param("If-None-Match", "header", {"type": "string"}, "an ETag you have: 304 if it matches"),
+        Param("Range", "header", {"type": "string"}, "one range, bytes=first-last or bytes=-n"),
+        Param("If-Range", "header", {"type": "string"}, "the ETag the Range is for"),
+        Param(
+            "download",
+            "query",
+            {"type": "string"},
+            "present (any value): Content-Disposition: attachment even for images",
+        ),
+    ),
+    responses={
+        200: Reply("the bytes, typed by the stored mime", None, (ANY,), headers=DOWNLOAD_HEADERS),
+        206: Reply(
+            "the requested range",
+            None,
+            (ANY,),
+            headers={**DOWNLOAD_HEADERS, "Content-Range": "bytes first-last/size"},
+        ),
+        304: Reply("unchanged: If-None-Match matched", headers={"ETag": "as for 200"}),
+        410: Reply("the record exists but its bytes are not here (an imported record)", Error),
+        416: Reply(
+            "the range starts past the end", Error, headers={"Content-Range": "bytes */size"}
+        ),
+    },
+)
 async def download_attachment(request: web.Request) -> web.StreamResponse:
     """The attachment's bytes; 304 on a matching ``If-None-Match``; 206 for a ``Range``."""
     registry = request.app[REGISTRY]
@@ -255,6 +320,17 @@ def _close_after(step: concurrent.futures.Future[Any] | None, gen: Iterator[byte
 
 
 @routes.get("/api/sessions/{sid}/export")
+@describe(
+    params=(Param("format", "query", {"enum": ["json", "markdown"], "default": "json"}),),
+    responses={
+        200: Reply(
+            "the whole session: JSON (roost.session.v1, for import) or Markdown",
+            ExportDocument,
+            (JSON, "text/markdown"),
+            headers={"Content-Disposition": "attachment; filename=<sid>.json or .md"},
+        )
+    },
+)
 async def export_session(request: web.Request) -> web.StreamResponse:
     """The whole session, streamed: JSON (lossless, ``roost.session.v1``) or Markdown."""
     registry = request.app[REGISTRY]
@@ -327,6 +403,15 @@ def _parse_import(raw: bytes, settings: Settings) -> ImportPlan:
 
 
 @routes.post("/api/sessions/import")
+@describe(
+    body=ExportDocument,
+    params=(Param("id", "query", SESSION_ID, "the new session's id (default: a new uuid7)"),),
+    responses={
+        201: Reply("the new session", Session, headers={"Location": "the session's URL"}),
+        413: Reply("over max_import_bytes, or a message over max_content_chars", Error),
+        415: Reply("the body is not application/json", Error),
+    },
+)
 async def import_session(request: web.Request) -> web.Response:
     """A JSON export becomes a new session (201 Session); ``?id=`` names it (409 if taken)."""
     settings = request.app[SETTINGS]
@@ -369,6 +454,30 @@ async def import_session(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/sessions/{sid}/search")
+@describe(
+    params=(
+        Param(
+            "q",
+            "query",
+            lambda s: {
+                "type": "string",
+                "minLength": 1,
+                "maxLength": s.max_search_chars,
+                "pattern": r"^[^\x00]*[^\s\x00][^\x00]*$",
+            },
+            "the query: plain words (mode=words) or FTS5 syntax (mode=fts)",
+            required=True,
+        ),
+        Param(
+            "limit",
+            "query",
+            lambda s: {"type": "integer", "minimum": 1, "maximum": s.max_page_limit, "default": 20},
+            "at most this many hits",
+        ),
+        Param("mode", "query", {"enum": ["words", "fts"], "default": "words"}),
+    ),
+    responses={200: Reply("the matching messages, best first", SearchPage)},
+)
 async def search(request: web.Request) -> web.Response:
     """Messages matching ``q``, best first: ``{items: [{message, snippet, score, rank}]}``.
 

@@ -9,7 +9,6 @@ a strong ``ETag`` (content hash) and answer ``If-None-Match`` with 304.
 from __future__ import annotations
 
 import hashlib
-import mimetypes
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from pathlib import Path
 from aiohttp import web
 
 from server.errors import ApiError
+from server.openapi import Param, Reply, describe
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*\.(?:html|css|js|svg|png|ico|json|txt)$")
@@ -25,6 +25,10 @@ _TYPES = {
     ".css": "text/css",
     ".html": "text/html",
     ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/vnd.microsoft.icon",
+    ".json": "application/json",
+    ".txt": "text/plain",
 }
 
 # The page talks only to its own origin; no inline script or style, nothing fetched elsewhere.
@@ -51,7 +55,7 @@ def load_assets(directory: Path = STATIC_DIR) -> dict[str, Asset]:
         if not path.is_file() or not _NAME.match(path.name):
             continue
         body = path.read_bytes()
-        ctype = _TYPES.get(path.suffix) or mimetypes.guess_type(path.name)[0] or "text/plain"
+        ctype = _TYPES[path.suffix]  # _NAME admits only these suffixes
         etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
         assets[path.name] = Asset(body, ctype, etag)
     return assets
@@ -86,11 +90,29 @@ def _serve(request: web.Request, name: str, cache: str) -> web.Response:
     )
 
 
+IF_NONE_MATCH = Param("If-None-Match", "header", {"type": "string"}, "an ETag you have")
+ASSET_HEADERS = {"ETag": "a hash of the file", "Cache-Control": "no-cache (revalidate)"}
+
+
+@describe(
+    params=(IF_NONE_MATCH,),
+    responses={
+        200: Reply("the page", None, ("text/html",), headers=ASSET_HEADERS),
+        304: Reply("unchanged: If-None-Match matched", headers={"ETag": "as for 200"}),
+    },
+)
 async def index(request: web.Request) -> web.Response:
     """The page itself; never cached without revalidation."""
     return _serve(request, "index.html", "no-cache")
 
 
+@describe(
+    params=(IF_NONE_MATCH,),
+    responses={
+        200: Reply("the file", None, tuple(sorted(set(_TYPES.values()))), headers=ASSET_HEADERS),
+        304: Reply("unchanged: If-None-Match matched", headers={"ETag": "as for 200"}),
+    },
+)
 async def static_file(request: web.Request) -> web.Response:
     """An asset by base name; revalidated by ETag (cheap 304s)."""
     return _serve(request, request.match_info["name"], "no-cache")

@@ -103,3 +103,40 @@ class ErrorDetail(Shape):
 
 class Error(Shape):
     error: ErrorDetail
+
+
+class Attachment(Shape):
+    """An uploaded file's record (``POST /api/sessions/{sid}/attachments``)."""
+
+    id: str
+    name: str = Field(description="the file name, made safe (no directories, no control chars)")
+    mime: str = Field(description="type/subtype; the download's Content-Type")
+    size: int = Field(description="bytes")
+    sha256: str = Field(description="hex digest of the bytes; the download's ETag")
+    url: str = Field(description="where to download it")
+    created_at: str
+
+
+class SearchHit(Shape):
+    message: Message
+    snippet: str = Field(description="HTML: the matches in <mark>, everything else escaped")
+    score: float = Field(description="BM25 relevance, higher is better")
+    rank: int = Field(description="position in the answer, from 1")
+
+
+class SearchPage(Shape):
+    items: list[SearchHit]
+    q: str
+    mode: Literal["words", "fts"]
+
+
+class SiblingItem(Shape):
+    id: str
+    role: Literal["user", "assistant", "system", "tool"]
+    status: Literal["pending", "streaming", "complete", "error", "cancelled", "interrupted"]
+    deleted: bool
+    created_at: str
+
+
+class SiblingsPage(Shape):
+    items: list[SiblingItem] = Field(description="items[i] is the sibling whose index is i")

@@ -123,6 +123,35 @@ async def test_websocket_token_in_subprotocol(tclient: Any) -> None:
         await ws.close()
 
 
+async def test_websocket_login_cookie_from_own_page_connects(tclient: Any) -> None:
+    """A browser tab's upgrade: only roost.v1, the login cookie and its own Origin."""
+    await _session_of_a(tclient)
+    await tclient.post("/api/login", json={"token": "tok-a"})
+    origin = str(tclient.make_url("")).rstrip("/")
+    ws = await tclient.ws_connect(
+        "/api/sessions/a1/ws", protocols=("roost.v1",), headers={"Origin": origin}
+    )
+    try:
+        assert ws.protocol == "roost.v1"
+        hello = await ws.receive_json(timeout=TIMEOUT)
+        assert hello["type"] == "hello"
+    finally:
+        await ws.close()
+
+
+async def test_websocket_login_cookie_from_foreign_page_is_403(tclient: Any) -> None:
+    """A cookie the browser attaches for a foreign page's socket does not open it."""
+    await _session_of_a(tclient)
+    await tclient.post("/api/login", json={"token": "tok-a"})
+    with pytest.raises(WSServerHandshakeError) as info:
+        await tclient.ws_connect(
+            "/api/sessions/a1/ws",
+            protocols=("roost.v1",),
+            headers={"Origin": "https://evil.example"},
+        )
+    assert info.value.status == 403
+
+
 async def test_websocket_without_token_is_401(tclient: Any) -> None:
     """No token on the upgrade: the handshake fails with 401."""
     await _session_of_a(tclient)

@@ -12,6 +12,7 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -413,3 +414,148 @@ async def test_aisdk_bad_body_is_400_and_creates_nothing(client: Any, case: str)
     assert "error" in await r.json()
     listing = await (await client.get("/api/sessions")).json()
     assert listing["items"] == []
+
+
+# ------------------------------------------------------------------ with tokens (two users)
+
+TOKENS = {"tok-a": "alice", "tok-b": "bob"}
+A = {"Authorization": "Bearer tok-a"}
+B = {"Authorization": "Bearer tok-b"}
+
+
+async def tokens_client(make_client: Any, tmp_path: Path, **settings: Any) -> Any:
+    """A server with two users: alice (tok-a) and bob (tok-b)."""
+    path = tmp_path / "tokens.json"
+    path.write_bytes(orjson.dumps(TOKENS))
+    return await make_client(tokens_file=str(path), **settings)
+
+
+async def chat_as(client: Any, headers: dict[str, str], body: dict[str, Any]) -> Any:
+    r = await client.post("/api/ai/chat", json=body, headers=headers)
+    await r.read()
+    return r
+
+
+async def state_of(client: Any, sid: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Alice's view of session ``sid``: the session and every message."""
+    r = await client.get(f"/api/sessions/{sid}", headers=A)
+    assert r.status == 200, await r.text()
+    session = (await r.json())["session"]
+    r = await client.get(f"/api/sessions/{sid}/messages?view=all&limit=100", headers=A)
+    return session, (await r.json())["items"]
+
+
+async def test_aisdk_first_use_creates_chat_owned_by_caller(
+    make_client: Any, tmp_path: Path
+) -> None:
+    """A chat made by alice's first submit-message is hers: bob neither sees nor lists it."""
+    client = await tokens_client(make_client, tmp_path, echo_words_per_second=0)
+    r = await chat_as(client, A, chat_body("c1", user_msg("u1", "hi")))
+    assert r.status == 200
+    assert (await client.get("/api/sessions/c1", headers=A)).status == 200
+    assert (await client.get("/api/sessions/c1", headers=B)).status == 404
+    listing = await (await client.get("/api/sessions", headers=B)).json()
+    assert listing["items"] == []
+
+
+async def test_aisdk_submit_to_other_users_chat_is_404_and_changes_nothing(
+    make_client: Any, tmp_path: Path
+) -> None:
+    """Bob's submit-message to alice's chat id is 404 and leaves her chat as it was."""
+    client = await tokens_client(make_client, tmp_path, echo_words_per_second=0)
+    await chat_as(client, A, chat_body("c1", user_msg("u1", "secret")))
+    before = await state_of(client, "c1")
+    r = await chat_as(client, B, chat_body("c1", user_msg("u9", "mine now")))
+    assert r.status == 404
+    error = (await r.json())["error"]
+    assert error["code"] == "not_found"
+    assert error["message"] == "session 'c1' not found"
+    assert await state_of(client, "c1") == before
+    assert (await (await client.get("/api/sessions", headers=B)).json())["items"] == []
+
+
+async def test_aisdk_regenerate_in_other_users_chat_is_404_like_a_missing_one(
+    make_client: Any, tmp_path: Path
+) -> None:
+    """Bob's regenerate-message in alice's chat answers what a missing chat answers."""
+    client = await tokens_client(make_client, tmp_path, echo_words_per_second=0)
+    await chat_as(client, A, chat_body("c1", user_msg("u1", "secret")))
+    before = await state_of(client, "c1")
+
+    async def regenerate(sid: str) -> tuple[int, Any]:
+        body = {"id": sid, "messages": [user_msg("u1", "x")], "trigger": "regenerate-message"}
+        r = await chat_as(client, B, body)
+        return r.status, (await r.json())["error"]
+
+    theirs = await regenerate("c1")
+    missing = await regenerate("zz")
+    assert theirs[0] == missing[0] == 404
+    assert theirs[1]["message"].replace("c1", "zz") == missing[1]["message"]
+    assert await state_of(client, "c1") == before
+
+
+async def test_aisdk_resume_of_other_users_running_reply_is_204(
+    make_client: Any, tmp_path: Path
+) -> None:
+    """While alice's reply runs, bob's GET .../stream is 204 (as for no reply); hers is 200."""
+    client = await tokens_client(make_client, tmp_path, echo_words_per_second=20)
+    r = await client.post("/api/ai/chat", json=chat_body("c1", user_msg("u1", WORDS)), headers=A)
+    try:
+        assert r.status == 200
+        while b"text-delta" not in await asyncio.wait_for(r.content.readline(), TIMEOUT):
+            pass  # the reply is running now
+        theirs = await client.get("/api/ai/chat/c1/stream", headers=B)
+        assert theirs.status == 204
+        assert await theirs.read() == b""
+        mine = await client.get("/api/ai/chat/c1/stream", headers=A)
+        try:
+            assert mine.status == 200
+            first = await asyncio.wait_for(mine.content.readline(), TIMEOUT)
+            assert orjson.loads(first.removeprefix(b"data: "))["type"] == "start"
+        finally:
+            mine.close()
+    finally:
+        r.close()
+
+
+async def test_aisdk_without_token_is_401_and_creates_nothing(
+    make_client: Any, tmp_path: Path
+) -> None:
+    """No token: POST and GET stream are 401; no chat appears."""
+    client = await tokens_client(make_client, tmp_path)
+    r = await client.post("/api/ai/chat", json=chat_body("c1", user_msg("u1", "hi")))
+    assert r.status == 401
+    assert (await client.get("/api/ai/chat/c1/stream")).status == 401
+    assert (await client.get("/api/sessions/c1", headers=A)).status == 404
+
+
+async def test_aisdk_chat_takes_from_the_session_rate_limit(
+    make_client: Any, tmp_path: Path
+) -> None:
+    """The body's chat id counts against that session's bucket; other chats are spared."""
+    client = await tokens_client(
+        make_client,
+        tmp_path,
+        echo_words_per_second=0,
+        rate_session_per_sec=0.01,
+        rate_session_burst=2,
+    )
+    codes = [
+        (await chat_as(client, A, chat_body("c1", user_msg(f"u{i}", f"m{i}")))).status
+        for i in range(3)
+    ]
+    assert codes == [200, 200, 429]
+    assert (await chat_as(client, A, chat_body("c2", user_msg("u1", "hi")))).status == 200
+
+
+async def test_aisdk_sdk_sends_token_and_resumes_own_reply(
+    make_client: Any, tmp_path: Path
+) -> None:
+    """The real SDK with alice's bearer header: send, drop, reconnect: the whole reply."""
+    client = await tokens_client(make_client, tmp_path, echo_words_per_second=20)
+    res = await drive(client, op="resume", chatId="c1", messages=[user_msg("u1", WORDS)], headers=A)
+    assert res["reconnectNull"] is False
+    assert res["text"] == WORDS
+    assert [h["status"] for h in res["http"]] == [200, 200]
+    _, items = await state_of(client, "c1")
+    assert [m["role"] for m in items] == ["user", "assistant"]

@@ -7,6 +7,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from storage.ids import now_iso
@@ -239,3 +240,18 @@ async def test_search_index_catches_up_when_idle(make_client: Any) -> None:
         assert asyncio.get_running_loop().time() < deadline, "never indexed"
         await asyncio.sleep(0.05)
     assert actor.file.reader.execute(fts).fetchall() == [(msg["seq"],)]
+
+
+async def test_search_longest_query_fits_the_request_line(server_process: Any) -> None:
+    """A query of max_search_chars 4-byte characters (12 URL bytes each) is read, not refused."""
+    server = server_process("--max-search-chars", "1000")
+    await server.wait_ready()
+    q = "\U00020000" * 1000  # a CJK letter outside the BMP: one 1000-letter word
+    async with aiohttp.ClientSession(server.url) as http:
+        async with http.post("/api/sessions", json={"id": "s1"}) as r:
+            assert r.status == 201
+        async with http.post("/api/sessions/s1/messages", json={"role": "user", "content": q}) as r:
+            assert r.status == 201
+        async with http.get("/api/sessions/s1/search", params={"q": q}) as r:
+            assert r.status == 200, await r.text()
+            assert len((await r.json())["items"]) == 1

@@ -9,6 +9,7 @@ unless ``CI`` is set, where that is a failure.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import http.client
 import json
 import os
@@ -426,38 +427,126 @@ def test_phone_sized_screen(roost: ServerProcess, pages: Any) -> None:
     assert toggle.get_attribute("aria-expanded") == "false"
 
 
-def test_login_form_appears_on_401_and_signs_in(roost: ServerProcess, pages: Any) -> None:
-    """A 401 opens the sign-in form; a token it accepts closes it and reloads the list.
+# ---------------------------------------------------------------------------- with tokens
 
-    The token server is another branch's work: here the browser itself answers
-    401 and the login call, so only the page's side is under test.
-    """
-    sid = new_session(roost, "Behind a token")
-    page = pages()
-    logins: list[Any] = []
-    page.route(
-        "**/api/sessions?*",
-        lambda route: route.fulfill(
-            status=401,
-            content_type="application/json",
-            body='{"error": {"code": "unauthorized", "message": "token needed", "details": null}}',
-        ),
+TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
+
+
+def wait_ready(proc: ServerProcess) -> None:
+    """``proc.wait_ready()`` off this thread (Playwright's sync API owns its event loop)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pool.submit(asyncio.run, proc.wait_ready()).result(timeout=TIMEOUT * 2)
+
+
+@pytest.fixture(scope="module")
+def roost_tokens(
+    tmp_path_factory: pytest.TempPathFactory, browser: Browser
+) -> Iterator[ServerProcess]:
+    """A real ``roost serve --tokens-file`` with two users, alice and bob."""
+    base = tmp_path_factory.mktemp("web-tokens")
+    tokens = base / "tokens.json"
+    tokens.write_text(json.dumps(TOKENS))
+    proc = ServerProcess(
+        base / "data",
+        "--tokens-file",
+        str(tokens),
+        env={"ROOST_ECHO_WORDS_PER_SECOND": str(WORDS_PER_SECOND)},
     )
+    try:
+        wait_ready(proc)
+        yield proc
+    finally:
+        proc.close()
+
+
+def call_as(token: str, method: str, url: str, body: Any = None) -> Any:
+    """One JSON request with ``Authorization: Bearer <token>``."""
+    parts = urlsplit(url)
+    conn = http.client.HTTPConnection(parts.netloc, timeout=TIMEOUT)
+    try:
+        headers = {"Authorization": f"Bearer {token}"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        conn.request(
+            method, parts.path, body=None if body is None else json.dumps(body), headers=headers
+        )
+        resp = conn.getresponse()
+        raw = resp.read()
+        assert resp.status < 300, raw
+        return json.loads(raw) if raw else None
+    finally:
+        conn.close()
+
+
+def sign_in(page: Page, roost: ServerProcess, token: str) -> None:
+    """Open the page, wait for the sign-in form the 401 opens, and sign in with ``token``."""
     page.goto(roost.url + "/")
     page.wait_for_selector("#login[open]")
-    assert page.locator("#login-token").is_visible()
-
-    def login(route: Any) -> None:
-        logins.append(route.request.post_data_json)
-        page.unroute("**/api/sessions?*")
-        route.fulfill(status=204)
-
-    page.route("**/api/login", login)
-    page.fill("#login-token", "tok-a")
+    page.fill("#login-token", token)
     page.press("#login-token", "Enter")
     page.wait_for_selector("#login", state="hidden")
-    assert logins == [{"token": "tok-a"}]
-    page.wait_for_selector(f"#session-list a[data-sid='{sid}']")
+
+
+def test_page_without_token_shows_the_login_form(roost_tokens: ServerProcess, pages: Any) -> None:
+    """Against a server with tokens, the first 401 opens the sign-in form."""
+    page = pages()
+    page.goto(roost_tokens.url + "/")
+    page.wait_for_selector("#login[open]")
+    assert page.locator("#login-token").is_visible()
+    assert page.locator("#session-list a").count() == 0
+    shot(page, "login.png")
+
+
+def test_login_with_wrong_token_says_so(roost_tokens: ServerProcess, pages: Any) -> None:
+    """A token the server refuses keeps the form open with an error, and sets no cookie."""
+    page = pages()
+    page.goto(roost_tokens.url + "/")
+    page.wait_for_selector("#login[open]")
+    page.fill("#login-token", "tok-nobody")
+    page.press("#login-token", "Enter")
+    page.wait_for_selector("#login-error:has-text('not accepted')")
+    assert page.locator("#login").get_attribute("open") is not None
+    assert page.context.cookies() == []
+
+
+def test_login_shows_only_the_users_sessions(roost_tokens: ServerProcess, pages: Any) -> None:
+    """Signed in with alice's token, the list holds her sessions and none of bob's."""
+    mine = call_as("tok-alice", "POST", f"{roost_tokens.url}/api/sessions", {"title": "Alice's"})
+    theirs = call_as("tok-bob", "POST", f"{roost_tokens.url}/api/sessions", {"title": "Bob's"})
+    call_as(
+        "tok-bob",
+        "POST",
+        f"{roost_tokens.url}/api/sessions/{theirs['id']}/messages",
+        {"role": "user", "content": "bob's secret"},
+    )
+    page = pages()
+    sign_in(page, roost_tokens, "tok-alice")
+    page.wait_for_selector(f"#session-list a[data-sid='{mine['id']}']")
+    assert page.locator(f"#session-list a[data-sid='{theirs['id']}']").count() == 0
+    (cookie,) = page.context.cookies()
+    assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"]) == (
+        "roost_token",
+        True,
+        "Strict",
+    )
+    page.goto(f"{roost_tokens.url}/#/s/{theirs['id']}")
+    page.wait_for_selector("#conn[data-state=reconnecting]")  # the socket's 404: not hers
+    assert page.locator(".msg").count() == 0
+
+
+def test_logged_in_tabs_connect_and_sync_live(roost_tokens: ServerProcess, pages: Any) -> None:
+    """Two signed-in tabs: the socket connects on the cookie, and a message streams to the other."""
+    sid = call_as("tok-alice", "POST", f"{roost_tokens.url}/api/sessions", {"title": "Live"})["id"]
+    a, b = pages(), pages()
+    for page in (a, b):
+        sign_in(page, roost_tokens, "tok-alice")
+        open_chat(page, roost_tokens, sid)
+    text = words(20, "live")
+    send(a, text)
+    b.wait_for_selector(f".msg[data-role=user] .body:text-is('{text}')")
+    b.wait_for_selector(".msg[data-role=assistant][data-status=complete]")
+    assert assistant_text(b) == text
+    assert b.locator("#conn").get_attribute("data-state") == "connected"
 
 
 def route_exists(roost: ServerProcess, sid: str, method: str, path: str) -> bool:

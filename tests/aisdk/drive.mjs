@@ -2,7 +2,8 @@
 //
 //   node drive.mjs '<json>'
 //
-// The JSON names `base` (Roost's URL), `op` and the request:
+// The JSON names `base` (Roost's URL), `op`, optional `headers` (sent with every request)
+// and the request:
 //   op "send":   {chatId, messages, trigger, messageId?}  one request through DefaultChatTransport
 //   op "resume": {chatId, messages}  sends, drops the connection after the first text-delta,
 //                then resumes with the transport's reconnectToStream (GET .../{id}/stream)
@@ -109,7 +110,11 @@ function textOf(message) {
   return (message?.parts ?? []).filter((p) => p.type === "text").map((p) => p.text).join("");
 }
 
-const transport = new DefaultChatTransport({ api: `${req.base}/api/ai/chat`, fetch: recordingFetch });
+const transport = new DefaultChatTransport({
+  api: `${req.base}/api/ai/chat`,
+  fetch: recordingFetch,
+  headers: req.headers, // e.g. {Authorization: "Bearer <token>"}
+});
 const result = { errors: [] };
 const onError = (e) => result.errors.push(String(e));
 
