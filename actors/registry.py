@@ -156,7 +156,8 @@ class ActorRegistry:
             return None
 
     async def _acquire(self, sid: str) -> SessionActor:
-        validate_session_id(sid)
+        if sid not in self._actors:  # a live actor's id was checked when it was made
+            validate_session_id(sid)
         while True:
             if self._closed:
                 from actors.errors import ActorStopped

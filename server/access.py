@@ -25,6 +25,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from urllib.parse import urlsplit
 
@@ -85,8 +86,10 @@ def origin_allowed(request: web.Request) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=256)
 def is_loopback_host(host: str) -> bool:
-    """Whether a ``Host`` header names this machine's loopback interface."""
+    """Whether a ``Host`` header names this machine's loopback interface (memoized:
+    clients send the same few Host values over and over)."""
     try:
         name = urlsplit("//" + host).hostname
     except ValueError:

@@ -433,6 +433,7 @@ class SessionState:
     event_seq: int
     leaf_depth: int
     leaf_child_count: int
+    next_seq: int = 1
 
     @classmethod
     def load(cls, conn: sqlite3.Connection) -> SessionState:
@@ -459,6 +460,8 @@ class SessionState:
             event_seq=row[11],
             leaf_depth=depth,
             leaf_child_count=children,
+            # rows are never removed (deletes leave tombstones), so seq grows by one
+            next_seq=conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM messages").fetchone()[0],
         )
 
     def row(self) -> tuple[Any, ...]:
@@ -481,11 +484,42 @@ class SessionState:
         return dataclasses.replace(self)
 
 
+_MSG_INSERT = (
+    "seq, id, parent_seq, parent_id, depth, sibling_index, child_count, role, content, parts, "
+    "status, client_id, request_hash, model_id, provider_id, tool_name, tool_call, tool_result, "
+    "attachments, metadata, created_at, updated_at"
+)
+_CHUNK = 16  # rows per multi-row INSERT (one SQLite step, one GIL round trip)
+
+
+def _insert_rows(
+    conn: sqlite3.Connection, table: str, cols: str, rows: Sequence[Sequence[Any]]
+) -> None:
+    """Insert ``rows`` with as few statements as possible (chunks of ``_CHUNK``)."""
+    width = cols.count(",") + 1
+    one = "(" + ", ".join("?" * width) + ")"
+    for i in range(0, len(rows), _CHUNK):
+        chunk = rows[i : i + _CHUNK]
+        sql = f"INSERT INTO {table} ({cols}) VALUES " + ", ".join([one] * len(chunk))
+        conn.execute(sql, [v for row in chunk for v in row])
+
+
+class _RedoSafely(Exception):
+    """An op failed after buffering writes: rerun the batch flushing after each op."""
+
+
 class Txn:
     """The view of one write transaction that mutation functions get.
 
     ``state`` is the session row as of this point of the transaction; ops
     change it in memory and the batch writes it once, before COMMIT.
+
+    Write-behind: the hot writes (new messages, active-path rows, events,
+    child counts) are buffered and written at the end of the batch with a
+    few multi-row statements, so a batch of appends costs a handful of
+    SQLite calls rather than several per message. Reading :attr:`conn`
+    applies the buffer first, so an op that queries always sees its own
+    and earlier ops' writes.
     """
 
     def __init__(
@@ -495,14 +529,137 @@ class Txn:
         now: str,
         event_retention: int,
         state: SessionState,
+        *,
+        multi: bool = False,
+        safe: bool = False,
     ) -> None:
-        self.conn = conn
+        self._conn = conn
+        self._safe = safe
         self.event_retention = event_retention
         self.session_id = session_id
         self.now = now
         self.state = state
         self.events: list[Event] = []
         self.session_changed = False
+        self._rows: list[list[Any]] = []
+        self._row_by_seq: dict[int, list[Any]] = {}
+        self._bumps: list[int] = []
+        self._paths: list[tuple[int, int]] = []
+        self._event_rows: list[tuple[int, str, bytes, str]] = []
+        self._prune_to: int | None = None
+        # per-op bookkeeping when several ops share the transaction
+        self._multi = multi
+        self._op_mark: tuple[int, int, int, int] | None = None
+        self._op_savepoint = False
+        self._op_buffered = False
+
+    # -- the buffer
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection, with every buffered write applied first."""
+        if self._op_mark is not None and not self._op_savepoint:
+            self._flush(self._op_mark)  # earlier ops' writes stay outside the savepoint
+            self._conn.execute("SAVEPOINT op")
+            self._op_savepoint = True
+        self._flush(None)
+        if self._op_mark is not None:
+            self._op_mark = (0, 0, 0, 0)
+        return self._conn
+
+    def _flush(self, upto: tuple[int, int, int, int] | None) -> None:
+        rows, bumps, paths, events = upto or (
+            len(self._rows),
+            len(self._bumps),
+            len(self._paths),
+            len(self._event_rows),
+        )
+        conn = self._conn
+        if rows:
+            _insert_rows(conn, "messages", _MSG_INSERT, self._rows[:rows])
+            for r in self._rows[:rows]:
+                del self._row_by_seq[r[0]]
+            del self._rows[:rows]
+        for parent in self._bumps[:bumps]:
+            conn.execute(
+                "UPDATE messages SET child_count = child_count + 1 WHERE seq = ?", (parent,)
+            )
+        del self._bumps[:bumps]
+        if paths:
+            _insert_rows(conn, "active_path", "depth, seq", self._paths[:paths])
+            del self._paths[:paths]
+        if events:
+            _insert_rows(conn, "events", "seq, type, frame, created_at", self._event_rows[:events])
+            del self._event_rows[:events]
+        if upto is None and self._prune_to is not None:
+            conn.execute("DELETE FROM events WHERE seq <= ?", (self._prune_to,))
+            self._prune_to = None
+
+    def add_message_row(self, row: list[Any]) -> None:
+        """Buffer a new ``messages`` row (columns of ``_MSG_INSERT``)."""
+        self._rows.append(row)
+        self._row_by_seq[row[0]] = row
+        self._op_buffered = True
+
+    def bump_children(self, parent_seq: int) -> None:
+        """Count one more child of ``parent_seq``."""
+        pending = self._row_by_seq.get(parent_seq)
+        if pending is not None:
+            pending[6] += 1  # not yet written: count it in the row itself
+        else:
+            self._bumps.append(parent_seq)
+        self._op_buffered = True
+
+    def add_path(self, depth: int, seq: int) -> None:
+        self._paths.append((depth, seq))
+        self._op_buffered = True
+
+    # -- ops within a batch
+    def begin_op(self) -> None:
+        if self._multi:
+            self._op_mark = (
+                len(self._rows),
+                len(self._bumps),
+                len(self._paths),
+                len(self._event_rows),
+            )
+            self._op_savepoint = False
+        self._op_buffered = False
+
+    def fail_op(self) -> None:
+        """Undo the op that just failed, or ask for a safe rerun if it cannot be.
+
+        An op that buffered writes may have changed an earlier op's buffered
+        row, which cannot be told apart afterwards: the batch is then rerun in
+        safe mode, where every op's writes are applied inside its savepoint
+        before the next op starts, so the buffer holds only the failed op's.
+        """
+        if self._op_buffered and not self._safe:
+            raise _RedoSafely
+        if self._op_savepoint:
+            self._conn.execute("ROLLBACK TO op")
+            self._conn.execute("RELEASE op")
+        self._rows.clear()
+        self._row_by_seq.clear()
+        self._bumps.clear()
+        self._paths.clear()
+        self._event_rows.clear()
+        self._prune_to = None
+        self._op_savepoint = False
+
+    def apply(self) -> None:
+        """Apply the buffered writes now (safe mode: at the end of each op)."""
+        self.conn  # noqa: B018
+
+    def end_op(self) -> None:
+        if self._op_savepoint:
+            self._conn.execute("RELEASE op")
+        self._op_mark = None
+        self._op_savepoint = False
+
+    def finish(self) -> None:
+        """Apply everything still buffered (before the session row and COMMIT)."""
+        self._op_mark = None
+        self._flush(None)
 
     def session_doc(self) -> dict[str, Any]:
         return session_doc(self.state.row())
@@ -512,12 +669,10 @@ class Txn:
         self.state.event_seq += 1
         seq = self.state.event_seq
         frame = orjson.dumps({"type": type_, "seq": seq, **payload})
-        self.conn.execute(
-            "INSERT INTO events (seq, type, frame, created_at) VALUES (?, ?, ?, ?)",
-            (seq, type_, frame, self.now),
-        )
+        self._event_rows.append((seq, type_, frame, self.now))
+        self._op_buffered = True
         if seq % 256 == 0:
-            self.conn.execute("DELETE FROM events WHERE seq <= ?", (seq - self.event_retention,))
+            self._prune_to = seq - self.event_retention
         ev = Event(seq, type_, frame)
         self.events.append(ev)
         return ev
@@ -597,9 +752,8 @@ def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool
     """
 
     def run(txn: Txn) -> tuple[dict[str, Any], bool]:
-        conn = txn.conn
         if draft.client_id is not None:
-            row = conn.execute(
+            row = txn.conn.execute(
                 f"SELECT {_MSG_COLS} FROM messages WHERE client_id = ?", (draft.client_id,)
             ).fetchone()
             if row is not None:
@@ -613,7 +767,7 @@ def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool
         parent_seq: int | None
         parent_id: str | None
         if draft.parent_id is not None:
-            prow = conn.execute(
+            prow = txn.conn.execute(
                 "SELECT seq, depth, child_count, deleted_at FROM messages WHERE id = ?",
                 (draft.parent_id,),
             ).fetchone()
@@ -643,17 +797,17 @@ def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool
         tool_result = None if draft.tool_result is None else dumps(draft.tool_result)
         attachments = None if not refs else dumps(refs)
         metadata = dumps(draft.metadata or {})
-        cur = conn.execute(
-            "INSERT INTO messages (id, parent_seq, parent_id, depth, sibling_index, role, content, "
-            "parts, status, client_id, request_hash, model_id, provider_id, tool_name, tool_call, "
-            "tool_result, attachments, metadata, created_at, updated_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
+        seq = st.next_seq
+        st.next_seq += 1
+        txn.add_message_row(
+            [
+                seq,
                 mid,
                 parent_seq,
                 parent_id,
                 depth,
                 sibling_index,
+                0,
                 draft.role,
                 draft.content,
                 parts,
@@ -669,20 +823,17 @@ def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool
                 metadata,
                 txn.now,
                 txn.now,
-            ),
+            ]
         )
-        seq = int(cur.lastrowid or 0)
         if parent_seq is None:
             st.root_count += 1
         else:
-            conn.execute(
-                "UPDATE messages SET child_count = child_count + 1 WHERE seq = ?", (parent_seq,)
-            )
+            txn.bump_children(parent_seq)
         branched = parent_seq != st.active_leaf_seq
         if branched:
             txn.set_active_leaf(seq)
         else:  # the common case: the active branch grows by one
-            conn.execute("INSERT INTO active_path (depth, seq) VALUES (?, ?)", (depth, seq))
+            txn.add_path(depth, seq)
             st.active_leaf_seq, st.active_leaf_id = seq, mid
             st.leaf_depth, st.leaf_child_count = depth, 0
         st.message_count += 1
@@ -1010,12 +1161,28 @@ class SessionFile:
         then treat the file's state as unknown and reopen it. The third item
         is the session document when an op changed the session row.
         """
+        try:
+            return self._run_batch(ops, now, safe=False)
+        except _RedoSafely:
+            return self._run_batch(ops, now, safe=True)
+
+    def _run_batch(
+        self, ops: Sequence[Callable[[Txn], Any]], now: str, *, safe: bool
+    ) -> tuple[list[Any], list[Event], dict[str, Any] | None]:
         conn = self.writer
         if self._state is None:
             self._state = SessionState.load(conn)
-        txn = Txn(conn, self.sid, now, self.event_retention, self._state.copy())
-        results: list[Any] = []
         single = len(ops) == 1
+        txn = Txn(
+            conn,
+            self.sid,
+            now,
+            self.event_retention,
+            self._state.copy(),
+            multi=not single,
+            safe=safe,
+        )
+        results: list[Any] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -1023,21 +1190,28 @@ class SessionFile:
                     mark = len(txn.events)
                     saved = txn.state.copy()
                     changed = txn.session_changed
-                    if not single:
-                        conn.execute("SAVEPOINT op")
+                    txn.begin_op()
                     try:
                         results.append(op(txn))
+                        if safe and not single:
+                            txn.apply()
                     except sqlite3.Error:
                         raise
+                    except _RedoSafely:
+                        raise
                     except Exception as exc:  # the op's own failure: undo it alone
-                        conn.execute("ROLLBACK" if single else "ROLLBACK TO op")
+                        if single:
+                            conn.execute("ROLLBACK")
+                        else:
+                            txn.fail_op()
                         del txn.events[mark:]
                         txn.state, txn.session_changed = saved, changed
                         results.append(exc)
-                    if not single:
-                        conn.execute("RELEASE op")
+                    if not single and conn.in_transaction:
+                        txn.end_op()
                 if not conn.in_transaction:  # a single op failed: nothing to commit
                     return results, [], None
+                txn.finish()
                 sess = None
                 if txn.session_changed or txn.events:
                     st = txn.state

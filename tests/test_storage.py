@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -104,3 +105,30 @@ def test_cursor_round_trip_and_kind_check() -> None:
     for bad in ["", "!!!", "a" * 600, encode_int("s", 1) + "x", "czotMQ"]:
         with pytest.raises(InvalidInput):
             decode_int("s", bad)
+
+
+def test_batch_op_failing_after_buffering_is_undone_alone(tmp_path: Path) -> None:
+    """An op that fails after buffering writes leaves no trace; the others commit."""
+    f = SessionFile(_make(tmp_path), "m")
+
+    def append_then_fail(txn: Any) -> None:
+        op_append(MessageDraft(role="user", content="ghost"))(txn)
+        raise RuntimeError("boom")
+
+    ops = [
+        op_append(MessageDraft(role="user", content="a")),
+        append_then_fail,
+        op_append(MessageDraft(role="user", content="c")),
+    ]
+    results, events, _ = f.run_batch(ops, "t")
+    assert isinstance(results[1], RuntimeError)
+    assert [m["content"] for m in f.page(view="all").items] == ["a", "c"]
+    active = f.page(view="active").items
+    assert [m["content"] for m in active] == ["a", "c"]
+    assert active[1]["parent_id"] == active[0]["id"]
+    assert [m["siblings"] for m in active] == [{"index": 0, "count": 1}] * 2
+    assert [e.seq for e in events] == [1, 2]
+    # the cached state matches the file: the next append continues the chain
+    f.run_batch([op_append(MessageDraft(role="user", content="d"))], "t")
+    assert [m["seq"] for m in f.page(view="active").items] == [1, 2, 3]
+    f.close()
