@@ -29,5 +29,7 @@ fi
 echo "[test] ruff" >&2
 .venv/bin/ruff check .
 .venv/bin/ruff format --check . >/dev/null || { .venv/bin/ruff format --diff . | head -50; exit 1; }
+echo "[test] mypy (strict: storage, actors, server)" >&2
+.venv/bin/mypy
 echo "[test] pytest" >&2
 exec .venv/bin/python -m pytest "$@"
