@@ -16,6 +16,7 @@ from server.http import REGISTRY, SETTINGS, json_response, read_json, request_ha
 from server.models import Id, Str, Strict, check_content, check_metadata
 from server.openapi import JSON, SSE, Param, Reply, describe
 from server.schemas import ChatResult, Message
+from server.settings import Settings
 from server.sse import open_sse, pump, sse_frame
 from storage.session_db import MessageDraft
 
@@ -37,6 +38,26 @@ class ChatRequest(Strict):
 
 class RegenerateRequest(Strict):
     model: Model | None = None
+
+
+def chat_draft(body: ChatRequest, settings: Settings) -> MessageDraft:
+    """Check a chat request against the limits and make the user message's draft.
+
+    Shared by ``POST /chat`` and the WebSocket ``chat`` frame, so both take the
+    same input the same way.
+    """
+    check_content(body.content, settings, allow_empty=False)
+    check_metadata(body.metadata, settings, len(orjson.dumps(body.metadata)))
+    return MessageDraft(
+        role="user",
+        content=body.content,
+        attachments=body.attachments,
+        client_id=body.client_id,
+        parent_id=body.parent_id,
+        metadata=body.metadata,
+        request_hash=request_hash(body) if body.client_id is not None else None,
+        explicit_parent="parent_id" in body.model_fields_set,
+    )
 
 
 def wants_json(request: web.Request) -> bool:
@@ -102,18 +123,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     settings = request.app[SETTINGS]
     data, _ = await read_json(request)
     body = ChatRequest.model_validate(data)
-    check_content(body.content, settings, allow_empty=False)
-    check_metadata(body.metadata, settings, len(orjson.dumps(body.metadata)))
-    draft = MessageDraft(
-        role="user",
-        content=body.content,
-        attachments=body.attachments,
-        client_id=body.client_id,
-        parent_id=body.parent_id,
-        metadata=body.metadata,
-        request_hash=request_hash(body) if body.client_id is not None else None,
-        explicit_parent="parent_id" in body.model_fields_set,
-    )
+    draft = chat_draft(body, settings)
     registry = request.app[REGISTRY]
     async with registry.lease(request.match_info["sid"], user_of(request)) as actor:
         user, reply, created, gen = await streams.chat(

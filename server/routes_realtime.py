@@ -15,13 +15,11 @@ from actors.feed import End, Feed
 from actors.pubsub import Subscription
 from server import access
 from server.errors import ApiError, status_of, validation_details
-from server.http import REGISTRY, SETTINGS, request_hash, user_of
-from server.models import check_content, check_metadata
+from server.http import REGISTRY, SETTINGS, user_of
 from server.openapi import FEED_EVENTS, SSE, Param, Reply, describe
-from server.routes_chat import ChatRequest
+from server.routes_chat import ChatRequest, chat_draft
 from server.sse import OPEN_STREAMS, open_sse
 from storage.errors import StorageError
-from storage.session_db import MessageDraft
 
 routes = web.RouteTableDef()
 
@@ -170,39 +168,35 @@ async def _on_client_frame(request: web.Request, ws: web.WebSocketResponse, text
                 400, "invalid_input", f"unknown frame type {kind!r}; expected chat, cancel or ping"
             )
     except ApiError as exc:
-        await _send_json(
-            ws,
-            {
-                "type": "error",
-                "ref": ref,
-                "code": exc.code,
-                "message": exc.message,
-                "status": exc.status,
-            },
-        )
+        await _send_error(ws, ref, exc.code, exc.message, exc.status, exc.details)
     except StorageError as exc:
-        await _send_json(
-            ws,
-            {
-                "type": "error",
-                "ref": ref,
-                "code": exc.code,
-                "message": exc.message,
-                "status": status_of(exc),
-            },
-        )
+        await _send_error(ws, ref, exc.code, exc.message, status_of(exc), exc.details)
     except ValidationError as exc:
-        await _send_json(
+        await _send_error(
             ws,
-            {
-                "type": "error",
-                "ref": ref,
-                "code": "invalid_input",
-                "message": "the frame does not match the schema",
-                "details": validation_details(exc),
-                "status": 400,
-            },
+            ref,
+            "invalid_input",
+            "the frame does not match the schema",
+            400,
+            validation_details(exc),
         )
+
+
+async def _send_error(
+    ws: web.WebSocketResponse, ref: Any, code: str, message: str, status: int, details: Any
+) -> None:
+    """An ``error`` frame answering the client frame ``ref``, with the HTTP-like status."""
+    await _send_json(
+        ws,
+        {
+            "type": "error",
+            "ref": ref,
+            "code": code,
+            "message": message,
+            "status": status,
+            "details": details,
+        },
+    )
 
 
 async def _ws_chat(
@@ -211,18 +205,7 @@ async def _ws_chat(
     """Chat over the socket: like POST /chat; the reply streams as message.delta events."""
     settings = request.app[SETTINGS]
     body = ChatRequest.model_validate(data)
-    check_content(body.content, settings, allow_empty=False)
-    check_metadata(body.metadata, settings, len(orjson.dumps(body.metadata)))
-    draft = MessageDraft(
-        role="user",
-        content=body.content,
-        attachments=body.attachments,
-        client_id=body.client_id,
-        parent_id=body.parent_id,
-        metadata=body.metadata,
-        request_hash=request_hash(body) if body.client_id is not None else None,
-        explicit_parent="parent_id" in body.model_fields_set,
-    )
+    draft = chat_draft(body, settings)
     registry = request.app[REGISTRY]
     async with registry.lease(request.match_info["sid"], user_of(request)) as actor:
         user, reply, _, _ = await streams.chat(actor, draft, registry.responder, model=body.model)

@@ -799,32 +799,13 @@ def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool
         metadata = dumps(draft.metadata or {})
         seq = st.next_seq
         st.next_seq += 1
-        txn.add_message_row(
-            [
-                seq,
-                mid,
-                parent_seq,
-                parent_id,
-                depth,
-                sibling_index,
-                0,
-                draft.role,
-                draft.content,
-                parts,
-                draft.status,
-                draft.client_id,
-                draft.request_hash,
-                draft.model_id,
-                draft.provider_id,
-                draft.tool_name,
-                tool_call,
-                tool_result,
-                attachments,
-                metadata,
-                txn.now,
-                txn.now,
-            ]
-        )
+        row = [
+            seq, mid, parent_seq, parent_id, depth, sibling_index, 0, draft.role, draft.content,
+            parts, draft.status, draft.client_id, draft.request_hash, draft.model_id,
+            draft.provider_id, draft.tool_name, tool_call, tool_result, attachments, metadata,
+            txn.now, txn.now,
+        ]  # fmt: skip
+        txn.add_message_row(row)
         if parent_seq is None:
             st.root_count += 1
         else:
@@ -839,37 +820,8 @@ def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool
         st.message_count += 1
         st.last_message_at = st.updated_at = txn.now
         txn.session_changed = True
-        msg = message_doc(
-            (
-                seq,
-                mid,
-                parent_seq,
-                parent_id,
-                depth,
-                sibling_index,
-                0,
-                draft.role,
-                draft.content,
-                parts,
-                draft.status,
-                draft.client_id,
-                draft.request_hash,
-                draft.model_id,
-                draft.provider_id,
-                None,
-                draft.tool_name,
-                tool_call,
-                tool_result,
-                attachments,
-                metadata,
-                None,
-                txn.now,
-                txn.now,
-                1,
-                None,
-            ),
-            txn.session_id,
-        )
+        # the stored row in _MSG_COLS order: fallback_notice and error are null, version 1
+        msg = message_doc((*row[:15], None, *row[15:20], None, *row[20:], 1, None), txn.session_id)
         txn.emit("message.created", {"message": msg})
         if branched:
             txn.emit("session.updated", {"session": txn.session_doc()})
