@@ -16,7 +16,6 @@ returned, so the caller can publish them (output gate).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import html
 import os
 import shutil
@@ -481,7 +480,10 @@ class SessionState:
         )
 
     def copy(self) -> SessionState:
-        return dataclasses.replace(self)
+        new = object.__new__(SessionState)
+        for name in self.__slots__:
+            object.__setattr__(new, name, getattr(self, name))
+        return new
 
 
 _MSG_INSERT = (
@@ -492,15 +494,20 @@ _MSG_INSERT = (
 _CHUNK = 16  # rows per multi-row INSERT (one SQLite step, one GIL round trip)
 
 
+_INSERT_SQL: dict[tuple[str, int], str] = {}
+
+
 def _insert_rows(
     conn: sqlite3.Connection, table: str, cols: str, rows: Sequence[Sequence[Any]]
 ) -> None:
     """Insert ``rows`` with as few statements as possible (chunks of ``_CHUNK``)."""
-    width = cols.count(",") + 1
-    one = "(" + ", ".join("?" * width) + ")"
     for i in range(0, len(rows), _CHUNK):
         chunk = rows[i : i + _CHUNK]
-        sql = f"INSERT INTO {table} ({cols}) VALUES " + ", ".join([one] * len(chunk))
+        sql = _INSERT_SQL.get((cols, len(chunk)))
+        if sql is None:
+            one = "(" + ", ".join("?" * (cols.count(",") + 1)) + ")"
+            sql = f"INSERT INTO {table} ({cols}) VALUES " + ", ".join([one] * len(chunk))
+            _INSERT_SQL[(cols, len(chunk))] = sql
         conn.execute(sql, [v for row in chunk for v in row])
 
 
