@@ -390,6 +390,15 @@ def test_session_list_create_rename_delete(roost: ServerProcess, pages: Any) -> 
     assert sid not in {s["id"] for s in sessions}
 
 
+def test_missing_chat_says_so_instead_of_reconnecting(roost: ServerProcess, pages: Any) -> None:
+    """Opening a chat that does not exist says so and goes back to the list."""
+    page = pages()
+    page.goto(roost.url + "/#/s/no-such-chat")
+    page.wait_for_selector("#toast:text-is('This chat does not exist.')")
+    page.wait_for_selector("#empty-state:visible")
+    assert page.evaluate("window.roost.view") is None
+
+
 def test_connection_state_follows_the_network(roost: ServerProcess, pages: Any) -> None:
     """Offline shows; back online it reconnects with since and replays what it missed."""
     sid = new_session(roost, "Network")
@@ -530,7 +539,7 @@ def test_login_shows_only_the_users_sessions(roost_tokens: ServerProcess, pages:
         "Strict",
     )
     page.goto(f"{roost_tokens.url}/#/s/{theirs['id']}")
-    page.wait_for_selector("#conn[data-state=reconnecting]")  # the socket's 404: not hers
+    page.wait_for_selector("#toast:text-is('This chat does not exist.')")  # 404: not hers
     assert page.locator(".msg").count() == 0
 
 

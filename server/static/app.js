@@ -176,6 +176,7 @@ class ChatView {
       onFrame: (f) => this.onFrame(f),
       onState: (s) => { if (!this.closed) setConn(s); },
       onGone: () => this.gone(),
+      onRefused: () => this.checkExists(),
     });
   }
 
@@ -331,9 +332,22 @@ class ChatView {
     if (leafChanged) { this.structural += 1; this.scheduleReload(); }
   }
 
-  gone() {
+  /** The socket was refused: if the chat does not exist (or is not ours), say so. */
+  async checkExists() {
+    if (this.closed || this.checking) return;
+    this.checking = true;
+    try {
+      await api('GET', `${this.base}?limit=1`);
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 404) this.gone('This chat does not exist.');
+    } finally {
+      this.checking = false;
+    }
+  }
+
+  gone(message = 'This chat was deleted.') {
     if (this.closed) return;
-    toast('This chat was deleted.');
+    toast(message);
     sessions.items = sessions.items.filter((s) => s.id !== this.sid);
     closeView();
     renderSessions();

@@ -8,7 +8,8 @@ const MAX_DELAY = 10000;
  * handlers: ``since()`` → the last applied event seq or null (first connect),
  * ``onFrame(frame)``, ``onState(state)`` with state one of
  * connecting | connected | reconnecting | offline, ``onGone(code)`` when the
- * session no longer exists (close code 4004).
+ * session no longer exists (close code 4004), and ``onRefused()`` (optional)
+ * when a connection closed before its ``hello``, e.g. an upgrade answered 404.
  */
 export class LiveSocket {
   constructor(sid, handlers) {
@@ -52,6 +53,7 @@ export class LiveSocket {
         return;
       }
       if (frame.type === 'hello') {
+        ws.helloSeen = true;
         this.attempt = 0;
         this.h.onState('connected');
       }
@@ -66,6 +68,7 @@ export class LiveSocket {
         this.h.onGone(ev.code);
         return;
       }
+      if (!ws.helloSeen && this.h.onRefused) this.h.onRefused();
       this.schedule();
     };
   }
