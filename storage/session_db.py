@@ -1402,20 +1402,6 @@ class SessionFile:
             for r in rows
         ]
 
-    def iter_all_messages(self, batch: int = 500) -> Iterator[dict[str, Any]]:
-        """Every message row (tombstones too), in log order, read in batches."""
-        last = 0
-        while True:
-            rows = self.reader.execute(
-                f"SELECT {_MSG_COLS} FROM messages WHERE seq > ? ORDER BY seq LIMIT ?",
-                (last, batch),
-            ).fetchall()
-            if not rows:
-                return
-            for row in rows:
-                yield message_doc(row, self.sid)
-            last = rows[-1][0]
-
 
 def _prefixed(alias: str) -> str:
     return ", ".join(f"{alias}.{c.strip()}" for c in _MSG_COLS.split(","))
@@ -1568,10 +1554,6 @@ def op_index_search(limit: int = 1000) -> Callable[[Txn], bool]:
         return len(rows) == limit
 
     return run
-
-
-def op_noop(txn: Txn) -> None:
-    """Does nothing; submitting it waits until everything queued before is committed."""
 
 
 def read_history(f: SessionFile, parent_id: str | None, limit: int) -> list[dict[str, Any]]:
