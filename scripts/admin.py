@@ -257,6 +257,11 @@ def check_file(path: Path, *, sid: str | None = None, quick: bool = False) -> di
             if sid is not None and row is not None and row[0] != sid:
                 result["problems"].append(f"the file holds session {row[0]!r}, not {sid!r}")
 
+    return _run_checks(path, run, result)
+
+
+def _run_checks(path: Path, run: Callable[..., None], result: dict[str, Any]) -> dict[str, Any]:
+    """Run ``run`` on a consistent read of ``path``; a failure becomes a problem in ``result``."""
     try:
         read_consistent(path, run)
     except AdminError as exc:
@@ -802,14 +807,7 @@ def _check_catalog(path: Path, *, quick: bool) -> dict[str, Any]:
         if integrity != ["ok"]:
             result["problems"] += [f"integrity: {line}" for line in integrity[:20]]
 
-    try:
-        read_consistent(path, run)
-    except AdminError as exc:
-        result["problems"].append(exc.message)
-    except sqlite3.DatabaseError as exc:
-        result["problems"].append(describe_db_error(path, exc))
-    result["ok"] = not result["problems"]
-    return result
+    return _run_checks(path, run, result)
 
 
 def _verify_copy(path: Path) -> dict[str, Any]:

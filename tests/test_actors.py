@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +76,9 @@ async def test_failed_op_rolls_back_alone(registry: ActorRegistry) -> None:
         assert [m["content"] for m in page.items] == ["a", "c"]
 
 
-async def test_output_gate_holds_reply_until_commit(client: Any) -> None:
-    """While a commit is in flight, no reply for the queued append leaves the server."""
-    await new_session(client)
-    reg = registry_of(client)
+@contextlib.asynccontextmanager
+async def _held_commit(actor: Any) -> AsyncIterator[tuple[threading.Event, Any]]:
+    """Hold the actor's write transaction open until the yielded event is set."""
     release = threading.Event()
     entered = threading.Event()
 
@@ -85,9 +86,19 @@ async def test_output_gate_holds_reply_until_commit(client: Any) -> None:
         entered.set()
         release.wait(TIMEOUT)
 
-    async with reg.lease("s1") as actor:
-        blocked = actor.submit_nowait(blocker)
-        await _eventually(entered.is_set, "the blocking op to start")
+    blocked = actor.submit_nowait(blocker)
+    await _eventually(entered.is_set, "the blocking op to start")
+    try:
+        yield release, blocked
+    finally:
+        release.set()
+
+
+async def test_output_gate_holds_reply_until_commit(client: Any) -> None:
+    """While a commit is in flight, no reply for the queued append leaves the server."""
+    await new_session(client)
+    reg = registry_of(client)
+    async with reg.lease("s1") as actor, _held_commit(actor) as (release, blocked):
         post = asyncio.ensure_future(append(client, "s1", "gated"))
         await asyncio.sleep(0.3)
         assert not post.done(), "reply sent before its commit"
@@ -109,16 +120,7 @@ async def test_reads_do_not_wait_behind_writes(client: Any) -> None:
     await new_session(client)
     await append(client, "s1", "first")
     reg = registry_of(client)
-    release = threading.Event()
-    entered = threading.Event()
-
-    def blocker(txn: Txn) -> None:
-        entered.set()
-        release.wait(TIMEOUT)
-
-    async with reg.lease("s1") as actor:
-        blocked = actor.submit_nowait(blocker)
-        await _eventually(entered.is_set, "the blocking op to start")
+    async with reg.lease("s1") as actor, _held_commit(actor) as (release, blocked):
         r = await asyncio.wait_for(client.get("/api/sessions/s1/messages"), 2)
         assert [m["content"] for m in (await r.json())["items"]] == ["first"]
         release.set()
