@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from storage.errors import InvalidInput
-from storage.layout import DataDir, fsync_dir
+from storage.layout import DataDir, fsync_path
 from storage.schema import SESSION_MIGRATIONS
 
 T = TypeVar("T")
@@ -269,14 +269,6 @@ def open_by(paths: list[Path]) -> list[Holder]:
 # --------------------------------------------------------------------------- writers
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def backup_file(
     src: Path,
     dest: Path,
@@ -313,11 +305,11 @@ def backup_file(
             raise AdminError(f"{src}: the file kept changing while being copied", EXIT_PROBLEM)
         for side in sidecars(tmp):
             side.unlink(missing_ok=True)  # closed cleanly: these are empty or absent
-        _fsync_file(tmp)
+        fsync_path(tmp)
         if before_replace is not None:
             before_replace()
         os.replace(tmp, dest)
-        fsync_dir(dest.parent)
+        fsync_path(dest.parent)
     except BaseException:
         for p in (tmp, *sidecars(tmp)):
             p.unlink(missing_ok=True)

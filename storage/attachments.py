@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from storage.errors import InvalidInput
-from storage.layout import DataDir, fsync_dir
+from storage.layout import DataDir, fsync_path
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 _MIME_RE = re.compile(r"[a-z0-9][a-z0-9!#$&^_.+-]{0,126}/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}")
@@ -151,7 +151,7 @@ class BlobWriter:
                 self.tmp.unlink()
             else:
                 os.rename(self.tmp, final)
-            fsync_dir(self.folder)
+            fsync_path(self.folder)
         except BaseException:
             self.abort()
             raise

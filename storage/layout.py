@@ -93,8 +93,8 @@ def connect(
     return conn
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or create inside ``path`` durable."""
+def fsync_path(path: Path) -> None:
+    """fsync ``path``: for a file, its data; for a folder, a rename or create inside it."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -42,7 +42,7 @@ from storage.errors import (
     from_sqlite,
 )
 from storage.ids import uuid7
-from storage.layout import DataDir, connect, fsync_dir
+from storage.layout import DataDir, connect, fsync_path
 from storage.schema import SESSION_MIGRATIONS, migrate
 
 T = TypeVar("T")
@@ -383,7 +383,7 @@ def _create_session_file(
             os.rename(tmp, final)
         except OSError as exc:
             raise Conflict(f"session {sid!r} already exists", details={"id": sid}) from exc
-        fsync_dir(final.parent)
+        fsync_path(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -402,7 +402,7 @@ def remove_session_files(datadir: DataDir, sid: str) -> bool:
         os.rename(src, dst)
     except FileNotFoundError:
         return False
-    fsync_dir(src.parent)
+    fsync_path(src.parent)
     shutil.rmtree(dst, ignore_errors=True)
     return True
 
