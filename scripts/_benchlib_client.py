@@ -33,6 +33,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
+from _benchlib_rawhttp import RawConnection, encode_post
 from _benchlib_servers import BenchError, Unsupported
 
 __all__ = [
@@ -189,35 +190,27 @@ class AppendJob:
         body = orjson.dumps({"role": "user", "content": self.content})
         log = _ErrorLog()
         latencies: list[float] = []
+        # One keep-alive connection per client (sessions repeat for 64 clients on 1 session).
+        clients = [(sid, RawConnection(self.base_url)) for sid in self.sessions]
 
-        async def append(sid: str) -> float | None:
-            url = f"{self.base_url}/api/sessions/{sid}/messages"
+        async def append(sid: str, conn: RawConnection) -> float | None:
+            path = f"/api/sessions/{sid}/messages"
+            raw = encode_post(conn.host_port, path, body)
             t0 = time.monotonic()
             try:
-                async with http.post(url, data=body, headers=JSON_HEADERS) as resp:
-                    raw = await resp.read()
-                    status = resp.status
-            except (aiohttp.ClientError, OSError) as e:
-                log.add(f"POST {url}: expected 201, got {type(e).__name__}: {e}")
+                status, answer = await conn.request(raw)
+            except (TimeoutError, OSError) as e:
+                log.add(f"POST {path}: expected 201, got {type(e).__name__}: {e}")
                 return None
             if status != 201:
-                log.add(_describe("POST", url, (201,), status, raw))
+                log.add(_describe("POST", path, (201,), status, answer))
                 return None
             return time.monotonic() - t0
 
-        if self.warmup:
-            await asyncio.gather(*(append(sid) for sid in self.sessions))
-            if log.errors:
-                raise BenchError(f"warm-up append failed: {log.first}")
-        if not await ready(len(self.sessions)):
-            return None
-        started = time.monotonic()
-        deadline = started + self.duration_s
-
-        async def client(sid: str) -> None:
+        async def client(sid: str, conn: RawConnection, deadline: float) -> None:
             done = consecutive = 0
             while done < self.max_per_client and time.monotonic() < deadline:
-                lat = await append(sid)
+                lat = await append(sid, conn)
                 done += 1
                 if lat is None:
                     consecutive += 1
@@ -227,8 +220,20 @@ class AppendJob:
                     consecutive = 0
                     latencies.append(lat)
 
-        await asyncio.gather(*(client(sid) for sid in self.sessions))
-        return AppendResult(latencies, started, time.monotonic(), log.errors, log.first)
+        try:
+            if self.warmup:
+                await asyncio.gather(*(append(sid, c) for sid, c in clients))
+                if log.errors:
+                    raise BenchError(f"warm-up append failed: {log.first}")
+            if not await ready(len(self.sessions)):
+                return None
+            started = time.monotonic()
+            deadline = started + self.duration_s
+            await asyncio.gather(*(client(sid, c, deadline) for sid, c in clients))
+            return AppendResult(latencies, started, time.monotonic(), log.errors, log.first)
+        finally:
+            for _, c in clients:
+                c.close()
 
 
 @dataclass(frozen=True)
