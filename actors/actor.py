@@ -6,19 +6,33 @@ commit is in flight are applied together, in one transaction, by the next
 commit (at most ``max_batch`` at a time), so a busy session pays one fsync
 per batch rather than one per message.
 
-Output gate: callers are resolved and events published only after COMMIT has
-returned. A failed commit breaks the actor: the batch and everything queued
-behind it fail with a clear error, the file is closed, and the registry starts
-a fresh actor from disk on the next request.
+Where a batch runs: on the event loop, with no thread hand-off, unless it holds
+a :class:`~storage.session_db.BulkOp` (search indexing: many rows), which runs
+on the write pool. On a durable file (``synchronous`` FULL/EXTRA) an
+event-loop batch commits without flushing the disk and the actor then
+``fdatasync``s the WAL through the :class:`~storage.fsync.Syncer` (Linux AIO:
+no thread at all); a pool batch flushes inside its COMMIT (SQLite FULL).
+
+Output gate: callers are resolved and events published only after the commit
+is on disk. A failed commit or flush breaks the actor: the batch and everything
+queued behind it fail with a clear error, the file is closed, and the registry
+starts a fresh actor from disk on the next request.
 
 Reads never enter the mailbox: they run on the actor's reader connection
-against committed state (WAL), so they never wait behind writes.
+against committed state (WAL), so they never wait behind writes. They do wait
+for the disk flush of a commit that is already visible in the file
+(:meth:`SessionActor.reader`), so no read shows what a crash could still take
+back. Checkpoints run on the write pool between batches (every
+``CHECKPOINT_EVERY`` commits), never inside a commit on the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import errno
+import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,15 +42,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from actors.errors import ActorBroken, ActorStopped, Busy
 from actors.pubsub import Frame, Topic
-from storage.errors import StorageError
+from storage.errors import StorageError, StorageFull, Unavailable
+from storage.fsync import Syncer
 from storage.ids import now_iso
 from storage.layout import DataDir
-from storage.session_db import Event, SessionFile, Txn, op_index_search
+from storage.session_db import BulkOp, Event, SessionFile, Txn, op_index_search
 
 if TYPE_CHECKING:
     from actors.streams import Generation
 
 T = TypeVar("T")
+
+# commits between two checkpoints of a session's WAL (a checkpoint flushes twice)
+CHECKPOINT_EVERY = 200
 
 
 @dataclass(slots=True)
@@ -86,6 +104,7 @@ class SessionActor:
         datadir: DataDir,
         config: ActorConfig,
         write_pool: Executor,
+        syncer: Syncer,
         topic: Topic,
         on_commit: Callable[[SessionActor, dict[str, Any]], None],
         on_closed: Callable[[SessionActor], None],
@@ -107,6 +126,9 @@ class SessionActor:
         self.stream_lag_observer: Callable[[float], None] | None = None
         self.commit_observer: Callable[[float, int], None] | None = None
         self._write_pool = write_pool
+        self._syncer = syncer
+        self._unsynced: asyncio.Future[None] | None = None
+        self._since_checkpoint = 0
         self._on_commit = on_commit
         self._on_closed = on_closed
         self._on_idle = on_idle or (lambda actor: None)
@@ -165,6 +187,16 @@ class SessionActor:
         if self._file is None or self.state is not State.RUNNING:
             raise ActorStopped(f"session {self.sid!r} is not active; retry")
         return self._file
+
+    async def reader(self) -> SessionFile:
+        """The open file for reads, once every commit visible in it is on disk.
+
+        Use the result at once (no ``await`` in between): only then is what it
+        reads guaranteed durable. Raises like :attr:`file`.
+        """
+        while self._unsynced is not None:
+            await asyncio.shield(self._unsynced)
+        return self.file
 
     @property
     def busy(self) -> bool:
@@ -252,11 +284,17 @@ class SessionActor:
             batch = [self._mailbox.popleft() for _ in range(n)]
             f = self._file
             assert f is not None
+            ops = [e.op for e in batch]
             started = time.perf_counter()
             try:
-                results, events, sess = await loop.run_in_executor(
-                    self._write_pool, f.run_batch, [e.op for e in batch], now_iso()
-                )
+                if any(isinstance(op, BulkOp) for op in ops):
+                    results, events, sess = await loop.run_in_executor(
+                        self._write_pool, functools.partial(f.run_batch, ops, now_iso())
+                    )
+                else:
+                    results, events, sess = f.run_batch(ops, now_iso(), sync=False)
+                    if f.durable:
+                        await self._flush(f)
             except BaseException as exc:
                 self._break(exc, batch)
                 return
@@ -277,6 +315,25 @@ class SessionActor:
                     env.future.set_result(res)
             if sess is not None:
                 self._on_commit(self, sess)
+            self._since_checkpoint += 1
+            if self._since_checkpoint >= CHECKPOINT_EVERY:
+                self._since_checkpoint = 0
+                # on failure the data is still safe in the WAL; the next checkpoint retries
+                with contextlib.suppress(StorageError):
+                    await loop.run_in_executor(self._write_pool, f.checkpoint)
+
+    async def _flush(self, f: SessionFile) -> None:
+        """``fdatasync`` the WAL after an event-loop commit; reads wait meanwhile."""
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._unsynced = gate
+        try:
+            await self._syncer.fdatasync(f.wal_fd())
+        except OSError as exc:
+            cls = StorageFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else Unavailable
+            raise cls(f"flushing session {self.sid!r} to disk failed: {exc.strerror}") from exc
+        finally:
+            self._unsynced = None
+            gate.set_result(None)
 
     def _index_done(self) -> asyncio.Future[bool]:
         """The future of a background indexing op: it clears the flag when done."""

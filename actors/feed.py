@@ -46,7 +46,7 @@ class Feed:
         async with self.registry.lease(self.sid, self.user) as actor:
             self._topic = actor.topic
             self._sub = actor.topic.subscribe(self.registry.config.subscriber_queue)
-            self._current = actor.file.event_seq()
+            self._current = (await actor.reader()).event_seq()
             for gen in actor.generations.values():
                 if gen.committed:
                     data = orjson.dumps(
@@ -76,7 +76,7 @@ class Feed:
             pos = self.since
             while pos < self._current:
                 async with self.registry.lease(self.sid, self.user) as actor:
-                    events = actor.file.events_since(pos, 500)
+                    events = (await actor.reader()).events_since(pos, 500)
                 if events is None:
                     yield Frame("resync", orjson.dumps({"type": "resync", "seq": self._current}))
                     break

@@ -29,6 +29,7 @@ from actors.pubsub import Frame, Topic
 from actors.responders import EchoResponder, Responder
 from storage.catalog import Catalog
 from storage.errors import NotFound, StorageError, Unavailable
+from storage.fsync import Syncer
 from storage.ids import now_iso, uuid7, validate_session_id
 from storage.layout import DataDir, trim_heap
 from storage.session_db import create_session_file, remove_session_files
@@ -57,8 +58,13 @@ class ActorRegistry:
         *,
         write_threads: int = 16,
         read_threads: int = 4,
+        fsync: str = "auto",
     ) -> None:
+        if fsync not in ("auto", "threads"):
+            raise ValueError(f"fsync must be 'auto' or 'threads', got {fsync!r}")
         self.datadir = datadir
+        self.fsync_mode = fsync
+        self._syncer: Syncer | None = None
         self.config = config
         self.stats = RegistryStats()
         self.write_pool = ThreadPoolExecutor(write_threads, thread_name_prefix="roost-write")
@@ -83,6 +89,7 @@ class ActorRegistry:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._catalog = await loop.run_in_executor(self.write_pool, Catalog, self.datadir)
+        self._syncer = Syncer(use_aio=self.fsync_mode == "auto")
         self._tasks = [
             asyncio.create_task(self._sweep(), name="registry:sweep"),
             asyncio.create_task(self._catalog_flusher(), name="registry:catalog"),
@@ -104,6 +111,8 @@ class ActorRegistry:
         await self.flush_catalog()
         if self._catalog is not None:
             self._catalog.close()
+        if self._syncer is not None:
+            self._syncer.close()
         self.write_pool.shutdown(wait=True)
         self.read_pool.shutdown(wait=True)
 
@@ -121,6 +130,13 @@ class ActorRegistry:
     def actor_if_live(self, sid: str) -> SessionActor | None:
         a = self._actors.get(sid)
         return a if a is not None and a.state is State.RUNNING else None
+
+    @property
+    def syncer(self) -> Syncer:
+        """How durable commits reach the disk (``kind``: "aio" or "threads")."""
+        if self._syncer is None:
+            raise RuntimeError("the registry is not started")
+        return self._syncer
 
     # ------------------------------------------------------------------ leases
 
@@ -200,6 +216,7 @@ class ActorRegistry:
             datadir=self.datadir,
             config=self.config,
             write_pool=self.write_pool,
+            syncer=self.syncer,
             topic=self.topic(sid),
             on_commit=self._on_commit,
             on_closed=self._on_closed,

@@ -242,6 +242,9 @@ def start(
     The history is read now, from committed state: the reply's ancestors.
     """
     gen = Generation(actor, message)
+    # actor.file, not reader(): a commit still being flushed may show here, but this
+    # history only reaches a client through the reply's own later commit, and a
+    # flushed WAL holds everything committed before it
     history = read_history(actor.file, message["parent_id"], HISTORY_LIMIT)
     actor.generations[gen.message_id] = gen
     gen.task = asyncio.create_task(

@@ -80,9 +80,14 @@ def make_app(settings: Settings) -> web.Application:
         datadir = DataDir(settings.data_dir)
         datadir.ensure()
         registry = ActorRegistry(
-            datadir, settings.actor_config(), write_threads=settings.write_threads
+            datadir,
+            settings.actor_config(),
+            write_threads=settings.write_threads,
+            fsync=settings.fsync,
         )
         await registry.start()
+        if settings.synchronous in ("FULL", "EXTRA"):
+            log.info("durable commits are flushed with %s", registry.syncer.kind)
         app[REGISTRY] = registry
         app[METRICS].attach(registry)
         http = aiohttp.ClientSession()

@@ -57,7 +57,7 @@ from server.openapi import SSE, Reply, describe
 from server.sse import OPEN_STREAMS, open_sse
 from storage.errors import Conflict, NotFound
 from storage.ids import validate_session_id
-from storage.session_db import MessageDraft, read_by_client_id_prefix
+from storage.session_db import MessageDraft, SessionFile, read_by_client_id_prefix
 
 routes = web.RouteTableDef()
 
@@ -308,29 +308,29 @@ async def _ensure_session(registry: ActorRegistry, sid: str, user: str) -> None:
         await registry.create_session(sid, owner=user)
 
 
-def _stored_user_message(actor: SessionActor, ui_id: str) -> dict[str, Any] | None:
+def _stored_user_message(f: SessionFile, ui_id: str) -> dict[str, Any] | None:
     """The stored version of user message ``ui_id``: sent through this adapter
     (newest version), or loaded from Roost with its Roost id as UI id."""
-    found = read_by_client_id_prefix(actor.file, f"{CLIENT_ID_PREFIX}{ui_id}:")
+    found = read_by_client_id_prefix(f, f"{CLIENT_ID_PREFIX}{ui_id}:")
     if found is None:
         with contextlib.suppress(NotFound):
-            msg = actor.file.read_message(ui_id)
+            msg = f.read_message(ui_id)
             if msg["role"] == "user":
                 found = msg
     return found
 
 
-def _regenerate_target(actor: SessionActor, body: AiChatRequest) -> str:
+def _regenerate_target(f: SessionFile, body: AiChatRequest) -> str:
     """The Roost id of the message to regenerate (see the module docstring)."""
     if body.messageId is None:
-        leaf: str | None = actor.file.read_session()["active_leaf_id"]
+        leaf: str | None = f.read_session()["active_leaf_id"]
         if leaf is None:
             raise ApiError(400, "invalid_input", "nothing to regenerate: the chat is empty")
         return leaf
     with contextlib.suppress(NotFound):
-        mid: str = actor.file.read_message(body.messageId)["id"]
+        mid: str = f.read_message(body.messageId)["id"]
         return mid
-    found = _stored_user_message(actor, body.messageId)
+    found = _stored_user_message(f, body.messageId)
     if found is None:
         raise ApiError(
             404,
@@ -412,7 +412,7 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
         if draft is not None:
             last_id = body.messages[-1].id
             if body.messageId == last_id:  # an edit (or a resubmit) of that message
-                before = _stored_user_message(actor, last_id)
+                before = _stored_user_message(await actor.reader(), last_id)
                 if before is not None and before["client_id"] != draft.client_id:
                     draft.parent_id = before["parent_id"]
                     draft.explicit_parent = True
@@ -421,7 +421,7 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
             )
             headers["X-User-Message-Id"] = user_msg["id"]
         else:
-            target = _regenerate_target(actor, body)
+            target = _regenerate_target(await actor.reader(), body)
             reply, gen = await streams.regenerate(
                 actor, target, registry.responder, model=body.model
             )
@@ -432,12 +432,12 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
     return await _send(request, ui, first, sub, headers)
 
 
-def _running(actor: SessionActor) -> Generation | None:
+def _running(actor: SessionActor, f: SessionFile) -> Generation | None:
     """The reply to resume: the active leaf's if it runs, else the newest running."""
     gens = actor.generations
     if not gens:
         return None
-    leaf = actor.file.read_session()["active_leaf_id"]
+    leaf = f.read_session()["active_leaf_id"]
     if leaf in gens:
         return gens[leaf]
     return gens[max(gens)]  # ids are time-ordered
@@ -468,7 +468,7 @@ async def ai_resume(request: web.Request) -> web.StreamResponse:
     actor = registry.actor_if_live(sid)  # a running reply keeps its actor live
     gen = None
     if actor is not None and actor.owner == user_of(request):
-        gen = _running(actor)
+        gen = _running(actor, await actor.reader())
     if gen is None or gen.final is not None:
         return web.Response(status=204)
     sub = gen.subscribe(request.app[SETTINGS].subscriber_queue)

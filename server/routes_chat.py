@@ -194,7 +194,7 @@ async def cancel(request: web.Request) -> web.Response:
     async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
         final = await streams.cancel(actor, mid)
         if final is None:
-            final = actor.file.read_message(mid)
+            final = (await actor.reader()).read_message(mid)
     return json_response(final)
 
 
@@ -235,7 +235,7 @@ async def resume(request: web.Request) -> web.StreamResponse:
             sub: Subscription | None = gen.subscribe(settings.subscriber_queue, since)
             first: list[bytes] = []
         else:
-            msg = actor.file.read_message(mid)
+            msg = (await actor.reader()).read_message(mid)
             if since > len(msg["content"]):
                 raise ApiError(
                     400,

@@ -95,7 +95,7 @@ async def get_session(request: web.Request) -> web.Response:
     """``{session, messages, before}``: the newest page of the active branch."""
     limit = query_int(request, "limit", 25, 1, request.app[SETTINGS].max_page_limit)
     async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        f = actor.file
+        f = await actor.reader()
         with f.snapshot():
             session = f.read_session()
             page = f.page(view="active", limit=limit)
@@ -153,7 +153,8 @@ async def list_messages(request: web.Request) -> web.Response:
     limit, before, after = _page_params(request)
     view = query_choice(request, "view", ("active", "all"))
     async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        page = actor.file.page(view=view, limit=limit, before=before, after=after)
+        f = await actor.reader()
+        page = f.page(view=view, limit=limit, before=before, after=after)
     return json_response({"items": page.items, "before": page.before, "after": page.after})
 
 
@@ -201,7 +202,7 @@ async def append_message(request: web.Request) -> web.Response:
 @describe(responses={200: Reply("the message", Message)})
 async def get_message(request: web.Request) -> web.Response:
     async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        msg = actor.file.read_message(request.match_info["mid"])
+        msg = (await actor.reader()).read_message(request.match_info["mid"])
     return json_response(msg, headers={"ETag": f'"{msg["version"]}"'})
 
 
@@ -288,5 +289,5 @@ async def list_siblings(request: web.Request) -> web.Response:
     """
     limit = query_int(request, "limit", 200, 1, SIBLINGS_MAX)
     async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        items = read_siblings(actor.file, request.match_info["mid"], limit)
+        items = read_siblings(await actor.reader(), request.match_info["mid"], limit)
     return json_response({"items": items})

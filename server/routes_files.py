@@ -247,7 +247,7 @@ async def download_attachment(request: web.Request) -> web.StreamResponse:
     registry = request.app[REGISTRY]
     sid = request.match_info["sid"]
     async with registry.lease(sid, user_of(request)) as actor:
-        att = actor.file.read_attachment(request.match_info["aid"])
+        att = (await actor.reader()).read_attachment(request.match_info["aid"])
     etag = f'"{att["sha256"]}"'
     mime = att["mime"]
     inline = INLINE_TYPES.fullmatch(mime) is not None and "download" not in request.query
@@ -343,7 +343,7 @@ async def export_session(request: web.Request) -> web.StreamResponse:
     pool = registry.read_pool
     step: concurrent.futures.Future[Any] | None = None
     async with registry.lease(sid, user_of(request)) as actor:
-        gen = iter_export(actor.file.path, sid, fmt, exported_at=now_iso())
+        gen = iter_export((await actor.reader()).path, sid, fmt, exported_at=now_iso())
         # the first step opens the connection and the snapshot while the lease holds
         step = pool.submit(next, gen, None)
         try:
@@ -500,7 +500,7 @@ async def search(request: web.Request) -> web.Response:
     mode = query_choice(request, "mode", ("words", "fts"))
     async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
         await actor.catch_up_search_index()
-        items = actor.file.search(q, limit=limit, raw=mode == "fts")
+        items = (await actor.reader()).search(q, limit=limit, raw=mode == "fts")
     for i, item in enumerate(items, 1):
         item["rank"] = i
     return json_response({"items": items, "q": q, "mode": mode})

@@ -161,7 +161,7 @@ async def _on_client_frame(request: web.Request, ws: web.WebSocketResponse, text
             async with registry.lease(request.match_info["sid"], user_of(request)) as actor:
                 final = await streams.cancel(actor, mid)
                 if final is None:
-                    final = actor.file.read_message(mid)
+                    final = (await actor.reader()).read_message(mid)
             await _send_json(ws, {"type": "cancel.ack", "ref": ref, "message": final})
         else:
             raise ApiError(

@@ -28,7 +28,13 @@ class Settings(BaseModel):
     idle_timeout: float = Field(30.0, gt=0, description="seconds before an idle actor hibernates")
     max_live_actors: int = Field(1000, ge=1, description="cap on live session actors")
     max_batch: int = Field(256, ge=1, description="most mutations in one group commit")
-    write_threads: int = Field(16, ge=1, description="threads that run commits")
+    write_threads: int = Field(
+        16, ge=1, description="threads for file opens, checkpoints, indexing, uploads"
+    )
+    fsync: Literal["auto", "threads"] = Field(
+        "auto",
+        description="how commits are flushed: auto = Linux AIO if it works, else threads",
+    )
     event_retention: int = Field(10_000, ge=100, description="events kept per session for replay")
     subscriber_queue: int = Field(
         1024, ge=8, description="frames queued per subscriber before drop"

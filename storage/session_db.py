@@ -11,6 +11,17 @@ a failing op leaves no trace while the others commit together (group commit).
 Every change records an event row with the next per-session event ``seq`` in
 the same transaction; the encoded events are handed back only once COMMIT has
 returned, so the caller can publish them (output gate).
+
+Durability (``synchronous`` FULL or EXTRA): the writer runs SQLite at
+``synchronous=NORMAL``, so COMMIT writes the WAL without waiting for the disk,
+and :meth:`SessionFile.run_batch` with ``sync=False`` leaves the ``fdatasync``
+of the WAL (:meth:`SessionFile.wal_fd`) to the caller, who must keep every
+reply, event and read of the new state back until it has returned: the
+session actor does it asynchronously, so the event loop never waits for a
+disk flush. With ``sync=True`` (the default) the batch runs at SQLite's own
+``FULL`` and is durable when COMMIT returns, before anyone can read it.
+Automatic checkpoints are off on the writer (they would flush the disk inside
+a COMMIT); the owner calls :meth:`SessionFile.checkpoint` off the event loop.
 """
 
 from __future__ import annotations
@@ -24,7 +35,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import orjson
 
@@ -1045,6 +1056,11 @@ class SessionFile:
         damaged or from a newer Roost.
         """
         self.sid = sid
+        # FULL/EXTRA: commits must reach the disk before anyone sees them; the writer
+        # runs at NORMAL and the WAL is fdatasynced after COMMIT (see the module doc)
+        self.durable = synchronous in ("FULL", "EXTRA")
+        self.synchronous = synchronous
+        self._wal_fd: int | None = None
         self.event_retention = event_retention
         self.path: Path = datadir.session_db(sid)
         if not self.path.exists():
@@ -1056,6 +1072,9 @@ class SessionFile:
         try:
             self._writer = connect(self.path, synchronous=synchronous)
             migrate(self._writer, SESSION_MIGRATIONS, what="session file")
+            self._writer.execute("PRAGMA wal_autocheckpoint=0")
+            if self.durable:
+                self._writer.execute("PRAGMA synchronous=NORMAL")
             row = self._writer.execute(f"SELECT {_SESSION_COLS} FROM session").fetchone()
             if row is None:
                 raise Unavailable("session file has no session row")
@@ -1073,7 +1092,11 @@ class SessionFile:
         return self._writer is None
 
     def close(self) -> None:
-        """Close both connections. Safe to call twice."""
+        """Close both connections (the last one checkpoints). Safe to call twice."""
+        if self._wal_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._wal_fd)
+            self._wal_fd = None
         for conn in (self._reader, self._writer):
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):
@@ -1109,7 +1132,7 @@ class SessionFile:
     # -- the write path
 
     def run_batch(
-        self, ops: Sequence[Callable[[Txn], Any]], now: str
+        self, ops: Sequence[Callable[[Txn], Any]], now: str, *, sync: bool = True
     ) -> tuple[list[Any], list[Event], dict[str, Any] | None]:
         """Run ``ops`` in one transaction; return (results, events, session or None).
 
@@ -1119,11 +1142,48 @@ class SessionFile:
         back and is raised as a :class:`StorageError`: the caller must
         then treat the file's state as unknown and reopen it. The third item
         is the session document when an op changed the session row.
+
+        With ``sync=False`` on a durable file the commit is not yet on disk
+        when this returns: the caller must ``fdatasync`` :meth:`wal_fd` before
+        anything that reflects it leaves the process (module doc).
+        """
+        full = sync and self.durable
+        if full:
+            self.writer.execute("PRAGMA synchronous=FULL")
+        try:
+            try:
+                return self._run_batch(ops, now, safe=False)
+            except _RedoSafely:
+                return self._run_batch(ops, now, safe=True)
+        finally:
+            if full and self._writer is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    self._writer.execute("PRAGMA synchronous=NORMAL")
+
+    def wal_fd(self) -> int:
+        """A descriptor of the WAL file, to ``fdatasync`` commits made with ``sync=False``.
+
+        Opened on first use, after a commit (the WAL exists then) and kept until
+        :meth:`close`. SQLite deletes the WAL only when its last connection
+        closes, so the descriptor stays the file's while this object is open.
+        """
+        if self._wal_fd is None:
+            if self._writer is None:
+                raise Unavailable(f"session {self.sid!r} is closed")
+            self._wal_fd = os.open(f"{self.path}-wal", os.O_RDONLY | os.O_CLOEXEC)
+        return self._wal_fd
+
+    def checkpoint(self) -> tuple[int, int]:
+        """Copy committed WAL frames into the database (PASSIVE: never blocks a reader).
+
+        Flushes the disk twice (the WAL, then the database): run it off the
+        event loop, between batches. Returns ``(frames in the WAL, frames copied)``.
         """
         try:
-            return self._run_batch(ops, now, safe=False)
-        except _RedoSafely:
-            return self._run_batch(ops, now, safe=True)
+            row = self.writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error as exc:
+            raise _classify(exc) from exc
+        return int(row[1]), int(row[2])
 
     def _run_batch(
         self, ops: Sequence[Callable[[Txn], Any]], now: str, *, safe: bool
@@ -1528,7 +1588,24 @@ def op_stream(
     return run
 
 
-def op_index_search(limit: int = 1000) -> Callable[[Txn], bool]:
+class BulkOp(Generic[T]):
+    """An op marked as bulk work (many rows, or one that may block).
+
+    The session actor runs a batch holding one on a worker thread with
+    ``sync=True`` instead of on the event loop; for :meth:`SessionFile.run_batch`
+    it is an op like any other.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Txn], T]) -> None:
+        self.fn = fn
+
+    def __call__(self, txn: Txn) -> T:
+        return self.fn(txn)
+
+
+def op_index_search(limit: int = 1000) -> BulkOp[bool]:
     """Index up to ``limit`` messages above the search watermark; True if more remain.
 
     New messages are not indexed by the write that adds them (that would
@@ -1553,7 +1630,7 @@ def op_index_search(limit: int = 1000) -> Callable[[Txn], bool]:
         conn.execute("UPDATE search_index SET indexed_seq = ?", (rows[-1][0],))
         return len(rows) == limit
 
-    return run
+    return BulkOp(run)
 
 
 def read_history(f: SessionFile, parent_id: str | None, limit: int) -> list[dict[str, Any]]:

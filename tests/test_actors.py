@@ -17,7 +17,7 @@ from actors.actor import ActorConfig
 from actors.registry import ActorRegistry
 from storage.errors import StorageFull
 from storage.layout import DataDir
-from storage.session_db import MessageDraft, SessionFile, Txn, op_append
+from storage.session_db import BulkOp, MessageDraft, SessionFile, Txn, op_append
 from tests.conftest import TIMEOUT, append, new_session, registry_of
 
 
@@ -78,7 +78,11 @@ async def test_failed_op_rolls_back_alone(registry: ActorRegistry) -> None:
 
 @contextlib.asynccontextmanager
 async def _held_commit(actor: Any) -> AsyncIterator[tuple[threading.Event, Any]]:
-    """Hold the actor's write transaction open until the yielded event is set."""
+    """Hold the actor's write transaction open until the yielded event is set.
+
+    The blocking op is a ``BulkOp``, so its batch runs on a write-pool thread
+    and the event loop stays free (an ordinary op would run on the loop).
+    """
     release = threading.Event()
     entered = threading.Event()
 
@@ -86,7 +90,7 @@ async def _held_commit(actor: Any) -> AsyncIterator[tuple[threading.Event, Any]]
         entered.set()
         release.wait(TIMEOUT)
 
-    blocked = actor.submit_nowait(blocker)
+    blocked = actor.submit_nowait(BulkOp(blocker))
     await _eventually(entered.is_set, "the blocking op to start")
     try:
         yield release, blocked
@@ -188,11 +192,11 @@ async def test_failed_commit_breaks_actor_and_next_request_recovers(
     real = SessionFile.run_batch
     calls = {"n": 0}
 
-    def failing(self: SessionFile, ops: Any, now: str) -> Any:
+    def failing(self: SessionFile, ops: Any, now: str, **kw: Any) -> Any:
         calls["n"] += 1
         if calls["n"] == 1:
             raise StorageFull("the disk is full: the change was not saved")
-        return real(self, ops, now)
+        return real(self, ops, now, **kw)
 
     monkeypatch.setattr(SessionFile, "run_batch", failing)
     r = await client.post("/api/sessions/s1/messages", json={"role": "user", "content": "lost"})

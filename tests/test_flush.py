@@ -1,0 +1,158 @@
+"""Durable commits on the event loop: the WAL flush (Syncer), the read gate, checkpoints.
+
+With ``synchronous=FULL`` an ordinary batch commits on the event loop at SQLite's
+NORMAL level and the actor then ``fdatasync``s the WAL through the registry's
+``Syncer`` (Linux AIO, or a thread pool). Until that flush returns, the commit
+is in the file but not on disk: no reply, no event and no read may show it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import actors.actor
+from storage.fsync import Syncer
+from tests.conftest import TIMEOUT, append, new_session, registry_of
+
+
+class _HeldFlushes:
+    """Wraps a registry's syncer: each flush waits until the test lets it go."""
+
+    def __init__(self, real: Syncer) -> None:
+        self.real = real.fdatasync  # the bound method, taken before it is replaced
+        self.asked: list[int] = []
+        self.gate = asyncio.Event()
+        self.fail_with: OSError | None = None
+
+    def fdatasync(self, fd: int) -> asyncio.Future[None]:
+        self.asked.append(fd)
+        return asyncio.ensure_future(self._later(fd))
+
+    async def _later(self, fd: int) -> None:
+        await self.gate.wait()
+        if self.fail_with is not None:
+            raise self.fail_with
+        await self.real(fd)
+
+
+def _hold(client: Any, monkeypatch: pytest.MonkeyPatch) -> _HeldFlushes:
+    reg = registry_of(client)
+    held = _HeldFlushes(reg.syncer)
+    monkeypatch.setattr(reg.syncer, "fdatasync", held.fdatasync)
+    return held
+
+
+async def _until(pred: Any, what: str) -> None:
+    for _ in range(int(TIMEOUT / 0.01)):
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.parametrize("use_aio", [True, False], ids=["aio", "threads"])
+async def test_syncer_flushes_files_and_reports_errors(tmp_path: Path, use_aio: bool) -> None:
+    """Many concurrent flushes of real files resolve; a closed descriptor fails with
+    EBADF instead of hanging; close() with nothing in flight is clean."""
+    syncer = Syncer(use_aio=use_aio)
+    if use_aio and syncer.kind != "aio":
+        syncer.close()
+        pytest.skip("Linux AIO is not available on this machine")
+    assert syncer.kind == ("aio" if use_aio else "threads")
+    fds = []
+    try:
+        for i in range(20):
+            fd = os.open(tmp_path / f"f{i}", os.O_RDWR | os.O_CREAT)
+            os.write(fd, b"x" * 4096)
+            fds.append(fd)
+        await asyncio.wait_for(
+            asyncio.gather(*(syncer.fdatasync(fds[i % 20]) for i in range(300))), TIMEOUT
+        )
+        bad = os.open(tmp_path / "gone", os.O_RDWR | os.O_CREAT)
+        os.close(bad)
+        with pytest.raises(OSError) as info:
+            await asyncio.wait_for(syncer.fdatasync(bad), TIMEOUT)
+        assert info.value.errno in (errno.EBADF, errno.EINVAL)
+    finally:
+        for fd in fds:
+            os.close(fd)
+        syncer.close()
+    syncer.close()  # idempotent
+
+
+async def test_reply_and_reads_wait_for_the_flush(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The append is in the SQLite file before its flush, yet neither its reply nor a
+    GET shows it until the flush returns; afterwards both do."""
+    await new_session(client)
+    await append(client, "s1", "before")
+    held = _hold(client, monkeypatch)
+    post = asyncio.ensure_future(append(client, "s1", "held"))
+    await _until(lambda: held.asked, "the flush to be asked for")
+    actor = registry_of(client).actor_if_live("s1")
+    other = sqlite3.connect(actor.file.path)
+    try:
+        rows = other.execute("SELECT content FROM messages ORDER BY seq").fetchall()
+        assert rows == [("before",), ("held",)], "the commit should be in the file already"
+        get = asyncio.ensure_future(client.get("/api/sessions/s1/messages"))
+        await asyncio.sleep(0.3)
+        assert not post.done(), "reply sent before the flush"
+        assert not get.done(), "a read showed a commit that was not on disk yet"
+        held.gate.set()
+        msg = await asyncio.wait_for(post, TIMEOUT)
+        r = await asyncio.wait_for(get, TIMEOUT)
+        assert [m["content"] for m in (await r.json())["items"]] == ["before", "held"]
+        assert msg["content"] == "held"
+    finally:
+        other.close()
+
+
+async def test_failed_flush_fails_the_batch_and_the_next_request_recovers(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ENOSPC from the flush answers 507 to the writer (not acknowledged); the actor is
+    replaced and the next append works."""
+    await new_session(client)
+    held = _hold(client, monkeypatch)
+    held.fail_with = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    held.gate.set()
+    r = await client.post("/api/sessions/s1/messages", json={"role": "user", "content": "x"})
+    assert r.status == 507, await r.text()
+    assert (await r.json())["error"]["code"] == "storage_full"
+    held.fail_with = None
+    msg = await append(client, "s1", "after")
+    assert msg["content"] == "after"
+
+
+async def test_checkpoints_run_between_batches(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Automatic checkpoints are off on the writer; the actor copies the WAL into the
+    database every CHECKPOINT_EVERY commits, so the main file (read without the WAL)
+    holds the messages."""
+    monkeypatch.setattr(actors.actor, "CHECKPOINT_EVERY", 5)
+    await new_session(client)
+    for i in range(12):
+        await append(client, "s1", f"m{i}")
+    path = registry_of(client).actor_if_live("s1").file.path
+    main_only = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
+    try:
+        (n,) = main_only.execute("SELECT COUNT(*) FROM messages").fetchone()
+    finally:
+        main_only.close()
+    assert n >= 10, f"expected the checkpoints to have copied 10 messages, found {n}"
+    (auto,) = (
+        registry_of(client)
+        .actor_if_live("s1")
+        .file.writer.execute("PRAGMA wal_autocheckpoint")
+        .fetchone()
+    )
+    assert auto == 0
