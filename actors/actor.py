@@ -121,6 +121,8 @@ class SessionActor:
         self.commits = 0
         self.committed_ops = 0
         self._index_due = True  # new activation: messages may await indexing
+        self._index_timer: asyncio.TimerHandle | None = None
+        self._last_write = 0.0
         self.generations: dict[str, Generation] = {}
         self.graceful = True
         self.stream_lag_observer: Callable[[float], None] | None = None
@@ -270,16 +272,15 @@ class SessionActor:
         while True:
             while not self._mailbox:
                 if self.state is not State.RUNNING:
+                    if self._index_timer is not None:
+                        self._index_timer.cancel()
                     return
                 self._wakeup.clear()
-                if not self._index_due:
-                    await self._wakeup.wait()
-                    continue
-                # idle for a moment: catch the search index up, off the hot path
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), self.config.index_delay)
-                except TimeoutError:
-                    self._mailbox.append(Envelope(op_index_search(500), self._index_done()))
+                if self._index_due and self._index_timer is None:
+                    self._index_timer = loop.call_at(
+                        self._last_write + self.config.index_delay, self._index_when_idle
+                    )
+                await self._wakeup.wait()
             n = min(len(self._mailbox), self.config.max_batch)
             batch = [self._mailbox.popleft() for _ in range(n)]
             f = self._file
@@ -302,6 +303,7 @@ class SessionActor:
                 self.commit_observer(time.perf_counter() - started, n)
             if events:
                 self._index_due = True
+            self._last_write = loop.time()
             self.commits += 1
             self.committed_ops += n
             self.last_used = time.monotonic()
@@ -334,6 +336,22 @@ class SessionActor:
         finally:
             self._unsynced = None
             gate.set_result(None)
+
+    def _index_when_idle(self) -> None:
+        """Timer: once no write came for ``index_delay`` s, catch the search index up
+        (off the hot path). One timer per actor, re-armed rather than made per commit."""
+        self._index_timer = None
+        if not self._index_due or self.state is not State.RUNNING:
+            return
+        loop = asyncio.get_running_loop()
+        due = self._last_write + self.config.index_delay
+        if self._mailbox or due > loop.time():
+            self._index_timer = loop.call_at(
+                max(due, loop.time() + self.config.index_delay / 4), self._index_when_idle
+            )
+            return
+        self._mailbox.append(Envelope(op_index_search(500), self._index_done()))
+        self._wakeup.set()
 
     def _index_done(self) -> asyncio.Future[bool]:
         """The future of a background indexing op: it clears the flag when done."""
