@@ -42,6 +42,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._request_children: dict[tuple[str, str, int], Histogram] = {}
         self.requests = Histogram(
             "roost_request_seconds",
             "HTTP request latency by route",
@@ -67,6 +68,16 @@ class Metrics:
             registry=self.registry,
             buckets=_LATENCY_BUCKETS,
         )
+
+    def request_timer(self, method: str, route: str, status: int) -> Histogram:
+        """The request-latency child for these labels (memoized: ``labels()`` is slow)."""
+        key = (method, route, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self.requests.labels(method, route, str(status))
+            if len(self._request_children) < 10_000:
+                self._request_children[key] = child
+        return child
 
     def observe_commit(self, seconds: float, size: int) -> None:
         self.commit_seconds.observe(seconds)
@@ -120,7 +131,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
-        request.app[METRICS].requests.labels(request.method, name, str(status)).observe(
+        request.app[METRICS].request_timer(request.method, name, status).observe(
             time.perf_counter() - started
         )
 

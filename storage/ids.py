@@ -67,9 +67,23 @@ def uuid7() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_now_second = -1
+_now_prefix = ""
+
+
 def now_iso() -> str:
-    """The current time as an RFC 3339 UTC string with milliseconds."""
-    return format_ts(time.time())
+    """The current time as an RFC 3339 UTC string with milliseconds.
+
+    Same text as ``format_ts(time.time())``; the part up to the seconds is
+    formatted once per second (this runs once per commit).
+    """
+    global _now_second, _now_prefix
+    t = time.time()
+    sec = int(t)
+    if sec != _now_second:
+        _now_prefix = datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
+        _now_second = sec
+    return f"{_now_prefix}{int((t - sec) * 1000):03d}Z"
 
 
 def format_ts(t: float) -> str:
