@@ -89,7 +89,7 @@ class ActorRegistry:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._catalog = await loop.run_in_executor(self.write_pool, Catalog, self.datadir)
-        self._syncer = Syncer(use_aio=self.fsync_mode == "auto")
+        self._syncer = Syncer(use_aio=self.fsync_mode == "auto", probe_dir=str(self.datadir.root))
         self._tasks = [
             asyncio.create_task(self._sweep(), name="registry:sweep"),
             asyncio.create_task(self._catalog_flusher(), name="registry:catalog"),

@@ -145,8 +145,13 @@ class Syncer:
     ``"aio"`` or ``"threads"``.
     """
 
-    def __init__(self, *, threads: int = 4, use_aio: bool = True) -> None:
+    def __init__(
+        self, *, threads: int = 4, use_aio: bool = True, probe_dir: str | None = None
+    ) -> None:
+        """``probe_dir``: a folder on the file system that will be synced (the data
+        dir), where AIO is tried once before it is trusted."""
         self._loop = asyncio.get_running_loop()
+        self._threads = threads
         self._aio: _Aio | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._waiting: dict[int, asyncio.Future[None]] = {}
@@ -155,10 +160,11 @@ class Syncer:
         self._flush_scheduled = False
         self._next_key = 1
         self._in_flight = 0
+        self._fds: dict[int, int] = {}
         if use_aio:
             try:
                 self._aio = _Aio()
-                self._probe()
+                self._probe(probe_dir)
             except OSError:
                 if self._aio is not None:
                     self._aio.close()
@@ -168,14 +174,19 @@ class Syncer:
         else:
             self._pool = ThreadPoolExecutor(threads, thread_name_prefix="roost-fsync")
 
+    def _use_threads(self) -> None:
+        """Give up on AIO for good (the kernel refused an fsync it took at the probe)."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="roost-fsync")
+
     @property
     def kind(self) -> str:
-        return "aio" if self._aio is not None else "threads"
+        return "aio" if self._aio is not None and self._pool is None else "threads"
 
-    def _probe(self) -> None:
+    def _probe(self, where: str | None) -> None:
         """Sync a scratch file through AIO and wait for it: proves the kernel path works."""
         assert self._aio is not None
-        with tempfile.TemporaryFile() as tmp:
+        with tempfile.TemporaryFile(dir=where) as tmp:
             tmp.write(b"roost")
             tmp.flush()
             if self._aio.submit([(0, tmp.fileno())]) != 1:
@@ -198,6 +209,7 @@ class Syncer:
         key = self._next_key
         self._next_key += 1
         self._waiting[key] = fut
+        self._fds[key] = fd
         self._pending.append((key, fd))
         if not self._flush_scheduled:
             # one io_submit for everything asked during this loop iteration
@@ -223,8 +235,8 @@ class Syncer:
                 if exc.errno == errno.EAGAIN:
                     self._backlog.extendleft(reversed(batch))
                     return
-                for key, _ in batch:
-                    self._resolve(key, -(exc.errno or errno.EIO))
+                for key, fd in batch:
+                    self._resolve(key, -(exc.errno or errno.EIO), fd)
                 continue
             for item in reversed(batch[took:]):
                 self._backlog.appendleft(item)
@@ -238,13 +250,21 @@ class Syncer:
         assert aio is not None
         for key, res in aio.reap():
             self._in_flight -= 1
-            self._resolve(key, res)
+            self._resolve(key, res, self._fds.pop(key, -1))
         if self._backlog:
             self._submit_backlog()
 
-    def _resolve(self, key: int, res: int) -> None:
+    def _resolve(self, key: int, res: int, fd: int = -1) -> None:
+        self._fds.pop(key, None)
         fut = self._waiting.pop(key, None)
         if fut is None or fut.done():
+            return
+        if res in (-errno.EINVAL, -errno.EOPNOTSUPP) and fd >= 0:
+            # this file system cannot sync through AIO: do it, and all later ones, on threads
+            self._use_threads()
+            assert self._pool is not None
+            inner = self._loop.run_in_executor(self._pool, os.fdatasync, fd)
+            inner.add_done_callback(lambda f: _copy(f, fut))
             return
         if res < 0:
             fut.set_exception(OSError(-res, f"fdatasync: {os.strerror(-res)}"))
@@ -267,6 +287,7 @@ class Syncer:
             if not fut.done():
                 fut.set_exception(OSError(errno.ECANCELED, "fdatasync abandoned: shutting down"))
         self._waiting.clear()
+        self._fds.clear()
         self._backlog.clear()
         self._pending.clear()
 

@@ -87,6 +87,28 @@ async def test_syncer_flushes_files_and_reports_errors(tmp_path: Path, use_aio: 
     syncer.close()  # idempotent
 
 
+async def test_syncer_falls_back_to_threads_where_aio_cannot_sync(tmp_path: Path) -> None:
+    """A descriptor the kernel cannot sync through AIO (a pipe: EINVAL) moves the syncer
+    to threads for good; the caller still gets the real answer, later flushes work."""
+    syncer = Syncer(use_aio=True, probe_dir=str(tmp_path))
+    if syncer.kind != "aio":
+        syncer.close()
+        pytest.skip("Linux AIO is not available on this machine")
+    r, w = os.pipe()
+    fd = os.open(tmp_path / "f", os.O_RDWR | os.O_CREAT)
+    try:
+        with pytest.raises(OSError) as info:
+            await asyncio.wait_for(syncer.fdatasync(r), TIMEOUT)
+        assert info.value.errno == errno.EINVAL
+        assert syncer.kind == "threads"
+        os.write(fd, b"data")
+        await asyncio.wait_for(syncer.fdatasync(fd), TIMEOUT)
+    finally:
+        for x in (r, w, fd):
+            os.close(x)
+        syncer.close()
+
+
 async def test_reply_and_reads_wait_for_the_flush(
     client: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
