@@ -196,6 +196,19 @@ class Server:
                 os.killpg(proc.pid, signal.SIGKILL)
         return proc.wait(STOP_TIMEOUT_S)
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) used so far by the server's process tree, in seconds."""
+        if self.proc is None:
+            return 0.0
+        total = 0
+        for p in _descendants(self.proc.pid):
+            try:
+                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+        return total / os.sysconf("SC_CLK_TCK")
+
     def memory_mb(self) -> dict[str, float]:
         """Return ``rss MB`` (VmRSS) and ``peak rss MB`` (VmHWM) summed over the process tree."""
         if self.proc is None:

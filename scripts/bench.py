@@ -508,7 +508,10 @@ async def chat_run(ctx: Context, t: Target, rnd: int) -> Metrics:
     content = " ".join(f"word{i}" for i in range(z.chat_words))
     timeout = 60.0 + z.chat_words
     jobs = [ChatJob(t.base, part, content, timeout) for part in split(sids, ctx.pool.size)]
+    cpu0, wall0 = t.server.cpu_seconds(), time.monotonic()
     results: list[ChatResult] = await run_pool(ctx, jobs, timeout + 30)
+    # server CPU while the streams ran (the pool's prepare step is included: it is short)
+    cpu_cores = (t.server.cpu_seconds() - cpu0) / max(time.monotonic() - wall0, 1e-9)
     unsupported = next((r.unsupported for r in results if r.unsupported), None)
     if unsupported:
         raise Unsupported(unsupported)
@@ -519,6 +522,7 @@ async def chat_run(ctx: Context, t: Target, rnd: int) -> Metrics:
     metrics = {
         **latency_summary([x for r in results for x in r.first_delta], "first delta "),
         **latency_summary([x for r in results for x in r.total], "complete "),
+        "server cpu cores": cpu_cores,
     }
     lag_after = await fetch_persist_lag(t)
     if lag_after:
