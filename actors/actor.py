@@ -122,7 +122,8 @@ class SessionActor:
         self.committed_ops = 0
         self._index_due = True  # new activation: messages may await indexing
         self._index_timer: asyncio.TimerHandle | None = None
-        self._last_write = 0.0
+        # the first catch-up of the search index waits for an idle spell too
+        self._last_write = asyncio.get_running_loop().time()
         self.generations: dict[str, Generation] = {}
         self.graceful = True
         self.stream_lag_observer: Callable[[float], None] | None = None

@@ -154,19 +154,22 @@ async def test_slow_subscriber_is_dropped_without_slowing_others(make_client: An
     await new_session(client)
     reg = registry_of(client)
     _, dead_writer = await _dead_peer(client.host, client.port, "/api/sessions/s1/ws")
-    good = await client.ws_connect("/api/sessions/s1/ws")
-    assert (await _recv(good))["type"] == "hello"
-    big = "x" * 60_000
-    for i in range(120):
-        await append(client, "s1", f"{i} {big}")
-        frame = await _recv(good, timeout=2)  # bounded delay for the reading client
-        assert frame["message"]["content"].startswith(f"{i} ")
-    assert reg.stats.dropped_subscribers >= 1
-    assert len(reg.topic("s1").subs) == 1
-    actor = reg.actor_if_live("s1")
-    assert actor.committed_ops == 120
-    await good.close()
-    dead_writer.close()
+    try:
+        good = await client.ws_connect("/api/sessions/s1/ws")
+        assert (await _recv(good))["type"] == "hello"
+        big = "x" * 60_000
+        for i in range(120):
+            await append(client, "s1", f"{i} {big}")
+            frame = await _recv(good, timeout=2)  # bounded delay for the reading client
+            assert frame["message"]["content"].startswith(f"{i} ")
+        assert reg.stats.dropped_subscribers >= 1
+        assert len(reg.topic("s1").subs) == 1
+        actor = reg.actor_if_live("s1")
+        assert actor.committed_ops == 120
+        await good.close()
+    finally:
+        # a peer that never reads holds the server's shutdown until its socket closes
+        dead_writer.close()
 
 
 async def test_ws_joining_mid_reply_ends_with_exact_text(make_client: Any) -> None:
