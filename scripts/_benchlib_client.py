@@ -33,7 +33,7 @@ from typing import Any, Protocol
 
 import aiohttp
 import orjson
-from _benchlib_rawhttp import RawConnection, encode_post
+from _benchlib_rawhttp import HandshakeError, RawConnection, RawWebSocket, encode_post
 from _benchlib_servers import BenchError, Unsupported
 
 __all__ = [
@@ -310,68 +310,92 @@ class WsListenJob:
         return len(self.sockets) + 4
 
     async def run(self, http: aiohttp.ClientSession, ready: ReadyFn) -> WsListenResult | None:
-        ws_base = self.base_url.replace("http://", "ws://", 1)
+        # A raw WebSocket client (see _benchlib_rawhttp): each frame is handled in the
+        # protocol's data_received, with no task switch, so the 1,000-socket burst
+        # measures the server rather than the listeners' own frame handling.
         gate = asyncio.Semaphore(self.connect_concurrency)
         connect_latencies: list[float] = []
+        loop = asyncio.get_running_loop()
 
-        async def connect(sid: str) -> aiohttp.ClientWebSocketResponse:
-            url = f"{ws_base}/api/sessions/{sid}/ws?since=0"
+        async def connect(sid: str) -> RawWebSocket:
+            path = f"/api/sessions/{sid}/ws?since=0"
             async with gate:
                 t0 = time.monotonic()
                 try:
-                    ws = await http.ws_connect(url, autoping=True, max_msg_size=0)
-                except aiohttp.WSServerHandshakeError as e:
+                    ws = await RawWebSocket.connect(self.base_url, path)
+                except HandshakeError as e:
                     if e.status in (404, 405):
-                        raise Unsupported(f"GET {url} (WebSocket) answered {e.status}") from e
-                    raise BenchError(f"GET {url}: expected 101, got {e.status}: {e.message}") from e
-                msg = await ws.receive(timeout=10)
-                hello = orjson.loads(msg.data) if msg.type == aiohttp.WSMsgType.TEXT else None
-                if not isinstance(hello, dict) or hello.get("type") != "hello":
-                    raise BenchError(f"GET {url}: expected a hello frame first, got {msg.data!r}")
+                        raise Unsupported(f"GET {path} (WebSocket) answered {e.status}") from e
+                    raise BenchError(f"GET {path}: {e}") from e
+                hello: asyncio.Future[bytes] = loop.create_future()
+
+                def first_frame(data: bytes, _arrival: float) -> None:
+                    if not hello.done():
+                        hello.set_result(data)
+
+                ws.on_text(first_frame)
+                try:
+                    async with asyncio.timeout(10):
+                        first = orjson.loads(await hello)
+                except TimeoutError:
+                    ws.close()
+                    raise BenchError(f"GET {path}: no hello frame within 10 s") from None
+                if not isinstance(first, dict) or first.get("type") != "hello":
+                    ws.close()
+                    raise BenchError(f"GET {path}: expected a hello frame first, got {first!r}")
                 connect_latencies.append(time.monotonic() - t0)
                 return ws
 
-        sockets = await asyncio.gather(*(connect(sid) for sid in self.sockets))
+        sockets: list[RawWebSocket] = []
         try:
-            if not await ready(len(sockets)):
-                return None
-            deadline = time.monotonic() + self.timeout_s
+            for ws in await asyncio.gather(
+                *(connect(sid) for sid in self.sockets), return_exceptions=True
+            ):
+                if isinstance(ws, BaseException):
+                    raise ws
+                sockets.append(ws)
             arrivals: dict[tuple[str, int], float] = {}
             log = _ErrorLog()
-            missing = 0
+            seen = [0] * len(sockets)
+            done: list[asyncio.Future[None]] = [loop.create_future() for _ in sockets]
 
-            async def listen(sid: str, ws: aiohttp.ClientWebSocketResponse) -> None:
-                nonlocal missing
-                seen = 0
-                while seen < self.expected_seq:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
+            def listener(i: int, sid: str) -> Callable[[bytes, float], None]:
+                def on_text(data: bytes, now: float) -> None:
                     try:
-                        msg = await ws.receive(timeout=remaining)
-                    except TimeoutError:
-                        break
-                    now = time.monotonic()
-                    if msg.type != aiohttp.WSMsgType.TEXT:
-                        log.add(f"socket on {sid}: expected text frames, got {msg.type.name}")
-                        break
-                    frame = orjson.loads(msg.data)
-                    if frame.get("type") != "message.created":
-                        continue
-                    seq = int(frame["seq"])
-                    seen += 1
-                    key = (sid, seq)
+                        frame = orjson.loads(data)
+                    except orjson.JSONDecodeError:
+                        log.add(f"socket on {sid}: expected JSON text frames, got {data[:80]!r}")
+                        return
+                    if frame.get("type") != "message.created" or done[i].done():
+                        return
+                    key = (sid, int(frame["seq"]))
                     arrivals[key] = max(arrivals.get(key, 0.0), now)
-                missing += self.expected_seq - seen
+                    seen[i] += 1
+                    if seen[i] >= self.expected_seq:
+                        done[i].set_result(None)
 
-            await asyncio.gather(
-                *(listen(sid, ws) for sid, ws in zip(self.sockets, sockets, strict=True))
-            )
+                return on_text
+
+            for i, (sid, ws) in enumerate(zip(self.sockets, sockets, strict=True)):
+                ws.on_text(listener(i, sid))
+            if not await ready(len(sockets)):
+                return None
+            closed = [asyncio.ensure_future(ws.closed) for ws in sockets]
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.timeout_s):
+                    await asyncio.gather(
+                        *(
+                            asyncio.wait([d, c], return_when=asyncio.FIRST_COMPLETED)
+                            for d, c in zip(done, closed, strict=True)
+                        )
+                    )
+            missing = sum(max(0, self.expected_seq - n) for n in seen)
             if missing and log.first is None:
                 log.add(f"{missing} frame(s) not received within {self.timeout_s:.0f}s")
             return WsListenResult(arrivals, connect_latencies, missing, log.first)
         finally:
-            await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+            for ws in sockets:
+                ws.close()
 
 
 @dataclass(frozen=True)

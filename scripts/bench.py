@@ -51,6 +51,7 @@ from _benchlib_client import (
     WsListenResult,
     expect_json,
 )
+from _benchlib_rawhttp import RawConnection, encode_post
 from _benchlib_servers import (
     BenchError,
     PeerServer,
@@ -442,19 +443,27 @@ def fanout_workload(wide: bool) -> RunFn:
         await asyncio.to_thread(ctx.pool.go)
         sent: dict[tuple[str, int], float] = {}
 
-        async def poster(sid: str) -> None:
-            url = f"{t.base}/api/sessions/{sid}/messages"
+        body = orjson.dumps({"role": "user", "content": MESSAGE_TEXT})
+
+        async def poster(sid: str, conn: RawConnection) -> None:
+            path = f"/api/sessions/{sid}/messages"
+            raw = encode_post(conn.host_port, path, body)
             for _ in range(posts):
                 t0 = time.monotonic()
-                msg = await expect_json(
-                    t.http, "POST", url, (201,), {"role": "user", "content": MESSAGE_TEXT}
-                )
-                sent[(sid, int(msg["seq"]))] = t0
+                status, answer = await conn.request(raw)
+                if status != 201:
+                    raise BenchError(f"POST {path}: expected 201, got {status}: {answer[:300]!r}")
+                sent[(sid, int(orjson.loads(answer)["seq"]))] = t0
                 await asyncio.sleep(z.fanout_gap_s)
 
+        # lean keep-alive connections (as for the append workloads): the coordinator
+        # posts for 100 sessions at once and should not be the slow part
+        conns = [RawConnection(t.base) for _ in sids]
         try:
-            await asyncio.gather(*(poster(sid) for sid in sids))
+            await asyncio.gather(*(poster(sid, c) for sid, c in zip(sids, conns, strict=True)))
         finally:
+            for c in conns:
+                c.close()
             results: list[WsListenResult] = await asyncio.to_thread(ctx.pool.collect, timeout + 30)
         arrivals: dict[tuple[str, int], float] = {}
         for r in results:

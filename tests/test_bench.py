@@ -66,3 +66,47 @@ def test_raw_client_rejects_what_is_not_http() -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad!r}")
+
+
+async def test_raw_websocket_frames_split_anyhow_arrive_whole() -> None:
+    """The bench's WebSocket listener reassembles frames of every length class (7-bit,
+    16-bit, 64-bit lengths) and fragmented messages, however the bytes are split, and
+    answers a ping with a masked pong."""
+    raw = _rawhttp()
+
+    class Sink:
+        def __init__(self) -> None:
+            self.written = b""
+
+        def write(self, data: bytes) -> None:
+            self.written += data
+
+        def is_closing(self) -> bool:
+            return False
+
+    def frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+        n = len(payload)
+        b0 = (0x80 if fin else 0) | opcode
+        if n < 126:
+            return bytes((b0, n)) + payload
+        if n < 65536:
+            return bytes((b0, 126)) + n.to_bytes(2, "big") + payload
+        return bytes((b0, 127)) + n.to_bytes(8, "big") + payload
+
+    texts = [b"a" * 5, b"b" * 300, b"c" * 70_000]
+    stream = b"".join(frame(1, t) for t in texts)
+    stream += frame(9, b"hi") + frame(1, b"frag", fin=False) + frame(0, b"ment")
+    for step in (1, 7, 4096, len(stream)):
+        proto = raw._WsProto(b"")
+        sink = Sink()
+        proto.transport = sink
+        got: list[bytes] = []
+        proto.on_text = lambda data, _t, got=got: got.append(data)
+        proto.upgraded.set_result(None)
+        for i in range(0, len(stream), step):
+            proto.data_received(stream[i : i + step])
+        assert got == [*texts, b"fragment"], step
+        # the pong: FIN|0xA, masked, length 2, then the key and the masked payload
+        assert sink.written[:2] == bytes((0x8A, 0x82))
+        key, body = sink.written[2:6], sink.written[6:8]
+        assert bytes(b ^ key[i % 4] for i, b in enumerate(body)) == b"hi"
