@@ -11,7 +11,7 @@ duplicate at the hand-over. Replies running at open time get a catch-up
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import orjson
 
@@ -36,6 +36,9 @@ class Feed:
         self.since = since
         self.last_seq = 0
         self.end = End.OPEN
+        # set by a transport that can take a live frame synchronously: returns True if
+        # it wrote the frame, False if it cannot now (then the frame is queued)
+        self.direct: Callable[[Frame], bool] | None = None
         self._sub: Subscription | None = None
         self._topic: Topic | None = None
         self._current = 0
@@ -91,6 +94,9 @@ class Feed:
         for frame in self._catchup:
             yield frame
         self._catchup = []
+        if self.direct is not None:
+            # live from here on: idle sockets get frames written by the publisher
+            self._sub.sink = self._write_live
         while True:
             live = await self._sub.get()
             if live is None:
@@ -106,6 +112,17 @@ class Feed:
                     continue
                 self.last_seq = live.seq
             yield live
+
+    def _write_live(self, frame: Frame) -> bool:
+        """The subscription's sink: the same seq rule as the loop in :meth:`frames`."""
+        if frame.seq is not None and frame.seq <= self.last_seq:
+            return True  # already sent by the replay
+        assert self.direct is not None
+        if not self.direct(frame):
+            return False
+        if frame.seq is not None:
+            self.last_seq = frame.seq
+        return True
 
     def close(self) -> None:
         """Unsubscribe. Idempotent."""

@@ -20,13 +20,14 @@ from storage.session_db import Event
 class Frame:
     """One outgoing item: a durable event (``seq`` set) or an ephemeral one."""
 
-    __slots__ = ("_sse", "data", "seq", "type")
+    __slots__ = ("_sse", "_ws", "data", "seq", "type")
 
     def __init__(self, type_: str, data: bytes, seq: int | None = None) -> None:
         self.type = type_
         self.data = data
         self.seq = seq
         self._sse: bytes | None = None
+        self._ws: bytes | None = None
 
     @classmethod
     def of(cls, event: Event) -> Frame:
@@ -40,20 +41,43 @@ class Frame:
             self._sse = f"{head}event: {self.type}\n".encode() + b"data: " + self.data + b"\n\n"
         return self._sse
 
+    def ws(self) -> bytes:
+        """The frame as one unmasked WebSocket text frame (RFC 6455 section 5.2),
+        encoded once for all subscribers."""
+        if self._ws is None:
+            n = len(self.data)
+            if n < 126:
+                head = bytes((0x81, n))
+            elif n < 65536:
+                head = bytes((0x81, 126)) + n.to_bytes(2, "big")
+            else:
+                head = bytes((0x81, 127)) + n.to_bytes(8, "big")
+            self._ws = head + self.data
+        return self._ws
+
 
 class Subscription:
-    """A subscriber's bounded queue. Only its owner calls :meth:`get`."""
+    """A subscriber's bounded queue. Only its owner calls :meth:`get`.
+
+    ``sink``, if set, is offered each frame first while nothing is queued: it
+    returns True if it delivered the frame itself (written straight to an idle
+    socket, no task switch), False to have it queued as usual. Queued frames
+    keep their order because the sink is skipped while any are waiting.
+    """
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
         self.dropped = False
         self.closed = False
+        self.sink: Callable[[Frame], bool] | None = None
         self._queue: deque[Frame] = deque()
         self._wakeup = asyncio.Event()
 
     def push(self, frame: Frame) -> None:
         """Queue ``frame``; never blocks. A full queue drops the subscriber."""
         if self.closed or self.dropped:
+            return
+        if self.sink is not None and not self._queue and self.sink(frame):
             return
         if len(self._queue) >= self.maxsize:
             self.dropped = True

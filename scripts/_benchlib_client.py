@@ -295,9 +295,9 @@ class WsListenJob:
     """Open one WebSocket per entry of ``sockets`` (a session id) and record arrivals.
 
     Prepare: connect every socket (``connect_concurrency`` handshakes at a time)
-    and wait for its ``hello``. After "go": read until each socket saw
-    ``message.created`` seq ``expected_seq`` (its session starts empty), or until
-    ``timeout_s``.
+    and wait for its ``hello`` (no ``since``: live events only). After "go": read
+    until each socket saw ``expected_seq`` ``message.created`` frames (the number
+    of timed posts to its session), or until ``timeout_s``.
     """
 
     base_url: str
@@ -318,7 +318,7 @@ class WsListenJob:
         loop = asyncio.get_running_loop()
 
         async def connect(sid: str) -> RawWebSocket:
-            path = f"/api/sessions/{sid}/ws?since=0"
+            path = f"/api/sessions/{sid}/ws"  # live from now on: the posts come after "go"
             async with gate:
                 t0 = time.monotonic()
                 try:

@@ -27,6 +27,7 @@ __all__ = [
     "HandshakeError",
     "RawConnection",
     "RawWebSocket",
+    "encode_get",
     "encode_post",
 ]
 
@@ -42,6 +43,11 @@ def encode_post(
         f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode("ascii") + body
+
+
+def encode_get(host_port: str, path: str) -> bytes:
+    """The bytes of ``GET path``, ready to write on a keep-alive connection."""
+    return f"GET {path} HTTP/1.1\r\nHost: {host_port}\r\n\r\n".encode("ascii")
 
 
 class _Proto(asyncio.Protocol):

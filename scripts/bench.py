@@ -437,13 +437,23 @@ def fanout_workload(wide: bool) -> RunFn:
         sockets = [sid for sid in sids for _ in range(per_session)]
         timeout = 30.0 + posts * (z.fanout_gap_s + 0.5)
         jobs = [WsListenJob(t.base, part, posts, timeout) for part in split(sockets, ctx.pool.size)]
+        # Warm-up, untimed, before the sockets connect (as for the append workloads): one
+        # keep-alive connection per poster and one append per session, so the first timed
+        # wave measures neither 100 TCP handshakes nor each session's first write.
+        body = orjson.dumps({"role": "user", "content": MESSAGE_TEXT})
+        conns = [RawConnection(t.base) for _ in sids]
+        for sid, c in zip(sids, conns, strict=True):
+            path = f"/api/sessions/{sid}/messages"
+            status, answer = await c.request(encode_post(c.host_port, path, body))
+            if status != 201:
+                for x in conns:
+                    x.close()
+                raise BenchError(f"warm-up POST {path}: expected 201, got {status}: {answer!r}")
         t_connect = time.monotonic()
         await asyncio.to_thread(ctx.pool.dispatch, jobs, 120.0)
         connect_wall = time.monotonic() - t_connect
         await asyncio.to_thread(ctx.pool.go)
         sent: dict[tuple[str, int], float] = {}
-
-        body = orjson.dumps({"role": "user", "content": MESSAGE_TEXT})
 
         async def poster(sid: str, conn: RawConnection) -> None:
             path = f"/api/sessions/{sid}/messages"
@@ -458,7 +468,6 @@ def fanout_workload(wide: bool) -> RunFn:
 
         # lean keep-alive connections (as for the append workloads): the coordinator
         # posts for 100 sessions at once and should not be the slow part
-        conns = [RawConnection(t.base) for _ in sids]
         try:
             await asyncio.gather(*(poster(sid, c) for sid, c in zip(sids, conns, strict=True)))
         finally:
