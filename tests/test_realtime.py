@@ -300,3 +300,25 @@ async def test_sigterm_closes_sockets_with_going_away(server_process: Any) -> No
         await ws.close()
     code = await asyncio.get_running_loop().run_in_executor(None, srv.proc.wait, TIMEOUT)
     assert code == 0
+
+
+async def test_live_frames_written_directly_arrive_whole_at_every_size(client: Any) -> None:
+    """Live frames go straight to idle sockets as bytes encoded once per event: a
+    standard client reads them whole for all three WebSocket length forms (7-bit,
+    16-bit, 64-bit), identical on two sockets and in order."""
+    await new_session(client)
+    a = await client.ws_connect("/api/sessions/s1/ws")
+    b = await client.ws_connect("/api/sessions/s1/ws")
+    assert (await _recv(a))["type"] == (await _recv(b))["type"] == "hello"
+    reg = registry_of(client)
+    sizes = [1, 200, 70_000]  # frames of ~0.5 KB, ~1 KB and > 64 KiB
+    for n in sizes:
+        await append(client, "s1", "y" * n)
+    for ws in (a, b):
+        got = [await _recv_type(ws, "message.created") for _ in sizes]
+        assert [len(f["message"]["content"]) for f in got] == sizes
+        assert [f["seq"] for f in got] == sorted(f["seq"] for f in got)
+    subs = reg.topic("s1").subs
+    assert len(subs) == 2 and all(s.sink is not None for s in subs), "direct path not in use"
+    await a.close()
+    await b.close()
