@@ -53,8 +53,11 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-# commits between two checkpoints of a session's WAL (a checkpoint flushes twice)
+# a session's WAL is checkpointed (two flushes, on the write pool) after this many
+# commits or this many ops, whichever comes first: that bounds the WAL file (a
+# one-message commit adds ~8 pages; under group commit, a few pages per message)
 CHECKPOINT_EVERY = 200
+CHECKPOINT_OPS = 2000
 
 
 @dataclass(slots=True)
@@ -132,6 +135,7 @@ class SessionActor:
         self._syncer = syncer
         self._unsynced: asyncio.Future[None] | None = None
         self._since_checkpoint = 0
+        self._ops_since_checkpoint = 0
         self._on_commit = on_commit
         self._on_closed = on_closed
         self._on_idle = on_idle or (lambda actor: None)
@@ -319,8 +323,12 @@ class SessionActor:
             if sess is not None:
                 self._on_commit(self, sess)
             self._since_checkpoint += 1
-            if self._since_checkpoint >= CHECKPOINT_EVERY:
-                self._since_checkpoint = 0
+            self._ops_since_checkpoint += n
+            if (
+                self._since_checkpoint >= CHECKPOINT_EVERY
+                or self._ops_since_checkpoint >= CHECKPOINT_OPS
+            ):
+                self._since_checkpoint = self._ops_since_checkpoint = 0
                 # on failure the data is still safe in the WAL; the next checkpoint retries
                 with contextlib.suppress(StorageError):
                     await loop.run_in_executor(self._write_pool, f.checkpoint)

@@ -154,13 +154,15 @@ async def test_failed_flush_fails_the_batch_and_the_next_request_recovers(
     assert msg["content"] == "after"
 
 
+@pytest.mark.parametrize("by", ["commits", "ops"])
 async def test_checkpoints_run_between_batches(
-    client: Any, monkeypatch: pytest.MonkeyPatch
+    client: Any, monkeypatch: pytest.MonkeyPatch, by: str
 ) -> None:
     """Automatic checkpoints are off on the writer; the actor copies the WAL into the
-    database every CHECKPOINT_EVERY commits, so the main file (read without the WAL)
-    holds the messages."""
-    monkeypatch.setattr(actors.actor, "CHECKPOINT_EVERY", 5)
+    database every CHECKPOINT_EVERY commits or CHECKPOINT_OPS ops, so the main file
+    (read without the WAL) holds the messages."""
+    monkeypatch.setattr(actors.actor, "CHECKPOINT_EVERY", 5 if by == "commits" else 10**9)
+    monkeypatch.setattr(actors.actor, "CHECKPOINT_OPS", 5 if by == "ops" else 10**9)
     await new_session(client)
     for i in range(12):
         await append(client, "s1", f"m{i}")
