@@ -335,10 +335,14 @@ class SessionActor:
 
     async def _flush(self, f: SessionFile) -> None:
         """``fdatasync`` the WAL after an event-loop commit; reads wait meanwhile."""
+        try:
+            fd = f.wal_fd()
+        except FileNotFoundError:
+            return  # no WAL: nothing was ever written through this file
         gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._unsynced = gate
         try:
-            await self._syncer.fdatasync(f.wal_fd())
+            await self._syncer.fdatasync(fd)
         except OSError as exc:
             cls = StorageFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else Unavailable
             raise cls(f"flushing session {self.sid!r} to disk failed: {exc.strerror}") from exc
