@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import enum
 import errno
-import functools
 import time
 from collections import deque
 from collections.abc import Callable
@@ -295,7 +294,7 @@ class SessionActor:
             try:
                 if any(isinstance(op, BulkOp) for op in ops):
                     results, events, sess = await loop.run_in_executor(
-                        self._write_pool, functools.partial(f.run_batch, ops, now_iso())
+                        self._write_pool, f.run_batch, ops, now_iso()
                     )
                 else:
                     results, events, sess = f.run_batch(ops, now_iso(), sync=False)

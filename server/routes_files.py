@@ -343,11 +343,14 @@ async def export_session(request: web.Request) -> web.StreamResponse:
     pool = registry.read_pool
     step: concurrent.futures.Future[Any] | None = None
     async with registry.lease(sid, user_of(request)) as actor:
-        gen = iter_export((await actor.reader()).path, sid, fmt, exported_at=now_iso())
+        gen = iter_export(actor.file.path, sid, fmt, exported_at=now_iso())
         # the first step opens the connection and the snapshot while the lease holds
         step = pool.submit(next, gen, None)
         try:
             chunk: bytes | None = await asyncio.wrap_future(step)
+            # the snapshot may hold a commit whose flush is still running: once
+            # reader() returns, every commit made before it is on disk
+            await actor.reader()
         except BaseException:
             with contextlib.suppress(RuntimeError):
                 pool.submit(_close_after, step, gen)

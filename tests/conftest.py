@@ -26,6 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT = float(os.environ.get("ROOST_TEST_TIMEOUT", "10"))
 
 
+async def eventually(pred: Callable[[], Any], what: str) -> None:
+    """Wait until ``pred()`` is true, polling every 10 ms; fail after TIMEOUT s."""
+    deadline = time.monotonic() + TIMEOUT
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
 def make_settings(tmp_path: Path, **kw: Any) -> Settings:
     return Settings(data_dir=str(tmp_path / "data"), **kw)
 

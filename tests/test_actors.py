@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import sqlite3
 import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,15 +17,7 @@ from actors.registry import ActorRegistry
 from storage.errors import StorageFull
 from storage.layout import DataDir
 from storage.session_db import BulkOp, MessageDraft, SessionFile, Txn, op_append
-from tests.conftest import TIMEOUT, append, new_session, registry_of
-
-
-async def _eventually(pred: Any, what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+from tests.conftest import TIMEOUT, append, eventually, new_session, registry_of
 
 
 @pytest.fixture
@@ -91,7 +82,7 @@ async def _held_commit(actor: Any) -> AsyncIterator[tuple[threading.Event, Any]]
         release.wait(TIMEOUT)
 
     blocked = actor.submit_nowait(BulkOp(blocker))
-    await _eventually(entered.is_set, "the blocking op to start")
+    await eventually(entered.is_set, "the blocking op to start")
     try:
         yield release, blocked
     finally:
@@ -159,7 +150,7 @@ async def test_idle_actor_hibernates_and_reactivates(make_client: Any) -> None:
     await new_session(client)
     await append(client, "s1", "before")
     reg = registry_of(client)
-    await _eventually(lambda: reg.live == 0, "hibernation")
+    await eventually(lambda: reg.live == 0, "hibernation")
     assert reg.stats.hibernations >= 1
     m = await append(client, "s1", "after")
     assert m["seq"] == 2
@@ -202,7 +193,7 @@ async def test_failed_commit_breaks_actor_and_next_request_recovers(
     r = await client.post("/api/sessions/s1/messages", json={"role": "user", "content": "lost"})
     assert r.status == 507
     assert (await r.json())["error"]["code"] == "storage_full"
-    await _eventually(lambda: reg.actor_if_live("s1") is None, "the broken actor to close")
+    await eventually(lambda: reg.actor_if_live("s1") is None, "the broken actor to close")
     m = await append(client, "s1", "next")
     assert m["seq"] == 2
     page = await (await client.get("/api/sessions/s1/messages")).json()

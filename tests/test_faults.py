@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import json
 import os
 import sqlite3
 import subprocess
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,16 +21,8 @@ from storage.errors import Unavailable
 from storage.ids import now_iso
 from storage.layout import DataDir
 from storage.session_db import SessionFile, create_session_file, op_append
-from tests.conftest import TIMEOUT, append, new_session, registry_of
+from tests.conftest import append, eventually, new_session, registry_of
 from tests.test_actors import _draft
-
-
-async def _eventually(pred: Any, what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def _contents(client: Any, sid: str, **kw: Any) -> list[str]:
@@ -149,7 +139,7 @@ async def test_sqlite_full_in_a_commit_is_507_and_keeps_earlier_messages(client:
     )
     assert r.status == 507
     assert (await r.json())["error"]["code"] == "storage_full"
-    await _eventually(lambda: reg.actor_if_live("s1") is None, "the broken actor to close")
+    await eventually(lambda: reg.actor_if_live("s1") is None, "the broken actor to close")
     await append(client, "s1", "next")
     assert await _contents(client, "s1") == ["kept", "next"]
 

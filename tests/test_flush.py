@@ -19,7 +19,7 @@ import pytest
 
 import actors.actor
 from storage.fsync import Syncer
-from tests.conftest import TIMEOUT, append, new_session, registry_of
+from tests.conftest import TIMEOUT, append, eventually, new_session, registry_of
 
 
 class _HeldFlushes:
@@ -47,14 +47,6 @@ def _hold(client: Any, monkeypatch: pytest.MonkeyPatch) -> _HeldFlushes:
     held = _HeldFlushes(reg.syncer)
     monkeypatch.setattr(reg.syncer, "fdatasync", held.fdatasync)
     return held
-
-
-async def _until(pred: Any, what: str) -> None:
-    for _ in range(int(TIMEOUT / 0.01)):
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.parametrize("use_aio", [True, False], ids=["aio", "threads"])
@@ -118,7 +110,7 @@ async def test_reply_and_reads_wait_for_the_flush(
     await append(client, "s1", "before")
     held = _hold(client, monkeypatch)
     post = asyncio.ensure_future(append(client, "s1", "held"))
-    await _until(lambda: held.asked, "the flush to be asked for")
+    await eventually(lambda: held.asked, "the flush to be asked for")
     actor = registry_of(client).actor_if_live("s1")
     other = sqlite3.connect(actor.file.path)
     try:
@@ -135,6 +127,27 @@ async def test_reply_and_reads_wait_for_the_flush(
         assert msg["content"] == "held"
     finally:
         other.close()
+
+
+async def test_export_waits_for_the_flush_of_what_its_snapshot_holds(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An export taken while a commit is being flushed sends nothing until the flush
+    returns (its snapshot, read on another connection, already holds the commit)."""
+    await new_session(client)
+    await append(client, "s1", "before")
+    held = _hold(client, monkeypatch)
+    post = asyncio.ensure_future(append(client, "s1", "held"))
+    await eventually(lambda: held.asked, "the flush to be asked for")
+    export = asyncio.ensure_future(client.get("/api/sessions/s1/export"))
+    await asyncio.sleep(0.3)
+    assert not export.done(), "an export showed a commit that was not on disk yet"
+    held.gate.set()
+    await asyncio.wait_for(post, TIMEOUT)
+    r = await asyncio.wait_for(export, TIMEOUT)
+    assert r.status == 200
+    doc = await r.json()
+    assert "held" in [m["content"] for m in doc["messages"]]
 
 
 async def test_failed_flush_fails_the_batch_and_the_next_request_recovers(
