@@ -49,11 +49,18 @@ def _hold(client: Any, monkeypatch: pytest.MonkeyPatch) -> _HeldFlushes:
     return held
 
 
-@pytest.mark.parametrize("use_aio", [True, False], ids=["aio", "threads"])
-async def test_syncer_flushes_files_and_reports_errors(tmp_path: Path, use_aio: bool) -> None:
+@pytest.mark.parametrize(
+    ("use_aio", "submit_thread"),
+    [(True, True), (True, False), (False, False)],
+    ids=["aio", "aio-inline-submit", "threads"],
+)
+async def test_syncer_flushes_files_and_reports_errors(
+    tmp_path: Path, use_aio: bool, submit_thread: bool
+) -> None:
     """Many concurrent flushes of real files resolve; a closed descriptor fails with
-    EBADF instead of hanging; close() with nothing in flight is clean."""
-    syncer = Syncer(use_aio=use_aio)
+    EBADF instead of hanging, alone or in the middle of a batch of good ones, which
+    still succeed; close() with nothing in flight is clean."""
+    syncer = Syncer(use_aio=use_aio, submit_thread=submit_thread)
     if use_aio and syncer.kind != "aio":
         syncer.close()
         pytest.skip("Linux AIO is not available on this machine")
@@ -72,11 +79,37 @@ async def test_syncer_flushes_files_and_reports_errors(tmp_path: Path, use_aio: 
         with pytest.raises(OSError) as info:
             await asyncio.wait_for(syncer.fdatasync(bad), TIMEOUT)
         assert info.value.errno in (errno.EBADF, errno.EINVAL)
+        mixed = [syncer.fdatasync(fds[i % 20]) for i in range(10)]
+        mixed.append(syncer.fdatasync(bad))
+        mixed += [syncer.fdatasync(fds[i % 20]) for i in range(10)]
+        got = await asyncio.wait_for(asyncio.gather(*mixed, return_exceptions=True), TIMEOUT)
+        assert got[:10] == [None] * 10 and got[11:] == [None] * 10
+        assert isinstance(got[10], OSError) and got[10].errno in (errno.EBADF, errno.EINVAL)
     finally:
         for fd in fds:
             os.close(fd)
         syncer.close()
     syncer.close()  # idempotent
+
+
+async def test_syncer_close_with_syncs_in_flight_leaves_none_waiting(tmp_path: Path) -> None:
+    """close() while a batch is with the submitter thread and syncs are in the kernel:
+    every future ends (synced, or failed with OSError), none is left hanging."""
+    syncer = Syncer(use_aio=True, probe_dir=str(tmp_path))
+    fds = [os.open(tmp_path / f"f{i}", os.O_RDWR | os.O_CREAT) for i in range(8)]
+    try:
+        for fd in fds:
+            os.write(fd, b"y" * 65536)
+        futs = [syncer.fdatasync(fds[i % 8]) for i in range(200)]
+        await asyncio.sleep(0)  # the first batch goes out
+        futs += [syncer.fdatasync(fds[i % 8]) for i in range(200)]
+        syncer.close()
+        assert all(f.done() for f in futs)
+        for f in futs:
+            assert f.exception() is None or isinstance(f.exception(), OSError)
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 async def test_syncer_falls_back_to_threads_where_aio_cannot_sync(tmp_path: Path) -> None:
