@@ -491,10 +491,23 @@ class SessionState:
         )
 
     def copy(self) -> SessionState:
-        new = object.__new__(SessionState)
-        for name in self.__slots__:
-            object.__setattr__(new, name, getattr(self, name))
-        return new
+        return SessionState(
+            self.id,
+            self.owner,
+            self.title,
+            self.metadata,
+            self.created_at,
+            self.updated_at,
+            self.message_count,
+            self.last_message_at,
+            self.active_leaf_seq,
+            self.active_leaf_id,
+            self.root_count,
+            self.event_seq,
+            self.leaf_depth,
+            self.leaf_child_count,
+            self.next_seq,
+        )
 
 
 _MSG_INSERT = (
@@ -512,6 +525,11 @@ def _insert_rows(
     conn: sqlite3.Connection, table: str, cols: str, rows: Sequence[Sequence[Any]]
 ) -> None:
     """Insert ``rows`` with as few statements as possible (chunks of ``_CHUNK``)."""
+    if len(rows) == 1:  # the usual append: no flattening
+        sql = _INSERT_SQL.get((cols, 1))
+        if sql is not None:
+            conn.execute(sql, rows[0])
+            return
     for i in range(0, len(rows), _CHUNK):
         chunk = rows[i : i + _CHUNK]
         sql = _INSERT_SQL.get((cols, len(chunk)))
@@ -1207,7 +1225,8 @@ class SessionFile:
             try:
                 for op in ops:
                     mark = len(txn.events)
-                    saved = txn.state.copy()
+                    # a lone op that fails rolls everything back: nothing to restore
+                    saved = txn.state if single else txn.state.copy()
                     changed = txn.session_changed
                     txn.begin_op()
                     try:
