@@ -566,9 +566,11 @@ async def cold_run(ctx: Context, t: Target, rnd: int) -> Metrics:
     """First request to sessions untouched since a restart, among ``cold_sessions`` on disk.
 
     Uses its own Roost instance (own data dir) so the other workloads are not
-    disturbed. Once: create the sessions. Each round: restart, then time the first
-    and second ``GET .../messages?limit=25`` of ``cold_fetches`` sessions never
-    requested since creation.
+    disturbed. Once: create the sessions, then flush the file system, so their
+    write-back does not land on the workloads timed next. Each round: start that
+    instance, time the first and second ``GET .../messages?limit=25`` of
+    ``cold_fetches`` sessions never requested since creation, and stop it again,
+    so its idle actors do not hibernate (and checkpoint) during other workloads.
     """
     z = ctx.sizes
     server = ctx.cold.get("server")
@@ -594,10 +596,11 @@ async def cold_run(ctx: Context, t: Target, rnd: int) -> Metrics:
             done += len(chunk)
             progress(f"{t.name}: created {done:,}/{len(created):,} sessions for cold activation")
         ctx.cold["ids"] = created
+        await asyncio.to_thread(server.stop)
+        await asyncio.to_thread(os.sync)
     ids: list[str] = ctx.cold["ids"]
     stride = max(1, len(ids) // (z.cold_fetches * max(1, ctx.args.rounds)))
     picks = ids[rnd::stride][: z.cold_fetches]
-    await asyncio.to_thread(server.stop)
     restart = await asyncio.to_thread(server.start)
     rss_restart = server.memory_mb().get("rss MB", 0.0)
     cold_t = Target(t.name, server, t.http)
@@ -607,7 +610,7 @@ async def cold_run(ctx: Context, t: Target, rnd: int) -> Metrics:
         url = f"{server.base_url}/api/sessions/{sid}/messages?limit={PAGE}"
         cold_gets += (await timed_get(cold_t, url, 1))[0]
         warm_gets += (await timed_get(cold_t, url, 1))[0]
-    return {
+    result: Metrics = {
         "restart to healthy s": restart,
         **latency_summary(cold_gets, "first GET "),
         **latency_summary(warm_gets, "second GET "),
@@ -615,6 +618,8 @@ async def cold_run(ctx: Context, t: Target, rnd: int) -> Metrics:
         "rss after GETs MB": server.memory_mb().get("rss MB", 0.0),
         "sessions on disk": float(len(ids)),
     }
+    await asyncio.to_thread(server.stop)
+    return result
 
 
 # ------------------------------------------------------------------ registry
