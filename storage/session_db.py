@@ -491,8 +491,23 @@ class SessionState:
         )
 
     def copy(self) -> SessionState:
-        # row() lists the first twelve fields in declaration order
-        return SessionState(*self.row(), self.leaf_depth, self.leaf_child_count, self.next_seq)
+        return SessionState(
+            self.id,
+            self.owner,
+            self.title,
+            self.metadata,
+            self.created_at,
+            self.updated_at,
+            self.message_count,
+            self.last_message_at,
+            self.active_leaf_seq,
+            self.active_leaf_id,
+            self.root_count,
+            self.event_seq,
+            self.leaf_depth,
+            self.leaf_child_count,
+            self.next_seq,
+        )
 
 
 _MSG_INSERT = (
