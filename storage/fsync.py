@@ -245,8 +245,7 @@ class Syncer:
         """A future that resolves once ``fd``'s data is on stable storage."""
         fut: asyncio.Future[None] = self._loop.create_future()
         if self._pool is not None:
-            inner = self._loop.run_in_executor(self._pool, os.fdatasync, fd)
-            inner.add_done_callback(lambda f: _copy(f, fut))
+            self._on_thread(fd, fut)
             return fut
         key = self._next_key
         self._next_key += 1
@@ -317,8 +316,7 @@ class Syncer:
                 return
             # io_submit fails only for the first iocb it could not take: that sync
             # gets the error, the rest go again
-            key, fd = items[0]
-            self._resolve(key, -(took.errno or errno.EIO), fd)
+            self._resolve(items[0][0], -(took.errno or errno.EIO))
             self._backlog.extendleft(reversed(items[1:]))
             return
         self._in_flight -= len(items) - took
@@ -329,26 +327,31 @@ class Syncer:
         assert aio is not None
         for key, res in aio.reap():
             self._in_flight -= 1
-            self._resolve(key, res, self._fds.pop(key, -1))
+            self._resolve(key, res)
         if self._backlog:
             self._submit_backlog()
 
-    def _resolve(self, key: int, res: int, fd: int = -1) -> None:
-        self._fds.pop(key, None)
+    def _resolve(self, key: int, res: int, *, may_retry: bool = True) -> None:
+        """Settle sync ``key`` with the kernel's result (0 or -errno). A file system
+        that cannot sync through AIO moves it, and all later syncs, to threads."""
+        fd = self._fds.pop(key, -1)
         fut = self._waiting.pop(key, None)
         if fut is None or fut.done():
             return
-        if res in (-errno.EINVAL, -errno.EOPNOTSUPP) and fd >= 0:
-            # this file system cannot sync through AIO: do it, and all later ones, on threads
+        if res in (-errno.EINVAL, -errno.EOPNOTSUPP) and may_retry and fd >= 0:
             self._use_threads()
-            assert self._pool is not None
-            inner = self._loop.run_in_executor(self._pool, os.fdatasync, fd)
-            inner.add_done_callback(lambda f: _copy(f, fut))
+            self._on_thread(fd, fut)
             return
         if res < 0:
             fut.set_exception(OSError(-res, f"fdatasync: {os.strerror(-res)}"))
         else:
             fut.set_result(None)
+
+    def _on_thread(self, fd: int, fut: asyncio.Future[None]) -> None:
+        """``fdatasync(fd)`` on the thread pool; its outcome settles ``fut``."""
+        assert self._pool is not None
+        inner = self._loop.run_in_executor(self._pool, os.fdatasync, fd)
+        inner.add_done_callback(lambda f: _copy(f, fut))
 
     def close(self) -> None:
         """Stop; anything still in flight fails with ``OSError``. Idempotent."""
@@ -362,7 +365,7 @@ class Syncer:
                     self._submitted(*job.result())
             # wait for the kernel to finish what it took, so no fd is synced after close
             for key, res in self._drain():
-                self._resolve(key, res)
+                self._resolve(key, res, may_retry=False)
             self._aio.close()
             self._aio = None
         if self._pool is not None:

@@ -518,26 +518,29 @@ _MSG_INSERT = (
 _CHUNK = 16  # rows per multi-row INSERT (one SQLite step, one GIL round trip)
 
 
-_INSERT_SQL: dict[tuple[str, int], str] = {}
+_INSERT_SQL: dict[tuple[str, str, int], str] = {}
+
+
+def _insert_sql(table: str, cols: str, n: int) -> str:
+    """``INSERT INTO table (cols) VALUES (?, …), …`` for ``n`` rows (memoized)."""
+    sql = _INSERT_SQL.get((table, cols, n))
+    if sql is None:
+        one = "(" + ", ".join("?" * (cols.count(",") + 1)) + ")"
+        sql = f"INSERT INTO {table} ({cols}) VALUES " + ", ".join([one] * n)
+        _INSERT_SQL[(table, cols, n)] = sql
+    return sql
 
 
 def _insert_rows(
     conn: sqlite3.Connection, table: str, cols: str, rows: Sequence[Sequence[Any]]
 ) -> None:
     """Insert ``rows`` with as few statements as possible (chunks of ``_CHUNK``)."""
-    if len(rows) == 1:  # the usual append: no flattening
-        sql = _INSERT_SQL.get((cols, 1))
-        if sql is not None:
-            conn.execute(sql, rows[0])
-            return
+    if len(rows) == 1:  # the usual append: the row as it is, no flattening
+        conn.execute(_insert_sql(table, cols, 1), rows[0])
+        return
     for i in range(0, len(rows), _CHUNK):
         chunk = rows[i : i + _CHUNK]
-        sql = _INSERT_SQL.get((cols, len(chunk)))
-        if sql is None:
-            one = "(" + ", ".join("?" * (cols.count(",") + 1)) + ")"
-            sql = f"INSERT INTO {table} ({cols}) VALUES " + ", ".join([one] * len(chunk))
-            _INSERT_SQL[(cols, len(chunk))] = sql
-        conn.execute(sql, [v for row in chunk for v in row])
+        conn.execute(_insert_sql(table, cols, len(chunk)), [v for row in chunk for v in row])
 
 
 class _RedoSafely(Exception):
