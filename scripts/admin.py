@@ -48,12 +48,17 @@ from storage.errors import InvalidInput
 from storage.export import attachment_records, export_json_chunks, export_markdown_chunks
 from storage.ids import now_iso
 from storage.layout import DataDir
-from storage.session_db import _MSG_COLS as MSG_COLS
-from storage.session_db import ROLES, STATUSES, message_doc, session_doc
-
-SESSION_COLS = (
-    "id, owner, title, metadata, created_at, updated_at, message_count, last_message_at, "
-    "active_leaf_seq, active_leaf_id, root_count, event_seq"
+from storage.rows import (
+    MESSAGE_SELECT,
+    ROLES,
+    SESSION_SELECT,
+    STATUSES,
+    MessageRow,
+    SessionRow,
+    message_doc,
+    prefixed,
+    scalar,
+    session_doc,
 )
 
 # --------------------------------------------------------------------------- output helpers
@@ -130,17 +135,18 @@ def read_session_row(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
     """The session row as ``{doc, owner, active_leaf_seq, root_count, event_seq}``."""
     roost_schema_version(conn, path)
     try:
-        row = conn.execute(f"SELECT {SESSION_COLS} FROM session").fetchone()
+        raw = conn.execute(f"SELECT {SESSION_SELECT} FROM session").fetchone()
     except sqlite3.DatabaseError as exc:
         raise AdminError(describe_db_error(path, exc), EXIT_PROBLEM) from exc
-    if row is None:
+    if raw is None:
         raise AdminError(f"{path}: the session table is empty", EXIT_PROBLEM)
+    row = SessionRow._make(raw)
     return {
         "doc": session_doc(row),
-        "owner": row[1],
-        "active_leaf_seq": row[8],
-        "root_count": row[10],
-        "event_seq": row[11],
+        "owner": row.owner,
+        "active_leaf_seq": row.active_leaf_seq,
+        "root_count": row.root_count,
+        "event_seq": row.event_seq,
     }
 
 
@@ -545,11 +551,11 @@ def cmd_messages(args: argparse.Namespace, dd: DataDir) -> int:
         cond = " AND seq < ?" if before is not None else ""
         params: tuple[Any, ...] = (args.limit + 1,) if before is None else (before, args.limit + 1)
         rows = conn.execute(
-            f"SELECT {MSG_COLS} FROM messages WHERE 1{live}{cond} ORDER BY seq DESC LIMIT ?",
+            f"SELECT {MESSAGE_SELECT} FROM messages WHERE 1{live}{cond} ORDER BY seq DESC LIMIT ?",
             params,
         ).fetchall()
-        top = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
-        return rows, int(top)
+        top = scalar(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages"))
+        return [MessageRow._make(r) for r in rows], int(top)
 
     rows, top = read_consistent(path, first_page)
     more = len(rows) > args.limit
@@ -582,11 +588,12 @@ def _follow(path: Path, sid: str, last: int, live: str, args: argparse.Namespace
             try:
                 with db.snapshot() as conn:
                     rows = conn.execute(
-                        f"SELECT {MSG_COLS} FROM messages WHERE seq > ?{live} "
+                        f"SELECT {MESSAGE_SELECT} FROM messages WHERE seq > ?{live} "
                         "ORDER BY seq LIMIT 500",
                         (last,),
                     ).fetchall()
-                    top = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
+                    rows = [MessageRow._make(r) for r in rows]
+                    top = scalar(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages"))
             except FileChanged:
                 db.close()
                 db = None
@@ -600,7 +607,7 @@ def _follow(path: Path, sid: str, last: int, live: str, args: argparse.Namespace
                 printed += len(docs)
                 if args.count is not None and printed >= args.count:
                     return EXIT_OK
-            last = max(last, int(top)) if len(rows) < 500 else rows[-1][0]
+            last = max(last, int(top)) if len(rows) < 500 else rows[-1].seq
             if len(rows) < 500:
                 time.sleep(args.interval)
     except KeyboardInterrupt:
@@ -711,23 +718,23 @@ def cmd_export(args: argparse.Namespace, dd: DataDir) -> int:
                         session["owner"] = srow["owner"]
                     chunks: Iterator[bytes]
                     if args.format == "json":
-                        cur = conn.execute(f"SELECT {MSG_COLS} FROM messages ORDER BY seq")
+                        cur = conn.execute(f"SELECT {MESSAGE_SELECT} FROM messages ORDER BY seq")
                         chunks = export_json_chunks(
                             session,
-                            (message_doc(r, sid) for r in cur),
+                            (message_doc(MessageRow._make(r), sid) for r in cur),
                             exported_at=now_iso(),
                             attachments=list(attachment_records(conn, sid)),
                         )
                     else:
                         cur = conn.execute(
-                            f"SELECT {', '.join('m.' + c.strip() for c in MSG_COLS.split(','))} "
+                            f"SELECT {prefixed('m')} "
                             "FROM active_path ap JOIN messages m ON m.seq = ap.seq "
                             "ORDER BY ap.depth"
                         )
                         chunks = (
                             c.encode()
                             for c in export_markdown_chunks(
-                                session, (message_doc(r, sid) for r in cur)
+                                session, (message_doc(MessageRow._make(r), sid) for r in cur)
                             )
                         )
                     for chunk in chunks:
