@@ -19,30 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from storage.errors import Conflict, from_os_error, from_sqlite
-from storage.layout import DataDir, connect, fsync_path
+from storage.layout import DataDir, connect, fsync_path, make_dirs_durable
 from storage.rows import SESSION_SELECT, SessionRow, dumps, session_doc
 from storage.schema import SESSION_MIGRATIONS, migrate
-
-
-def make_dirs_durable(path: Path, fsync_dir: Callable[[Path], None] = fsync_path) -> None:
-    """``mkdir -p path``, fsyncing the parent of every folder it creates.
-
-    Idempotent: an existing ``path`` is left alone (and nothing is synced).
-    Raises ``OSError`` from the file system.
-    """
-    missing: list[Path] = []
-    p = path
-    while not p.exists():
-        missing.append(p)
-        if p.parent == p:
-            break
-        p = p.parent
-    for d in reversed(missing):
-        try:
-            d.mkdir()
-        except FileExistsError:
-            continue  # someone else made it; they sync it
-        fsync_dir(d.parent)
 
 
 def create_session_file(
