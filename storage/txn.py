@@ -70,7 +70,9 @@ class SessionState:
     """The session row, plus the active leaf's depth and child count.
 
     The actor is the only writer of its file, so the state is kept in memory
-    between transactions: an append reads nothing but what it must.
+    between transactions: an append reads nothing but what it must. The first
+    fields are :class:`storage.rows.SessionRow`'s, in order (checked at import),
+    so the state is itself a valid argument of :func:`storage.rows.session_doc`.
     """
 
     id: str
@@ -122,9 +124,8 @@ class SessionState:
 SESSION_UPDATE_COLUMNS = tuple(c for c in SESSION_COLUMNS if c not in ("id", "owner", "created_at"))
 SESSION_UPDATE_SQL = "UPDATE session SET " + ", ".join(f"{c} = ?" for c in SESSION_UPDATE_COLUMNS)
 _STATE_FIELDS = tuple(f.name for f in fields(SessionState))
-assert _STATE_FIELDS[: len(SESSION_COLUMNS)] == SESSION_COLUMNS, (
-    "SessionState must follow SessionRow"
-)
+if _STATE_FIELDS[: len(SESSION_COLUMNS)] != SESSION_COLUMNS:  # caught at import, not in use
+    raise TypeError("SessionState's first fields must be SessionRow's, in order")
 _state_values = operator.attrgetter(*_STATE_FIELDS)
 _session_update_values = operator.attrgetter(*SESSION_UPDATE_COLUMNS)
 
