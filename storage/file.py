@@ -44,7 +44,14 @@ from storage.layout import DataDir, connect, fsync_path
 from storage.reads import Page, ReadConnection
 from storage.rows import SESSION_SELECT, SessionRow
 from storage.schema import SESSION_MIGRATIONS, migrate
-from storage.txn import SESSION_UPDATE_SQL, Event, SessionState, Txn, _RedoSafely
+from storage.txn import (
+    SESSION_UPDATE_SQL,
+    Event,
+    SessionState,
+    Txn,
+    _RedoSafely,
+    session_update_values,
+)
 
 _classify = from_sqlite
 
@@ -267,7 +274,7 @@ class SessionFile:
                 txn.finish()
                 sess = None
                 if txn.session_changed or txn.events:
-                    conn.execute(SESSION_UPDATE_SQL, txn.state.changed_columns())
+                    conn.execute(SESSION_UPDATE_SQL, session_update_values(txn.state))
                     sess = txn.session_doc()
                 conn.execute("COMMIT")
             except BaseException:

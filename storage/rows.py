@@ -14,6 +14,7 @@ Everything here is pure (no I/O beyond the statement a helper is handed).
 
 from __future__ import annotations
 
+import operator
 import sqlite3
 from collections.abc import Sequence
 from typing import Any, NamedTuple, Protocol
@@ -103,9 +104,29 @@ ATTACHMENT_COLUMNS: tuple[str, ...] = AttachmentRow._fields
 MESSAGE_SELECT = ", ".join(MESSAGE_COLUMNS)
 SESSION_SELECT = ", ".join(SESSION_COLUMNS)
 ATTACHMENT_SELECT = ", ".join(ATTACHMENT_COLUMNS)
-# a new message is inserted with every column, so the buffered row is the stored row
-MESSAGE_INSERT = MESSAGE_SELECT
+MESSAGE_INSERT = MESSAGE_SELECT  # every column (import writes them all)
 ATTACHMENT_INSERT = ATTACHMENT_SELECT
+
+# Columns an append never sets: the schema's defaults fill them. A new message's
+# MessageRow carries these same values, so its document is the stored row's;
+# the INSERT of an append names the other columns only (fewer binds on the hot path).
+NEW_MESSAGE_DEFAULTS: dict[str, Any] = {
+    "fallback_notice": None,
+    "error": None,
+    "version": 1,
+    "deleted_at": None,
+}
+NEW_MESSAGE_COLUMNS: tuple[str, ...] = tuple(
+    c for c in MESSAGE_COLUMNS if c not in NEW_MESSAGE_DEFAULTS
+)
+NEW_MESSAGE_INSERT = ", ".join(NEW_MESSAGE_COLUMNS)
+_new_message_values = operator.itemgetter(*(MESSAGE_COLUMNS.index(c) for c in NEW_MESSAGE_COLUMNS))
+
+
+def new_message_values(row: MessageRow) -> tuple[Any, ...]:
+    """The values of :data:`NEW_MESSAGE_COLUMNS` of ``row``, in that order."""
+    return _new_message_values(row)  # type: ignore[no-any-return]
+
 
 _N_MSG = len(MESSAGE_COLUMNS)
 

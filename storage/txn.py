@@ -11,6 +11,7 @@ gate). Nothing here commits; the file does.
 
 from __future__ import annotations
 
+import functools
 import operator
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -21,13 +22,14 @@ import orjson
 
 from storage.errors import NotFound, Unavailable
 from storage.rows import (
-    MESSAGE_INSERT,
     MESSAGE_SELECT,
+    NEW_MESSAGE_INSERT,
     SESSION_COLUMNS,
     SESSION_SELECT,
     MessageRow,
     SessionRow,
     message_doc,
+    new_message_values,
     scalar,
     session_doc,
 )
@@ -111,10 +113,6 @@ class SessionState:
             next_seq=scalar(conn.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM messages")),
         )
 
-    def changed_columns(self) -> tuple[Any, ...]:
-        """The values of :data:`SESSION_UPDATE_COLUMNS`, in that order."""
-        return _session_update_values(self)
-
     def copy(self) -> SessionState:
         """An independent copy (the state is mutable; ops change a copy)."""
         return SessionState(*_state_values(self))
@@ -127,22 +125,17 @@ _STATE_FIELDS = tuple(f.name for f in fields(SessionState))
 if _STATE_FIELDS[: len(SESSION_COLUMNS)] != SESSION_COLUMNS:  # caught at import, not in use
     raise TypeError("SessionState's first fields must be SessionRow's, in order")
 _state_values = operator.attrgetter(*_STATE_FIELDS)
-_session_update_values = operator.attrgetter(*SESSION_UPDATE_COLUMNS)
+# the values of SESSION_UPDATE_COLUMNS of a SessionState, in that order (for SESSION_UPDATE_SQL)
+session_update_values = operator.attrgetter(*SESSION_UPDATE_COLUMNS)
 
 _CHUNK = 16  # rows per multi-row INSERT (one SQLite step, one GIL round trip)
 
 
-_INSERT_SQL: dict[tuple[str, str, int], str] = {}
-
-
+@functools.cache
 def _insert_sql(table: str, cols: str, n: int) -> str:
-    """``INSERT INTO table (cols) VALUES (?, …), …`` for ``n`` rows (memoized)."""
-    sql = _INSERT_SQL.get((table, cols, n))
-    if sql is None:
-        one = "(" + ", ".join("?" * (cols.count(",") + 1)) + ")"
-        sql = f"INSERT INTO {table} ({cols}) VALUES " + ", ".join([one] * n)
-        _INSERT_SQL[(table, cols, n)] = sql
-    return sql
+    """``INSERT INTO table (cols) VALUES (?, …), …`` for ``n`` rows (memoized: a C-level hit)."""
+    one = "(" + ", ".join("?" * (cols.count(",") + 1)) + ")"
+    return f"INSERT INTO {table} ({cols}) VALUES " + ", ".join([one] * n)
 
 
 def _insert_rows(
@@ -228,9 +221,13 @@ class Txn:
         )
         conn = self._conn
         if rows:
-            _insert_rows(conn, "messages", MESSAGE_INSERT, self._rows[:rows])
+            values = list(map(new_message_values, self._rows[:rows]))
+            _insert_rows(conn, "messages", NEW_MESSAGE_INSERT, values)
             del self._rows[:rows]
-            self._row_by_seq = {r.seq: i for i, r in enumerate(self._rows)}
+            if self._rows:  # a partial flush: the rest moved up
+                self._row_by_seq = {r.seq: i for i, r in enumerate(self._rows)}
+            else:
+                self._row_by_seq.clear()
         for parent in self._bumps[:bumps]:
             conn.execute(
                 "UPDATE messages SET child_count = child_count + 1 WHERE seq = ?", (parent,)
@@ -247,7 +244,12 @@ class Txn:
             self._prune_to = None
 
     def add_message_row(self, row: MessageRow) -> None:
-        """Buffer a new ``messages`` row (all columns, :data:`storage.rows.MESSAGE_INSERT`)."""
+        """Buffer a new ``messages`` row; its defaulted columns must hold the schema defaults.
+
+        Only :data:`storage.rows.NEW_MESSAGE_COLUMNS` are written; the row's other
+        values must be :data:`storage.rows.NEW_MESSAGE_DEFAULTS`, so the row is
+        what the file will hold.
+        """
         self._row_by_seq[row.seq] = len(self._rows)
         self._rows.append(row)
         self._op_buffered = True

@@ -18,6 +18,8 @@ from storage.ops import MessageDraft, op_append
 from storage.rows import (
     MESSAGE_INSERT,
     MESSAGE_SELECT,
+    NEW_MESSAGE_COLUMNS,
+    NEW_MESSAGE_DEFAULTS,
     SESSION_SELECT,
     MessageRow,
     SessionRow,
@@ -136,3 +138,21 @@ def test_snippet_html_escapes_text_and_marks_spans() -> None:
 def test_snippet_html_without_spans_is_escaped_text() -> None:
     """No span: the text alone, escaped."""
     assert snippet_html("a < b", []) == "a &lt; b"
+
+
+def test_new_message_defaults_match_the_schema(tmp_path: Path) -> None:
+    """The columns an append leaves out are exactly those whose schema default it assumes."""
+    dd = DataDir(tmp_path)
+    dd.ensure()
+    create_session_file(dd, "r", owner="", title=None, metadata={}, now="t0")
+    conn = sqlite3.connect(dd.session_db("r"))
+    schema = {
+        name: (notnull, default)
+        for _cid, name, _type, notnull, default, _pk in conn.execute("PRAGMA table_info(messages)")
+    }
+    conn.close()
+    assert set(schema) == set(MessageRow._fields)
+    assert set(NEW_MESSAGE_COLUMNS) | set(NEW_MESSAGE_DEFAULTS) == set(MessageRow._fields)
+    for name, value in NEW_MESSAGE_DEFAULTS.items():
+        notnull, default = schema[name]
+        assert (default is None and not notnull) if value is None else default == str(value)
