@@ -47,9 +47,9 @@ from storage.schema import SESSION_MIGRATIONS, migrate
 from storage.txn import (
     SESSION_UPDATE_SQL,
     Event,
+    RedoSafely,
     SessionState,
     Txn,
-    _RedoSafely,
     session_update_values,
 )
 
@@ -183,7 +183,7 @@ class SessionFile:
         try:
             try:
                 return self._run_batch(ops, now, safe=False)
-            except _RedoSafely:
+            except RedoSafely:
                 return self._run_batch(ops, now, safe=True)
         finally:
             if full and self._writer is not None:
@@ -257,7 +257,7 @@ class SessionFile:
                             txn.apply()
                     except sqlite3.Error:
                         raise
-                    except _RedoSafely:
+                    except RedoSafely:
                         raise
                     except Exception as exc:  # the op's own failure: undo it alone
                         if single:

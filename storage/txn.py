@@ -150,7 +150,7 @@ def _insert_rows(
         conn.execute(_insert_sql(table, cols, len(chunk)), [v for row in chunk for v in row])
 
 
-class _RedoSafely(Exception):
+class RedoSafely(Exception):
     """An op failed after buffering writes: rerun the batch flushing after each op."""
 
 
@@ -289,7 +289,7 @@ class Txn:
         before the next op starts, so the buffer holds only the failed op's.
         """
         if self._op_buffered and not self._safe:
-            raise _RedoSafely
+            raise RedoSafely
         if self._op_savepoint:
             self._conn.execute("ROLLBACK TO op")
             self._conn.execute("RELEASE op")
