@@ -33,6 +33,9 @@ def dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+_json = orjson.loads
+
+
 def loads(text: str | None) -> Any:
     """The value of a JSON column (None stays None)."""
     return None if text is None else orjson.loads(text)
@@ -162,14 +165,19 @@ def scalar(cur: sqlite3.Cursor | Any) -> Any:
 
 
 def message_doc(row: MessageRow, session_id: str) -> dict[str, Any]:
-    """The API shape (Message document) of a ``messages`` row."""
+    """The API shape (Message document) of a ``messages`` row.
+
+    On every append's path: the JSON columns are decoded inline (no helper call).
+    """
+    parts, tool_call, tool_result = row.parts, row.tool_call, row.tool_result
+    attachments, error = row.attachments, row.error
     return {
         "id": row.id,
         "session_id": session_id,
         "seq": row.seq,
         "role": row.role,
         "content": row.content,
-        "parts": loads(row.parts),
+        "parts": None if parts is None else _json(parts),
         "status": row.status,
         "parent_id": row.parent_id,
         "client_id": row.client_id,
@@ -177,11 +185,11 @@ def message_doc(row: MessageRow, session_id: str) -> dict[str, Any]:
         "provider_id": row.provider_id,
         "fallback_notice": row.fallback_notice,
         "tool_name": row.tool_name,
-        "tool_call": loads(row.tool_call),
-        "tool_result": loads(row.tool_result),
-        "attachments": loads(row.attachments) or [],
-        "metadata": loads(row.metadata) or {},
-        "error": loads(row.error),
+        "tool_call": None if tool_call is None else _json(tool_call),
+        "tool_result": None if tool_result is None else _json(tool_result),
+        "attachments": (None if attachments is None else _json(attachments)) or [],
+        "metadata": (None if row.metadata is None else _json(row.metadata)) or {},
+        "error": None if error is None else _json(error),
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "version": row.version,
