@@ -7,7 +7,7 @@ commit (at most ``max_batch`` at a time), so a busy session pays one fsync
 per batch rather than one per message.
 
 Where a batch runs: on the event loop, with no thread hand-off, unless it holds
-a :class:`~storage.session_db.BulkOp` (search indexing: many rows), which runs
+a :class:`~storage.txn.BulkOp` (search indexing: many rows), which runs
 on the write pool. On a durable file (``synchronous`` FULL/EXTRA) an
 event-loop batch commits without flushing the disk and the actor then
 ``fdatasync``s the WAL through the :class:`~storage.fsync.Syncer` (Linux AIO:
@@ -42,10 +42,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from actors.errors import ActorBroken, ActorStopped, Busy
 from actors.pubsub import Frame, Topic
 from storage.errors import StorageError, StorageFull, Unavailable
+from storage.file import SessionFile
 from storage.fsync import Syncer
 from storage.ids import now_iso
 from storage.layout import DataDir
-from storage.session_db import BulkOp, Event, SessionFile, Txn, op_index_search
+from storage.ops import op_index_search, op_recover_unfinished
+from storage.txn import BulkOp, Event, Txn
 
 if TYPE_CHECKING:
     from actors.streams import Generation
@@ -158,9 +160,11 @@ class SessionActor:
         try:
             self._file = await loop.run_in_executor(self._write_pool, self._open)
             self.owner = self._file.owner
-            events = await loop.run_in_executor(
-                self._write_pool, self._file.recover_unfinished, now_iso()
+            results, events, _ = await loop.run_in_executor(
+                self._write_pool, self._file.run_batch, [op_recover_unfinished()], now_iso()
             )
+            if isinstance(results[0], Exception):
+                raise results[0]
         except BaseException as exc:
             await self._finish_close()
             if not self._ready.done():

@@ -14,7 +14,7 @@ import asyncio
 from collections import deque
 from collections.abc import Callable
 
-from storage.session_db import Event
+from storage.txn import Event
 
 
 class Frame:

@@ -32,7 +32,7 @@ from storage.errors import NotFound, StorageError, Unavailable
 from storage.fsync import Syncer
 from storage.ids import now_iso, uuid7, validate_session_id
 from storage.layout import DataDir, trim_heap
-from storage.session_db import create_session_file, remove_session_files
+from storage.lifecycle import create_session_file, remove_session_files
 
 log = logging.getLogger("roost.actors")
 

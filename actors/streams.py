@@ -26,7 +26,8 @@ import orjson
 
 from actors.pubsub import Frame, Subscription, Topic
 from actors.responders import Delta, ReplyInfo, Responder, ResponderError
-from storage.session_db import op_stream, read_history
+from storage.ops import op_stream
+from storage.reads import read_history
 
 if TYPE_CHECKING:
     from actors.actor import SessionActor
@@ -294,7 +295,7 @@ async def chat(
     Returns ``(user_message, reply, created, generation)``; the generation is
     None when a retried ``client_id`` names a reply that already ended.
     """
-    from storage.session_db import op_chat
+    from storage.ops import op_chat
 
     user, reply, created = await actor.submit(op_chat(draft, model_id=model))
     gen = actor.generations.get(reply["id"])
@@ -307,7 +308,7 @@ async def regenerate(
     actor: SessionActor, mid: str, responder: Responder, *, model: str | None
 ) -> tuple[dict[str, Any], Generation]:
     """Add a new pending reply for message ``mid`` (see ``op_regenerate``) and start it."""
-    from storage.session_db import op_regenerate
+    from storage.ops import op_regenerate
 
     reply = await actor.submit(op_regenerate(mid, model_id=model))
     return reply, start(actor, reply, responder, model=model)

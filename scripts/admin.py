@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import orjson
 
@@ -48,12 +48,17 @@ from storage.errors import InvalidInput
 from storage.export import attachment_records, export_json_chunks, export_markdown_chunks
 from storage.ids import now_iso
 from storage.layout import DataDir
-from storage.session_db import _MSG_COLS as MSG_COLS
-from storage.session_db import ROLES, STATUSES, message_doc, session_doc
-
-SESSION_COLS = (
-    "id, owner, title, metadata, created_at, updated_at, message_count, last_message_at, "
-    "active_leaf_seq, active_leaf_id, root_count, event_seq"
+from storage.rows import (
+    MESSAGE_SELECT,
+    ROLES,
+    SESSION_SELECT,
+    STATUSES,
+    MessageRow,
+    SessionRow,
+    message_doc,
+    prefixed,
+    scalar,
+    session_doc,
 )
 
 # --------------------------------------------------------------------------- output helpers
@@ -130,17 +135,18 @@ def read_session_row(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
     """The session row as ``{doc, owner, active_leaf_seq, root_count, event_seq}``."""
     roost_schema_version(conn, path)
     try:
-        row = conn.execute(f"SELECT {SESSION_COLS} FROM session").fetchone()
+        raw = conn.execute(f"SELECT {SESSION_SELECT} FROM session").fetchone()
     except sqlite3.DatabaseError as exc:
         raise AdminError(describe_db_error(path, exc), EXIT_PROBLEM) from exc
-    if row is None:
+    if raw is None:
         raise AdminError(f"{path}: the session table is empty", EXIT_PROBLEM)
+    row = SessionRow._make(raw)
     return {
         "doc": session_doc(row),
-        "owner": row[1],
-        "active_leaf_seq": row[8],
-        "root_count": row[10],
-        "event_seq": row[11],
+        "owner": row.owner,
+        "active_leaf_seq": row.active_leaf_seq,
+        "root_count": row.root_count,
+        "event_seq": row.event_seq,
     }
 
 
@@ -154,28 +160,28 @@ def roost_invariants(conn: sqlite3.Connection) -> list[str]:
     """
     problems: list[str] = []
 
-    def scalar(sql: str) -> Any:
-        return conn.execute(sql).fetchone()[0]
+    def value(sql: str) -> Any:
+        return scalar(conn.execute(sql))
 
-    n_rows = scalar("SELECT COUNT(*) FROM session")
+    n_rows = value("SELECT COUNT(*) FROM session")
     if n_rows != 1:
         return [f"session table has {n_rows} rows, expected 1"]
     count, roots, leaf_seq, leaf_id, event_seq = conn.execute(
         "SELECT message_count, root_count, active_leaf_seq, active_leaf_id, event_seq FROM session"
     ).fetchone()
-    live = scalar("SELECT COUNT(*) FROM messages WHERE deleted_at IS NULL")
+    live = value("SELECT COUNT(*) FROM messages WHERE deleted_at IS NULL")
     if count != live:
         problems.append(f"message_count is {count} but {live} live messages exist")
-    real_roots = scalar("SELECT COUNT(*) FROM messages WHERE parent_seq IS NULL")
+    real_roots = value("SELECT COUNT(*) FROM messages WHERE parent_seq IS NULL")
     if roots != real_roots:
         problems.append(f"root_count is {roots} but {real_roots} root messages exist")
-    bad_cc = scalar(
+    bad_cc = value(
         "SELECT COUNT(*) FROM messages p WHERE child_count != "
         "(SELECT COUNT(*) FROM messages c WHERE c.parent_seq = p.seq)"
     )
     if bad_cc:
         problems.append(f"{bad_cc} messages have a wrong child_count")
-    bad_link = scalar(
+    bad_link = value(
         "SELECT COUNT(*) FROM messages c LEFT JOIN messages p ON p.seq = c.parent_seq "
         "WHERE (c.parent_seq IS NULL AND (c.depth != 0 OR c.parent_id IS NOT NULL)) "
         "OR (c.parent_seq IS NOT NULL AND (p.seq IS NULL OR c.depth != p.depth + 1 "
@@ -185,7 +191,7 @@ def roost_invariants(conn: sqlite3.Connection) -> list[str]:
         problems.append(f"{bad_link} messages disagree with their parent (depth/parent_id)")
     roles = ",".join(f"'{r}'" for r in ROLES)
     statuses = ",".join(f"'{s}'" for s in STATUSES)
-    odd = scalar(
+    odd = value(
         f"SELECT COUNT(*) FROM messages WHERE role NOT IN ({roles}) OR status NOT IN ({statuses})"
     )
     if odd:
@@ -199,21 +205,22 @@ def roost_invariants(conn: sqlite3.Connection) -> list[str]:
         if leaf is None:
             problems.append(f"active leaf seq {leaf_seq} names no message")
         else:
-            if leaf[0] != leaf_id:
+            found_id, leaf_depth = leaf
+            if found_id != leaf_id:
                 problems.append("active_leaf_id does not match active_leaf_seq")
             at_leaf = conn.execute(
-                "SELECT seq FROM active_path WHERE depth = ?", (leaf[1],)
+                "SELECT seq FROM active_path WHERE depth = ?", (leaf_depth,)
             ).fetchone()
-            if path_len != leaf[1] + 1 or path_max != leaf[1] or at_leaf != (leaf_seq,):
+            if path_len != leaf_depth + 1 or path_max != leaf_depth or at_leaf != (leaf_seq,):
                 problems.append("the active path does not end at the active leaf")
-            broken = scalar(
+            broken = value(
                 "SELECT COUNT(*) FROM active_path a LEFT JOIN messages m ON m.seq = a.seq "
                 "WHERE m.seq IS NULL OR m.depth != a.depth OR m.parent_seq IS NOT "
                 "(SELECT seq FROM active_path b WHERE b.depth = a.depth - 1)"
             )
             if broken:
                 problems.append(f"the active path is broken at {broken} places")
-    max_event = scalar("SELECT COALESCE(MAX(seq), 0) FROM events")
+    max_event = value("SELECT COALESCE(MAX(seq), 0) FROM events")
     if max_event > event_seq:
         problems.append(f"event_seq {event_seq} is behind stored event {max_event}")
     return problems
@@ -253,9 +260,9 @@ def check_file(path: Path, *, sid: str | None = None, quick: bool = False) -> di
             result["problems"].append(f"foreign keys: {len(fks)} violations, first {fks[0]}")
         if integrity == ["ok"]:
             result["problems"] += roost_invariants(conn)
-            row = conn.execute("SELECT id FROM session LIMIT 1").fetchone()
-            if sid is not None and row is not None and row[0] != sid:
-                result["problems"].append(f"the file holds session {row[0]!r}, not {sid!r}")
+            held = [held_id for (held_id,) in conn.execute("SELECT id FROM session LIMIT 1")]
+            if sid is not None and held and held[0] != sid:
+                result["problems"].append(f"the file holds session {held[0]!r}, not {sid!r}")
 
     return _run_checks(path, run, result)
 
@@ -302,7 +309,7 @@ def session_summary(path: Path, sid: str, *, quick: bool) -> dict[str, Any]:
                     (srow["active_leaf_seq"],),
                 ).fetchone()
                 if r is not None:
-                    leaf = {"id": r[0], "seq": r[1], "depth": r[2], "role": r[3], "status": r[4]}
+                    leaf = dict(zip(("id", "seq", "depth", "role", "status"), r, strict=True))
             n_events, min_event = conn.execute("SELECT COUNT(*), MIN(seq) FROM events").fetchone()
             page_size = conn.execute("PRAGMA page_size").fetchone()[0]
             page_count = conn.execute("PRAGMA page_count").fetchone()[0]
@@ -370,7 +377,7 @@ def cmd_sessions(args: argparse.Namespace, dd: DataDir) -> int:
             continue
         doc = orjson.loads(doc_text)
         items.append(_session_item(dd, sid, owner, doc, in_catalog=True, on_disk=sid in on_disk))
-    listed = {r[0] for r in rows}
+    listed = {sid for sid, _owner, _updated, _doc in rows}
     for sid in sorted(on_disk - listed):
         path = dd.session_db(sid)
         orphan_owner: str | None = None
@@ -545,11 +552,11 @@ def cmd_messages(args: argparse.Namespace, dd: DataDir) -> int:
         cond = " AND seq < ?" if before is not None else ""
         params: tuple[Any, ...] = (args.limit + 1,) if before is None else (before, args.limit + 1)
         rows = conn.execute(
-            f"SELECT {MSG_COLS} FROM messages WHERE 1{live}{cond} ORDER BY seq DESC LIMIT ?",
+            f"SELECT {MESSAGE_SELECT} FROM messages WHERE 1{live}{cond} ORDER BY seq DESC LIMIT ?",
             params,
         ).fetchall()
-        top = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
-        return rows, int(top)
+        top = scalar(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages"))
+        return [MessageRow._make(r) for r in rows], int(top)
 
     rows, top = read_consistent(path, first_page)
     more = len(rows) > args.limit
@@ -582,11 +589,12 @@ def _follow(path: Path, sid: str, last: int, live: str, args: argparse.Namespace
             try:
                 with db.snapshot() as conn:
                     rows = conn.execute(
-                        f"SELECT {MSG_COLS} FROM messages WHERE seq > ?{live} "
+                        f"SELECT {MESSAGE_SELECT} FROM messages WHERE seq > ?{live} "
                         "ORDER BY seq LIMIT 500",
                         (last,),
                     ).fetchall()
-                    top = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages").fetchone()[0]
+                    rows = [MessageRow._make(r) for r in rows]
+                    top = scalar(conn.execute("SELECT COALESCE(MAX(seq), 0) FROM messages"))
             except FileChanged:
                 db.close()
                 db = None
@@ -600,7 +608,7 @@ def _follow(path: Path, sid: str, last: int, live: str, args: argparse.Namespace
                 printed += len(docs)
                 if args.count is not None and printed >= args.count:
                     return EXIT_OK
-            last = max(last, int(top)) if len(rows) < 500 else rows[-1][0]
+            last = max(last, int(top)) if len(rows) < 500 else rows[-1].seq
             if len(rows) < 500:
                 time.sleep(args.interval)
     except KeyboardInterrupt:
@@ -611,41 +619,56 @@ def _follow(path: Path, sid: str, last: int, live: str, args: argparse.Namespace
     return EXIT_OK
 
 
+class TreeNode(NamedTuple):
+    """One message as ``admin tree`` shows it (the columns its query selects, in order)."""
+
+    seq: int
+    parent_seq: int | None
+    id: str
+    role: str
+    status: str
+    deleted: int
+    text: str
+
+
 def cmd_tree(args: argparse.Namespace, dd: DataDir) -> int:
     """Print the branch tree; ``*`` marks the active path."""
     path = session_path(dd, args.sid)
 
     def run(_db: ReadOnlyDb, conn: sqlite3.Connection) -> tuple[Any, list[Any], set[int]]:
         srow = read_session_row(conn, path)
-        nodes = conn.execute(
-            "SELECT seq, parent_seq, id, role, status, deleted_at IS NOT NULL, "
-            "substr(content, 1, 200) FROM messages ORDER BY seq"
-        ).fetchall()
-        active = {r[0] for r in conn.execute("SELECT seq FROM active_path")}
+        nodes = [
+            TreeNode._make(r)
+            for r in conn.execute(
+                "SELECT seq, parent_seq, id, role, status, deleted_at IS NOT NULL, "
+                "substr(content, 1, 200) FROM messages ORDER BY seq"
+            )
+        ]
+        active = {seq for (seq,) in conn.execute("SELECT seq FROM active_path")}
         return srow, nodes, active
 
     srow, nodes, active = read_consistent(path, run)
     children: dict[int | None, list[int]] = {}
-    by_seq: dict[int, Any] = {}
+    by_seq: dict[int, TreeNode] = {}
     for n in nodes:
-        by_seq[n[0]] = n
-        children.setdefault(n[1], []).append(n[0])
+        by_seq[n.seq] = n
+        children.setdefault(n.parent_seq, []).append(n.seq)
     if args.json:
         emit_json(
             {
                 "session_id": args.sid,
                 "active_leaf_id": srow["doc"]["active_leaf_id"],
-                "leaves": sum(1 for n in nodes if not children.get(n[0])),
+                "leaves": sum(1 for n in nodes if not children.get(n.seq)),
                 "nodes": [
                     {
-                        "id": n[2],
-                        "seq": n[0],
-                        "parent_id": None if n[1] is None else by_seq[n[1]][2],
-                        "role": n[3],
-                        "status": n[4],
-                        "deleted": bool(n[5]),
-                        "active": n[0] in active,
-                        "children": [by_seq[c][2] for c in children.get(n[0], [])],
+                        "id": n.id,
+                        "seq": n.seq,
+                        "parent_id": None if n.parent_seq is None else by_seq[n.parent_seq].id,
+                        "role": n.role,
+                        "status": n.status,
+                        "deleted": bool(n.deleted),
+                        "active": n.seq in active,
+                        "children": [by_seq[c].id for c in children.get(n.seq, [])],
                     }
                     for n in nodes
                 ],
@@ -660,7 +683,7 @@ def cmd_tree(args: argparse.Namespace, dd: DataDir) -> int:
 
 
 def render_tree(
-    children: dict[int | None, list[int]], by_seq: dict[int, Any], active: set[int]
+    children: dict[int | None, list[int]], by_seq: dict[int, TreeNode], active: set[int]
 ) -> Iterator[str]:
     """Lines of the tree: a chain stays in one column; a fork indents its children.
 
@@ -688,9 +711,9 @@ def render_tree(
         seq, first, rest = stack.pop()
         n = by_seq[seq]
         mark = "*" if seq in active else " "
-        status = "" if n[4] == "complete" else f" [{n[4]}]"
-        text = "(deleted)" if n[5] else snippet(n[6], 50)
-        yield f"{first}{mark}#{seq} {n[3]}{status}: {text}"
+        status = "" if n.status == "complete" else f" [{n.status}]"
+        text = "(deleted)" if n.deleted else snippet(n.text, 50)
+        yield f"{first}{mark}#{seq} {n.role}{status}: {text}"
         push_children(seq, rest)
 
 
@@ -711,23 +734,23 @@ def cmd_export(args: argparse.Namespace, dd: DataDir) -> int:
                         session["owner"] = srow["owner"]
                     chunks: Iterator[bytes]
                     if args.format == "json":
-                        cur = conn.execute(f"SELECT {MSG_COLS} FROM messages ORDER BY seq")
+                        cur = conn.execute(f"SELECT {MESSAGE_SELECT} FROM messages ORDER BY seq")
                         chunks = export_json_chunks(
                             session,
-                            (message_doc(r, sid) for r in cur),
+                            (message_doc(MessageRow._make(r), sid) for r in cur),
                             exported_at=now_iso(),
                             attachments=list(attachment_records(conn, sid)),
                         )
                     else:
                         cur = conn.execute(
-                            f"SELECT {', '.join('m.' + c.strip() for c in MSG_COLS.split(','))} "
+                            f"SELECT {prefixed('m')} "
                             "FROM active_path ap JOIN messages m ON m.seq = ap.seq "
                             "ORDER BY ap.depth"
                         )
                         chunks = (
                             c.encode()
                             for c in export_markdown_chunks(
-                                session, (message_doc(r, sid) for r in cur)
+                                session, (message_doc(MessageRow._make(r), sid) for r in cur)
                             )
                         )
                     for chunk in chunks:

@@ -56,8 +56,10 @@ from server.models import Strict, check_content
 from server.openapi import SSE, Reply, describe
 from server.sse import OPEN_STREAMS, open_sse
 from storage.errors import Conflict, NotFound
+from storage.file import SessionFile
 from storage.ids import validate_session_id
-from storage.session_db import MessageDraft, SessionFile, read_by_client_id_prefix
+from storage.ops import MessageDraft
+from storage.reads import read_by_client_id_prefix
 
 routes = web.RouteTableDef()
 

@@ -18,7 +18,7 @@ from server.openapi import JSON, SSE, Param, Reply, describe
 from server.schemas import ChatResult, Message
 from server.settings import Settings
 from server.sse import open_sse, pump, sse_frame
-from storage.session_db import MessageDraft
+from storage.ops import MessageDraft
 
 routes = web.RouteTableDef()
 

@@ -32,14 +32,14 @@ from server.models import (
 )
 from server.openapi import Param, Reply, cursor_param, describe, limit_param
 from server.schemas import Message, MessagePage, Session, SessionList, SessionView, SiblingsPage
-from storage.session_db import (
+from storage.ops import (
     MessageDraft,
     op_append,
     op_delete_message,
     op_update_message,
     op_update_session,
-    read_siblings,
 )
+from storage.reads import read_siblings
 
 routes = web.RouteTableDef()
 

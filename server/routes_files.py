@@ -32,10 +32,11 @@ from server.http import REGISTRY, SETTINGS, json_response, query_choice, query_i
 from server.openapi import ANY, JSON, MULTIPART, SESSION_ID, Param, Reply, describe
 from server.schemas import Attachment, Error, SearchPage, Session
 from server.settings import Settings
+from server.wire import snippet_html
 from storage.attachments import BlobWriter, TooLarge, blob_path, safe_mime, safe_name
 from storage.export import ExportDocument, ImportPlan, iter_export, parse_export, populate_import
 from storage.ids import now_iso, validate_session_id
-from storage.session_db import op_add_attachment
+from storage.ops import op_add_attachment
 
 routes = web.RouteTableDef()
 
@@ -505,5 +506,6 @@ async def search(request: web.Request) -> web.Response:
         await actor.catch_up_search_index()
         items = (await actor.reader()).search(q, limit=limit, raw=mode == "fts")
     for i, item in enumerate(items, 1):
+        item["snippet"] = snippet_html(item["snippet"]["text"], item["snippet"]["spans"])
         item["rank"] = i
     return json_response({"items": items, "q": q, "mode": mode})

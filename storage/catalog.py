@@ -19,6 +19,7 @@ import orjson
 from storage.cursors import decode_pair, encode_pair
 from storage.errors import from_sqlite
 from storage.layout import DataDir, connect
+from storage.rows import scalar
 from storage.schema import CATALOG_MIGRATIONS, migrate
 
 
@@ -91,7 +92,10 @@ class Catalog:
         assert self._reader is not None
         with _mapped():
             row = self._reader.execute("SELECT owner FROM sessions WHERE id = ?", (sid,)).fetchone()
-        return None if row is None else str(row[0])
+        if row is None:
+            return None
+        (owner,) = row
+        return str(owner)
 
     def list(
         self, *, owner: str, limit: int, cursor: str | None
@@ -102,7 +106,7 @@ class Catalog:
             return _list(self._reader, owner, limit, cursor)
 
     def count(self) -> int:
-        return int(self.conn.execute("SELECT COUNT(*) FROM sessions").fetchone()[0])
+        return int(scalar(self.conn.execute("SELECT COUNT(*) FROM sessions")))
 
 
 def _list(
@@ -123,6 +127,9 @@ def _list(
         ).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [orjson.loads(r[2]) for r in rows]
-    nxt = encode_pair("u", rows[-1][1], rows[-1][0]) if more and rows else None
+    items = [orjson.loads(doc) for _id, _updated_at, doc in rows]
+    nxt = None
+    if more and rows:
+        last_id, last_updated_at, _doc = rows[-1]
+        nxt = encode_pair("u", last_updated_at, last_id)
     return items, nxt

@@ -1,7 +1,7 @@
 """Session export and import: the ``roost.session.v1`` format.
 
 The renderers are pure functions: they take the session's documents and an
-*iterable* of Message documents (API shape, see ``storage.session_db.message_doc``)
+*iterable* of Message documents (API shape, see ``storage.rows.message_doc``)
 and yield the output in chunks, so a caller can stream a session of any size in
 bounded memory: nothing here holds more than one batch of messages at a time.
 The server's ``GET /api/sessions/{sid}/export`` (through :func:`iter_export`)
@@ -41,6 +41,21 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from storage.attachments import attachment_url
 from storage.errors import InvalidInput
 from storage.layout import connect
+from storage.rows import (
+    ATTACHMENT_INSERT,
+    ATTACHMENT_SELECT,
+    MESSAGE_INSERT,
+    MESSAGE_SELECT,
+    SESSION_SELECT,
+    AttachmentRow,
+    MessageRow,
+    SessionRow,
+    attachment_doc,
+    message_doc,
+    prefixed,
+    session_doc,
+    split_message,
+)
 
 EXPORT_FORMAT = "roost.session.v1"
 
@@ -112,18 +127,8 @@ def attachment_records(conn: sqlite3.Connection, sid: str) -> Iterator[dict[str,
     ).fetchone()
     if has_table is None:
         return
-    for aid, name, mime, size, sha256, created_at in conn.execute(
-        "SELECT id, name, mime, size, sha256, created_at FROM attachments ORDER BY created_at, id"
-    ):
-        yield {
-            "id": aid,
-            "name": name,
-            "mime": mime,
-            "size": size,
-            "sha256": sha256,
-            "url": attachment_url(sid, aid),
-            "created_at": created_at,
-        }
+    for raw in conn.execute(f"SELECT {ATTACHMENT_SELECT} FROM attachments ORDER BY created_at, id"):
+        yield attachment_doc(AttachmentRow._make(raw), sid)
 
 
 def _coalesce(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
@@ -157,13 +162,12 @@ def iter_export(
     and closed when the generator ends or is closed: callers that stop early
     must call ``close()``. Drive it from one thread at a time (any thread).
     """
-    # imported here: session_db imports this module's neighbours, not the reverse
-    from storage.session_db import _MSG_COLS, _SESSION_COLS, message_doc, session_doc
-
     conn = connect(path, readonly=True, cache_kib=512)
     try:
         conn.execute("BEGIN")
-        session = session_doc(conn.execute(f"SELECT {_SESSION_COLS} FROM session").fetchone())
+        session = session_doc(
+            SessionRow._make(conn.execute(f"SELECT {SESSION_SELECT} FROM session").fetchone())
+        )
 
         def batches(sql: str) -> Iterator[dict[str, Any]]:
             last = -1
@@ -171,13 +175,13 @@ def iter_export(
                 rows = conn.execute(sql, (last, batch)).fetchall()
                 if not rows:
                     return
-                for r in rows:
-                    yield message_doc(r[:26], sid)
-                last = rows[-1][26]
+                for raw in rows:
+                    row, (last,) = split_message(raw)  # the extra column is the keyset position
+                    yield message_doc(row, sid)
 
         if fmt == "json":
             msgs = batches(
-                f"SELECT {_MSG_COLS}, seq FROM messages WHERE seq > ? ORDER BY seq LIMIT ?"
+                f"SELECT {MESSAGE_SELECT}, seq FROM messages WHERE seq > ? ORDER BY seq LIMIT ?"
             )
             chunks = export_json_chunks(
                 session,
@@ -186,10 +190,9 @@ def iter_export(
                 attachments=attachment_records(conn, sid),
             )
         else:
-            cols = ", ".join(f"m.{c.strip()}" for c in _MSG_COLS.split(","))
             path_msgs = batches(
-                f"SELECT {cols}, ap.depth FROM active_path ap JOIN messages m ON m.seq = ap.seq "
-                "WHERE ap.depth > ? ORDER BY ap.depth LIMIT ?"
+                f"SELECT {prefixed('m')}, ap.depth FROM active_path ap "
+                "JOIN messages m ON m.seq = ap.seq WHERE ap.depth > ? ORDER BY ap.depth LIMIT ?"
             )
             chunks = (c.encode() for c in export_markdown_chunks(session, path_msgs))
         yield from _coalesce(chunks, chunk_bytes)
@@ -349,9 +352,18 @@ def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: s
     """
     doc = plan.doc
     conn.executemany(
-        "INSERT INTO attachments (id, name, mime, size, sha256, created_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        [(a.id, a.name, a.mime, a.size, a.sha256, a.created_at) for a in doc.attachments],
+        f"INSERT INTO attachments ({ATTACHMENT_INSERT}) VALUES (?, ?, ?, ?, ?, ?)",
+        [
+            AttachmentRow(
+                id=a.id,
+                name=a.name,
+                mime=a.mime,
+                size=a.size,
+                sha256=a.sha256,
+                created_at=a.created_at,
+            )
+            for a in doc.attachments
+        ],
     )
     info: dict[str, tuple[int, int]] = {}  # id -> (seq, depth)
     parent_of: dict[int, int | None] = {}
@@ -359,7 +371,7 @@ def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: s
     roots = 0
     live = 0
 
-    def rows() -> Iterator[tuple[Any, ...]]:
+    def rows() -> Iterator[MessageRow]:
         nonlocal roots, live
         for m in doc.messages:
             if m.parent_id is None:
@@ -374,38 +386,38 @@ def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: s
             live += not m.deleted
             status = "interrupted" if m.status in ("pending", "streaming") else m.status
             refs = [{**r, "url": attachment_url(sid, str(r["id"]))} for r in m.attachments]
-            yield (
-                m.seq,
-                m.id,
-                pseq,
-                m.parent_id,
-                depth,
-                sib,
-                m.role,
-                m.content,
-                None if m.parts is None else _dumps(m.parts),
-                status,
-                m.client_id,
-                m.model_id,
-                m.provider_id,
-                m.fallback_notice,
-                m.tool_name,
-                None if m.tool_call is None else _dumps(m.tool_call),
-                None if m.tool_result is None else _dumps(m.tool_result),
-                _dumps(refs) if refs else None,
-                _dumps(m.metadata),
-                None if m.error is None else _dumps(m.error),
-                m.created_at,
-                m.updated_at,
-                m.version,
-                m.updated_at if m.deleted else None,
+            yield MessageRow(
+                seq=m.seq,
+                id=m.id,
+                parent_seq=pseq,
+                parent_id=m.parent_id,
+                depth=depth,
+                sibling_index=sib,
+                child_count=0,  # counted below, once all children are known
+                role=m.role,
+                content=m.content,
+                parts=None if m.parts is None else _dumps(m.parts),
+                status=status,
+                client_id=m.client_id,
+                request_hash=None,  # not part of an export
+                model_id=m.model_id,
+                provider_id=m.provider_id,
+                fallback_notice=m.fallback_notice,
+                tool_name=m.tool_name,
+                tool_call=None if m.tool_call is None else _dumps(m.tool_call),
+                tool_result=None if m.tool_result is None else _dumps(m.tool_result),
+                attachments=_dumps(refs) if refs else None,
+                metadata=_dumps(m.metadata),
+                error=None if m.error is None else _dumps(m.error),
+                created_at=m.created_at,
+                updated_at=m.updated_at,
+                version=m.version,
+                deleted_at=m.updated_at if m.deleted else None,
             )
 
     conn.executemany(
-        "INSERT INTO messages (seq, id, parent_seq, parent_id, depth, sibling_index, role, "
-        "content, parts, status, client_id, model_id, provider_id, fallback_notice, tool_name, "
-        "tool_call, tool_result, attachments, metadata, error, created_at, updated_at, version, "
-        f"deleted_at) VALUES ({', '.join(['?'] * 24)})",
+        f"INSERT INTO messages ({MESSAGE_INSERT}) "
+        f"VALUES ({', '.join(['?'] * len(MessageRow._fields))})",
         rows(),
     )
     conn.executemany(

@@ -20,6 +20,7 @@ import hashlib
 import os
 import resource
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 from storage.ids import validate_path_component, validate_session_id
@@ -37,9 +38,9 @@ class DataDir:
         self.catalog_path = self.root / "catalog.db"
 
     def ensure(self) -> None:
-        """Create the data dir and its folders if missing."""
+        """Create the data dir and its folders if missing, durably (:func:`make_dirs_durable`)."""
         for p in (self.root, self.sessions_root, self.trash):
-            p.mkdir(parents=True, exist_ok=True)
+            make_dirs_durable(p)
 
     def session_dir(self, sid: str) -> Path:
         """The folder of session ``sid``; raises ``InvalidInput`` for a bad id."""
@@ -100,6 +101,27 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_dirs_durable(path: Path, fsync_dir: Callable[[Path], None] = fsync_path) -> None:
+    """``mkdir -p path``, fsyncing the parent of every folder it creates.
+
+    Idempotent: an existing ``path`` is left alone (and nothing is synced).
+    Raises ``OSError`` from the file system.
+    """
+    missing: list[Path] = []
+    p = path
+    while not p.exists():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir()
+        except FileExistsError:
+            continue  # someone else made it; they sync it
+        fsync_dir(d.parent)
 
 
 def raise_nofile_limit() -> tuple[int, int]:

@@ -15,8 +15,10 @@ import pytest
 from actors.actor import ActorConfig
 from actors.registry import ActorRegistry
 from storage.errors import StorageFull
+from storage.file import SessionFile
 from storage.layout import DataDir
-from storage.session_db import BulkOp, MessageDraft, SessionFile, Txn, op_append
+from storage.ops import MessageDraft, op_append
+from storage.txn import BulkOp, Txn
 from tests.conftest import TIMEOUT, append, eventually, new_session, registry_of
 
 
@@ -224,7 +226,7 @@ def _plan(conn: sqlite3.Connection, sql: str) -> list[str]:
 def test_page_queries_use_indexes_at_any_depth(tmp_path: Path, view: str) -> None:
     """Every page query searches by key: no table scan, no sort, at the end or deep."""
     from storage.ids import now_iso
-    from storage.session_db import create_session_file
+    from storage.lifecycle import create_session_file
 
     dd = DataDir(tmp_path)
     dd.ensure()

@@ -23,16 +23,12 @@ import pytest
 from scripts import admin
 from storage.catalog import Catalog
 from storage.export import export_json_chunks, export_markdown_chunks
+from storage.file import SessionFile
 from storage.ids import now_iso
 from storage.layout import DataDir
+from storage.lifecycle import create_session_file
+from storage.ops import MessageDraft, op_append, op_delete_message
 from storage.schema import SESSION_MIGRATIONS
-from storage.session_db import (
-    MessageDraft,
-    SessionFile,
-    create_session_file,
-    op_append,
-    op_delete_message,
-)
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -11,9 +11,11 @@ import aiohttp
 import orjson
 import pytest
 
+from storage.file import SessionFile
 from storage.ids import now_iso
 from storage.layout import DataDir, connect
-from storage.session_db import SessionFile, create_session_file, op_index_search
+from storage.lifecycle import create_session_file
+from storage.ops import op_index_search
 from tests.conftest import TIMEOUT, append, new_session, registry_of
 
 VOLATILE = {"session_id", "attachments"}

@@ -18,9 +18,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.app import make_app
 from server.settings import Settings
 from storage.errors import Unavailable
+from storage.file import SessionFile
 from storage.ids import now_iso
 from storage.layout import DataDir
-from storage.session_db import SessionFile, create_session_file, op_append
+from storage.lifecycle import create_session_file
+from storage.ops import op_append
 from tests.conftest import append, eventually, new_session, registry_of
 from tests.test_actors import _draft
 

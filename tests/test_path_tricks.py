@@ -9,7 +9,7 @@ import pytest
 
 from storage.ids import now_iso
 from storage.layout import DataDir
-from storage.session_db import create_session_file
+from storage.lifecycle import create_session_file
 
 TRICKS = [
     "..",

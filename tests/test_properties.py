@@ -189,8 +189,10 @@ def _cursor(kind: str) -> Any:
 
 @pytest.fixture(scope="module")
 def session_file(tmp_path_factory: Any) -> Any:
+    from storage.file import SessionFile
     from storage.ids import now_iso
-    from storage.session_db import MessageDraft, SessionFile, create_session_file, op_append
+    from storage.lifecycle import create_session_file
+    from storage.ops import MessageDraft, op_append
 
     dd = DataDir(tmp_path_factory.mktemp("prop"))
     dd.ensure()

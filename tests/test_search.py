@@ -13,7 +13,7 @@ import pytest
 from storage.ids import now_iso
 from storage.layout import DataDir, connect
 from storage.schema import SESSION_MIGRATIONS, migrate
-from storage.session_db import fts_query
+from storage.search import fts_query
 from tests.conftest import TIMEOUT, append, new_session, registry_of
 
 

@@ -10,10 +10,12 @@ import pytest
 
 from storage.cursors import decode_int, decode_pair, encode_int, encode_pair
 from storage.errors import InvalidInput, Unavailable
+from storage.file import SessionFile
 from storage.ids import format_ts, uuid7, validate_session_id
 from storage.layout import DataDir
+from storage.lifecycle import create_session_file
+from storage.ops import MessageDraft, op_append
 from storage.schema import SESSION_MIGRATIONS
-from storage.session_db import MessageDraft, SessionFile, create_session_file, op_append
 
 
 def _make(tmp_path: Path, sid: str = "m") -> DataDir:
