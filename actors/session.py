@@ -19,14 +19,17 @@ import contextlib
 import os
 from collections.abc import AsyncIterable, Iterator
 from dataclasses import dataclass
-from typing import IO, TYPE_CHECKING, Any, Literal
+from typing import IO, Any, Literal, Protocol
 
+from actors.actor import SessionActor
 from actors.pubsub import Subscription
 from actors.replies import Reply
+from actors.responders import Responder
 from storage.attachments import BlobWriter, TooLarge, blob_path
 from storage.errors import InvalidInput, NotFound
 from storage.export import iter_export
 from storage.ids import now_iso
+from storage.layout import DataDir
 from storage.session_db import (
     MessageDraft,
     Page,
@@ -39,11 +42,23 @@ from storage.session_db import (
     read_siblings,
 )
 
-if TYPE_CHECKING:
-    from actors.actor import SessionActor
-    from actors.registry import ActorRegistry
-
 WRITE_BATCH = 1024 * 1024
+
+
+class HandleHost(Protocol):
+    """What a handle needs of the registry that made it (one-way: no import of it)."""
+
+    @property
+    def datadir(self) -> DataDir: ...
+
+    @property
+    def responder(self) -> Responder: ...
+
+    @property
+    def write_pool(self) -> concurrent.futures.Executor: ...
+
+    @property
+    def read_pool(self) -> concurrent.futures.Executor: ...
 
 
 @dataclass(slots=True)
@@ -124,7 +139,7 @@ class SessionHandle:
 
     __slots__ = ("_actor", "_registry")
 
-    def __init__(self, registry: ActorRegistry, actor: SessionActor) -> None:
+    def __init__(self, registry: HandleHost, actor: SessionActor) -> None:
         self._registry = registry
         self._actor = actor
 
