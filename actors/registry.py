@@ -130,15 +130,14 @@ class ActorRegistry:
 
     # ------------------------------------------------------------------ leases
 
-    @contextlib.asynccontextmanager
-    async def session(self, sid: str, user: str = "") -> AsyncIterator[SessionHandle]:
-        """The one door to session ``sid`` for ``user``: a :class:`SessionHandle`.
+    def session(self, sid: str, user: str = "") -> SessionLease:
+        """The one door to session ``sid`` for ``user``: ``async with`` it for a
+        :class:`SessionHandle`.
 
         The session's actor stays live (not hibernated) while the block runs.
-        Raises like :meth:`lease`.
+        Entering raises like :meth:`lease`.
         """
-        async with self.lease(sid, user) as actor:
-            yield SessionHandle(self, actor)
+        return SessionLease(self, sid, user)
 
     async def resume_reply(
         self, sid: str, user: str, *, maxsize: int
@@ -169,21 +168,31 @@ class ActorRegistry:
         the owner's session whose file cannot be opened (another user gets
         ``NotFound`` for that too: a damaged file reveals nothing).
         """
+        actor = await self._enter(sid, user)
+        try:
+            yield actor
+        finally:
+            self._leave(actor)
+
+    async def _enter(self, sid: str, user: str) -> SessionActor:
+        """Acquire ``sid``'s actor for ``user`` (one lease); see :meth:`lease`."""
         try:
             actor = await self._acquire(sid)
         except Unavailable:
             if self._owner_in_catalog(sid) != user:
                 raise NotFound(f"session {sid!r} not found", details={"session_id": sid}) from None
             raise
-        try:
-            if actor.owner != user:
-                raise NotFound(f"session {sid!r} not found", details={"session_id": sid})
-            yield actor
-        finally:
-            actor.leases -= 1
-            actor.last_used = time.monotonic()
-            if actor.leases == 0:
-                self._room.set()
+        if actor.owner != user:
+            self._leave(actor)
+            raise NotFound(f"session {sid!r} not found", details={"session_id": sid})
+        return actor
+
+    def _leave(self, actor: SessionActor) -> None:
+        """Give back one lease taken by :meth:`_enter`."""
+        actor.leases -= 1
+        actor.last_used = time.monotonic()
+        if actor.leases == 0:
+            self._room.set()
 
     def _owner_in_catalog(self, sid: str) -> str | None:
         try:
@@ -439,3 +448,29 @@ class ActorRegistry:
             if not await self.flush_catalog():
                 await asyncio.sleep(1.0)
                 self._catalog_wakeup.set()
+
+
+class SessionLease:
+    """``async with registry.session(sid, user) as s``: one lease, one handle.
+
+    A plain class rather than a generator-based context manager: it is on
+    every request's path.
+    """
+
+    __slots__ = ("_actor", "_registry", "_sid", "_user")
+
+    def __init__(self, registry: ActorRegistry, sid: str, user: str) -> None:
+        self._registry = registry
+        self._sid = sid
+        self._user = user
+        self._actor: SessionActor | None = None
+
+    async def __aenter__(self) -> SessionHandle:
+        if self._actor is not None:
+            raise RuntimeError("a SessionLease is entered once")
+        actor = self._actor = await self._registry._enter(self._sid, self._user)
+        return SessionHandle(self._registry, actor)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._actor is not None:
+            self._registry._leave(self._actor)
