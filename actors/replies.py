@@ -62,7 +62,12 @@ class Reply:
     ``delta`` (id = end offset), then ``message`` (the final message), then ``done``;
     a failed reply sends ``error`` before ``message``."""
 
-    def __init__(self, host: ReplyHost, message: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        host: ReplyHost,
+        message: dict[str, Any],
+        on_end: Callable[[Reply], None] = lambda reply: None,
+    ) -> None:
         self.host = host
         self.message_id: str = message["id"]
         self.message = message
@@ -79,7 +84,7 @@ class Reply:
         self._wakeup = asyncio.Event()
         self._producer: asyncio.Task[None] | None = None
         self._error: dict[str, Any] | None = None
-        self._on_end: Callable[[Reply], None] = lambda reply: None
+        self._on_end = on_end
 
     def subscribe(self, maxsize: int, since: int = 0) -> Subscription:
         """Listen from offset ``since``: a catch-up delta of committed text, then live.
@@ -288,8 +293,7 @@ class Replies:
         The history (the reply's ancestors) is read by the reply's task, after
         the output gate.
         """
-        reply = Reply(self.host, message)
-        reply._on_end = self._ended
+        reply = Reply(self.host, message, self._ended)
         self.running[reply.message_id] = reply
         reply.task = asyncio.create_task(
             self._run(reply, responder, model), name=f"reply:{reply.message_id}"
