@@ -18,12 +18,16 @@ is on disk. A failed commit or flush breaks the actor: the batch and everything
 queued behind it fail with a clear error, the file is closed, and the registry
 starts a fresh actor from disk on the next request.
 
-Reads never enter the mailbox: they run on the actor's reader connection
-against committed state (WAL), so they never wait behind writes. They do wait
-for the disk flush of a commit that is already visible in the file
-(:meth:`SessionActor.reader`), so no read shows what a crash could still take
-back. Checkpoints run on the write pool between batches (every
-``CHECKPOINT_EVERY`` commits), never inside a commit on the event loop.
+Reads never enter the mailbox: :meth:`SessionActor.read` runs ``fn(file)`` on
+the actor's reader connection against committed state (WAL), so reads never
+wait behind writes. They do wait at the :class:`~actors.gate.OutputGate` for
+the flush of a commit already visible in the file, and then run with no await
+in between, so no read shows what a crash could still take back.
+
+Around the core: :class:`~actors.replies.Replies` runs the assistant replies
+(through the narrow ``ReplyHost`` interface this class offers), and
+:class:`~actors.maintenance.Maintenance` decides when to index for search and
+when to checkpoint (on the write pool, between batches, never inside a commit).
 """
 
 from __future__ import annotations
@@ -37,28 +41,26 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from actors.errors import ActorBroken, ActorStopped, Busy
+from actors.gate import OutputGate
+from actors.hooks import Hooks
+from actors.maintenance import Maintenance
 from actors.pubsub import Frame, Topic
+from actors.replies import Replies
 from storage.errors import StorageError, StorageFull, Unavailable
 from storage.file import SessionFile
 from storage.fsync import Syncer
 from storage.ids import now_iso
 from storage.layout import DataDir
-from storage.ops import op_index_search, op_recover_unfinished
+from storage.ops import op_recover_unfinished
 from storage.txn import BulkOp, Event, Txn
-
-if TYPE_CHECKING:
-    from actors.streams import Generation
 
 T = TypeVar("T")
 
-# a session's WAL is checkpointed (two flushes, on the write pool) after this many
-# commits or this many ops, whichever comes first: that bounds the WAL file (a
-# one-message commit adds ~8 pages; under group commit, a few pages per message)
-CHECKPOINT_EVERY = 200
-CHECKPOINT_OPS = 2000
+Results = tuple[list[Any], list[Event], dict[str, Any] | None]
 
 
 @dataclass(slots=True)
@@ -97,8 +99,8 @@ class Envelope:
 class SessionActor:
     """Owns one session's file while it is live. Made and closed by the registry.
 
-    ``submit`` is safe to call concurrently; ``close`` is idempotent and waits
-    for queued work to be committed first.
+    ``submit`` and ``read`` are safe to call concurrently; ``close`` is
+    idempotent and waits for queued work to be committed first.
     """
 
     def __init__(
@@ -113,30 +115,29 @@ class SessionActor:
         on_commit: Callable[[SessionActor, dict[str, Any]], None],
         on_closed: Callable[[SessionActor], None],
         on_idle: Callable[[SessionActor], None] | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.sid = sid
         self.datadir = datadir
         self.config = config
         self.topic = topic
+        self.hooks = hooks or Hooks()
         self.state = State.STARTING
         self.owner = ""
         self.leases = 0
         self.last_used = time.monotonic()
         self.commits = 0
         self.committed_ops = 0
-        self._index_due = True  # new activation: messages may await indexing
-        self._index_timer: asyncio.TimerHandle | None = None
-        # the first catch-up of the search index waits for an idle spell too
-        self._last_write = asyncio.get_running_loop().time()
-        self.generations: dict[str, Generation] = {}
         self.graceful = True
-        self.stream_lag_observer: Callable[[float], None] | None = None
-        self.commit_observer: Callable[[float, int], None] | None = None
+        self.replies = Replies(self, flush_interval=config.flush_interval)
+        self.maintenance = Maintenance(
+            index_delay=config.index_delay,
+            enqueue=self._enqueue,
+            queued=lambda: bool(self._mailbox),
+        )
+        self._gate = OutputGate()
         self._write_pool = write_pool
         self._syncer = syncer
-        self._unsynced: asyncio.Future[None] | None = None
-        self._since_checkpoint = 0
-        self._ops_since_checkpoint = 0
         self._on_commit = on_commit
         self._on_closed = on_closed
         self._on_idle = on_idle or (lambda actor: None)
@@ -158,10 +159,10 @@ class SessionActor:
         """
         loop = asyncio.get_running_loop()
         try:
-            self._file = await loop.run_in_executor(self._write_pool, self._open)
-            self.owner = self._file.owner
+            f = self._file = await loop.run_in_executor(self._write_pool, self._open)
+            self.owner = f.owner
             results, events, _ = await loop.run_in_executor(
-                self._write_pool, self._file.run_batch, [op_recover_unfinished()], now_iso()
+                self._write_pool, f.run_batch, [op_recover_unfinished()], now_iso()
             )
             if isinstance(results[0], Exception):
                 raise results[0]
@@ -174,7 +175,7 @@ class SessionActor:
         self.state = State.RUNNING
         self._task = asyncio.create_task(self._run(), name=f"actor:{self.sid}")
         self._publish(events)
-        self._on_commit(self, self.file.read_session())
+        self._on_commit(self, f.read_session())
         self._ready.set_result(None)
 
     def _open(self) -> SessionFile:
@@ -192,26 +193,9 @@ class SessionActor:
         await self._closed.wait()
 
     @property
-    def file(self) -> SessionFile:
-        """The open file, for reads of committed state. Raises if not running."""
-        if self._file is None or self.state is not State.RUNNING:
-            raise ActorStopped(f"session {self.sid!r} is not active; retry")
-        return self._file
-
-    async def reader(self) -> SessionFile:
-        """The open file for reads, once every commit visible in it is on disk.
-
-        Use the result at once (no ``await`` in between): only then is what it
-        reads guaranteed durable. Raises like :attr:`file`.
-        """
-        while self._unsynced is not None:
-            await asyncio.shield(self._unsynced)
-        return self.file
-
-    @property
     def busy(self) -> bool:
         """Whether the actor holds work that hibernation must not cut short."""
-        return bool(self.leases or self._mailbox or self.generations)
+        return bool(self.leases or self._mailbox or self.replies)
 
     async def close(self) -> None:
         """Stop taking work, commit what is queued, close the file. Idempotent."""
@@ -227,11 +211,8 @@ class SessionActor:
                 return
         if self.state is State.CLOSED:
             return
-        if self.generations:
-            # replies get their grace period while the actor still commits
-            from actors.streams import stop_all
-
-            await stop_all(self, grace=self.config.shutdown_grace if self.graceful else 0.0)
+        # replies get their grace period while the actor still commits
+        await self.replies.stop_all(grace=self.config.shutdown_grace if self.graceful else 0.0)
         self.state = State.CLOSING
         self._wakeup.set()
         if self._task is not None:
@@ -239,12 +220,43 @@ class SessionActor:
         await self._finish_close()
 
     async def _finish_close(self) -> None:
+        self.maintenance.stop()
         if self._file is not None:
             f, self._file = self._file, None
             await asyncio.get_running_loop().run_in_executor(self._write_pool, f.close)
         self.state = State.CLOSED
         self._closed.set()
         self._on_closed(self)
+
+    # ------------------------------------------------------------------ reads
+
+    @property
+    def path(self) -> Path:
+        """The session file's path, for a reader with its own connection (an export).
+
+        Such a reader may see commits still being flushed: wait at the gate
+        (``await read(...)``) after taking its snapshot, before sending any of it.
+        """
+        if self._file is None:
+            raise ActorStopped(f"session {self.sid!r} is not active; retry")
+        return self._file.path
+
+    async def read(self, fn: Callable[[SessionFile], T]) -> T:
+        """Run ``fn(file)`` on committed state and return what it returns.
+
+        Waits at the output gate first: every commit the file shows is then
+        on disk, and ``fn`` runs right after, synchronously (no await in
+        between), so what it reads cannot be taken back by a crash. ``fn``
+        must not keep the file. Raises :class:`ActorStopped` if the actor is
+        not running (closing, closed, or broken by a failed flush), else what
+        ``fn`` raises.
+        """
+        if self._gate.held:
+            await self._gate.wait()
+        f = self._file
+        if f is None or self.state is not State.RUNNING:
+            raise ActorStopped(f"session {self.sid!r} is not active; retry")
+        return fn(f)
 
     # ------------------------------------------------------------------ the write path
 
@@ -269,49 +281,35 @@ class SessionActor:
         self._wakeup.set()
         return fut
 
+    def _enqueue(self, op: Callable[[Txn], Any], fut: asyncio.Future[Any]) -> None:
+        """Maintenance work: queued past the cap (it is small and self-limiting)."""
+        if self.state is State.RUNNING:
+            self._mailbox.append(Envelope(op, fut))
+            self._wakeup.set()
+
     async def catch_up_search_index(self) -> None:
         """Index every committed message for search (before a search reads it)."""
-        while await self.submit(op_index_search(2000)):
-            pass
-        self._index_due = False
+        await self.maintenance.catch_up(self.submit)
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        """The actor's one task, per batch: mailbox → commit → flush → publish → resolve."""
         while True:
             while not self._mailbox:
                 if self.state is not State.RUNNING:
-                    if self._index_timer is not None:
-                        self._index_timer.cancel()
+                    self.maintenance.stop()
                     return
                 self._wakeup.clear()
-                if self._index_due and self._index_timer is None:
-                    self._index_timer = loop.call_at(
-                        self._last_write + self.config.index_delay, self._index_when_idle
-                    )
+                self.maintenance.idle()
                 await self._wakeup.wait()
             n = min(len(self._mailbox), self.config.max_batch)
             batch = [self._mailbox.popleft() for _ in range(n)]
-            f = self._file
-            assert f is not None
-            ops = [e.op for e in batch]
             started = time.perf_counter()
             try:
-                if any(isinstance(op, BulkOp) for op in ops):
-                    results, events, sess = await loop.run_in_executor(
-                        self._write_pool, f.run_batch, ops, now_iso()
-                    )
-                else:
-                    results, events, sess = f.run_batch(ops, now_iso(), sync=False)
-                    if f.durable:
-                        await self._flush(f)
+                results, events, session = await self._commit(batch)  # flushed on return
             except BaseException as exc:
                 self._break(exc, batch)
                 return
-            if self.commit_observer is not None:
-                self.commit_observer(time.perf_counter() - started, n)
-            if events:
-                self._index_due = True
-            self._last_write = loop.time()
+            self.hooks.on_commit(time.perf_counter() - started, n)
             self.commits += 1
             self.committed_ops += n
             self.last_used = time.monotonic()
@@ -323,62 +321,52 @@ class SessionActor:
                     env.future.set_exception(res)
                 else:
                     env.future.set_result(res)
-            if sess is not None:
-                self._on_commit(self, sess)
-            self._since_checkpoint += 1
-            self._ops_since_checkpoint += n
-            if (
-                self._since_checkpoint >= CHECKPOINT_EVERY
-                or self._ops_since_checkpoint >= CHECKPOINT_OPS
-            ):
-                self._since_checkpoint = self._ops_since_checkpoint = 0
-                # on failure the data is still safe in the WAL; the next checkpoint retries
-                with contextlib.suppress(StorageError):
-                    await loop.run_in_executor(self._write_pool, f.checkpoint)
+            if session is not None:
+                self._on_commit(self, session)
+            if self.maintenance.committed(n, bool(events)):
+                await self._checkpoint()
+
+    async def _commit(self, batch: list[Envelope]) -> Results:
+        """Run ``batch`` in one transaction; return once it is on disk.
+
+        A batch holding a :class:`BulkOp` runs on the write pool (flushed in
+        its COMMIT); any other runs on the event loop, then its WAL is flushed.
+        """
+        f = self._file
+        assert f is not None
+        ops = [e.op for e in batch]
+        if any(isinstance(op, BulkOp) for op in ops):
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._write_pool, f.run_batch, ops, now_iso())
+        out = f.run_batch(ops, now_iso(), sync=False)
+        if f.durable:
+            await self._flush(f)
+        return out
 
     async def _flush(self, f: SessionFile) -> None:
-        """``fdatasync`` the WAL after an event-loop commit; reads wait meanwhile."""
+        """``fdatasync`` the WAL after an event-loop commit, holding the output gate."""
         try:
             fd = f.wal_fd()
         except FileNotFoundError:
             return  # no WAL: nothing was ever written through this file
-        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._unsynced = gate
+        token = self._gate.hold()
         try:
             await self._syncer.fdatasync(fd)
-        except OSError as exc:
+        except BaseException as exc:
+            self._gate.release(token, exc)
+            if not isinstance(exc, OSError):
+                raise
             cls = StorageFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else Unavailable
             raise cls(f"flushing session {self.sid!r} to disk failed: {exc.strerror}") from exc
-        finally:
-            self._unsynced = None
-            gate.set_result(None)
+        self._gate.release(token)
 
-    def _index_when_idle(self) -> None:
-        """Timer: once no write came for ``index_delay`` s, catch the search index up
-        (off the hot path). One timer per actor, re-armed rather than made per commit."""
-        self._index_timer = None
-        if not self._index_due or self.state is not State.RUNNING:
+    async def _checkpoint(self) -> None:
+        f = self._file
+        if f is None:
             return
-        loop = asyncio.get_running_loop()
-        due = self._last_write + self.config.index_delay
-        if self._mailbox or due > loop.time():
-            self._index_timer = loop.call_at(
-                max(due, loop.time() + self.config.index_delay / 4), self._index_when_idle
-            )
-            return
-        self._mailbox.append(Envelope(op_index_search(500), self._index_done()))
-        self._wakeup.set()
-
-    def _index_done(self) -> asyncio.Future[bool]:
-        """The future of a background indexing op: it clears the flag when done."""
-        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-
-        def done(f: asyncio.Future[bool]) -> None:
-            if not f.cancelled() and f.exception() is None and not f.result():
-                self._index_due = False
-
-        fut.add_done_callback(done)
-        return fut
+        # on failure the data is still safe in the WAL; the next checkpoint retries
+        with contextlib.suppress(StorageError):
+            await asyncio.get_running_loop().run_in_executor(self._write_pool, f.checkpoint)
 
     def _break(self, exc: BaseException, batch: list[Envelope]) -> None:
         """A commit failed: fail the batch and the queue, then close."""
@@ -398,27 +386,25 @@ class SessionActor:
             if not env.future.done():
                 env.future.set_exception(rest)
         self.state = State.CLOSING
+        self.maintenance.stop()
         if self._close_task is None:
             self._close_task = asyncio.create_task(self._after_break())
 
     async def _after_break(self) -> None:
-        if self.generations:
-            from actors.streams import stop_all
-
-            await stop_all(self, grace=0.0)
+        await self.replies.stop_all(grace=0.0)
         await self._finish_close()
 
-    # ------------------------------------------------------------------ fan-out
+    # ------------------------------------------------------------------ fan-out and ReplyHost
 
     def _publish(self, events: list[Event]) -> None:
         for ev in events:
             self.topic.publish(Frame.of(ev))
 
-    def observe_stream_lag(self, seconds: float) -> None:
-        """Record how long streamed text waited between generation and commit."""
-        if self.stream_lag_observer is not None:
-            self.stream_lag_observer(seconds)
+    def on_stream_lag(self, seconds: float) -> None:
+        """ReplyHost: streamed text waited ``seconds`` between generation and commit."""
+        self.hooks.on_stream_lag(seconds)
 
-    def on_generation_end(self) -> None:
+    def on_reply_end(self) -> None:
+        """ReplyHost: a reply ended; the actor may now be idle."""
         self.last_used = time.monotonic()
         self._on_idle(self)

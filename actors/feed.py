@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 
 import orjson
 
 from actors.pubsub import Frame, Subscription, Topic
 from actors.registry import ActorRegistry
+from storage.file import SessionFile
 
 
 class End(enum.Enum):
@@ -49,8 +51,8 @@ class Feed:
         async with self.registry.lease(self.sid, self.user) as actor:
             self._topic = actor.topic
             self._sub = actor.topic.subscribe(self.registry.config.subscriber_queue)
-            self._current = (await actor.reader()).event_seq()
-            for gen in actor.generations.values():
+            self._current = await actor.read(lambda f: f.event_seq())
+            for gen in actor.replies.running.values():
                 if gen.committed:
                     data = orjson.dumps(
                         {
@@ -79,7 +81,9 @@ class Feed:
             pos = self.since
             while pos < self._current:
                 async with self.registry.lease(self.sid, self.user) as actor:
-                    events = (await actor.reader()).events_since(pos, 500)
+                    events = await actor.read(
+                        partial(SessionFile.events_since, since=pos, limit=500)
+                    )
                 if events is None:
                     yield Frame("resync", orjson.dumps({"type": "resync", "seq": self._current}))
                     break

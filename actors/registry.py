@@ -25,27 +25,20 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from actors.actor import ActorConfig, SessionActor, State
-from actors.pubsub import Frame, Topic
+from actors.errors import ActorStopped
+from actors.hooks import Hooks
+from actors.pubsub import Frame, Subscription, Topic
 from actors.responders import EchoResponder, Responder
+from actors.session import SessionHandle
 from storage.catalog import Catalog
-from storage.errors import NotFound, StorageError, Unavailable
+from storage.errors import Conflict, NotFound, StorageError, Unavailable
+from storage.export import ImportPlan, populate_import
 from storage.fsync import Syncer
 from storage.ids import now_iso, uuid7, validate_session_id
 from storage.layout import DataDir, trim_heap
 from storage.lifecycle import create_session_file, remove_session_files
 
 log = logging.getLogger("roost.actors")
-
-
-class RegistryStats:
-    """Counters the metrics endpoint and tests read."""
-
-    def __init__(self) -> None:
-        self.activations = 0
-        self.hibernations = 0
-        self.evictions = 0
-        self.max_live_seen = 0
-        self.dropped_subscribers = 0
 
 
 class ActorRegistry:
@@ -66,13 +59,10 @@ class ActorRegistry:
         self.fsync_mode = fsync
         self._syncer: Syncer | None = None
         self.config = config
-        self.stats = RegistryStats()
+        self.hooks: Hooks = Hooks()
         self.write_pool = ThreadPoolExecutor(write_threads, thread_name_prefix="roost-write")
         self.read_pool = ThreadPoolExecutor(read_threads, thread_name_prefix="roost-read")
-        self.commit_hooks: list[Callable[[SessionActor, dict[str, Any]], None]] = []
         self.responder: Responder = EchoResponder()
-        self.stream_lag_observer: Callable[[float], None] | None = None
-        self.commit_observer: Callable[[float, int], None] | None = None
         self._actors: OrderedDict[str, SessionActor] = OrderedDict()
         self._topics: dict[str, Topic] = {}
         self._deleting: set[str] = set()
@@ -125,7 +115,7 @@ class ActorRegistry:
         return sum(len(t.subs) for t in self._topics.values())
 
     def running_replies(self) -> int:
-        return sum(len(a.generations) for a in self._actors.values())
+        return sum(len(a.replies) for a in self._actors.values())
 
     def actor_if_live(self, sid: str) -> SessionActor | None:
         a = self._actors.get(sid)
@@ -140,30 +130,69 @@ class ActorRegistry:
 
     # ------------------------------------------------------------------ leases
 
+    def session(self, sid: str, user: str = "") -> SessionLease:
+        """The one door to session ``sid`` for ``user``: ``async with`` it for a
+        :class:`SessionHandle`.
+
+        The session's actor stays live (not hibernated) while the block runs.
+        Entering raises like :meth:`lease`.
+        """
+        return SessionLease(self, sid, user)
+
+    async def resume_reply(
+        self, sid: str, user: str, *, maxsize: int
+    ) -> tuple[dict[str, Any], Subscription] | None:
+        """Subscribe to the reply to resume in ``sid`` from its start: the active
+        leaf's if it runs, else the newest running. Returns ``(message as it
+        started, subscription)``, or None when none runs, also for a session
+        that is not live or not ``user``'s. Never activates an actor (a running
+        reply keeps its actor live)."""
+        actor = self.actor_if_live(sid)
+        if actor is None or actor.owner != user or not actor.replies:
+            return None
+        leaf: str | None = await actor.read(lambda f: f.read_session()["active_leaf_id"])
+        reply = actor.replies.current(leaf)
+        if reply is None or reply.final is not None:
+            return None
+        return reply.message, reply.subscribe(maxsize)
+
     @contextlib.asynccontextmanager
     async def lease(self, sid: str, user: str = "") -> AsyncIterator[SessionActor]:
         """The running actor of ``sid``, kept live (not hibernated) while held.
+
+        For ``actors/`` itself and for tests; the server goes through
+        :meth:`session`.
 
         Raises ``InvalidInput`` for a bad id and ``NotFound`` for a session
         that does not exist or belongs to another user, ``Unavailable`` for
         the owner's session whose file cannot be opened (another user gets
         ``NotFound`` for that too: a damaged file reveals nothing).
         """
+        actor = await self._enter(sid, user)
+        try:
+            yield actor
+        finally:
+            self._leave(actor)
+
+    async def _enter(self, sid: str, user: str) -> SessionActor:
+        """Acquire ``sid``'s actor for ``user`` (one lease); see :meth:`lease`."""
         try:
             actor = await self._acquire(sid)
         except Unavailable:
             if self._owner_in_catalog(sid) != user:
                 raise NotFound(f"session {sid!r} not found", details={"session_id": sid}) from None
             raise
-        try:
-            if actor.owner != user:
-                raise NotFound(f"session {sid!r} not found", details={"session_id": sid})
-            yield actor
-        finally:
-            actor.leases -= 1
-            actor.last_used = time.monotonic()
-            if actor.leases == 0:
-                self._room.set()
+        if actor.owner != user:
+            self._leave(actor)
+            raise NotFound(f"session {sid!r} not found", details={"session_id": sid})
+        return actor
+
+    def _leave(self, actor: SessionActor) -> None:
+        """Give back one lease taken by :meth:`_enter`."""
+        actor.leases -= 1
+        actor.last_used = time.monotonic()
+        if actor.leases == 0:
+            self._room.set()
 
     def _owner_in_catalog(self, sid: str) -> str | None:
         try:
@@ -176,8 +205,6 @@ class ActorRegistry:
             validate_session_id(sid)
         while True:
             if self._closed:
-                from actors.errors import ActorStopped
-
                 raise ActorStopped("the server is shutting down")
             if sid in self._deleting:
                 raise NotFound(f"session {sid!r} not found", details={"session_id": sid})
@@ -188,14 +215,14 @@ class ActorRegistry:
                     continue
                 actor = self._new_actor(sid)
                 self._actors[sid] = actor
-                self.stats.max_live_seen = max(self.stats.max_live_seen, len(self._actors))
+                live = len(self._actors)
                 actor.leases += 1
                 try:
                     await actor.start()
                 except BaseException:
                     actor.leases -= 1
                     raise
-                self.stats.activations += 1
+                self.hooks.on_activation(sid, live)
                 return actor
             if actor.state in (State.CLOSING, State.CLOSED):
                 await actor.wait_closed()
@@ -221,9 +248,8 @@ class ActorRegistry:
             on_commit=self._on_commit,
             on_closed=self._on_closed,
             on_idle=lambda actor: self._room.set(),
+            hooks=self.hooks,
         )
-        actor.stream_lag_observer = self.stream_lag_observer
-        actor.commit_observer = self.commit_observer
         return actor
 
     async def _make_room(self) -> None:
@@ -234,7 +260,7 @@ class ActorRegistry:
                 None,
             )
             if victim is not None:
-                self.stats.evictions += 1
+                self.hooks.on_eviction(victim.sid)
                 await victim.close()
                 continue
             self._room.clear()
@@ -263,7 +289,7 @@ class ActorRegistry:
                 and not a.topic.subs
             ]
             for a in idle:
-                self.stats.hibernations += 1
+                self.hooks.on_hibernation(a.sid)
                 await a.close()
             if idle:
                 trim_heap()
@@ -274,7 +300,9 @@ class ActorRegistry:
         """The subscriber set of ``sid`` (made on first use)."""
         t = self._topics.get(sid)
         if t is None:
-            t = self._topics[sid] = Topic(sid, on_drop=self._count_drop)
+            t = self._topics[sid] = Topic(
+                sid, on_drop=lambda: self.hooks.on_subscriber_dropped(sid)
+            )
         return t
 
     def topics_alive(self) -> set[str] | dict[str, Topic]:
@@ -286,9 +314,6 @@ class ActorRegistry:
         t = self._topics.get(sid)
         if t is not None and not t.subs and sid not in self._actors:
             del self._topics[sid]
-
-    def _count_drop(self) -> None:
-        self.stats.dropped_subscribers += 1
 
     # ------------------------------------------------------------------ sessions
 
@@ -309,8 +334,6 @@ class ActorRegistry:
         """
         sid = validate_session_id(sid) if sid is not None else uuid7()
         if sid in self._deleting or sid in self._actors:
-            from storage.errors import Conflict
-
             raise Conflict(f"session {sid!r} already exists", details={"id": sid})
         loop = asyncio.get_running_loop()
         doc = await loop.run_in_executor(
@@ -342,7 +365,7 @@ class ActorRegistry:
         """
         async with self.lease(sid, user) as actor:
             self._deleting.add(sid)
-            final_seq = actor.file.event_seq() + 1
+            final_seq = await actor.read(lambda f: f.event_seq()) + 1
         try:
             actor.graceful = False
             await actor.close()
@@ -358,6 +381,18 @@ class ActorRegistry:
                 topic.close_all()
         finally:
             self._deleting.discard(sid)
+
+    async def import_session(
+        self, sid: str | None, plan: ImportPlan, *, owner: str = ""
+    ) -> dict[str, Any]:
+        """Create a session from a parsed export (see :meth:`create_session`)."""
+        return await self.create_session(
+            sid,
+            owner=owner,
+            title=plan.doc.session.title,
+            metadata=plan.doc.session.metadata,
+            populate=lambda conn, new_sid, now: populate_import(conn, new_sid, plan, now),
+        )
 
     async def list_sessions(
         self, *, owner: str = "", limit: int = 25, cursor: str | None = None
@@ -379,8 +414,7 @@ class ActorRegistry:
             return
         self._catalog_pending[actor.sid] = (actor.owner, session)
         self._catalog_wakeup.set()
-        for hook in self.commit_hooks:
-            hook(actor, session)
+        self.hooks.on_session_changed(actor.sid, actor.owner, session)
 
     async def flush_catalog(self) -> bool:
         """Write the pending catalog updates now; return whether that worked.
@@ -414,3 +448,29 @@ class ActorRegistry:
             if not await self.flush_catalog():
                 await asyncio.sleep(1.0)
                 self._catalog_wakeup.set()
+
+
+class SessionLease:
+    """``async with registry.session(sid, user) as s``: one lease, one handle.
+
+    A plain class rather than a generator-based context manager: it is on
+    every request's path.
+    """
+
+    __slots__ = ("_actor", "_registry", "_sid", "_user")
+
+    def __init__(self, registry: ActorRegistry, sid: str, user: str) -> None:
+        self._registry = registry
+        self._sid = sid
+        self._user = user
+        self._actor: SessionActor | None = None
+
+    async def __aenter__(self) -> SessionHandle:
+        if self._actor is not None:
+            raise RuntimeError("a SessionLease is entered once")
+        actor = self._actor = await self._registry._enter(self._sid, self._user)
+        return SessionHandle(self._registry, actor)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._actor is not None:
+            self._registry._leave(self._actor)

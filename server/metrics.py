@@ -1,8 +1,9 @@
 """``GET /metrics``: Prometheus text format, via prometheus-client.
 
 Each app has its own CollectorRegistry (tests run many apps in one process).
-Histograms are fed by observers the actors call; gauges and counters that the
-registry already keeps are read at scrape time by a custom collector.
+:class:`MetricsHooks` is the actors' :class:`~actors.hooks.Hooks`: it feeds the
+histograms and keeps the counters; gauges and counters are read at scrape
+time by a custom collector.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from actors.hooks import CountingHooks
 from actors.registry import ActorRegistry
 from server.errors import Handler
 from server.openapi import Reply, describe
@@ -79,29 +81,46 @@ class Metrics:
                 self._request_children[key] = child
         return child
 
-    def observe_commit(self, seconds: float, size: int) -> None:
-        self.commit_seconds.observe(seconds)
-        self.batch_size.observe(size)
-
     def attach(self, actors: ActorRegistry) -> None:
-        actors.commit_observer = self.observe_commit
-        actors.stream_lag_observer = self.stream_lag.observe
-        self.registry.register(_RegistryCollector(actors))
+        """Observe ``actors`` (before it makes any actor): its hooks become ours."""
+        hooks = MetricsHooks(self)
+        actors.hooks = hooks
+        self.registry.register(_RegistryCollector(actors, hooks))
+
+
+class MetricsHooks(CountingHooks):
+    """The actors' hooks: histograms for commits and stream lag, plus the counters."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self._commit_seconds = metrics.commit_seconds.observe
+        self._batch_size = metrics.batch_size.observe
+        self._stream_lag = metrics.stream_lag.observe
+
+    def on_commit(self, seconds: float, ops: int) -> None:
+        self.commits += 1
+        self._commit_seconds(seconds)
+        self._batch_size(ops)
+
+    def on_stream_lag(self, seconds: float) -> None:
+        self._stream_lag(seconds)
 
 
 class _RegistryCollector(Collector):
-    def __init__(self, actors: ActorRegistry) -> None:
+    def __init__(self, actors: ActorRegistry, hooks: CountingHooks) -> None:
         self.actors = actors
+        self.hooks = hooks
 
     def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         a = self.actors
+        stats = self.hooks
         yield GaugeMetricFamily("roost_live_actors", "session actors with an open file", a.live)
-        yield CounterMetricFamily("roost_activations", "actor activations", a.stats.activations)
+        yield CounterMetricFamily("roost_activations", "actor activations", stats.activations)
         yield CounterMetricFamily(
-            "roost_hibernations", "actors closed after their idle timeout", a.stats.hibernations
+            "roost_hibernations", "actors closed after their idle timeout", stats.hibernations
         )
         yield CounterMetricFamily(
-            "roost_evictions", "actors closed to stay under the live cap", a.stats.evictions
+            "roost_evictions", "actors closed to stay under the live cap", stats.evictions
         )
         yield GaugeMetricFamily(
             "roost_subscribers", "WebSocket and SSE event subscribers", a.subscriber_count()
@@ -109,7 +128,7 @@ class _RegistryCollector(Collector):
         yield CounterMetricFamily(
             "roost_dropped_subscribers",
             "subscribers dropped for falling behind",
-            a.stats.dropped_subscribers,
+            stats.dropped_subscribers,
         )
         yield GaugeMetricFamily(
             "roost_running_replies", "replies being generated", a.running_replies()

@@ -44,11 +44,9 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
-from actors import streams
-from actors.actor import SessionActor
 from actors.pubsub import Subscription
 from actors.registry import ActorRegistry
-from actors.streams import Generation
+from actors.session import NewMessage, SessionHandle
 from server.access import check_session_rate
 from server.errors import ApiError
 from server.http import REGISTRY, SETTINGS, read_json, user_of
@@ -56,10 +54,7 @@ from server.models import Strict, check_content
 from server.openapi import SSE, Reply, describe
 from server.sse import OPEN_STREAMS, open_sse
 from storage.errors import Conflict, NotFound
-from storage.file import SessionFile
 from storage.ids import validate_session_id
-from storage.ops import MessageDraft
-from storage.reads import read_by_client_id_prefix
 
 routes = web.RouteTableDef()
 
@@ -302,7 +297,7 @@ async def _send(
 async def _ensure_session(registry: ActorRegistry, sid: str, user: str) -> None:
     """Create session ``sid`` for ``user`` unless it exists (a race is fine)."""
     try:
-        async with registry.lease(sid, user):
+        async with registry.session(sid, user):
             return
     except NotFound:
         pass
@@ -310,29 +305,29 @@ async def _ensure_session(registry: ActorRegistry, sid: str, user: str) -> None:
         await registry.create_session(sid, owner=user)
 
 
-def _stored_user_message(f: SessionFile, ui_id: str) -> dict[str, Any] | None:
+async def _stored_user_message(s: SessionHandle, ui_id: str) -> dict[str, Any] | None:
     """The stored version of user message ``ui_id``: sent through this adapter
     (newest version), or loaded from Roost with its Roost id as UI id."""
-    found = read_by_client_id_prefix(f, f"{CLIENT_ID_PREFIX}{ui_id}:")
+    found = await s.find_by_client_id_prefix(f"{CLIENT_ID_PREFIX}{ui_id}:")
     if found is None:
         with contextlib.suppress(NotFound):
-            msg = f.read_message(ui_id)
+            msg = await s.get_message(ui_id)
             if msg["role"] == "user":
                 found = msg
     return found
 
 
-def _regenerate_target(f: SessionFile, body: AiChatRequest) -> str:
+async def _regenerate_target(s: SessionHandle, body: AiChatRequest) -> str:
     """The Roost id of the message to regenerate (see the module docstring)."""
     if body.messageId is None:
-        leaf: str | None = f.read_session()["active_leaf_id"]
+        leaf: str | None = (await s.read_session())["active_leaf_id"]
         if leaf is None:
             raise ApiError(400, "invalid_input", "nothing to regenerate: the chat is empty")
         return leaf
     with contextlib.suppress(NotFound):
-        mid: str = f.read_message(body.messageId)["id"]
+        mid: str = (await s.get_message(body.messageId))["id"]
         return mid
-    found = _stored_user_message(f, body.messageId)
+    found = await _stored_user_message(s, body.messageId)
     if found is None:
         raise ApiError(
             404,
@@ -386,7 +381,7 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
     sid = validate_session_id(body.id)
     check_session_rate(request, sid)  # the middleware could not see the body's session id
     user = user_of(request)
-    draft: MessageDraft | None = None
+    draft: NewMessage | None = None
     if body.trigger == "submit-message":
         if not body.messages or body.messages[-1].role != "user":
             raise ApiError(
@@ -399,7 +394,7 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
         content = ui_text(last)
         check_content(content, settings, allow_empty=False)
         client_id = client_id_for(last.id, content)
-        draft = MessageDraft(
+        draft = NewMessage(
             role="user",
             content=content,
             client_id=client_id,
@@ -409,40 +404,25 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
     if draft is not None:  # a regenerate needs a chat to exist
         await _ensure_session(registry, sid, user)
     headers: dict[str, str] = {}
-    async with registry.lease(sid, user) as actor:
-        gen: Generation | None
+    maxsize = settings.subscriber_queue
+    async with registry.session(sid, user) as s:
         if draft is not None:
             last_id = body.messages[-1].id
             if body.messageId == last_id:  # an edit (or a resubmit) of that message
-                before = _stored_user_message(await actor.reader(), last_id)
+                before = await _stored_user_message(s, last_id)
                 if before is not None and before["client_id"] != draft.client_id:
                     draft.parent_id = before["parent_id"]
                     draft.explicit_parent = True
-            user_msg, reply, _, gen = await streams.chat(
-                actor, draft, registry.responder, model=body.model
-            )
+            user_msg, reply, _, stream = await s.chat(draft, model=body.model, maxsize=maxsize)
             headers["X-User-Message-Id"] = user_msg["id"]
         else:
-            target = _regenerate_target(await actor.reader(), body)
-            reply, gen = await streams.regenerate(
-                actor, target, registry.responder, model=body.model
-            )
-        sub = gen.subscribe(settings.subscriber_queue) if gen is not None else None
+            target = await _regenerate_target(s, body)
+            reply, stream = await s.regenerate(target, model=body.model, maxsize=maxsize)
+    sub = stream.subscription
     headers["X-Assistant-Message-Id"] = reply["id"]
     ui = UIStream(reply["id"])
     first = ui.start(reply) if sub is not None else ui.replay(reply)
     return await _send(request, ui, first, sub, headers)
-
-
-def _running(actor: SessionActor, f: SessionFile) -> Generation | None:
-    """The reply to resume: the active leaf's if it runs, else the newest running."""
-    gens = actor.generations
-    if not gens:
-        return None
-    leaf = f.read_session()["active_leaf_id"]
-    if leaf in gens:
-        return gens[leaf]
-    return gens[max(gens)]  # ids are time-ordered
 
 
 @routes.get("/api/ai/chat/{id}/stream")
@@ -466,14 +446,12 @@ async def ai_resume(request: web.Request) -> web.StreamResponse:
     reply: 204, so ``useChat({resume: true})`` on a new chat stays quiet.
     """
     sid = validate_session_id(request.match_info["id"])
-    registry = request.app[REGISTRY]
-    actor = registry.actor_if_live(sid)  # a running reply keeps its actor live
-    gen = None
-    if actor is not None and actor.owner == user_of(request):
-        gen = _running(actor, await actor.reader())
-    if gen is None or gen.final is not None:
+    found = await request.app[REGISTRY].resume_reply(
+        sid, user_of(request), maxsize=request.app[SETTINGS].subscriber_queue
+    )
+    if found is None:
         return web.Response(status=204)
-    sub = gen.subscribe(request.app[SETTINGS].subscriber_queue)
-    ui = UIStream(gen.message_id)
-    headers = {"X-Assistant-Message-Id": gen.message_id}
-    return await _send(request, ui, ui.start(gen.message), sub, headers)
+    message, sub = found
+    ui = UIStream(message["id"])
+    headers = {"X-Assistant-Message-Id": message["id"]}
+    return await _send(request, ui, ui.start(message), sub, headers)

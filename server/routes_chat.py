@@ -8,9 +8,7 @@ import orjson
 from aiohttp import web
 from pydantic import StringConstraints
 
-from actors import streams
-from actors.pubsub import Subscription
-from actors.streams import Generation
+from actors.session import NewMessage, ReplyStream
 from server.errors import ApiError
 from server.http import REGISTRY, SETTINGS, json_response, read_json, request_hash, user_of
 from server.models import Id, Str, Strict, check_content, check_metadata
@@ -18,7 +16,6 @@ from server.openapi import JSON, SSE, Param, Reply, describe
 from server.schemas import ChatResult, Message
 from server.settings import Settings
 from server.sse import open_sse, pump, sse_frame
-from storage.ops import MessageDraft
 
 routes = web.RouteTableDef()
 
@@ -40,7 +37,7 @@ class RegenerateRequest(Strict):
     model: Model | None = None
 
 
-def chat_draft(body: ChatRequest, settings: Settings) -> MessageDraft:
+def chat_draft(body: ChatRequest, settings: Settings) -> NewMessage:
     """Check a chat request against the limits and make the user message's draft.
 
     Shared by ``POST /chat`` and the WebSocket ``chat`` frame, so both take the
@@ -48,7 +45,7 @@ def chat_draft(body: ChatRequest, settings: Settings) -> MessageDraft:
     """
     check_content(body.content, settings, allow_empty=False)
     check_metadata(body.metadata, settings, len(orjson.dumps(body.metadata)))
-    return MessageDraft(
+    return NewMessage(
         role="user",
         content=body.content,
         attachments=body.attachments,
@@ -83,30 +80,22 @@ async def _answer(
     request: web.Request,
     *,
     ack: dict[str, Any],
-    reply: dict[str, Any],
-    gen: Generation | None,
-    sub: Subscription | None,
+    stream: ReplyStream,
     status: int,
     headers: dict[str, str],
 ) -> web.StreamResponse:
     """Answer a chat or regenerate: SSE by default, one JSON body on request."""
     if wants_json(request):
-        final = reply
-        if gen is not None:
-            if sub is not None:
-                sub.close()
-            await gen.done.wait()
-            assert gen.final is not None
-            final = gen.final
+        final = await stream.wait_final()
         body = {k: v for k, v in ack.items() if k.endswith("message") or k == "client_id"}
         body["assistant_message"] = final
         return json_response(body, status, headers)
     resp = await open_sse(request, headers)
     first = [sse_frame("ack", orjson.dumps(ack))]
-    if sub is None:
-        first += _finished_frames(reply, 0)
+    if stream.final is not None:
+        first += _finished_frames(stream.final, 0)
     heartbeat = request.app[SETTINGS].sse_heartbeat
-    await pump(request, resp, sub, heartbeat=heartbeat, first=first)
+    await pump(request, resp, stream.subscription, heartbeat=heartbeat, first=first)
     return resp
 
 
@@ -124,12 +113,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
     data, _ = await read_json(request)
     body = ChatRequest.model_validate(data)
     draft = chat_draft(body, settings)
-    registry = request.app[REGISTRY]
-    async with registry.lease(request.match_info["sid"], user_of(request)) as actor:
-        user, reply, created, gen = await streams.chat(
-            actor, draft, registry.responder, model=body.model
+    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+        user, reply, created, stream = await s.chat(
+            draft, model=body.model, maxsize=settings.subscriber_queue
         )
-        sub = gen.subscribe(settings.subscriber_queue) if gen is not None else None
     ack = {
         "client_id": body.client_id,
         "user_message_id": user["id"],
@@ -141,9 +128,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     return await _answer(
         request,
         ack=ack,
-        reply=reply,
-        gen=gen,
-        sub=sub,
+        stream=stream,
         status=201 if created else 200,
         headers=headers,
     )
@@ -165,19 +150,15 @@ async def regenerate(request: web.Request) -> web.StreamResponse:
     if request.can_read_body:
         data, _ = await read_json(request)
         model = RegenerateRequest.model_validate(data).model
-    registry = request.app[REGISTRY]
-    async with registry.lease(request.match_info["sid"], user_of(request)) as actor:
-        reply, gen = await streams.regenerate(
-            actor, request.match_info["mid"], registry.responder, model=model
+    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+        reply, stream = await s.regenerate(
+            request.match_info["mid"], model=model, maxsize=settings.subscriber_queue
         )
-        sub = gen.subscribe(settings.subscriber_queue)
     ack = {"assistant_message_id": reply["id"], "assistant_message": reply}
     return await _answer(
         request,
         ack=ack,
-        reply=reply,
-        gen=gen,
-        sub=sub,
+        stream=stream,
         status=201,
         headers={"X-Assistant-Message-Id": reply["id"]},
     )
@@ -191,10 +172,8 @@ async def cancel(request: web.Request) -> web.Response:
     A reply that already ended is returned as it is.
     """
     mid = request.match_info["mid"]
-    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        final = await streams.cancel(actor, mid)
-        if final is None:
-            final = (await actor.reader()).read_message(mid)
+    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+        final = await s.cancel(mid)
     return json_response(final)
 
 
@@ -222,28 +201,9 @@ async def resume(request: web.Request) -> web.StreamResponse:
     since = _last_event_id(request)
     settings = request.app[SETTINGS]
     mid = request.match_info["mid"]
-    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        gen = actor.generations.get(mid)
-        if gen is not None:
-            if since > len(gen.committed):
-                raise ApiError(
-                    400,
-                    "invalid_input",
-                    f"Last-Event-ID {since} is past the {len(gen.committed)} "
-                    "characters streamed so far",
-                )
-            sub: Subscription | None = gen.subscribe(settings.subscriber_queue, since)
-            first: list[bytes] = []
-        else:
-            msg = (await actor.reader()).read_message(mid)
-            if since > len(msg["content"]):
-                raise ApiError(
-                    400,
-                    "invalid_input",
-                    f"Last-Event-ID {since} is past the end of the text "
-                    f"({len(msg['content'])} characters)",
-                )
-            sub, first = None, _finished_frames(msg, since)
+    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+        stream = await s.stream(mid, since=since, maxsize=settings.subscriber_queue)
+    first = [] if stream.final is None else _finished_frames(stream.final, since)
     resp = await open_sse(request, {"X-Assistant-Message-Id": mid})
-    await pump(request, resp, sub, heartbeat=settings.sse_heartbeat, first=first)
+    await pump(request, resp, stream.subscription, heartbeat=settings.sse_heartbeat, first=first)
     return resp

@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from actors import streams
+from actors.session import NewMessage
 from server.errors import ApiError
 from server.http import (
     REGISTRY,
@@ -32,14 +32,6 @@ from server.models import (
 )
 from server.openapi import Param, Reply, cursor_param, describe, limit_param
 from server.schemas import Message, MessagePage, Session, SessionList, SessionView, SiblingsPage
-from storage.ops import (
-    MessageDraft,
-    op_append,
-    op_delete_message,
-    op_update_message,
-    op_update_session,
-)
-from storage.reads import read_siblings
 
 routes = web.RouteTableDef()
 
@@ -94,11 +86,8 @@ async def list_sessions(request: web.Request) -> web.Response:
 async def get_session(request: web.Request) -> web.Response:
     """``{session, messages, before}``: the newest page of the active branch."""
     limit = query_int(request, "limit", 25, 1, request.app[SETTINGS].max_page_limit)
-    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        f = await actor.reader()
-        with f.snapshot():
-            session = f.read_session()
-            page = f.page(view="active", limit=limit)
+    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+        session, page = await s.overview(limit=limit)
     return json_response({"session": session, "messages": page.items, "before": page.before})
 
 
@@ -115,14 +104,12 @@ async def patch_session(request: web.Request) -> web.Response:
         )
     check_title(body.title, settings)
     check_metadata(body.metadata, settings, _meta_size(body.metadata))
-    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        doc = await actor.submit(
-            op_update_session(
-                title=body.title,
-                set_title="title" in data,
-                metadata=body.metadata,
-                active_leaf_id=body.active_leaf_id,
-            )
+    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+        doc = await s.update_session(
+            title=body.title,
+            set_title="title" in data,
+            metadata=body.metadata,
+            active_leaf_id=body.active_leaf_id,
         )
     return json_response(doc)
 
@@ -152,20 +139,19 @@ async def list_messages(request: web.Request) -> web.Response:
     """A page of messages: ``{items, before, after}``, items oldest first."""
     limit, before, after = _page_params(request)
     view = query_choice(request, "view", ("active", "all"))
-    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        f = await actor.reader()
-        page = f.page(view=view, limit=limit, before=before, after=after)
+    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+        page = await s.page(view=view, limit=limit, before=before, after=after)
     return json_response({"items": page.items, "before": page.before, "after": page.after})
 
 
-def draft_from(body: MessageCreate, request: web.Request) -> MessageDraft:
-    """Check a MessageCreate against the limits and make a storage draft."""
+def draft_from(body: MessageCreate, request: web.Request) -> NewMessage:
+    """Check a MessageCreate against the limits and make the actor's NewMessage."""
     settings = request.app[SETTINGS]
     has_payload = bool(body.parts) or body.tool_call is not None or body.tool_result is not None
     check_content(body.content, settings, allow_empty=has_payload)
     check_metadata(body.metadata, settings, _meta_size(body.metadata))
     check_parts(body.parts, settings)
-    return MessageDraft(
+    return NewMessage(
         role=body.role,
         content=body.content,
         parts=None if body.parts is None else [p.model_dump(mode="json") for p in body.parts],
@@ -193,16 +179,16 @@ async def append_message(request: web.Request) -> web.Response:
     """Append a message: 201, or 200 with the stored one for a repeated client_id."""
     body = await parse_body(request, MessageCreate)
     draft = draft_from(body, request)
-    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        msg, created = await actor.submit(op_append(draft))
+    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+        msg, created = await s.append(draft)
     return json_response(msg, 201 if created else 200, {"ETag": f'"{msg["version"]}"'})
 
 
 @routes.get("/api/sessions/{sid}/messages/{mid}")
 @describe(responses={200: Reply("the message", Message)})
 async def get_message(request: web.Request) -> web.Response:
-    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        msg = (await actor.reader()).read_message(request.match_info["mid"])
+    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+        msg = await s.get_message(request.match_info["mid"])
     return json_response(msg, headers={"ETag": f'"{msg["version"]}"'})
 
 
@@ -251,10 +237,8 @@ async def patch_message(request: web.Request) -> web.Response:
     if not changes:
         raise ApiError(400, "invalid_input", "nothing to change: give content, parts or metadata")
     if_match = _if_match(request)
-    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        msg = await actor.submit(
-            op_update_message(request.match_info["mid"], changes, if_match=if_match)
-        )
+    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+        msg = await s.update_message(request.match_info["mid"], changes, if_match=if_match)
     return json_response(msg, headers={"ETag": f'"{msg["version"]}"'})
 
 
@@ -263,9 +247,8 @@ async def patch_message(request: web.Request) -> web.Response:
 async def delete_message(request: web.Request) -> web.Response:
     """Replace a message with a tombstone: 204."""
     mid = request.match_info["mid"]
-    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        await streams.cancel(actor, mid)
-        await actor.submit(op_delete_message(mid))
+    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+        await s.delete_message(mid)
     return web.Response(status=204)
 
 
@@ -288,6 +271,6 @@ async def list_siblings(request: web.Request) -> web.Response:
     sibling whose ``siblings.index`` is ``i``. At most ``limit`` (default 200).
     """
     limit = query_int(request, "limit", 200, 1, SIBLINGS_MAX)
-    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        items = read_siblings(await actor.reader(), request.match_info["mid"], limit)
+    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+        items = await s.siblings(request.match_info["mid"], limit=limit)
     return json_response({"items": items})

@@ -15,12 +15,9 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import os
 import re
-from collections.abc import Iterator
-from typing import Any, Literal
+from collections.abc import AsyncIterator
+from typing import Literal
 from urllib.parse import quote
 
 import orjson
@@ -33,17 +30,15 @@ from server.openapi import ANY, JSON, MULTIPART, SESSION_ID, Param, Reply, descr
 from server.schemas import Attachment, Error, SearchPage, Session
 from server.settings import Settings
 from server.wire import snippet_html
-from storage.attachments import BlobWriter, TooLarge, blob_path, safe_mime, safe_name
-from storage.export import ExportDocument, ImportPlan, iter_export, parse_export, populate_import
-from storage.ids import now_iso, validate_session_id
-from storage.ops import op_add_attachment
+from storage.attachments import TooLarge, safe_mime, safe_name
+from storage.export import ExportDocument, ImportPlan, parse_export
+from storage.ids import validate_session_id
 
 routes = web.RouteTableDef()
 
 # multipart framing (boundaries, part headers) on top of the file's own bytes
 UPLOAD_SLACK = 64 * 1024
 READ_CHUNK = 256 * 1024
-WRITE_BATCH = 1024 * 1024
 # types a browser may show inline; everything else downloads
 INLINE_TYPES = re.compile(
     r"image/(png|jpeg|gif|webp|avif)|audio/[a-z0-9.+-]+|video/[a-z0-9.+-]+"
@@ -97,39 +92,22 @@ async def upload_attachment(request: web.Request) -> web.Response:
         )
     if request.content_length is not None and request.content_length > limit + UPLOAD_SLACK:
         raise _too_large(limit)
-    loop = asyncio.get_running_loop()
-    async with registry.lease(sid, user_of(request)) as actor:
+    async with registry.session(sid, user_of(request)) as s:
         part = await _file_part(request)
         name = safe_name(part.filename)
         mime = safe_mime(part.headers.get(hdrs.CONTENT_TYPE), name)
         try:
-            writer = await loop.run_in_executor(
-                registry.write_pool, lambda: BlobWriter(registry.datadir, sid, limit=limit)
-            )
-        except FileNotFoundError:
-            raise _session_gone(sid) from None
-        try:
-            buf = bytearray()
-            while chunk := await part.read_chunk(READ_CHUNK):
-                buf += chunk
-                if len(buf) > limit:  # refuse early, before a write can
-                    raise TooLarge(limit)
-                if len(buf) >= WRITE_BATCH:
-                    await loop.run_in_executor(registry.write_pool, writer.write, bytes(buf))
-                    buf.clear()
-            if buf:
-                await loop.run_in_executor(registry.write_pool, writer.write, bytes(buf))
-            sha256, size = await loop.run_in_executor(registry.write_pool, writer.commit)
+            doc = await s.add_attachment(name=name, mime=mime, chunks=_chunks(part), limit=limit)
         except TooLarge:
             raise _too_large(limit) from None
         except (ValueError, HttpProcessingError) as exc:
             raise _malformed(exc) from exc
-        except FileNotFoundError:
-            raise _session_gone(sid) from None
-        finally:
-            writer.abort()  # no-op after commit; otherwise removes the partial file
-        doc = await actor.submit(op_add_attachment(name=name, mime=mime, size=size, sha256=sha256))
     return json_response(doc, 201, {"Location": doc["url"]})
+
+
+async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+    while chunk := await part.read_chunk(READ_CHUNK):
+        yield chunk
 
 
 async def _file_part(request: web.Request) -> BodyPartReader:
@@ -158,10 +136,6 @@ def _too_large(limit: int) -> ApiError:
     return ApiError(
         413, "payload_too_large", f"the attachment is larger than the limit of {limit} bytes"
     )
-
-
-def _session_gone(sid: str) -> ApiError:
-    return ApiError(404, "not_found", f"session {sid!r} not found", {"session_id": sid})
 
 
 # ---------------------------------------------------------------------------- download
@@ -247,34 +221,32 @@ async def download_attachment(request: web.Request) -> web.StreamResponse:
     """The attachment's bytes; 304 on a matching ``If-None-Match``; 206 for a ``Range``."""
     registry = request.app[REGISTRY]
     sid = request.match_info["sid"]
-    async with registry.lease(sid, user_of(request)) as actor:
-        att = (await actor.reader()).read_attachment(request.match_info["aid"])
-    etag = f'"{att["sha256"]}"'
-    mime = att["mime"]
-    inline = INLINE_TYPES.fullmatch(mime) is not None and "download" not in request.query
-    headers = {
-        hdrs.ETAG: etag,
-        hdrs.CACHE_CONTROL: "private, max-age=31536000, immutable",
-        hdrs.ACCEPT_RANGES: "bytes",
-        hdrs.CONTENT_DISPOSITION: content_disposition(att["name"], inline=inline),
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": "default-src 'none'; sandbox",
-    }
-    if _etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
-        return web.Response(status=304, headers=headers)
-    loop = asyncio.get_running_loop()
-    path = blob_path(registry.datadir, sid, att["sha256"])
+    async with registry.session(sid, user_of(request)) as s:
+        att = await s.read_attachment(request.match_info["aid"])
+        etag = f'"{att["sha256"]}"'
+        mime = att["mime"]
+        inline = INLINE_TYPES.fullmatch(mime) is not None and "download" not in request.query
+        headers = {
+            hdrs.ETAG: etag,
+            hdrs.CACHE_CONTROL: "private, max-age=31536000, immutable",
+            hdrs.ACCEPT_RANGES: "bytes",
+            hdrs.CONTENT_DISPOSITION: content_disposition(att["name"], inline=inline),
+            "X-Content-Type-Options": "nosniff",
+            "Content-Security-Policy": "default-src 'none'; sandbox",
+        }
+        if _etag_matches(request.headers.get(hdrs.IF_NONE_MATCH), etag):
+            return web.Response(status=304, headers=headers)
+        try:
+            blob = await s.open_blob(att["sha256"])
+        except FileNotFoundError:
+            raise ApiError(
+                410,
+                "attachment_gone",
+                "the attachment's bytes are not stored here (an imported record?)",
+                {"attachment_id": att["id"]},
+            ) from None
     try:
-        f = await loop.run_in_executor(registry.read_pool, open, path, "rb")
-    except FileNotFoundError:
-        raise ApiError(
-            410,
-            "attachment_gone",
-            "the attachment's bytes are not stored here (an imported record?)",
-            {"attachment_id": att["id"]},
-        ) from None
-    try:
-        size = os.fstat(f.fileno()).st_size
+        size = blob.size
         if_range = request.headers.get(hdrs.IF_RANGE)
         wanted = None if if_range not in (None, etag) else request.headers.get(hdrs.RANGE)
         rng = parse_range(wanted, size)
@@ -294,8 +266,7 @@ async def download_attachment(request: web.Request) -> web.StreamResponse:
         await resp.prepare(request)
         pos = first
         while pos <= last:
-            n = min(READ_CHUNK, last - pos + 1)
-            chunk = await loop.run_in_executor(registry.read_pool, _pread, f, n, pos)
+            chunk = await blob.read(min(READ_CHUNK, last - pos + 1), pos)
             if not chunk:
                 break
             await resp.write(chunk)
@@ -303,21 +274,10 @@ async def download_attachment(request: web.Request) -> web.StreamResponse:
         await resp.write_eof()
         return resp
     finally:
-        f.close()
-
-
-def _pread(f: Any, n: int, pos: int) -> bytes:
-    data: bytes = os.pread(f.fileno(), n, pos)
-    return data
+        blob.close()
 
 
 # ---------------------------------------------------------------------------- export
-
-
-def _close_after(step: concurrent.futures.Future[Any] | None, gen: Iterator[bytes]) -> None:
-    if step is not None:
-        concurrent.futures.wait([step])
-    gen.close()  # type: ignore[attr-defined]
 
 
 @routes.get("/api/sessions/{sid}/export")
@@ -341,21 +301,8 @@ async def export_session(request: web.Request) -> web.StreamResponse:
         if query_choice(request, "format", ("json", "markdown")) == "markdown"
         else "json"
     )
-    pool = registry.read_pool
-    step: concurrent.futures.Future[Any] | None = None
-    async with registry.lease(sid, user_of(request)) as actor:
-        gen = iter_export(actor.file.path, sid, fmt, exported_at=now_iso())
-        # the first step opens the connection and the snapshot while the lease holds
-        step = pool.submit(next, gen, None)
-        try:
-            chunk: bytes | None = await asyncio.wrap_future(step)
-            # the snapshot may hold a commit whose flush is still running: once
-            # reader() returns, every commit made before it is on disk
-            await actor.reader()
-        except BaseException:
-            with contextlib.suppress(RuntimeError):
-                pool.submit(_close_after, step, gen)
-            raise
+    async with registry.session(sid, user_of(request)) as s:
+        stream = await s.export(fmt)
     ext, ctype = ("json", "application/json") if fmt == "json" else ("md", "text/markdown")
     resp = web.StreamResponse(
         headers={
@@ -368,17 +315,11 @@ async def export_session(request: web.Request) -> web.StreamResponse:
     resp.enable_chunked_encoding()
     try:
         await resp.prepare(request)
-        while chunk is not None:
+        async for chunk in stream:
             await resp.write(chunk)  # waits while the client is slow (backpressure)
-            step = pool.submit(next, gen, None)
-            chunk = await asyncio.wrap_future(step)
         await resp.write_eof()
     finally:
-        # closing the generator ends its read transaction; it must not run while
-        # a step is still executing in the pool (a cancelled handler leaves one).
-        # If the pool is already shut down, garbage collection closes it.
-        with contextlib.suppress(RuntimeError):
-            pool.submit(_close_after, step, gen)
+        stream.close()
     return resp
 
 
@@ -444,13 +385,7 @@ async def import_session(request: web.Request) -> web.Response:
     loop = asyncio.get_running_loop()
     plan = await loop.run_in_executor(registry.write_pool, _parse_import, bytes(buf), settings)
     del buf
-    doc = await registry.create_session(
-        sid,
-        owner=user_of(request),
-        title=plan.doc.session.title,
-        metadata=plan.doc.session.metadata,
-        populate=lambda conn, new_sid, now: populate_import(conn, new_sid, plan, now),
-    )
+    doc = await registry.import_session(sid, plan, owner=user_of(request))
     return json_response(doc, 201, {"Location": f"/api/sessions/{doc['id']}"})
 
 
@@ -502,9 +437,8 @@ async def search(request: web.Request) -> web.Response:
         )
     limit = query_int(request, "limit", 20, 1, settings.max_page_limit)
     mode = query_choice(request, "mode", ("words", "fts"))
-    async with request.app[REGISTRY].lease(request.match_info["sid"], user_of(request)) as actor:
-        await actor.catch_up_search_index()
-        items = (await actor.reader()).search(q, limit=limit, raw=mode == "fts")
+    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+        items = await s.search(q, limit=limit, raw=mode == "fts")
     for i, item in enumerate(items, 1):
         item["snippet"] = snippet_html(item["snippet"]["text"], item["snippet"]["spans"])
         item["rank"] = i

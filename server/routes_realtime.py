@@ -11,7 +11,6 @@ import orjson
 from aiohttp import WSCloseCode, WSMsgType, web
 from pydantic import ValidationError
 
-from actors import streams
 from actors.feed import End, Feed
 from actors.pubsub import Frame, Subscription
 from server import access
@@ -185,11 +184,10 @@ async def _on_client_frame(request: web.Request, ws: web.WebSocketResponse, text
             mid = data.get("message_id")
             if not isinstance(mid, str) or set(data) != {"message_id"}:
                 raise ApiError(400, "invalid_input", "cancel takes exactly a message_id string")
-            registry = request.app[REGISTRY]
-            async with registry.lease(request.match_info["sid"], user_of(request)) as actor:
-                final = await streams.cancel(actor, mid)
-                if final is None:
-                    final = (await actor.reader()).read_message(mid)
+            async with request.app[REGISTRY].session(
+                request.match_info["sid"], user_of(request)
+            ) as s:
+                final = await s.cancel(mid)
             await _send_json(ws, {"type": "cancel.ack", "ref": ref, "message": final})
         else:
             raise ApiError(
@@ -234,9 +232,9 @@ async def _ws_chat(
     settings = request.app[SETTINGS]
     body = ChatRequest.model_validate(data)
     draft = chat_draft(body, settings)
-    registry = request.app[REGISTRY]
-    async with registry.lease(request.match_info["sid"], user_of(request)) as actor:
-        user, reply, _, _ = await streams.chat(actor, draft, registry.responder, model=body.model)
+    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+        # not subscribed: the reply streams as message.delta events of the feed
+        user, reply, _, _ = await s.chat(draft, model=body.model, maxsize=None)
     await _send_json(
         ws,
         {

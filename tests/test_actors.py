@@ -65,7 +65,7 @@ async def test_failed_op_rolls_back_alone(registry: ActorRegistry) -> None:
         res = await asyncio.gather(good, bad, good2, return_exceptions=True)
         assert not isinstance(res[0], Exception) and not isinstance(res[2], Exception)
         assert type(res[1]).__name__ == "Conflict"
-        page = actor.file.page(view="all")
+        page = await actor.read(lambda f: f.page(view="all"))
         assert [m["content"] for m in page.items] == ["a", "c"]
 
 
@@ -100,7 +100,7 @@ async def test_output_gate_holds_reply_until_commit(client: Any) -> None:
         await asyncio.sleep(0.3)
         assert not post.done(), "reply sent before its commit"
         # nothing is visible to readers yet either
-        path = actor.file.path
+        path = actor.path
         other = sqlite3.connect(path)
         assert other.execute("SELECT COUNT(*) FROM messages").fetchone()[0] == 0
         release.set()
@@ -128,7 +128,7 @@ async def test_cold_session_racing_requests_activate_once(client: Any) -> None:
     """20 racing first requests for a cold session start exactly one actor."""
     await new_session(client)
     reg = registry_of(client)
-    before = reg.stats.activations
+    before = reg.hooks.activations
     opened: list[int] = []
     real_init = SessionFile.__init__
 
@@ -142,7 +142,7 @@ async def test_cold_session_racing_requests_activate_once(client: Any) -> None:
     finally:
         SessionFile.__init__ = real_init  # type: ignore[method-assign]
     assert all(r.status == 200 for r in rs)
-    assert reg.stats.activations - before == 1
+    assert reg.hooks.activations - before == 1
     assert len(opened) == 1
 
 
@@ -153,12 +153,12 @@ async def test_idle_actor_hibernates_and_reactivates(make_client: Any) -> None:
     await append(client, "s1", "before")
     reg = registry_of(client)
     await eventually(lambda: reg.live == 0, "hibernation")
-    assert reg.stats.hibernations >= 1
+    assert reg.hooks.hibernations >= 1
     m = await append(client, "s1", "after")
     assert m["seq"] == 2
     page = await (await client.get("/api/sessions/s1/messages")).json()
     assert [x["content"] for x in page["items"]] == ["before", "after"]
-    assert reg.stats.activations == 2
+    assert reg.hooks.activations == 2
 
 
 async def test_live_actor_cap_is_never_exceeded(make_client: Any) -> None:
@@ -168,7 +168,7 @@ async def test_live_actor_cap_is_never_exceeded(make_client: Any) -> None:
         await new_session(client, f"s{i}")
     reg = registry_of(client)
     await asyncio.gather(*(append(client, f"s{i % 10}", f"m{i}") for i in range(60)))
-    assert reg.stats.max_live_seen <= 3
+    assert reg.hooks.max_live_seen <= 3
     assert reg.live <= 3
     for i in range(10):
         page = await (await client.get(f"/api/sessions/s{i}/messages")).json()
@@ -200,7 +200,7 @@ async def test_failed_commit_breaks_actor_and_next_request_recovers(
     assert m["seq"] == 2
     page = await (await client.get("/api/sessions/s1/messages")).json()
     assert [x["content"] for x in page["items"]] == ["kept", "next"]
-    assert reg.stats.activations == 2
+    assert reg.hooks.activations == 2
 
 
 async def test_registry_close_is_idempotent_and_commits_queue(tmp_path: Path) -> None:

@@ -133,9 +133,12 @@ async def test_sqlite_full_in_a_commit_is_507_and_keeps_earlier_messages(client:
     await append(client, "s1", "kept")
     reg = registry_of(client)
     async with reg.lease("s1") as actor:
-        conn = actor.file.writer
-        pages = conn.execute("PRAGMA page_count").fetchone()[0]
-        conn.execute(f"PRAGMA max_page_count = {pages}")
+
+        def cap(f: Any) -> None:
+            pages = f.writer.execute("PRAGMA page_count").fetchone()[0]
+            f.writer.execute(f"PRAGMA max_page_count = {pages}")
+
+        await actor.read(cap)
     r = await client.post(
         "/api/sessions/s1/messages", json={"role": "user", "content": "lost " * 20_000}
     )

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-import actors.actor
+import actors.maintenance
 from storage.fsync import Syncer
 from tests.conftest import TIMEOUT, append, eventually, new_session, registry_of
 
@@ -145,7 +145,7 @@ async def test_reply_and_reads_wait_for_the_flush(
     post = asyncio.ensure_future(append(client, "s1", "held"))
     await eventually(lambda: held.asked, "the flush to be asked for")
     actor = registry_of(client).actor_if_live("s1")
-    other = sqlite3.connect(actor.file.path)
+    other = sqlite3.connect(actor.path)
     try:
         rows = other.execute("SELECT content FROM messages ORDER BY seq").fetchall()
         assert rows == [("before",), ("held",)], "the commit should be in the file already"
@@ -207,22 +207,21 @@ async def test_checkpoints_run_between_batches(
     """Automatic checkpoints are off on the writer; the actor copies the WAL into the
     database every CHECKPOINT_EVERY commits or CHECKPOINT_OPS ops, so the main file
     (read without the WAL) holds the messages."""
-    monkeypatch.setattr(actors.actor, "CHECKPOINT_EVERY", 5 if by == "commits" else 10**9)
-    monkeypatch.setattr(actors.actor, "CHECKPOINT_OPS", 5 if by == "ops" else 10**9)
+    monkeypatch.setattr(actors.maintenance, "CHECKPOINT_EVERY", 5 if by == "commits" else 10**9)
+    monkeypatch.setattr(actors.maintenance, "CHECKPOINT_OPS", 5 if by == "ops" else 10**9)
     await new_session(client)
     for i in range(12):
         await append(client, "s1", f"m{i}")
-    path = registry_of(client).actor_if_live("s1").file.path
+    path = registry_of(client).actor_if_live("s1").path
     main_only = sqlite3.connect(f"{path.resolve().as_uri()}?immutable=1", uri=True)
     try:
         (n,) = main_only.execute("SELECT COUNT(*) FROM messages").fetchone()
     finally:
         main_only.close()
     assert n >= 10, f"expected the checkpoints to have copied 10 messages, found {n}"
-    (auto,) = (
+    (auto,) = await (
         registry_of(client)
         .actor_if_live("s1")
-        .file.writer.execute("PRAGMA wal_autocheckpoint")
-        .fetchone()
+        .read(lambda f: f.writer.execute("PRAGMA wal_autocheckpoint").fetchone())
     )
     assert auto == 0

@@ -236,10 +236,14 @@ async def test_search_index_catches_up_when_idle(make_client: Any) -> None:
     actor = reg.actor_if_live("s1")
     fts = "SELECT rowid FROM messages_fts WHERE messages_fts MATCH 'zebra'"
     deadline = asyncio.get_running_loop().time() + TIMEOUT
-    while not actor.file.reader.execute(fts).fetchall():
+
+    def hits(f: Any) -> list[Any]:
+        return list(f.reader.execute(fts).fetchall())
+
+    while not await actor.read(hits):
         assert asyncio.get_running_loop().time() < deadline, "never indexed"
         await asyncio.sleep(0.05)
-    assert actor.file.reader.execute(fts).fetchall() == [(msg["seq"],)]
+    assert await actor.read(hits) == [(msg["seq"],)]
 
 
 async def test_search_longest_query_fits_the_request_line(server_process: Any) -> None:

@@ -187,9 +187,11 @@ async def test_streamed_text_is_committed_before_it_is_sent(make_client: Any) ->
     while (ev := await reader.next()) is not None and ev.event == "delta":
         end = int(ev.id or 0)
         actor = registry_of(client).actor_if_live("s1")
-        row = actor.file.reader.execute(
-            "SELECT content, status FROM messages WHERE id = ?", (aid,)
-        ).fetchone()
+        row = await actor.read(
+            lambda f: f.reader.execute(
+                "SELECT content, status FROM messages WHERE id = ?", (aid,)
+            ).fetchone()
+        )
         assert len(row[0]) >= end, "a delta left before its text was committed"
         assert row[1] in ("streaming", "complete")
         checked += 1
@@ -272,7 +274,7 @@ async def test_delete_streaming_message_cancels_it(make_client: Any) -> None:
     await SSEReader(r).until("delta")
     assert (await client.delete(f"/api/sessions/s1/messages/{aid}")).status == 204
     assert (await client.get(f"/api/sessions/s1/messages/{aid}")).status == 404
-    assert registry_of(client).actor_if_live("s1").generations == {}
+    assert registry_of(client).actor_if_live("s1").replies.running == {}
 
 
 @pytest.mark.parametrize(

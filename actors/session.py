@@ -1,0 +1,426 @@
+"""The one door through a session's actor: :class:`SessionHandle`.
+
+The server asks for a handle (``async with registry.session(sid, user) as s``)
+and calls plain async methods with plain values; storage drafts, ops and the
+file stay behind this door. Writes go through the actor's mailbox (group
+commit, output gate); reads through :meth:`SessionActor.read` (after the
+gate). A later cluster mode can put a remote actor behind the same methods.
+
+A handle is valid only inside its ``async with`` block (the lease keeps the
+actor live); streams it hands out (:class:`ReplyStream` subscriptions,
+:class:`ExportStream`, :class:`Blob`) may be used after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+from collections.abc import AsyncIterable, Iterator
+from dataclasses import dataclass
+from typing import IO, Any, Literal, Protocol
+
+from actors.actor import SessionActor
+from actors.pubsub import Subscription
+from actors.replies import Reply
+from actors.responders import Responder
+from storage.attachments import BlobWriter, TooLarge, blob_path
+from storage.errors import InvalidInput, NotFound
+from storage.export import iter_export
+from storage.ids import now_iso
+from storage.layout import DataDir
+from storage.ops import (
+    MessageDraft,
+    op_add_attachment,
+    op_append,
+    op_delete_message,
+    op_update_message,
+    op_update_session,
+)
+from storage.reads import Page, read_by_client_id_prefix, read_siblings
+
+WRITE_BATCH = 1024 * 1024
+
+
+class HandleHost(Protocol):
+    """What a handle needs of the registry that made it (one-way: no import of it)."""
+
+    @property
+    def datadir(self) -> DataDir: ...
+
+    @property
+    def responder(self) -> Responder: ...
+
+    @property
+    def write_pool(self) -> concurrent.futures.Executor: ...
+
+    @property
+    def read_pool(self) -> concurrent.futures.Executor: ...
+
+
+@dataclass(slots=True)
+class NewMessage:
+    """A message to append (or a chat's user message), already checked for size.
+
+    ``explicit_parent``: ``parent_id`` was given (None then means a root),
+    rather than left to default to the active leaf.
+    """
+
+    role: str
+    content: str
+    parts: list[Any] | None = None
+    client_id: str | None = None
+    parent_id: str | None = None
+    tool_name: str | None = None
+    tool_call: Any = None
+    tool_result: Any = None
+    attachments: list[str] | None = None
+    metadata: dict[str, Any] | None = None
+    request_hash: str | None = None
+    explicit_parent: bool = False
+
+    def draft(self) -> MessageDraft:
+        return MessageDraft(
+            role=self.role,
+            content=self.content,
+            parts=self.parts,
+            client_id=self.client_id,
+            parent_id=self.parent_id,
+            tool_name=self.tool_name,
+            tool_call=self.tool_call,
+            tool_result=self.tool_result,
+            attachments=self.attachments,
+            metadata=self.metadata,
+            request_hash=self.request_hash,
+            explicit_parent=self.explicit_parent,
+        )
+
+
+class ReplyStream:
+    """A reply to stream: live (``subscription`` from the offset asked for) or
+    ended (``final``, to replay); :meth:`wait_final` waits for the end instead."""
+
+    __slots__ = ("_reply", "final", "message_id", "subscription")
+
+    def __init__(
+        self,
+        message_id: str,
+        *,
+        reply: Reply | None = None,
+        subscription: Subscription | None = None,
+        final: dict[str, Any] | None = None,
+    ) -> None:
+        self.message_id = message_id
+        self.subscription = subscription
+        self.final = final
+        self._reply = reply
+
+    async def wait_final(self) -> dict[str, Any]:
+        """Drop the subscription and return the reply's final message once it ended."""
+        if self._reply is not None:
+            if self.subscription is not None:
+                self.subscription.close()
+                self.subscription = None
+            await self._reply.done.wait()
+            self.final = self._reply.final
+        assert self.final is not None
+        return self.final
+
+
+class SessionHandle:
+    """What the server can do with one session (see the module docstring).
+
+    Every method raises the storage/actor errors of the work it does
+    (``NotFound``, ``InvalidInput``, ``Conflict``, ``ActorStopped`` ...).
+    """
+
+    __slots__ = ("_actor", "_registry")
+
+    def __init__(self, registry: HandleHost, actor: SessionActor) -> None:
+        self._registry = registry
+        self._actor = actor
+
+    @property
+    def sid(self) -> str:
+        return self._actor.sid
+
+    @property
+    def owner(self) -> str:
+        return self._actor.owner
+
+    # -------------------------------------------------------------- reads
+
+    async def read_session(self) -> dict[str, Any]:
+        """The session document."""
+        return await self._actor.read(lambda f: f.read_session())
+
+    async def overview(self, *, limit: int) -> tuple[dict[str, Any], Page]:
+        """The session and the newest page of its active branch, from one snapshot."""
+
+        def read(f: Any) -> tuple[dict[str, Any], Page]:
+            with f.snapshot():
+                return f.read_session(), f.page(view="active", limit=limit)
+
+        return await self._actor.read(read)
+
+    async def page(
+        self, *, view: str, limit: int, before: str | None = None, after: str | None = None
+    ) -> Page:
+        """A page of messages, oldest first (``InvalidInput`` for a bad cursor)."""
+        return await self._actor.read(
+            lambda f: f.page(view=view, limit=limit, before=before, after=after)
+        )
+
+    async def get_message(self, mid: str) -> dict[str, Any]:
+        return await self._actor.read(lambda f: f.read_message(mid))
+
+    async def find_by_client_id_prefix(self, prefix: str) -> dict[str, Any] | None:
+        """The newest message whose ``client_id`` starts with ``prefix``, or None."""
+        return await self._actor.read(lambda f: read_by_client_id_prefix(f, prefix))
+
+    async def siblings(self, mid: str, *, limit: int) -> list[dict[str, Any]]:
+        """Message ``mid`` and its siblings, by sibling index (at most ``limit``)."""
+        return await self._actor.read(lambda f: read_siblings(f, mid, limit))
+
+    async def search(self, q: str, *, limit: int, raw: bool = False) -> list[dict[str, Any]]:
+        """Messages matching ``q``, best first; the index is caught up first."""
+        await self._actor.catch_up_search_index()
+        return await self._actor.read(lambda f: f.search(q, limit=limit, raw=raw))
+
+    async def read_attachment(self, aid: str) -> dict[str, Any]:
+        """The attachment's record (``NotFound`` if there is none)."""
+        return await self._actor.read(lambda f: f.read_attachment(aid))
+
+    # -------------------------------------------------------------- writes
+
+    async def append(self, message: NewMessage) -> tuple[dict[str, Any], bool]:
+        """Append a message; ``(message, created)`` (False: a retried ``client_id``)."""
+        return await self._actor.submit(op_append(message.draft()))
+
+    async def update_message(
+        self, mid: str, changes: dict[str, Any], *, if_match: int | None = None
+    ) -> dict[str, Any]:
+        """Edit content/parts/metadata in place; ``PreconditionFailed`` on a stale version."""
+        return await self._actor.submit(op_update_message(mid, changes, if_match=if_match))
+
+    async def delete_message(self, mid: str) -> None:
+        """Stop the message's reply if it runs, then replace it with a tombstone."""
+        await self._actor.replies.cancel(mid)
+        await self._actor.submit(op_delete_message(mid))
+
+    async def update_session(
+        self,
+        *,
+        title: str | None = None,
+        set_title: bool = False,
+        metadata: dict[str, Any] | None = None,
+        active_leaf_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Change title (when ``set_title``), metadata or the active leaf."""
+        return await self._actor.submit(
+            op_update_session(
+                title=title, set_title=set_title, metadata=metadata, active_leaf_id=active_leaf_id
+            )
+        )
+
+    # -------------------------------------------------------------- replies
+
+    async def chat(
+        self, message: NewMessage, *, model: str | None, maxsize: int | None
+    ) -> tuple[dict[str, Any], dict[str, Any], bool, ReplyStream]:
+        """Commit a user message and a pending reply, start the reply.
+
+        Returns ``(user_message, reply_message, created, stream)``; the stream
+        is live (subscribed with a queue of ``maxsize`` frames; None: not
+        subscribed), or (a retried ``client_id`` whose reply ended) replays it.
+        Not idempotent but through ``client_id``.
+        """
+        user, reply, created, running = await self._actor.replies.chat(
+            message.draft(), self._registry.responder, model=model
+        )
+        return user, reply, created, _stream(reply, running, maxsize)
+
+    async def regenerate(
+        self, mid: str, *, model: str | None, maxsize: int
+    ) -> tuple[dict[str, Any], ReplyStream]:
+        """A new reply: a sibling of assistant message ``mid``, or a child of user ``mid``."""
+        reply, running = await self._actor.replies.regenerate(
+            mid, self._registry.responder, model=model
+        )
+        return reply, _stream(reply, running, maxsize)
+
+    async def cancel(self, mid: str) -> dict[str, Any]:
+        """Stop reply ``mid`` (text so far kept); an ended one is returned as it is."""
+        final = await self._actor.replies.cancel(mid)
+        if final is None:
+            final = await self.get_message(mid)
+        return final
+
+    async def stream(self, mid: str, *, since: int, maxsize: int) -> ReplyStream:
+        """Reply ``mid`` from text offset ``since``: live if it runs, else ended.
+
+        Raises ``InvalidInput`` when ``since`` is past the text there is.
+        """
+        running = self._actor.replies.get(mid)
+        if running is not None:
+            if since > len(running.committed):
+                raise InvalidInput(
+                    f"Last-Event-ID {since} is past the {len(running.committed)} "
+                    "characters streamed so far"
+                )
+            return ReplyStream(mid, reply=running, subscription=running.subscribe(maxsize, since))
+        msg = await self.get_message(mid)
+        if since > len(msg["content"]):
+            raise InvalidInput(
+                f"Last-Event-ID {since} is past the end of the text "
+                f"({len(msg['content'])} characters)"
+            )
+        return ReplyStream(mid, final=msg)
+
+    # -------------------------------------------------------------- files
+
+    async def add_attachment(
+        self, *, name: str, mime: str, chunks: AsyncIterable[bytes], limit: int
+    ) -> dict[str, Any]:
+        """Store the bytes of ``chunks`` as an attachment and record it.
+
+        The file is written while hashed, off the event loop; nothing is kept
+        if anything fails. Raises ``TooLarge`` over ``limit`` bytes,
+        ``NotFound`` if the session's folder went away, and what iterating
+        ``chunks`` raises.
+        """
+        registry = self._registry
+        loop = asyncio.get_running_loop()
+        sid = self.sid
+        try:
+            writer = await loop.run_in_executor(
+                registry.write_pool, lambda: BlobWriter(registry.datadir, sid, limit=limit)
+            )
+        except FileNotFoundError:
+            raise _gone(sid) from None
+        try:
+            buf = bytearray()
+            async for chunk in chunks:
+                buf += chunk
+                if len(buf) > limit:  # refuse early, before a write can
+                    raise TooLarge(limit)
+                if len(buf) >= WRITE_BATCH:
+                    await loop.run_in_executor(registry.write_pool, writer.write, bytes(buf))
+                    buf.clear()
+            if buf:
+                await loop.run_in_executor(registry.write_pool, writer.write, bytes(buf))
+            sha256, size = await loop.run_in_executor(registry.write_pool, writer.commit)
+        except FileNotFoundError:
+            raise _gone(sid) from None
+        finally:
+            writer.abort()  # no-op after commit; otherwise removes the partial file
+        return await self._actor.submit(
+            op_add_attachment(name=name, mime=mime, size=size, sha256=sha256)
+        )
+
+    async def open_blob(self, sha256: str) -> Blob:
+        """The stored bytes with this digest; ``FileNotFoundError`` if not stored here."""
+        registry = self._registry
+        path = blob_path(registry.datadir, self.sid, sha256)
+        f = await asyncio.get_running_loop().run_in_executor(registry.read_pool, open, path, "rb")
+        return Blob(f, registry.read_pool)
+
+    async def export(self, fmt: Literal["json", "markdown"]) -> ExportStream:
+        """The whole session as one consistent snapshot, streamed (see ``iter_export``).
+
+        The snapshot is taken now, and only what is on disk is in it; the
+        stream may be read after the handle's block ends. Close it.
+        """
+        path = self._actor.path
+        pool = self._registry.read_pool
+        gen = iter_export(path, self.sid, fmt, exported_at=now_iso())
+        out = ExportStream(gen, pool)
+        try:
+            # the first step opens the connection and the snapshot while the lease holds
+            await out.prefetch()
+            # the snapshot may hold a commit whose flush is still running: once
+            # the gate opens, every commit made before it is on disk
+            await self._actor.read(lambda f: None)
+        except BaseException:
+            out.close()
+            raise
+        return out
+
+
+def _stream(reply: dict[str, Any], running: Reply | None, maxsize: int | None) -> ReplyStream:
+    if running is None:
+        return ReplyStream(reply["id"], final=reply)
+    sub = running.subscribe(maxsize) if maxsize is not None else None
+    return ReplyStream(reply["id"], reply=running, subscription=sub)
+
+
+def _gone(sid: str) -> NotFound:
+    return NotFound(f"session {sid!r} not found", details={"session_id": sid})
+
+
+class Blob:
+    """An open attachment file: ``size``, ``await read(n, pos)``, ``close()``."""
+
+    def __init__(self, f: IO[bytes], pool: concurrent.futures.Executor) -> None:
+        self._f = f
+        self._pool = pool
+        self.size = os.fstat(f.fileno()).st_size
+
+    async def read(self, n: int, pos: int) -> bytes:
+        """Up to ``n`` bytes at ``pos`` (read on the read pool)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, os.pread, self._f.fileno(), n, pos
+        )
+
+    def close(self) -> None:
+        """Idempotent."""
+        self._f.close()
+
+
+class ExportStream:
+    """Chunks of an export, read on the read pool: ``async for chunk in stream``.
+
+    :meth:`close` (idempotent) ends the read transaction, after any step
+    still running in the pool.
+    """
+
+    def __init__(self, gen: Iterator[bytes], pool: concurrent.futures.Executor) -> None:
+        self._gen = gen
+        self._pool = pool
+        self._step: concurrent.futures.Future[bytes | None] | None = None
+        self._first: bytes | None = None
+        self._closed = False
+
+    async def prefetch(self) -> None:
+        self._first = await self._next()
+
+    async def _next(self) -> bytes | None:
+        self._step = self._pool.submit(next, self._gen, None)
+        return await asyncio.wrap_future(self._step)
+
+    def __aiter__(self) -> ExportStream:
+        return self
+
+    async def __anext__(self) -> bytes:
+        first, self._first = self._first, None
+        chunk = first if first is not None else await self._next()
+        if chunk is None:
+            raise StopAsyncIteration
+        return chunk
+
+    def close(self) -> None:
+        # closing the generator ends its read transaction; it must not run while
+        # a step is still executing in the pool (a cancelled reader leaves one).
+        # If the pool is already shut down, garbage collection closes it.
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(RuntimeError):
+            self._pool.submit(_close_after, self._step, self._gen)
+
+
+def _close_after(step: concurrent.futures.Future[Any] | None, gen: Iterator[bytes]) -> None:
+    if step is not None:
+        concurrent.futures.wait([step])
+    gen.close()  # type: ignore[attr-defined]
