@@ -12,10 +12,10 @@ import pytest
 from aiohttp import WSServerHandshakeError
 
 from server.app import make_app
-from server.auth import TokensError, load_tokens
 from server.cli import main as cli_main
 from server.ratelimit import RateLimiter, retry_after
 from server.settings import Settings
+from server.tokens import TokensError, load_tokens
 from tests.conftest import TIMEOUT
 
 TOKENS = {"tok-a": "alice", "tok-b": "bob"}
