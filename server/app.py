@@ -28,18 +28,19 @@ headers (CSP, nosniff) come with it from ``server.routes_static``. At the root,
 
 State. Every key (``server.keys``) is on the root; handlers read it with
 ``request.config_dict[KEY]``. Long-lived resources each open in their own
-``cleanup_ctx``, in this order (cleanup runs in reverse): the HTTP client, the
-actor registry, the responder, the metrics' attachment to the registry, the
-rate limiter, the open streams. A context's cleanup runs if and only if its
-startup succeeded. Open sockets and feeds are also ended by ``on_shutdown``
-(``close_realtime``), while connections are still up, so clients get a clean
-1001 close before the contexts clean up.
+``cleanup_ctx`` (an ``@asynccontextmanager``), in this order (cleanup runs in
+reverse): the HTTP client, the actor registry, the responder, the metrics'
+attachment to the registry, the rate limiter, the open streams. A context's
+cleanup runs if and only if its startup succeeded. Open sockets and feeds are
+also ended by ``on_shutdown`` (``close_realtime``), while connections are still
+up, so clients get a clean 1001 close before the contexts clean up.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 from aiohttp import web
@@ -100,6 +101,7 @@ def make_responder(settings: Settings, http: aiohttp.ClientSession) -> Responder
 # ---------------------------------------------------------------------------- resources
 
 
+@asynccontextmanager
 async def http_client_ctx(app: web.Application) -> AsyncIterator[None]:
     """The outgoing HTTP client (the OpenAI responder's); closed last."""
     http = aiohttp.ClientSession()
@@ -110,6 +112,7 @@ async def http_client_ctx(app: web.Application) -> AsyncIterator[None]:
         await http.close()
 
 
+@asynccontextmanager
 async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     """The actor registry over the data directory; closing it ends every actor
     (their replies and commits) before the resources opened earlier go."""
@@ -134,6 +137,7 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         await registry.close()
 
 
+@asynccontextmanager
 async def responder_ctx(app: web.Application) -> AsyncIterator[None]:
     """The responder that writes replies, handed to the registry."""
     registry = app[REGISTRY]
@@ -141,6 +145,7 @@ async def responder_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
 
 
+@asynccontextmanager
 async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
     """The metrics observe the registry while it runs."""
     registry = app[REGISTRY]
@@ -151,12 +156,14 @@ async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
         app[METRICS].detach(registry)
 
 
+@asynccontextmanager
 async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
     """The rate limiter's buckets (in memory; nothing to release)."""
     app[LIMITS] = make_limits(app)
     yield
 
 
+@asynccontextmanager
 async def open_streams_ctx(app: web.Application) -> AsyncIterator[None]:
     """The registers of open SSE subscriptions, WebSockets and feeds.
 

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.conftest import TIMEOUT, append, new_session, registry_of
+from tests.conftest import TIMEOUT, append, eventually, new_session, registry_of
 from tests.sse import SSEReader
 
 TEXT = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
@@ -376,3 +376,27 @@ def test_ws_bytes_header_fits_each_payload_length() -> None:
         out = ws_bytes(frame)
         assert out == head + frame.data
         assert ws_bytes(frame) is out  # encoded once, cached on the frame
+
+
+async def test_idle_events_stream_gets_keepalives(make_client: Any) -> None:
+    """An SSE feed with nothing to say writes a keep-alive comment every heartbeat."""
+    client = await make_client(sse_heartbeat=0.05)
+    await new_session(client)
+    r = await client.get("/api/sessions/s1/events")
+    reader = SSEReader(r)
+    assert (await reader.next()) is not None  # hello
+    line = await asyncio.wait_for(r.content.readline(), TIMEOUT)
+    assert line == b": keep-alive\n"
+    r.close()
+
+
+async def test_events_stream_ends_when_keepalive_finds_client_gone(make_client: Any) -> None:
+    """A keep-alive that cannot be written ends the idle feed (its subscription goes)."""
+    client = await make_client(sse_heartbeat=0.05)
+    await new_session(client)
+    topic = registry_of(client).topic("s1")
+    r = await client.get("/api/sessions/s1/events")
+    assert (await SSEReader(r).next()) is not None  # hello
+    assert len(topic.subs) == 1
+    r.close()
+    await eventually(lambda: not topic.subs, "the feed's subscription to end")
