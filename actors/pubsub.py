@@ -11,49 +11,38 @@ actor or anyone else. A dropped subscriber resumes by ``seq``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 
 from storage.txn import Event
 
+log = logging.getLogger("roost.actors")
+
 
 class Frame:
-    """One outgoing item: a durable event (``seq`` set) or an ephemeral one."""
+    """One outgoing item: a durable event (``seq`` set) or an ephemeral one.
 
-    __slots__ = ("_sse", "_ws", "data", "seq", "type")
+    ``type``, ``data`` (the JSON bytes) and ``seq`` are the frame. ``sse_bytes``
+    and ``ws_bytes`` are cache slots for the frame's encodings on the wire,
+    filled by the server's wire layer (``server/frames.py``) the first time a
+    subscriber needs them, so a frame is encoded once for all its subscribers.
+    The actors never read or write them.
+    """
+
+    __slots__ = ("data", "seq", "sse_bytes", "type", "ws_bytes")
 
     def __init__(self, type_: str, data: bytes, seq: int | None = None) -> None:
         self.type = type_
         self.data = data
         self.seq = seq
-        self._sse: bytes | None = None
-        self._ws: bytes | None = None
+        self.sse_bytes: bytes | None = None
+        self.ws_bytes: bytes | None = None
 
     @classmethod
     def of(cls, event: Event) -> Frame:
         """The frame of a committed event (durable or ephemeral)."""
         return cls(event.type, event.frame, event.seq)
-
-    def sse(self) -> bytes:
-        """The frame as an SSE event, encoded once for all subscribers."""
-        if self._sse is None:
-            head = f"id: {self.seq}\n" if self.seq is not None else ""
-            self._sse = f"{head}event: {self.type}\n".encode() + b"data: " + self.data + b"\n\n"
-        return self._sse
-
-    def ws(self) -> bytes:
-        """The frame as one unmasked WebSocket text frame (RFC 6455 section 5.2),
-        encoded once for all subscribers."""
-        if self._ws is None:
-            n = len(self.data)
-            if n < 126:
-                head = bytes((0x81, n))
-            elif n < 65536:
-                head = bytes((0x81, 126)) + n.to_bytes(2, "big")
-            else:
-                head = bytes((0x81, 127)) + n.to_bytes(8, "big")
-            self._ws = head + self.data
-        return self._ws
 
 
 class Subscription:
@@ -84,6 +73,13 @@ class Subscription:
             self._queue.clear()
         else:
             self._queue.append(frame)
+        self._wakeup.set()
+
+    def drop(self) -> None:
+        """Drop the subscriber as if it had fallen behind: queued frames are
+        discarded and its reader's :meth:`get` returns None. Idempotent."""
+        self.dropped = True
+        self._queue.clear()
         self._wakeup.set()
 
     def close(self) -> None:
@@ -125,10 +121,22 @@ class Topic:
         sub.close()
 
     def publish(self, frame: Frame) -> None:
-        """Hand ``frame`` to every subscriber without waiting for any."""
+        """Hand ``frame`` to every subscriber without waiting for any. Never raises.
+
+        A subscriber whose queue is full, or whose ``push`` (its sink) raises,
+        is dropped and counted (``on_drop``); a raising one is logged once, with
+        its traceback, as it leaves. The others get the frame all the same, and
+        the publisher (the actor, after a commit) never sees the exception.
+        """
         dropped = []
-        for sub in self.subs:
-            sub.push(frame)
+        for sub in tuple(self.subs):  # a sink may unsubscribe someone meanwhile
+            try:
+                sub.push(frame)
+            except Exception:
+                log.exception(
+                    "session %s: a subscriber failed on a %s frame; dropped", self.sid, frame.type
+                )
+                sub.drop()
             if sub.dropped:
                 dropped.append(sub)
         for sub in dropped:

@@ -31,10 +31,10 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from server.auth import TOKENS
 from server.errors import ApiError, Handler, error_response
-from server.http import SETTINGS, user_of
-from server.ratelimit import RateLimiter, retry_after
+from server.http import user_of
+from server.keys import LIMITS, SETTINGS, TOKENS
+from server.ratelimit import Limits, RateLimiter, retry_after
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ALLOW_METHODS = "GET, HEAD, POST, PUT, PATCH, DELETE"
@@ -42,19 +42,8 @@ ALLOW_HEADERS = "Authorization, Content-Type, Accept, If-Match, Last-Event-ID"
 EXPOSE_HEADERS = "X-User-Message-Id, X-Assistant-Message-Id, ETag, Retry-After"
 
 
-class Limits:
-    """The two kinds of bucket of one app."""
-
-    def __init__(self, user: RateLimiter, session: RateLimiter, active: bool) -> None:
-        self.user = user
-        self.session = session
-        self.active = active
-
-
-LIMITS = web.AppKey("limits", Limits)
-
-
 def make_limits(app: web.Application) -> Limits:
+    """The buckets for ``app``'s settings (active with tokens or ``--insecure``)."""
     settings = app[SETTINGS]
     return Limits(
         RateLimiter(settings.rate_user_per_sec, settings.rate_user_burst),
@@ -71,7 +60,7 @@ def listed_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return False
-    allowed = request.app[SETTINGS].allowed_origin_list()
+    allowed = request.config_dict[SETTINGS].allowed_origin_list()
     return "*" in allowed or origin.rstrip("/") in allowed
 
 
@@ -108,8 +97,8 @@ def is_loopback_host(host: str) -> bool:
 async def gate_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Loopback hosts, CORS preflights and foreign origins, before anything else."""
     if (
-        request.app[TOKENS] is None
-        and not request.app[SETTINGS].insecure
+        request.config_dict[TOKENS] is None
+        and not request.config_dict[SETTINGS].insecure
         and not is_loopback_host(request.host)
     ):
         return error_response(
@@ -162,14 +151,14 @@ async def cors_headers(request: web.BaseRequest, response: web.StreamResponse) -
 def caller_key(request: web.Request) -> str:
     """Who the rate limits count: the signed-in user, else the peer address."""
     user = user_of(request)
-    if request.app[TOKENS] is not None and user:
+    if request.config_dict[TOKENS] is not None and user:
         return "u:" + user
     return "a:" + (request.remote or "")
 
 
 def check_rate(request: web.Request, sid: str | None) -> None:
     """Take a token for a change by this caller (to ``sid``); raise 429 if none is left."""
-    limits = request.app[LIMITS]
+    limits = request.config_dict[LIMITS]
     if not limits.active:
         return
     who = caller_key(request)
@@ -186,7 +175,7 @@ def check_session_rate(request: web.Request, sid: str) -> None:
     :func:`rate_middleware` already took the caller's own token but could not
     see the session.
     """
-    limits = request.app[LIMITS]
+    limits = request.config_dict[LIMITS]
     if limits.active:
         _refuse_if_waiting(limits.session.take((caller_key(request), sid)))
 

@@ -1,37 +1,85 @@
-"""The aiohttp application: wiring, lifecycle, operations routes."""
+"""The aiohttp application: how the server is composed, and its lifecycle.
+
+Composition. The **root** application serves what is not the API and holds all
+the state; the **``/api`` sub-app** (``root.add_subapp("/api", api)``) serves the
+API. Paths, route templates in ``/metrics`` labels and ``/openapi.json`` all
+carry the ``/api`` prefix as before.
+
+Middlewares, outermost first, and why each lives where it does:
+
+- root ``metrics_middleware`` (``server.routes_ops``): times every request,
+  API or not, 404s included, by its route template;
+- root ``gate_middleware`` (``server.access``): loopback hosts, CORS
+  preflights and foreign origins concern every request, the page and
+  ``/healthz`` included, and must answer before any route runs;
+- root ``error_middleware`` (``server.errors``): every failure anywhere
+  (a sub-app's middleware or handler too) leaves in the one JSON error shape;
+- ``/api`` ``auth_middleware`` (``server.auth``): only the API needs a
+  caller; routes described ``public=True`` (login, logout) pass without one;
+  unknown ``/api`` paths answer 401 without a token (not enumerable);
+- ``/api`` ``rate_middleware`` (``server.access``): changes are API requests,
+  and the limits count the authenticated caller, so it runs after auth.
+
+Security headers (CORS ``Access-Control-*``, ``Vary: Origin``) are added for
+every response by the root's ``on_response_prepare`` hook; the page's own
+headers (CSP, nosniff) come with it from ``server.routes_static``. At the root,
+``/healthz``, ``/openapi.json``, ``/`` and ``/static/*`` are public (described
+``public=True``) and ``/metrics`` authenticates itself (``server.routes_ops``).
+
+State. Every key (``server.keys``) is on the root; handlers read it with
+``request.config_dict[KEY]``. Long-lived resources each open in their own
+``cleanup_ctx`` (an ``@asynccontextmanager``), in this order (cleanup runs in
+reverse): the HTTP client, the actor registry, the responder, the metrics'
+attachment to the registry, the rate limiter, the open streams. A context's
+cleanup runs if and only if its startup succeeded. Open sockets and feeds are
+also ended by ``on_shutdown`` (``close_realtime``), while connections are still
+up, so clients get a clean 1001 close before the contexts clean up.
+"""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import aiohttp
 from aiohttp import web
 
+from actors.feed import Feed
+from actors.pubsub import Subscription
 from actors.registry import ActorRegistry
 from actors.responders import EchoResponder, Responder
-from server.errors import error_middleware, error_response
-from server.http import REGISTRY, SETTINGS, json_response
-from server.metrics import METRICS
-from server.metrics import install as install_metrics
-from server.openapi import OPENAPI, Reply, describe, openapi_json
-from server.schemas import Health
+from server.access import cors_headers, gate_middleware, make_limits, rate_middleware
+from server.auth import auth_middleware
+from server.auth import routes as auth_routes
+from server.errors import error_middleware
+from server.keys import (
+    HTTP_CLIENT,
+    LIMITS,
+    METRICS,
+    OPEN_FEEDS,
+    OPEN_SOCKETS,
+    OPEN_STREAMS,
+    OPENAPI,
+    REGISTRY,
+    SETTINGS,
+    TOKENS,
+)
+from server.metrics import Metrics
+from server.openapi import openapi_json
+from server.routes_aisdk import routes as aisdk_routes
+from server.routes_chat import routes as chat_routes
+from server.routes_core import routes as core_routes
+from server.routes_files import routes as files_routes
+from server.routes_ops import add_ops_routes, metrics_middleware
+from server.routes_realtime import close_realtime
+from server.routes_realtime import routes as realtime_routes
+from server.routes_static import setup_static
 from server.settings import Settings
-from server.sse import OPEN_STREAMS
+from server.tokens import load_tokens
 from storage.layout import DataDir, limit_malloc_arenas, raise_nofile_limit
 
 log = logging.getLogger("roost.server")
-
-
-@describe(responses={200: Reply("the server is up", Health)})
-async def healthz(request: web.Request) -> web.Response:
-    """Liveness: ``{status, live_actors}``."""
-    reg = request.app[REGISTRY]
-    return json_response({"status": "ok", "live_actors": reg.live})
-
-
-async def _not_found(request: web.Request) -> web.Response:
-    return error_response(404, "not_found", f"no route for {request.method} {request.path}")
 
 
 def make_responder(settings: Settings, http: aiohttp.ClientSession) -> Responder:
@@ -50,70 +98,134 @@ def make_responder(settings: Settings, http: aiohttp.ClientSession) -> Responder
     return EchoResponder(settings.echo_words_per_second)
 
 
+# ---------------------------------------------------------------------------- resources
+
+
+@asynccontextmanager
+async def http_client_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The outgoing HTTP client (the OpenAI responder's); closed last."""
+    http = aiohttp.ClientSession()
+    app[HTTP_CLIENT] = http
+    try:
+        yield
+    finally:
+        await http.close()
+
+
+@asynccontextmanager
+async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The actor registry over the data directory; closing it ends every actor
+    (their replies and commits) before the resources opened earlier go."""
+    settings = app[SETTINGS]
+    raise_nofile_limit()
+    limit_malloc_arenas()
+    datadir = DataDir(settings.data_dir)
+    datadir.ensure()
+    registry = ActorRegistry(
+        datadir,
+        settings.actor_config(),
+        write_threads=settings.write_threads,
+        fsync=settings.fsync,
+    )
+    await registry.start()
+    if settings.synchronous in ("FULL", "EXTRA"):
+        log.info("durable commits are flushed with %s", registry.syncer.kind)
+    app[REGISTRY] = registry
+    try:
+        yield
+    finally:
+        await registry.close()
+
+
+@asynccontextmanager
+async def responder_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The responder that writes replies, handed to the registry."""
+    registry = app[REGISTRY]
+    registry.responder = make_responder(app[SETTINGS], app[HTTP_CLIENT])
+    yield
+
+
+@asynccontextmanager
+async def metrics_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The metrics observe the registry while it runs."""
+    registry = app[REGISTRY]
+    app[METRICS].attach(registry)
+    try:
+        yield
+    finally:
+        app[METRICS].detach(registry)
+
+
+@asynccontextmanager
+async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The rate limiter's buckets (in memory; nothing to release)."""
+    app[LIMITS] = make_limits(app)
+    yield
+
+
+@asynccontextmanager
+async def open_streams_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The registers of open SSE subscriptions, WebSockets and feeds.
+
+    ``close_realtime`` (on_shutdown) ends them gracefully while connections are
+    up, and each handler deregisters its own on the way out; this cleanup ends
+    any subscription or feed still registered (closing is idempotent). Sockets
+    are their handlers' to close: by now their connections are gone.
+    """
+    streams: set[Subscription] = set()
+    sockets: set[web.WebSocketResponse] = set()
+    feeds: set[Feed] = set()
+    app[OPEN_STREAMS], app[OPEN_SOCKETS], app[OPEN_FEEDS] = streams, sockets, feeds
+    try:
+        yield
+    finally:
+        for feed in list(feeds):
+            feed.close()
+        for sub in list(streams):
+            sub.close()
+        feeds.clear()
+        streams.clear()
+        sockets.clear()
+
+
+# ---------------------------------------------------------------------------- composition
+
+
+def make_api() -> web.Application:
+    """The ``/api`` sub-app: the API's routes behind authentication and rate limits."""
+    api = web.Application(middlewares=[auth_middleware, rate_middleware])
+    for routes in (
+        core_routes,
+        chat_routes,
+        realtime_routes,
+        files_routes,
+        aisdk_routes,
+        auth_routes,
+    ):
+        api.router.add_routes(routes)
+    return api
+
+
 def make_app(settings: Settings) -> web.Application:
     """Build the application; resources open in ``cleanup_ctx`` when it starts.
 
-    Raises ``server.auth.TokensError`` if the tokens file cannot be used.
+    Raises ``server.tokens.TokensError`` if the tokens file cannot be used.
     """
-    from server.access import LIMITS, cors_headers, gate_middleware, make_limits, rate_middleware
-    from server.auth import TOKENS, auth_middleware, load_tokens
-    from server.auth import routes as auth_routes
-    from server.routes_chat import routes as chat_routes
-    from server.routes_core import routes as core_routes
-    from server.routes_files import routes as files_routes
-    from server.routes_realtime import OPEN_FEEDS, OPEN_SOCKETS, close_realtime
-    from server.routes_realtime import routes as realtime_routes
-    from server.routes_static import setup_static
-
     app = web.Application(
-        middlewares=[gate_middleware, error_middleware, auth_middleware, rate_middleware],
+        middlewares=[metrics_middleware, gate_middleware, error_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[TOKENS] = load_tokens(settings.tokens_file)
-    app[LIMITS] = make_limits(app)
-    app.on_response_prepare.append(cors_headers)
-
-    async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
-        raise_nofile_limit()
-        limit_malloc_arenas()
-        datadir = DataDir(settings.data_dir)
-        datadir.ensure()
-        registry = ActorRegistry(
-            datadir,
-            settings.actor_config(),
-            write_threads=settings.write_threads,
-            fsync=settings.fsync,
-        )
-        await registry.start()
-        if settings.synchronous in ("FULL", "EXTRA"):
-            log.info("durable commits are flushed with %s", registry.syncer.kind)
-        app[REGISTRY] = registry
-        app[METRICS].attach(registry)
-        http = aiohttp.ClientSession()
-        registry.responder = make_responder(settings, http)
-        try:
-            yield
-        finally:
-            await registry.close()
-            await http.close()
-
-    app[OPEN_STREAMS] = set()
-    app[OPEN_SOCKETS] = set()
-    app[OPEN_FEEDS] = set()
-    app.cleanup_ctx.append(registry_ctx)
-    app.on_shutdown.append(close_realtime)
-    install_metrics(app)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_routes(core_routes)
-    app.router.add_routes(chat_routes)
-    app.router.add_routes(realtime_routes)
-    app.router.add_routes(files_routes)
-    from server.routes_aisdk import routes as aisdk_routes
-
-    app.router.add_routes(aisdk_routes)
-    setup_static(app)
-    app.router.add_routes(auth_routes)
+    app[METRICS] = Metrics()
     app[OPENAPI] = {}
+    app.on_response_prepare.append(cors_headers)
+    app.cleanup_ctx.extend(
+        [http_client_ctx, registry_ctx, responder_ctx, metrics_ctx, limits_ctx, open_streams_ctx]
+    )
+    app.on_shutdown.append(close_realtime)
+    add_ops_routes(app)
+    app.add_subapp("/api", make_api())
+    setup_static(app)
     app.router.add_get("/openapi.json", openapi_json)
     return app

@@ -14,106 +14,32 @@ A request without a valid token answers 401 ``unauthorized`` with
 ``request[USER]`` (read it with :func:`server.http.user_of`); without a tokens
 file it stays ``''`` and every session belongs to that one local user.
 
-Tokens are held and looked up only as SHA-256 digests, so the time a lookup
-takes says nothing about how much of a guessed token was right (what an attacker
-could time is a match on the digest of their guess, which tells them nothing).
+Which routes need no token is a property of the route: ``@describe(...,
+public=True)`` (``server.openapi``); the middleware reads it from the matched
+handler, so a route and its openness are declared in one place. The tokens
+themselves (file, digests) are :mod:`server.tokens`.
 """
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-from typing import Annotated
-
-import orjson
 from aiohttp import web
-from pydantic import StringConstraints
 
 from server.errors import Handler, error_response
-from server.http import SETTINGS, USER, json_response, parse_body, user_of
-from server.models import Strict
-from server.openapi import Reply, describe
-from server.schemas import User
+from server.http import json_response, parse_body, user_of
+from server.keys import SETTINGS, TOKENS, USER
+from server.openapi import Reply, describe, is_public_route
+from server.requests import LoginRequest
+from server.responses import User
 
 COOKIE = "roost_token"
 WS_PROTOCOL_PREFIX = "bearer."
-# Paths anyone may fetch: liveness, the API description, the web page and its assets,
-# and the login/logout endpoints themselves.
-PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/", "/index.html", "/favicon.ico"})
-PUBLIC_PREFIXES = ("/static/",)
-LOGIN_PATHS = frozenset({"/api/login", "/api/logout"})
-MAX_TOKEN_CHARS = 512
-
-
-class TokensError(ValueError):
-    """The tokens file is missing, unreadable or not a JSON object of strings."""
-
-
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-
-
-class Tokens:
-    """Token → user id, held as digests. Immutable after construction."""
-
-    def __init__(self, mapping: dict[str, str]) -> None:
-        self._users = {_digest(t): u for t, u in mapping.items()}
-
-    def __len__(self) -> int:
-        return len(self._users)
-
-    def user_for(self, token: str | None) -> str | None:
-        """The user id of ``token``, or None if it is not a known token."""
-        if not token or len(token) > MAX_TOKEN_CHARS:
-            return None
-        return self._users.get(_digest(token))
-
-
-TOKENS: web.AppKey[Tokens | None] = web.AppKey("tokens", Tokens | None)  # type: ignore[arg-type]
-
-
-def load_tokens(path: str | None) -> Tokens | None:
-    """Read a tokens file; None when ``path`` is None (the server runs open).
-
-    Raises :class:`TokensError` with a message for the operator when the file
-    cannot be read, is not a JSON object mapping non-empty token strings to
-    non-empty user id strings, or holds no token at all.
-    """
-    if path is None:
-        return None
-    try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise TokensError(f"cannot read tokens file {path}: {exc.strerror or exc}") from exc
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise TokensError(f"tokens file {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict) or not data:
-        raise TokensError(
-            f'tokens file {path} must be a non-empty JSON object like {{"tok-a": "alice"}}'
-        )
-    for token, user in data.items():
-        if not token or not isinstance(user, str) or not user:
-            raise TokensError(
-                f"tokens file {path}: every token must map to a non-empty user id string"
-            )
-        if len(token) > MAX_TOKEN_CHARS or any(c.isspace() or c in ",;" for c in token):
-            raise TokensError(
-                f"tokens file {path}: tokens must be at most {MAX_TOKEN_CHARS} characters "
-                "without spaces, commas or semicolons"
-            )
-    return Tokens(data)
-
-
-def is_public_path(path: str) -> bool:
-    """Whether ``path`` may be fetched without a token."""
-    return path in PUBLIC_PATHS or path in LOGIN_PATHS or path.startswith(PUBLIC_PREFIXES)
 
 
 def is_public(request: web.Request) -> bool:
-    """Whether ``request`` may be served without a token (public paths, CORS preflights)."""
-    return is_public_path(request.path) or (
+    """Whether ``request`` may be served without a token: its matched route is
+    described ``public=True``, or it is a CORS preflight. An unmatched request
+    (404, 405) is not public, so routes cannot be enumerated without a token."""
+    return is_public_route(request.match_info.handler) or (
         request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
     )
 
@@ -138,13 +64,17 @@ def _unauthorized(message: str, invalid: bool) -> web.Response:
     return error_response(401, "unauthorized", message, None, {"WWW-Authenticate": challenge})
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Put the caller's user id in ``request[USER]``, or answer 401."""
-    tokens = request.app[TOKENS]
+def authenticate(request: web.Request) -> web.Response | None:
+    """Put the caller's user id in ``request[USER]``; the 401 to answer, or None to go on.
+
+    Without a tokens file every caller is the local user ``''``. A valid token
+    is recognised on public routes too (``whoami`` after login); a missing or
+    unknown one is refused only where the route is not public. Idempotent.
+    """
+    tokens = request.config_dict[TOKENS]
     if tokens is None:
         request[USER] = ""
-        return await handler(request)
+        return None
     token = presented_token(request)
     user = tokens.user_for(token)
     if user is not None:
@@ -155,22 +85,25 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 "a token is required: send Authorization: Bearer <token>", invalid=False
             )
         return _unauthorized("the token is not valid", invalid=True)
-    return await handler(request)
+    return None
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """On the ``/api`` sub-app: :func:`authenticate` every request, or answer 401."""
+    refused = authenticate(request)
+    return refused if refused is not None else await handler(request)
 
 
 # ---------------------------------------------------------------------------- routes
 
-routes = web.RouteTableDef()
-
-Token = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_TOKEN_CHARS)]
+routes = web.RouteTableDef()  # mounted under /api
 
 
-class LoginRequest(Strict):
-    token: Token
-
-
-@routes.post("/api/login")
-@describe(body=LoginRequest, responses={200: Reply("signed in; the cookie is set", User)})
+@routes.post("/login")
+@describe(
+    body=LoginRequest, responses={200: Reply("signed in; the cookie is set", User)}, public=True
+)
 async def login(request: web.Request) -> web.Response:
     """Check a token and keep it in an HttpOnly cookie (for browsers): ``{user}``.
 
@@ -178,7 +111,7 @@ async def login(request: web.Request) -> web.Response:
     and sets no cookie.
     """
     body = await parse_body(request, LoginRequest)
-    tokens = request.app[TOKENS]
+    tokens = request.config_dict[TOKENS]
     if tokens is None:
         return json_response({"user": ""})
     user = tokens.user_for(body.token)
@@ -192,13 +125,13 @@ async def login(request: web.Request) -> web.Response:
         samesite="Strict",
         secure=request.secure,
         path="/",
-        max_age=request.app[SETTINGS].login_cookie_max_age,
+        max_age=request.config_dict[SETTINGS].login_cookie_max_age,
     )
     return resp
 
 
-@routes.post("/api/logout")
-@describe(responses={204: Reply("signed out")})
+@routes.post("/logout")
+@describe(responses={204: Reply("signed out")}, public=True)
 async def logout(request: web.Request) -> web.Response:
     """Forget the login cookie: 204 (also when there was none)."""
     resp = web.Response(status=204)
@@ -206,7 +139,7 @@ async def logout(request: web.Request) -> web.Response:
     return resp
 
 
-@routes.get("/api/whoami")
+@routes.get("/whoami")
 @describe(responses={200: Reply("the caller", User)})
 async def whoami(request: web.Request) -> web.Response:
     """The caller's user id: ``{user}`` (``""`` when the server runs without tokens)."""

@@ -91,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             " (--insecure: NOT loopback)" if not _is_loopback(settings.host) else "",
         )
     from server.app import make_app
-    from server.auth import TokensError
+    from server.tokens import TokensError
 
     try:
         app = make_app(settings)

@@ -1,4 +1,4 @@
-"""Small HTTP helpers: JSON in and out, query parameters, app keys."""
+"""Small HTTP helpers: JSON in and out, query parameters, the caller's user id."""
 
 from __future__ import annotations
 
@@ -9,15 +9,10 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel
 
-from actors.registry import ActorRegistry
 from server.errors import ApiError
-from server.settings import Settings
+from server.keys import SETTINGS, USER
 
 M = TypeVar("M", bound=BaseModel)
-
-REGISTRY = web.AppKey("registry", ActorRegistry)
-SETTINGS = web.AppKey("settings", Settings)
-USER = web.RequestKey("user", str)  # set by server.auth; read it with user_of()
 
 
 def json_response(
@@ -40,7 +35,7 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
             "unsupported_media_type",
             f"expected Content-Type application/json, got {request.content_type or 'none'}",
         )
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise ApiError(
             413,

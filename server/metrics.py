@@ -1,25 +1,22 @@
-"""``GET /metrics``: Prometheus text format, via prometheus-client.
+"""The instruments behind ``GET /metrics`` (Prometheus, via prometheus-client). No aiohttp.
 
 Each app has its own CollectorRegistry (tests run many apps in one process).
 :class:`MetricsHooks` is the actors' :class:`~actors.hooks.Hooks`: it feeds the
 histograms and keeps the counters; gauges and counters are read at scrape
 time by a custom collector.
+The route and the request-timing middleware are in :mod:`server.routes_ops`.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from actors.hooks import CountingHooks
 from actors.registry import ActorRegistry
-from server.errors import Handler
-from server.openapi import Reply, describe
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -44,6 +41,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._collector: _RegistryCollector | None = None
         self._request_children: dict[tuple[str, str, int], Histogram] = {}
         self.requests = Histogram(
             "roost_request_seconds",
@@ -82,10 +80,21 @@ class Metrics:
         return child
 
     def attach(self, actors: ActorRegistry) -> None:
-        """Observe ``actors`` (before it makes any actor): its hooks become ours."""
+        """Observe ``actors`` (before it makes any actor): its hooks become ours.
+
+        Call once per registry; undo with :meth:`detach`.
+        """
         hooks = MetricsHooks(self)
         actors.hooks = hooks
-        self.registry.register(_RegistryCollector(actors, hooks))
+        self._collector = _RegistryCollector(actors, hooks)
+        self.registry.register(self._collector)
+
+    def detach(self, actors: ActorRegistry) -> None:
+        """Stop reading ``actors``' gauges at scrape time (idempotent). Its hooks stay
+        (they only count and feed this app's own histograms)."""
+        collector, self._collector = self._collector, None
+        if collector is not None:
+            self.registry.unregister(collector)
 
 
 class MetricsHooks(CountingHooks):
@@ -133,36 +142,3 @@ class _RegistryCollector(Collector):
         yield GaugeMetricFamily(
             "roost_running_replies", "replies being generated", a.running_replies()
         )
-
-
-METRICS: web.AppKey[Metrics] = web.AppKey("metrics")
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Time every request by its route template (not its concrete path)."""
-    started = time.perf_counter()
-    status = 500
-    try:
-        resp = await handler(request)
-        status = resp.status
-        return resp
-    finally:
-        route = request.match_info.route.resource
-        name = route.canonical if route is not None else "unmatched"
-        request.app[METRICS].request_timer(request.method, name, status).observe(
-            time.perf_counter() - started
-        )
-
-
-@describe(responses={200: Reply("Prometheus text exposition format", None, ("text/plain",))})
-async def metrics_handler(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[METRICS].registry)
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-
-def install(app: web.Application) -> None:
-    """Add the middleware and route; call before startup."""
-    app[METRICS] = Metrics()
-    app.middlewares.insert(0, metrics_middleware)
-    app.router.add_get("/metrics", metrics_handler)

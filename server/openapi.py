@@ -3,11 +3,14 @@
 Each handler may carry a description made by :func:`describe` (request body
 model, query and header parameters, responses by status). The document walks
 the app's route table, so every route appears, described or not; schemas come
-from the pydantic models (``server.models``, ``server.schemas``, and the
+from the pydantic models (``server.requests``, ``server.responses``, and the
 models of the routes); limits that are settings (page size, content length)
 are filled in from the running server's settings.
 
 To document a new route: put ``@describe(...)`` under its ``@routes.<verb>``.
+``public=True`` there also makes the route answer without a token
+(``server.auth`` reads it from the matched handler) and documents it with
+``security: []``.
 """
 
 from __future__ import annotations
@@ -21,11 +24,10 @@ from aiohttp import web
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from server.http import SETTINGS, json_response
-from server.schemas import Error
+from server.http import json_response
+from server.keys import OPENAPI, SETTINGS, TOKENS
+from server.responses import Error
 from server.settings import Settings
-
-OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi")
 
 SSE = "text/event-stream"
 JSON = "application/json"
@@ -100,6 +102,7 @@ class Doc:
     responses: dict[int, Reply] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
     body_content: dict[str, dict[str, Any]] | None = None
+    public: bool = False
 
 
 def describe(
@@ -110,20 +113,30 @@ def describe(
     responses: dict[int, Reply] | None = None,
     tags: tuple[str, ...] = (),
     body_content: dict[str, dict[str, Any]] | None = None,
+    public: bool = False,
 ) -> Callable[[Any], Any]:
     """Attach an OpenAPI description to a handler (returns the handler unchanged).
 
     ``body`` is a JSON request body's model; ``body_content`` instead gives a
     body that is not JSON as media type → OpenAPI media type object (for
-    example a multipart upload).
+    example a multipart upload). ``public`` routes answer without a token
+    (see :func:`is_public_route`); every other route needs one when tokens are
+    configured.
     """
-    doc = Doc(body, body_required, params, responses or {}, tags, body_content)
+    doc = Doc(body, body_required, params, responses or {}, tags, body_content, public)
 
     def mark(fn: Any) -> Any:
         fn.__openapi__ = doc
         return fn
 
     return mark
+
+
+def is_public_route(handler: Any) -> bool:
+    """Whether ``handler`` was described ``public=True`` (False for undescribed
+    handlers and for aiohttp's 404/405 handlers)."""
+    doc = getattr(handler, "__openapi__", None)
+    return isinstance(doc, Doc) and doc.public
 
 
 # ---------------------------------------------------------------------------- common parameters
@@ -170,8 +183,6 @@ def _schema(schema: Schema, settings: Settings) -> dict[str, Any]:
 
 def build_openapi(app: web.Application) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``app``'s routes, for its settings."""
-    from server.auth import TOKENS, is_public_path
-
     settings = app[SETTINGS]
     secured = app[TOKENS] is not None
     entries: list[tuple[str, str, str, Any, Doc]] = []
@@ -245,7 +256,7 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
             "description": "an error: {error: {code, message, details}}",
             "content": {JSON: {"schema": ref(Error)}},
         }
-        if secured and is_public_path(path):
+        if secured and doc.public:
             op["security"] = []
         paths.setdefault(path, {})[method] = op
     return {
@@ -310,13 +321,13 @@ def _summary(handler: Any) -> str:
     return text.splitlines()[0] if text else ""
 
 
-@describe(responses={200: Reply("this document (OpenAPI 3.1)")})
+@describe(responses={200: Reply("this document (OpenAPI 3.1)")}, public=True)
 async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI document of this server (public, made once)."""
-    cache = request.app[OPENAPI]
+    cache = request.config_dict[OPENAPI]
     if not cache:
         cache.update(build_openapi(request.app))
     return json_response(cache)
 
 
-__all__ = ["Doc", "Param", "Reply", "build_openapi", "describe", "openapi_json"]
+__all__ = ["Doc", "Param", "Reply", "build_openapi", "describe", "is_public_route", "openapi_json"]

@@ -59,3 +59,16 @@ class RateLimiter:
 def retry_after(wait: float) -> str:
     """A ``Retry-After`` value: whole seconds, at least 1."""
     return str(max(1, math.ceil(wait)))
+
+
+class Limits:
+    """The two kinds of bucket of one app: per caller, and per (caller, session).
+
+    ``active`` is False on a loopback server without tokens (one user, no
+    limits); see ``server.access``.
+    """
+
+    def __init__(self, user: RateLimiter, session: RateLimiter, active: bool) -> None:
+        self.user = user
+        self.session = session
+        self.active = active

@@ -35,9 +35,9 @@ Contract, where the AI SDK leaves it to the server:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import hashlib
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -49,17 +49,18 @@ from actors.registry import ActorRegistry
 from actors.session import NewMessage, SessionHandle
 from server.access import check_session_rate
 from server.errors import ApiError
-from server.http import REGISTRY, SETTINGS, read_json, user_of
-from server.models import Strict, check_content
+from server.http import read_json, user_of
+from server.keys import REGISTRY, SETTINGS
 from server.openapi import SSE, Reply, describe
-from server.sse import OPEN_STREAMS, open_sse
+from server.requests import Strict, check_content
+from server.sse import encode, open_sse, pump
 from storage.errors import Conflict, NotFound
 from storage.ids import validate_session_id
 
-routes = web.RouteTableDef()
+routes = web.RouteTableDef()  # mounted under /api
 
 UI_STREAM_HEADERS = {"x-vercel-ai-ui-message-stream": "v1", "Connection": "keep-alive"}
-DONE = b"data: [DONE]\n\n"
+DONE = encode(None, b"[DONE]")
 CLIENT_ID_PREFIX = "ai:"
 
 UiId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)]
@@ -125,8 +126,8 @@ def client_id_for(ui_id: str, content: str) -> str:
 
 
 def chunk(data: dict[str, Any]) -> bytes:
-    """One UI Message Stream chunk as an SSE event."""
-    return b"data: " + orjson.dumps(data) + b"\n\n"
+    """One UI Message Stream chunk as an (unnamed) SSE event."""
+    return encode(None, orjson.dumps(data))
 
 
 def message_metadata(msg: dict[str, Any]) -> dict[str, Any]:
@@ -267,31 +268,23 @@ async def _send(
     subscription ends early (dropped or shutdown: the client may resume).
     """
     resp = await open_sse(request, {**UI_STREAM_HEADERS, **headers})
-    heartbeat = request.app[SETTINGS].sse_heartbeat
-    if sub is not None:
-        request.app[OPEN_STREAMS].add(sub)
-    try:
-        await resp.write(b"".join(first))
-        while sub is not None:
-            try:
-                frame = await asyncio.wait_for(sub.get(), heartbeat)
-            except TimeoutError:
-                await resp.write(b": keep-alive\n\n")
-                continue
-            if frame is None:
-                break
-            if frame.type == "delta":
-                await resp.write(b"".join(ui.text(orjson.loads(frame.data)["text"])))
-            elif frame.type == "message":
-                await resp.write(b"".join(ui.end(orjson.loads(frame.data))))
-                break
-    except ConnectionResetError:
-        pass
-    finally:
-        if sub is not None:
-            sub.close()
-            request.app[OPEN_STREAMS].discard(sub)
+    heartbeat = request.config_dict[SETTINGS].sse_heartbeat
+    await pump(
+        request, resp, _chunks(ui, sub), heartbeat=heartbeat, first=[b"".join(first)], sub=sub
+    )
     return resp
+
+
+async def _chunks(ui: UIStream, sub: Subscription | None) -> AsyncIterator[bytes]:
+    """``sub``'s frames as UI Message Stream chunks, up to the reply's ``message``."""
+    if sub is None:
+        return
+    while (frame := await sub.get()) is not None:
+        if frame.type == "delta":
+            yield b"".join(ui.text(orjson.loads(frame.data)["text"]))
+        elif frame.type == "message":
+            yield b"".join(ui.end(orjson.loads(frame.data)))
+            return
 
 
 async def _ensure_session(registry: ActorRegistry, sid: str, user: str) -> None:
@@ -356,7 +349,7 @@ UI_CHUNK_EVENT: dict[str, Any] = {
 STREAM_HEADER = {"x-vercel-ai-ui-message-stream": "v1"}
 
 
-@routes.post("/api/ai/chat")
+@routes.post("/ai/chat")
 @describe(
     body=AiChatRequest,
     responses={
@@ -375,7 +368,7 @@ STREAM_HEADER = {"x-vercel-ai-ui-message-stream": "v1"}
 )
 async def ai_chat(request: web.Request) -> web.StreamResponse:
     """Take what is new from a ``useChat`` request and stream the reply."""
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     data, _ = await read_json(request)
     body = AiChatRequest.model_validate(data)
     sid = validate_session_id(body.id)
@@ -400,7 +393,7 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
             client_id=client_id,
             request_hash=hashlib.sha256(client_id.encode()).hexdigest(),
         )
-    registry = request.app[REGISTRY]
+    registry = request.config_dict[REGISTRY]
     if draft is not None:  # a regenerate needs a chat to exist
         await _ensure_session(registry, sid, user)
     headers: dict[str, str] = {}
@@ -425,7 +418,7 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
     return await _send(request, ui, first, sub, headers)
 
 
-@routes.get("/api/ai/chat/{id}/stream")
+@routes.get("/ai/chat/{id}/stream")
 @describe(
     responses={
         200: Reply(
@@ -446,8 +439,8 @@ async def ai_resume(request: web.Request) -> web.StreamResponse:
     reply: 204, so ``useChat({resume: true})`` on a new chat stays quiet.
     """
     sid = validate_session_id(request.match_info["id"])
-    found = await request.app[REGISTRY].resume_reply(
-        sid, user_of(request), maxsize=request.app[SETTINGS].subscriber_queue
+    found = await request.config_dict[REGISTRY].resume_reply(
+        sid, user_of(request), maxsize=request.config_dict[SETTINGS].subscriber_queue
     )
     if found is None:
         return web.Response(status=204)

@@ -2,59 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import orjson
 from aiohttp import web
-from pydantic import StringConstraints
 
-from actors.session import NewMessage, ReplyStream
+from actors.session import ReplyStream
+from server import frames
 from server.errors import ApiError
-from server.http import REGISTRY, SETTINGS, json_response, read_json, request_hash, user_of
-from server.models import Id, Str, Strict, check_content, check_metadata
+from server.http import json_response, read_json, user_of
+from server.keys import REGISTRY, SETTINGS
 from server.openapi import JSON, SSE, Param, Reply, describe
-from server.schemas import ChatResult, Message
-from server.settings import Settings
-from server.sse import open_sse, pump, sse_frame
+from server.requests import ChatRequest, RegenerateRequest, chat_draft
+from server.responses import ChatResult, Message
+from server.sse import encode, open_sse, pump
 
-routes = web.RouteTableDef()
-
-Model = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)]
-
-
-class ChatRequest(Strict):
-    content: Str
-    client_id: (
-        Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)] | None
-    ) = None
-    parent_id: Id | None = None
-    model: Model | None = None
-    attachments: list[Id] | None = None
-    metadata: dict[str, Any] | None = None
-
-
-class RegenerateRequest(Strict):
-    model: Model | None = None
-
-
-def chat_draft(body: ChatRequest, settings: Settings) -> NewMessage:
-    """Check a chat request against the limits and make the user message's draft.
-
-    Shared by ``POST /chat`` and the WebSocket ``chat`` frame, so both take the
-    same input the same way.
-    """
-    check_content(body.content, settings, allow_empty=False)
-    check_metadata(body.metadata, settings, len(orjson.dumps(body.metadata)))
-    return NewMessage(
-        role="user",
-        content=body.content,
-        attachments=body.attachments,
-        client_id=body.client_id,
-        parent_id=body.parent_id,
-        metadata=body.metadata,
-        request_hash=request_hash(body) if body.client_id is not None else None,
-        explicit_parent="parent_id" in body.model_fields_set,
-    )
+routes = web.RouteTableDef()  # mounted under /api
 
 
 def wants_json(request: web.Request) -> bool:
@@ -68,11 +31,11 @@ def _finished_frames(msg: dict[str, Any], since: int) -> list[bytes]:
     text = msg["content"]
     if since < len(text):
         data = orjson.dumps({"message_id": msg["id"], "offset": since, "text": text[since:]})
-        out.append(sse_frame("delta", data, len(text)))
+        out.append(encode("delta", data, len(text)))
     if msg["status"] == "error" and msg.get("error"):
-        out.append(sse_frame("error", orjson.dumps(msg["error"])))
-    out.append(sse_frame("message", orjson.dumps(msg)))
-    out.append(sse_frame("done", orjson.dumps({"message_id": msg["id"]})))
+        out.append(encode("error", orjson.dumps(msg["error"])))
+    out.append(encode("message", orjson.dumps(msg)))
+    out.append(encode("done", orjson.dumps({"message_id": msg["id"]})))
     return out
 
 
@@ -91,15 +54,16 @@ async def _answer(
         body["assistant_message"] = final
         return json_response(body, status, headers)
     resp = await open_sse(request, headers)
-    first = [sse_frame("ack", orjson.dumps(ack))]
+    first = [encode("ack", orjson.dumps(ack))]
     if stream.final is not None:
         first += _finished_frames(stream.final, 0)
-    heartbeat = request.app[SETTINGS].sse_heartbeat
-    await pump(request, resp, stream.subscription, heartbeat=heartbeat, first=first)
+    heartbeat = request.config_dict[SETTINGS].sse_heartbeat
+    sub = stream.subscription
+    await pump(request, resp, frames.sse_events(sub), heartbeat=heartbeat, first=first, sub=sub)
     return resp
 
 
-@routes.post("/api/sessions/{sid}/chat")
+@routes.post("/sessions/{sid}/chat")
 @describe(
     body=ChatRequest,
     responses={
@@ -109,11 +73,13 @@ async def _answer(
 )
 async def chat(request: web.Request) -> web.StreamResponse:
     """Commit the user message and a pending reply, then stream the reply."""
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     data, _ = await read_json(request)
     body = ChatRequest.model_validate(data)
     draft = chat_draft(body, settings)
-    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+    async with request.config_dict[REGISTRY].session(
+        request.match_info["sid"], user_of(request)
+    ) as s:
         user, reply, created, stream = await s.chat(
             draft, model=body.model, maxsize=settings.subscriber_queue
         )
@@ -134,7 +100,7 @@ async def chat(request: web.Request) -> web.StreamResponse:
     )
 
 
-@routes.post("/api/sessions/{sid}/messages/{mid}/regenerate")
+@routes.post("/sessions/{sid}/messages/{mid}/regenerate")
 @describe(
     body=RegenerateRequest,
     body_required=False,
@@ -145,12 +111,14 @@ async def chat(request: web.Request) -> web.StreamResponse:
 )
 async def regenerate(request: web.Request) -> web.StreamResponse:
     """A new reply: a sibling of an assistant message, or a child of a user message."""
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     model = None
     if request.can_read_body:
         data, _ = await read_json(request)
         model = RegenerateRequest.model_validate(data).model
-    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+    async with request.config_dict[REGISTRY].session(
+        request.match_info["sid"], user_of(request)
+    ) as s:
         reply, stream = await s.regenerate(
             request.match_info["mid"], model=model, maxsize=settings.subscriber_queue
         )
@@ -164,7 +132,7 @@ async def regenerate(request: web.Request) -> web.StreamResponse:
     )
 
 
-@routes.post("/api/sessions/{sid}/messages/{mid}/cancel")
+@routes.post("/sessions/{sid}/messages/{mid}/cancel")
 @describe(responses={200: Reply("the reply as it stopped", Message)})
 async def cancel(request: web.Request) -> web.Response:
     """Stop a running reply (status ``cancelled``, text so far kept): 200 Message.
@@ -172,7 +140,9 @@ async def cancel(request: web.Request) -> web.Response:
     A reply that already ended is returned as it is.
     """
     mid = request.match_info["mid"]
-    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+    async with request.config_dict[REGISTRY].session(
+        request.match_info["sid"], user_of(request)
+    ) as s:
         final = await s.cancel(mid)
     return json_response(final)
 
@@ -188,7 +158,7 @@ def _last_event_id(request: web.Request) -> int:
     return int(raw)
 
 
-@routes.get("/api/sessions/{sid}/messages/{mid}/stream")
+@routes.get("/sessions/{sid}/messages/{mid}/stream")
 @describe(
     params=(
         Param("Last-Event-ID", "header", {"type": "string"}, "text offset to resume from"),
@@ -199,11 +169,21 @@ def _last_event_id(request: web.Request) -> int:
 async def resume(request: web.Request) -> web.StreamResponse:
     """Resume a reply: the text after ``Last-Event-ID``, then live deltas, ``message``, ``done``."""
     since = _last_event_id(request)
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     mid = request.match_info["mid"]
-    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+    async with request.config_dict[REGISTRY].session(
+        request.match_info["sid"], user_of(request)
+    ) as s:
         stream = await s.stream(mid, since=since, maxsize=settings.subscriber_queue)
     first = [] if stream.final is None else _finished_frames(stream.final, since)
     resp = await open_sse(request, {"X-Assistant-Message-Id": mid})
-    await pump(request, resp, stream.subscription, heartbeat=settings.sse_heartbeat, first=first)
+    sub = stream.subscription
+    await pump(
+        request,
+        resp,
+        frames.sse_events(sub),
+        heartbeat=settings.sse_heartbeat,
+        first=first,
+        sub=sub,
+    )
     return resp

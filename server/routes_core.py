@@ -10,8 +10,6 @@ from aiohttp import web
 from actors.session import NewMessage
 from server.errors import ApiError
 from server.http import (
-    REGISTRY,
-    SETTINGS,
     json_response,
     parse_body,
     query_choice,
@@ -20,7 +18,9 @@ from server.http import (
     request_hash,
     user_of,
 )
-from server.models import (
+from server.keys import REGISTRY, SETTINGS
+from server.openapi import Param, Reply, cursor_param, describe, limit_param
+from server.requests import (
     MessageCreate,
     MessagePatch,
     SessionCreate,
@@ -30,10 +30,9 @@ from server.models import (
     check_parts,
     check_title,
 )
-from server.openapi import Param, Reply, cursor_param, describe, limit_param
-from server.schemas import Message, MessagePage, Session, SessionList, SessionView, SiblingsPage
+from server.responses import Message, MessagePage, Session, SessionList, SessionView, SiblingsPage
 
-routes = web.RouteTableDef()
+routes = web.RouteTableDef()  # mounted under /api
 
 SIBLINGS_MAX = 1000
 
@@ -43,59 +42,61 @@ def _meta_size(meta: dict[str, Any] | None) -> int:
 
 
 def _page_params(request: web.Request) -> tuple[int, str | None, str | None]:
-    limit = query_int(request, "limit", 25, 1, request.app[SETTINGS].max_page_limit)
+    limit = query_int(request, "limit", 25, 1, request.config_dict[SETTINGS].max_page_limit)
     return limit, query_str(request, "before"), query_str(request, "after")
 
 
 # ---------------------------------------------------------------------------- sessions
 
 
-@routes.post("/api/sessions")
+@routes.post("/sessions")
 @describe(body=SessionCreate, responses={201: Reply("the new session", Session)})
 async def create_session(request: web.Request) -> web.Response:
     """Create a session: 201 Session; 409 if the id exists."""
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     body = await parse_body(request, SessionCreate)
     check_title(body.title, settings)
     check_metadata(body.metadata, settings, _meta_size(body.metadata))
-    doc = await request.app[REGISTRY].create_session(
+    doc = await request.config_dict[REGISTRY].create_session(
         body.id, owner=user_of(request), title=body.title, metadata=body.metadata
     )
     return json_response(doc, 201)
 
 
-@routes.get("/api/sessions")
+@routes.get("/sessions")
 @describe(
     params=(limit_param(), cursor_param("cursor")),
     responses={200: Reply("sessions, most recently updated first", SessionList)},
 )
 async def list_sessions(request: web.Request) -> web.Response:
     """Sessions, most recently updated first: ``{items, next_cursor}``."""
-    limit = query_int(request, "limit", 25, 1, request.app[SETTINGS].max_page_limit)
-    items, nxt = await request.app[REGISTRY].list_sessions(
+    limit = query_int(request, "limit", 25, 1, request.config_dict[SETTINGS].max_page_limit)
+    items, nxt = await request.config_dict[REGISTRY].list_sessions(
         owner=user_of(request), limit=limit, cursor=query_str(request, "cursor")
     )
     return json_response({"items": items, "next_cursor": nxt})
 
 
-@routes.get("/api/sessions/{sid}")
+@routes.get("/sessions/{sid}")
 @describe(
     params=(limit_param(),),
     responses={200: Reply("the session and its newest messages", SessionView)},
 )
 async def get_session(request: web.Request) -> web.Response:
     """``{session, messages, before}``: the newest page of the active branch."""
-    limit = query_int(request, "limit", 25, 1, request.app[SETTINGS].max_page_limit)
-    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+    limit = query_int(request, "limit", 25, 1, request.config_dict[SETTINGS].max_page_limit)
+    async with request.config_dict[REGISTRY].session(
+        request.match_info["sid"], user_of(request)
+    ) as s:
         session, page = await s.overview(limit=limit)
     return json_response({"session": session, "messages": page.items, "before": page.before})
 
 
-@routes.patch("/api/sessions/{sid}")
+@routes.patch("/sessions/{sid}")
 @describe(body=SessionPatch, responses={200: Reply("the changed session", Session)})
 async def patch_session(request: web.Request) -> web.Response:
     """Change title, metadata or the active branch: 200 Session."""
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     data, _ = await _read(request)
     body = SessionPatch.model_validate(data)
     if not data:
@@ -104,7 +105,9 @@ async def patch_session(request: web.Request) -> web.Response:
         )
     check_title(body.title, settings)
     check_metadata(body.metadata, settings, _meta_size(body.metadata))
-    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+    async with request.config_dict[REGISTRY].session(
+        request.match_info["sid"], user_of(request)
+    ) as s:
         doc = await s.update_session(
             title=body.title,
             set_title="title" in data,
@@ -114,18 +117,18 @@ async def patch_session(request: web.Request) -> web.Response:
     return json_response(doc)
 
 
-@routes.delete("/api/sessions/{sid}")
+@routes.delete("/sessions/{sid}")
 @describe(responses={204: Reply("deleted")})
 async def delete_session(request: web.Request) -> web.Response:
     """Delete a session with its files: 204."""
-    await request.app[REGISTRY].delete_session(request.match_info["sid"], user_of(request))
+    await request.config_dict[REGISTRY].delete_session(request.match_info["sid"], user_of(request))
     return web.Response(status=204)
 
 
 # ---------------------------------------------------------------------------- messages
 
 
-@routes.get("/api/sessions/{sid}/messages")
+@routes.get("/sessions/{sid}/messages")
 @describe(
     params=(
         limit_param(),
@@ -139,14 +142,16 @@ async def list_messages(request: web.Request) -> web.Response:
     """A page of messages: ``{items, before, after}``, items oldest first."""
     limit, before, after = _page_params(request)
     view = query_choice(request, "view", ("active", "all"))
-    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+    async with request.config_dict[REGISTRY].session(
+        request.match_info["sid"], user_of(request)
+    ) as s:
         page = await s.page(view=view, limit=limit, before=before, after=after)
     return json_response({"items": page.items, "before": page.before, "after": page.after})
 
 
 def draft_from(body: MessageCreate, request: web.Request) -> NewMessage:
     """Check a MessageCreate against the limits and make the actor's NewMessage."""
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     has_payload = bool(body.parts) or body.tool_call is not None or body.tool_result is not None
     check_content(body.content, settings, allow_empty=has_payload)
     check_metadata(body.metadata, settings, _meta_size(body.metadata))
@@ -167,7 +172,7 @@ def draft_from(body: MessageCreate, request: web.Request) -> NewMessage:
     )
 
 
-@routes.post("/api/sessions/{sid}/messages")
+@routes.post("/sessions/{sid}/messages")
 @describe(
     body=MessageCreate,
     responses={
@@ -179,15 +184,19 @@ async def append_message(request: web.Request) -> web.Response:
     """Append a message: 201, or 200 with the stored one for a repeated client_id."""
     body = await parse_body(request, MessageCreate)
     draft = draft_from(body, request)
-    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+    async with request.config_dict[REGISTRY].session(
+        request.match_info["sid"], user_of(request)
+    ) as s:
         msg, created = await s.append(draft)
     return json_response(msg, 201 if created else 200, {"ETag": f'"{msg["version"]}"'})
 
 
-@routes.get("/api/sessions/{sid}/messages/{mid}")
+@routes.get("/sessions/{sid}/messages/{mid}")
 @describe(responses={200: Reply("the message", Message)})
 async def get_message(request: web.Request) -> web.Response:
-    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+    async with request.config_dict[REGISTRY].session(
+        request.match_info["sid"], user_of(request)
+    ) as s:
         msg = await s.get_message(request.match_info["mid"])
     return json_response(msg, headers={"ETag": f'"{msg["version"]}"'})
 
@@ -211,7 +220,7 @@ async def _read(request: web.Request) -> tuple[dict[str, Any], bytes]:
     return await read_json(request)
 
 
-@routes.patch("/api/sessions/{sid}/messages/{mid}")
+@routes.patch("/sessions/{sid}/messages/{mid}")
 @describe(
     body=MessagePatch,
     params=(Param("If-Match", "header", {"type": "string"}, "the version you last saw"),),
@@ -219,7 +228,7 @@ async def _read(request: web.Request) -> tuple[dict[str, Any], bytes]:
 )
 async def patch_message(request: web.Request) -> web.Response:
     """Edit content, parts or metadata in place: 200; a stale If-Match: 412."""
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     data, _ = await _read(request)
     body = MessagePatch.model_validate(data)
     changes: dict[str, Any] = {}
@@ -237,22 +246,26 @@ async def patch_message(request: web.Request) -> web.Response:
     if not changes:
         raise ApiError(400, "invalid_input", "nothing to change: give content, parts or metadata")
     if_match = _if_match(request)
-    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+    async with request.config_dict[REGISTRY].session(
+        request.match_info["sid"], user_of(request)
+    ) as s:
         msg = await s.update_message(request.match_info["mid"], changes, if_match=if_match)
     return json_response(msg, headers={"ETag": f'"{msg["version"]}"'})
 
 
-@routes.delete("/api/sessions/{sid}/messages/{mid}")
+@routes.delete("/sessions/{sid}/messages/{mid}")
 @describe(responses={204: Reply("replaced by a tombstone")})
 async def delete_message(request: web.Request) -> web.Response:
     """Replace a message with a tombstone: 204."""
     mid = request.match_info["mid"]
-    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+    async with request.config_dict[REGISTRY].session(
+        request.match_info["sid"], user_of(request)
+    ) as s:
         await s.delete_message(mid)
     return web.Response(status=204)
 
 
-@routes.get("/api/sessions/{sid}/messages/{mid}/siblings")
+@routes.get("/sessions/{sid}/messages/{mid}/siblings")
 @describe(
     params=(
         Param(
@@ -271,6 +284,8 @@ async def list_siblings(request: web.Request) -> web.Response:
     sibling whose ``siblings.index`` is ``i``. At most ``limit`` (default 200).
     """
     limit = query_int(request, "limit", 200, 1, SIBLINGS_MAX)
-    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+    async with request.config_dict[REGISTRY].session(
+        request.match_info["sid"], user_of(request)
+    ) as s:
         items = await s.siblings(request.match_info["mid"], limit=limit)
     return json_response({"items": items})

@@ -25,16 +25,17 @@ from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from server.errors import ApiError
-from server.http import REGISTRY, SETTINGS, json_response, query_choice, query_int, user_of
+from server.http import json_response, query_choice, query_int, user_of
+from server.keys import REGISTRY, SETTINGS
 from server.openapi import ANY, JSON, MULTIPART, SESSION_ID, Param, Reply, describe
-from server.schemas import Attachment, Error, SearchPage, Session
+from server.responses import Attachment, Error, SearchPage, Session
 from server.settings import Settings
 from server.wire import snippet_html
 from storage.attachments import TooLarge, safe_mime, safe_name
 from storage.export import ExportDocument, ImportPlan, parse_export
 from storage.ids import validate_session_id
 
-routes = web.RouteTableDef()
+routes = web.RouteTableDef()  # mounted under /api
 
 # multipart framing (boundaries, part headers) on top of the file's own bytes
 UPLOAD_SLACK = 64 * 1024
@@ -69,7 +70,7 @@ UPLOAD_BODY = {
 }
 
 
-@routes.post("/api/sessions/{sid}/attachments")
+@routes.post("/sessions/{sid}/attachments")
 @describe(
     body_content=UPLOAD_BODY,
     responses={
@@ -80,8 +81,8 @@ UPLOAD_BODY = {
 )
 async def upload_attachment(request: web.Request) -> web.Response:
     """Store one uploaded file: 201 ``{id, name, mime, size, sha256, url, created_at}``."""
-    settings = request.app[SETTINGS]
-    registry = request.app[REGISTRY]
+    settings = request.config_dict[SETTINGS]
+    registry = request.config_dict[REGISTRY]
     sid = request.match_info["sid"]
     limit = settings.max_attachment_bytes
     if request.content_type != "multipart/form-data":
@@ -189,7 +190,7 @@ DOWNLOAD_HEADERS = {
 }
 
 
-@routes.get("/api/sessions/{sid}/attachments/{aid}")
+@routes.get("/sessions/{sid}/attachments/{aid}")
 @describe(
     params=(
         Param("If-None-Match", "header", {"type": "string"}, "an ETag you have: 304 if it matches"),
@@ -219,7 +220,7 @@ DOWNLOAD_HEADERS = {
 )
 async def download_attachment(request: web.Request) -> web.StreamResponse:
     """The attachment's bytes; 304 on a matching ``If-None-Match``; 206 for a ``Range``."""
-    registry = request.app[REGISTRY]
+    registry = request.config_dict[REGISTRY]
     sid = request.match_info["sid"]
     async with registry.session(sid, user_of(request)) as s:
         att = await s.read_attachment(request.match_info["aid"])
@@ -280,7 +281,7 @@ async def download_attachment(request: web.Request) -> web.StreamResponse:
 # ---------------------------------------------------------------------------- export
 
 
-@routes.get("/api/sessions/{sid}/export")
+@routes.get("/sessions/{sid}/export")
 @describe(
     params=(Param("format", "query", {"enum": ["json", "markdown"], "default": "json"}),),
     responses={
@@ -294,7 +295,7 @@ async def download_attachment(request: web.Request) -> web.StreamResponse:
 )
 async def export_session(request: web.Request) -> web.StreamResponse:
     """The whole session, streamed: JSON (lossless, ``roost.session.v1``) or Markdown."""
-    registry = request.app[REGISTRY]
+    registry = request.config_dict[REGISTRY]
     sid = request.match_info["sid"]
     fmt: Literal["json", "markdown"] = (
         "markdown"
@@ -347,7 +348,7 @@ def _parse_import(raw: bytes, settings: Settings) -> ImportPlan:
     return plan
 
 
-@routes.post("/api/sessions/import")
+@routes.post("/sessions/import")
 @describe(
     body=ExportDocument,
     params=(Param("id", "query", SESSION_ID, "the new session's id (default: a new uuid7)"),),
@@ -359,8 +360,8 @@ def _parse_import(raw: bytes, settings: Settings) -> ImportPlan:
 )
 async def import_session(request: web.Request) -> web.Response:
     """A JSON export becomes a new session (201 Session); ``?id=`` names it (409 if taken)."""
-    settings = request.app[SETTINGS]
-    registry = request.app[REGISTRY]
+    settings = request.config_dict[SETTINGS]
+    registry = request.config_dict[REGISTRY]
     if request.content_type != "application/json":
         raise ApiError(
             415,
@@ -392,7 +393,7 @@ async def import_session(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------------- search
 
 
-@routes.get("/api/sessions/{sid}/search")
+@routes.get("/sessions/{sid}/search")
 @describe(
     params=(
         Param(
@@ -424,7 +425,7 @@ async def search(request: web.Request) -> web.Response:
     for a prefix. ``mode=fts``: ``q`` is SQLite FTS5 query syntax. Either way
     a query the engine cannot parse is 400 ``invalid_query``.
     """
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     q = request.query.get("q")
     if q is None or not q.strip():
         raise ApiError(400, "invalid_query", "give a search query in q", {"loc": ["query", "q"]})
@@ -437,7 +438,9 @@ async def search(request: web.Request) -> web.Response:
         )
     limit = query_int(request, "limit", 20, 1, settings.max_page_limit)
     mode = query_choice(request, "mode", ("words", "fts"))
-    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+    async with request.config_dict[REGISTRY].session(
+        request.match_info["sid"], user_of(request)
+    ) as s:
         items = await s.search(q, limit=limit, raw=mode == "fts")
     for i, item in enumerate(items, 1):
         item["snippet"] = snippet_html(item["snippet"]["text"], item["snippet"]["spans"])

@@ -4,31 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import orjson
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
 from actors.feed import End, Feed
 from actors.pubsub import Frame, Subscription
-from server import access
+from server import access, frames
 from server.errors import ApiError, status_of, validation_details
-from server.http import REGISTRY, SETTINGS, user_of
+from server.http import user_of
+from server.keys import OPEN_FEEDS, OPEN_SOCKETS, OPEN_STREAMS, REGISTRY, SETTINGS
 from server.openapi import FEED_EVENTS, SSE, Param, Reply, describe
-from server.routes_chat import ChatRequest, chat_draft
-from server.sse import OPEN_STREAMS, open_sse
+from server.requests import ChatRequest, chat_draft
+from server.sse import open_sse, pump
 from storage.errors import StorageError
 
-routes = web.RouteTableDef()
-
-OPEN_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("open_sockets")
-OPEN_FEEDS: web.AppKey[set[Feed]] = web.AppKey("open_feeds")
-
-# Close codes (4000-4999 are the application's own).
-CLOSE_LAGGED = 4001  # the client fell behind: reconnect with ?since=<last seq>
-CLOSE_DELETED = 4004  # the session was deleted
+routes = web.RouteTableDef()  # mounted under /api
 
 
 def origin_allowed(request: web.Request) -> bool:
@@ -57,19 +51,19 @@ async def _open_feed(request: web.Request, since: int | None) -> Feed:
         raise ApiError(
             403, "forbidden_origin", f"origin {request.headers.get('Origin')!r} is not allowed"
         )
-    feed = Feed(request.app[REGISTRY], request.match_info["sid"], user_of(request), since)
+    feed = Feed(request.config_dict[REGISTRY], request.match_info["sid"], user_of(request), since)
     await feed.open()
     return feed
 
 
-@routes.get("/api/sessions/{sid}/ws")
+@routes.get("/sessions/{sid}/ws")
 @describe(
     params=(Param("since", "query", {"type": "string"}, "the last event seq you saw"),),
     responses={101: Reply("a WebSocket (subprotocol roost.v1) of the session's events")},
 )
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """hello, the events missed since ``since``, then live events; takes chat/cancel/ping."""
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     feed = await _open_feed(request, _since(request))
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_heartbeat,
@@ -82,8 +76,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     except BaseException:
         feed.close()
         raise
-    request.app[OPEN_SOCKETS].add(ws)
-    request.app[OPEN_FEEDS].add(feed)
+    request.config_dict[OPEN_SOCKETS].add(ws)
+    request.config_dict[OPEN_FEEDS].add(feed)
     feed.direct = _direct_writer(request, ws)
     sender = asyncio.create_task(_send_feed(ws, feed))
     try:
@@ -91,27 +85,21 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             if msg.type is WSMsgType.TEXT:
                 await _on_client_frame(request, ws, msg.data)
             elif msg.type is WSMsgType.BINARY:
-                await _send_json(
-                    ws,
-                    {
-                        "type": "error",
-                        "code": "invalid_input",
-                        "message": "frames must be JSON text",
-                    },
-                )
+                await _send(ws, frames.binary_refused())
     finally:
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sender
         feed.close()
-        request.app[OPEN_FEEDS].discard(feed)
-        request.app[OPEN_SOCKETS].discard(ws)
+        request.config_dict[OPEN_FEEDS].discard(feed)
+        request.config_dict[OPEN_SOCKETS].discard(ws)
     return ws
 
 
-async def _send_json(ws: web.WebSocketResponse, data: dict[str, Any]) -> None:
+async def _send(ws: web.WebSocketResponse, payload: bytes) -> None:
+    """One text frame of ``payload`` (built by :mod:`server.frames`), unless closed."""
     if not ws.closed:
-        await ws.send_frame(orjson.dumps(data), WSMsgType.TEXT)
+        await ws.send_frame(payload, WSMsgType.TEXT)
 
 
 def _direct_writer(request: web.Request, ws: web.WebSocketResponse) -> Callable[[Frame], bool]:
@@ -134,7 +122,7 @@ def _direct_writer(request: web.Request, ws: web.WebSocketResponse) -> Callable[
             or transport.get_write_buffer_size() > 0
         ):
             return False
-        transport.write(frame.ws())
+        transport.write(frames.ws_bytes(frame))
         return True
 
     return write
@@ -149,21 +137,21 @@ async def _send_feed(ws: web.WebSocketResponse, feed: Feed) -> None:
     except ConnectionResetError:
         return
     except StorageError as exc:  # the session went away during the replay
-        await ws.close(code=CLOSE_DELETED, message=exc.message.encode()[:120])
-        return
-    if feed.end is End.DROPPED:
-        reason = f"lagged; reconnect with since={feed.last_seq}"
-        await ws.close(code=CLOSE_LAGGED, message=reason.encode())
-    elif feed.end is End.DELETED:
-        await ws.close(code=CLOSE_DELETED, message=b"session deleted")
+        code, reason = frames.close_deleted(exc.message)
     else:
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        if feed.end is End.DROPPED:
+            code, reason = frames.close_lagged(feed.last_seq)
+        elif feed.end is End.DELETED:
+            code, reason = frames.close_deleted()
+        else:
+            code, reason = frames.close_going_away()
+    await ws.close(code=code, message=reason)
 
 
 async def _on_client_frame(request: web.Request, ws: web.WebSocketResponse, text: str) -> None:
     """Answer one client frame: ``ping``, ``chat`` or ``cancel``; errors as ``error``."""
     if text == "ping":
-        await ws.send_str("pong")
+        await ws.send_str(frames.PONG_TEXT)
         return
     ref = None
     try:
@@ -176,7 +164,7 @@ async def _on_client_frame(request: web.Request, ws: web.WebSocketResponse, text
         kind = data.pop("type")
         ref = data.pop("ref", None)
         if kind == "ping":
-            await _send_json(ws, {"type": "pong", "ref": ref})
+            await _send(ws, frames.pong(ref))
         elif kind == "chat":
             access.check_rate(request, request.match_info["sid"])
             await _ws_chat(request, ws, data, ref)
@@ -184,11 +172,11 @@ async def _on_client_frame(request: web.Request, ws: web.WebSocketResponse, text
             mid = data.get("message_id")
             if not isinstance(mid, str) or set(data) != {"message_id"}:
                 raise ApiError(400, "invalid_input", "cancel takes exactly a message_id string")
-            async with request.app[REGISTRY].session(
+            async with request.config_dict[REGISTRY].session(
                 request.match_info["sid"], user_of(request)
             ) as s:
                 final = await s.cancel(mid)
-            await _send_json(ws, {"type": "cancel.ack", "ref": ref, "message": final})
+            await _send(ws, frames.cancel_ack(ref, final))
         else:
             raise ApiError(
                 400, "invalid_input", f"unknown frame type {kind!r}; expected chat, cancel or ping"
@@ -212,42 +200,25 @@ async def _send_error(
     ws: web.WebSocketResponse, ref: Any, code: str, message: str, status: int, details: Any
 ) -> None:
     """An ``error`` frame answering the client frame ``ref``, with the HTTP-like status."""
-    await _send_json(
-        ws,
-        {
-            "type": "error",
-            "ref": ref,
-            "code": code,
-            "message": message,
-            "status": status,
-            "details": details,
-        },
-    )
+    await _send(ws, frames.error(ref, code, message, status, details))
 
 
 async def _ws_chat(
     request: web.Request, ws: web.WebSocketResponse, data: dict[str, Any], ref: Any
 ) -> None:
     """Chat over the socket: like POST /chat; the reply streams as message.delta events."""
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     body = ChatRequest.model_validate(data)
     draft = chat_draft(body, settings)
-    async with request.app[REGISTRY].session(request.match_info["sid"], user_of(request)) as s:
+    async with request.config_dict[REGISTRY].session(
+        request.match_info["sid"], user_of(request)
+    ) as s:
         # not subscribed: the reply streams as message.delta events of the feed
         user, reply, _, _ = await s.chat(draft, model=body.model, maxsize=None)
-    await _send_json(
-        ws,
-        {
-            "type": "chat.ack",
-            "ref": ref,
-            "client_id": body.client_id,
-            "user_message": user,
-            "assistant_message": reply,
-        },
-    )
+    await _send(ws, frames.chat_ack(ref, body.client_id, user, reply))
 
 
-@routes.get("/api/sessions/{sid}/events")
+@routes.get("/sessions/{sid}/events")
 @describe(
     params=(
         Param("since", "query", {"type": "string"}, "the last event seq you saw"),
@@ -257,31 +228,26 @@ async def _ws_chat(
 )
 async def events(request: web.Request) -> web.StreamResponse:
     """The WebSocket's event stream as SSE; resumes from ``Last-Event-ID`` (or ``?since=``)."""
-    settings = request.app[SETTINGS]
+    settings = request.config_dict[SETTINGS]
     feed = await _open_feed(request, _since(request, "Last-Event-ID"))
-    request.app[OPEN_FEEDS].add(feed)
-    resp = await open_sse(request)
-    beat = asyncio.create_task(_heartbeat(resp, settings.sse_heartbeat))
+    request.config_dict[OPEN_FEEDS].add(feed)
     try:
-        async for frame in feed.frames():
-            await resp.write(frame.sse())
-        if feed.end is End.DROPPED:
-            await resp.write(f"event: lagged\ndata: {feed.last_seq}\n\n".encode())
-    except ConnectionResetError:
-        pass
+        resp = await open_sse(request)
+        await pump(
+            request, resp, _feed_events(feed), heartbeat=settings.sse_heartbeat, stop=feed.stop
+        )
     finally:
-        beat.cancel()
         feed.close()
-        request.app[OPEN_FEEDS].discard(feed)
+        request.config_dict[OPEN_FEEDS].discard(feed)
     return resp
 
 
-async def _heartbeat(resp: web.StreamResponse, period: float) -> None:
-    """Write a comment every ``period`` seconds so proxies keep the stream open."""
-    with contextlib.suppress(ConnectionResetError):
-        while True:
-            await asyncio.sleep(period)
-            await resp.write(b": keep-alive\n\n")
+async def _feed_events(feed: Feed) -> AsyncIterator[bytes]:
+    """The feed as SSE events, then ``lagged`` if it fell behind."""
+    async for frame in feed.frames():
+        yield frames.sse_bytes(frame)
+    if feed.end is End.DROPPED:
+        yield frames.sse_lagged(feed.last_seq)
 
 
 async def close_realtime(app: web.Application) -> None:
@@ -294,4 +260,5 @@ async def close_realtime(app: web.Application) -> None:
     for sub in list(subs):
         sub.close()
     for ws in list(sockets):
-        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        code, reason = frames.close_going_away()
+        await ws.close(code=code, message=reason)

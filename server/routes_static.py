@@ -8,28 +8,14 @@ a strong ``ETag`` (content hash) and answer ``If-None-Match`` with 304.
 
 from __future__ import annotations
 
-import hashlib
-import re
-from dataclasses import dataclass
-from pathlib import Path
-
 from aiohttp import web
 
+from server.assets import NAME, STATIC_DIR, TYPES, Asset, load_assets
 from server.errors import ApiError
+from server.keys import ASSETS
 from server.openapi import Param, Reply, describe
 
-STATIC_DIR = Path(__file__).resolve().parent / "static"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*\.(?:html|css|js|svg|png|ico|json|txt)$")
-_TYPES = {
-    ".js": "text/javascript",
-    ".css": "text/css",
-    ".html": "text/html",
-    ".svg": "image/svg+xml",
-    ".png": "image/png",
-    ".ico": "image/vnd.microsoft.icon",
-    ".json": "application/json",
-    ".txt": "text/plain",
-}
+__all__ = ["CSP", "STATIC_DIR", "index", "setup_static", "static_file"]
 
 # The page talks only to its own origin; no inline script or style, nothing fetched elsewhere.
 CSP = (
@@ -37,31 +23,6 @@ CSP = (
     "media-src 'self' blob:; connect-src 'self'; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
-
-
-@dataclass(slots=True, frozen=True)
-class Asset:
-    body: bytes
-    content_type: str
-    etag: str
-
-
-def load_assets(directory: Path = STATIC_DIR) -> dict[str, Asset]:
-    """Every servable file in ``directory`` by base name (a missing directory gives none)."""
-    assets: dict[str, Asset] = {}
-    if not directory.is_dir():
-        return assets
-    for path in sorted(directory.iterdir()):
-        if not path.is_file() or not _NAME.match(path.name):
-            continue
-        body = path.read_bytes()
-        ctype = _TYPES[path.suffix]  # _NAME admits only these suffixes
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        assets[path.name] = Asset(body, ctype, etag)
-    return assets
-
-
-ASSETS: web.AppKey[dict[str, Asset]] = web.AppKey("static_assets", dict)
 
 
 def _headers(asset: Asset, cache: str) -> dict[str, str]:
@@ -77,7 +38,7 @@ def _headers(asset: Asset, cache: str) -> dict[str, str]:
 
 
 def _serve(request: web.Request, name: str, cache: str) -> web.Response:
-    asset = request.app[ASSETS].get(name) if _NAME.match(name) else None
+    asset = request.config_dict[ASSETS].get(name) if NAME.match(name) else None
     if asset is None:
         raise ApiError(404, "not_found", f"no static file {name[:80]!r}")
     headers = _headers(asset, cache)
@@ -100,6 +61,7 @@ ASSET_HEADERS = {"ETag": "a hash of the file", "Cache-Control": "no-cache (reval
         200: Reply("the page", None, ("text/html",), headers=ASSET_HEADERS),
         304: Reply("unchanged: If-None-Match matched", headers={"ETag": "as for 200"}),
     },
+    public=True,
 )
 async def index(request: web.Request) -> web.Response:
     """The page itself; never cached without revalidation."""
@@ -109,9 +71,10 @@ async def index(request: web.Request) -> web.Response:
 @describe(
     params=(IF_NONE_MATCH,),
     responses={
-        200: Reply("the file", None, tuple(sorted(set(_TYPES.values()))), headers=ASSET_HEADERS),
+        200: Reply("the file", None, tuple(sorted(set(TYPES.values()))), headers=ASSET_HEADERS),
         304: Reply("unchanged: If-None-Match matched", headers={"ETag": "as for 200"}),
     },
+    public=True,
 )
 async def static_file(request: web.Request) -> web.Response:
     """An asset by base name; revalidated by ETag (cheap 304s)."""

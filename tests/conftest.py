@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.app import make_app
-from server.http import REGISTRY
+from server.keys import REGISTRY
 from server.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,10 +12,10 @@ import pytest
 from aiohttp import WSServerHandshakeError
 
 from server.app import make_app
-from server.auth import TokensError, load_tokens
 from server.cli import main as cli_main
 from server.ratelimit import RateLimiter, retry_after
 from server.settings import Settings
+from server.tokens import TokensError, load_tokens
 from tests.conftest import TIMEOUT
 
 TOKENS = {"tok-a": "alice", "tok-b": "bob"}
@@ -529,3 +529,37 @@ def test_zero_rate_is_off() -> None:
 def test_retry_after_is_whole_seconds_at_least_one(wait: float, header: str) -> None:
     """Retry-After rounds up to whole seconds, never 0."""
     assert retry_after(wait) == header
+
+
+async def test_metrics_without_token_is_401(tclient: Any) -> None:
+    """/metrics sits outside /api but still needs a token when tokens are configured."""
+    r = await tclient.get("/metrics")
+    assert r.status == 401
+    assert r.headers["WWW-Authenticate"].startswith("Bearer")
+    r = await tclient.get("/metrics", headers=A)
+    assert r.status == 200
+    assert "roost_request_seconds" in await r.text()
+
+
+async def test_public_routes_are_the_ones_described_public(tclient: Any) -> None:
+    """Routes marked public=True answer without a token and say so in the document."""
+    doc = await (await tclient.get("/openapi.json")).json()
+    public = {
+        (path, method)
+        for path, ops in doc["paths"].items()
+        for method, op in ops.items()
+        if op.get("security") == []
+    }
+    assert public == {
+        ("/healthz", "get"),
+        ("/openapi.json", "get"),
+        ("/", "get"),
+        ("/static/{name}", "get"),
+        ("/api/login", "post"),
+        ("/api/logout", "post"),
+    }
+    for path, method in public:
+        if "{" not in path:
+            body = {"token": "tok-a"} if path == "/api/login" else None
+            r = await tclient.request(method.upper(), path, json=body)
+            assert r.status in (200, 204), (path, method, r.status)

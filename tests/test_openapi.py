@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from pydantic import BaseModel
 
-from server import schemas
+from server import responses
 from storage.export import ExportDocument
 from tests.conftest import TIMEOUT, append, new_session, registry_of
 
@@ -78,12 +78,12 @@ async def test_openapi_is_public_with_tokens(make_client: Any, tmp_path: Path) -
 async def test_session_responses_match_models(client: Any) -> None:
     """Real session answers validate against the documented response models."""
     r = await client.post("/api/sessions", json={"id": "s1", "title": "t", "metadata": {"k": 1}})
-    _check(schemas.Session, await r.json())
+    _check(responses.Session, await r.json())
     await append(client, "s1", "hi")
-    _check(schemas.SessionView, await (await client.get("/api/sessions/s1")).json())
-    _check(schemas.SessionList, await (await client.get("/api/sessions")).json())
+    _check(responses.SessionView, await (await client.get("/api/sessions/s1")).json())
+    _check(responses.SessionList, await (await client.get("/api/sessions")).json())
     r = await client.patch("/api/sessions/s1", json={"title": "u"})
-    _check(schemas.Session, await r.json())
+    _check(responses.Session, await r.json())
 
 
 async def test_message_responses_match_models(client: Any) -> None:
@@ -96,14 +96,14 @@ async def test_message_responses_match_models(client: Any) -> None:
         parts=[{"type": "tool-call", "tool_call_id": "c1", "tool_name": "f", "args": {"a": 1}}],
         metadata={"x": [1]},
     )
-    _check(schemas.Message, m)
+    _check(responses.Message, m)
     await append(client, "s1", "second")
     await client.delete(f"/api/sessions/s1/messages/{m['id']}")
     for view in ("active", "all"):
         page = await (await client.get(f"/api/sessions/s1/messages?view={view}")).json()
-        _check(schemas.MessagePage, page)
+        _check(responses.MessagePage, page)
     r = await client.get(f"/api/sessions/s1/messages/{(await append(client, 's1', 'x'))['id']}")
-    _check(schemas.Message, await r.json())
+    _check(responses.Message, await r.json())
 
 
 async def test_chat_json_answer_matches_model(make_client: Any) -> None:
@@ -114,14 +114,14 @@ async def test_chat_json_answer_matches_model(make_client: Any) -> None:
         "/api/sessions/s1/chat", json={"content": "hello"}, headers={"Accept": "application/json"}
     )
     body = await r.json()
-    _check(schemas.ChatResult, body)
+    _check(responses.ChatResult, body)
     mid = body["assistant_message"]["id"]
     r = await client.post(
         f"/api/sessions/s1/messages/{mid}/regenerate", headers={"Accept": "application/json"}
     )
-    _check(schemas.ChatResult, await r.json())
+    _check(responses.ChatResult, await r.json())
     r = await client.post(f"/api/sessions/s1/messages/{mid}/cancel")
-    _check(schemas.Message, await r.json())
+    _check(responses.Message, await r.json())
 
 
 async def test_files_responses_match_models(client: Any) -> None:
@@ -132,17 +132,17 @@ async def test_files_responses_match_models(client: Any) -> None:
     form.add_field("file", b"bytes", filename="a.bin", content_type="application/x-thing")
     r = await client.post("/api/sessions/s1/attachments", data=form)
     assert r.status == 201
-    _check(schemas.Attachment, await r.json())
+    _check(responses.Attachment, await r.json())
     r = await client.get("/api/sessions/s1/search", params={"q": "needle"})
     page = await r.json()
     assert len(page["items"]) == 1
-    _check(schemas.SearchPage, page)
+    _check(responses.SearchPage, page)
     r = await client.get("/api/sessions/s1/export")
     exported = await r.json()
     _check(ExportDocument, exported)
     r = await client.post("/api/sessions/import", json=exported, params={"id": "s2"})
     assert r.status == 201
-    _check(schemas.Session, await r.json())
+    _check(responses.Session, await r.json())
 
 
 async def test_siblings_response_matches_model(client: Any) -> None:
@@ -154,14 +154,14 @@ async def test_siblings_response_matches_model(client: Any) -> None:
     r = await client.get(f"/api/sessions/s1/messages/{first['id']}/siblings")
     page = await r.json()
     assert len(page["items"]) == 2 and page["items"][0]["deleted"] is True
-    _check(schemas.SiblingsPage, page)
+    _check(responses.SiblingsPage, page)
 
 
 async def test_error_and_misc_responses_match_models(client: Any) -> None:
     """Errors, health and whoami validate against their models."""
-    _check(schemas.Error, await (await client.get("/api/sessions/nope")).json())
-    _check(schemas.Health, await (await client.get("/healthz")).json())
-    _check(schemas.User, await (await client.get("/api/whoami")).json())
+    _check(responses.Error, await (await client.get("/api/sessions/nope")).json())
+    _check(responses.Health, await (await client.get("/healthz")).json())
+    _check(responses.User, await (await client.get("/api/whoami")).json())
     assert registry_of(client).live >= 0
 
 

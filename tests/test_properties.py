@@ -11,16 +11,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ValidationError
 
-from server.auth import LoginRequest
 from server.errors import ApiError
-from server.models import (
+from server.requests import (
+    ChatRequest,
+    LoginRequest,
     MessageCreate,
     MessagePatch,
+    RegenerateRequest,
     SessionCreate,
     SessionPatch,
     check_metadata,
 )
-from server.routes_chat import ChatRequest, RegenerateRequest
 from server.settings import Settings
 from storage import cursors
 from storage.errors import InvalidInput

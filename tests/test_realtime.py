@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.conftest import TIMEOUT, append, new_session, registry_of
+from tests.conftest import TIMEOUT, append, eventually, new_session, registry_of
 from tests.sse import SSEReader
 
 TEXT = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
@@ -322,3 +322,81 @@ async def test_live_frames_written_directly_arrive_whole_at_every_size(client: A
     assert len(subs) == 2 and all(s.sink is not None for s in subs), "direct path not in use"
     await a.close()
     await b.close()
+
+
+def _failing_sink(frame: Any) -> bool:
+    raise RuntimeError("this subscriber's transport is broken")
+
+
+async def test_raising_subscriber_is_dropped_and_others_get_the_frame(client: Any) -> None:
+    """A sink that raises drops its subscriber (counted); the others get the frame and the
+    append that published it succeeds: the actor never sees the exception."""
+    await new_session(client)
+    reg = registry_of(client)
+    topic = reg.topic("s1")
+    bad, good = topic.subscribe(16), topic.subscribe(16)
+    bad.sink = _failing_sink
+    before = reg.hooks.dropped_subscribers
+    msg = await asyncio.wait_for(append(client, "s1", "hello"), TIMEOUT)
+    frame = await asyncio.wait_for(good.get(), TIMEOUT)
+    assert frame is not None and frame.type == "message.created"
+    assert orjson.loads(frame.data)["message"]["id"] == msg["id"]
+    assert bad.dropped and bad not in topic.subs and good in topic.subs
+    assert reg.hooks.dropped_subscribers == before + 1
+    assert await asyncio.wait_for(bad.get(), TIMEOUT) is None
+    await append(client, "s1", "the actor is still healthy")
+    topic.unsubscribe(good)
+
+
+async def test_raising_subscriber_is_logged_once(client: Any, caplog: Any) -> None:
+    """The failure is logged once, with its traceback, as the subscriber leaves."""
+    await new_session(client)
+    topic = registry_of(client).topic("s1")
+    bad = topic.subscribe(16)
+    bad.sink = _failing_sink
+    with caplog.at_level("ERROR", logger="roost.actors"):
+        await append(client, "s1", "one")
+        await append(client, "s1", "two")
+    failures = [r for r in caplog.records if "subscriber failed" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+
+
+def test_ws_bytes_header_fits_each_payload_length() -> None:
+    """One text frame, final and unmasked, with the 7-bit, 16-bit or 64-bit length form."""
+    from actors.pubsub import Frame
+    from server.frames import ws_bytes
+
+    for n, head in (
+        (125, b"\x81\x7d"),
+        (126, b"\x81\x7e\x00\x7e"),
+        (65535, b"\x81\x7e\xff\xff"),
+        (65536, b"\x81\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+    ):
+        frame = Frame("message.created", b"x" * n)
+        out = ws_bytes(frame)
+        assert out == head + frame.data
+        assert ws_bytes(frame) is out  # encoded once, cached on the frame
+
+
+async def test_idle_events_stream_gets_keepalives(make_client: Any) -> None:
+    """An SSE feed with nothing to say writes a keep-alive comment every heartbeat."""
+    client = await make_client(sse_heartbeat=0.05)
+    await new_session(client)
+    r = await client.get("/api/sessions/s1/events")
+    reader = SSEReader(r)
+    assert (await reader.next()) is not None  # hello
+    line = await asyncio.wait_for(r.content.readline(), TIMEOUT)
+    assert line == b": keep-alive\n"
+    r.close()
+
+
+async def test_events_stream_ends_when_keepalive_finds_client_gone(make_client: Any) -> None:
+    """A keep-alive that cannot be written ends the idle feed (its subscription goes)."""
+    client = await make_client(sse_heartbeat=0.05)
+    await new_session(client)
+    topic = registry_of(client).topic("s1")
+    r = await client.get("/api/sessions/s1/events")
+    assert (await SSEReader(r).next()) is not None  # hello
+    assert len(topic.subs) == 1
+    r.close()
+    await eventually(lambda: not topic.subs, "the feed's subscription to end")

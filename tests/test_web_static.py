@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from server.routes_static import STATIC_DIR
+from server.assets import STATIC_DIR
 from tests.conftest import append, new_session
 
 

@@ -1,18 +1,25 @@
-"""Request bodies: pydantic models that parse the raw JSON (unknown fields refused).
+"""What clients send: request bodies as pydantic models (unknown fields refused), and their checks.
 
-Limits that depend on settings (content length, metadata size) are checked by
-:func:`check_limits` after parsing, so the models stay static and can be used
-to generate the OpenAPI document.
+The counterpart of :mod:`server.responses` (what the server answers). Limits
+that depend on settings (content length, metadata size, parts) are checked by
+the ``check_*`` functions after parsing, so the models stay static and can be
+used to generate the OpenAPI document. Pieces used by more than one route
+module live here (the chat request is taken by ``POST /chat`` and by the
+WebSocket ``chat`` frame alike).
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from actors.session import NewMessage
 from server.errors import ApiError
+from server.http import request_hash
 from server.settings import Settings
+from server.tokens import MAX_TOKEN_CHARS
 
 Str = Annotated[str, StringConstraints(strict=True)]
 Id = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=128)]
@@ -144,3 +151,51 @@ def check_parts(parts: list[Any] | None, settings: Settings) -> None:
             f"{len(parts)} parts; the limit is {settings.max_parts}",
             {"loc": ["parts"]},
         )
+
+
+# ---------------------------------------------------------------------------- sign-in
+
+Token = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_TOKEN_CHARS)]
+
+
+class LoginRequest(Strict):
+    token: Token
+
+
+# ---------------------------------------------------------------------------- chat
+
+Model = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)]
+
+
+class ChatRequest(Strict):
+    content: Str
+    client_id: ClientId | None = None
+    parent_id: Id | None = None
+    model: Model | None = None
+    attachments: list[Id] | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class RegenerateRequest(Strict):
+    model: Model | None = None
+
+
+def chat_draft(body: ChatRequest, settings: Settings) -> NewMessage:
+    """Check a chat request against the limits and make the user message's draft.
+
+    Shared by ``POST /chat`` and the WebSocket ``chat`` frame, so both take the
+    same input the same way. Raises :class:`ApiError` (400/413) for content or
+    metadata over the limits.
+    """
+    check_content(body.content, settings, allow_empty=False)
+    check_metadata(body.metadata, settings, len(orjson.dumps(body.metadata)))
+    return NewMessage(
+        role="user",
+        content=body.content,
+        attachments=body.attachments,
+        client_id=body.client_id,
+        parent_id=body.parent_id,
+        metadata=body.metadata,
+        request_hash=request_hash(body) if body.client_id is not None else None,
+        explicit_parent="parent_id" in body.model_fields_set,
+    )

@@ -1,4 +1,5 @@
-"""Response bodies as pydantic models: the shapes the API promises (SPEC section 3).
+"""What the server answers: response bodies as pydantic models, the shapes the API promises
+(SPEC section 3). The counterpart of :mod:`server.requests` (what clients send).
 
 The handlers build plain dicts (storage makes them); these models describe
 them for ``/openapi.json``, and the test suite validates real responses

@@ -1,0 +1,74 @@
+"""Every typed key of the application and of a request, in one place.
+
+All application state lives on the **root** application (``server.app``): the
+``/api`` sub-app holds routes and middlewares only. Handlers and middlewares
+therefore read state with ``request.config_dict[KEY]`` (the chain of the
+matched app and its parents), which finds the root's value from any app;
+``request.app`` is the *matched* app and has none of these keys inside
+``/api``.
+
+Each key says who sets it and when:
+
+- set when the app is built (``make_app``): ``SETTINGS``, ``TOKENS``,
+  ``METRICS``, ``OPENAPI`` (an empty dict the first ``/openapi.json`` fills),
+  ``ASSETS``;
+- set by a ``cleanup_ctx`` at startup, gone after cleanup: ``HTTP_CLIENT``,
+  ``REGISTRY``, ``LIMITS``, ``OPEN_STREAMS``, ``OPEN_SOCKETS``, ``OPEN_FEEDS``;
+- per request: ``USER`` (set by ``server.auth``; read it with
+  ``server.http.user_of``).
+
+This module imports only the modules that define the values' types, none of
+which imports it, so any module may import it without making a cycle.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from actors.feed import Feed
+from actors.pubsub import Subscription
+from actors.registry import ActorRegistry
+from server.assets import Asset
+from server.metrics import Metrics
+from server.ratelimit import Limits
+from server.settings import Settings
+from server.tokens import Tokens
+
+# ---------------------------------------------------------------- set when the app is built
+
+SETTINGS = web.AppKey("settings", Settings)
+TOKENS: web.AppKey[Tokens | None] = web.AppKey("tokens", Tokens | None)  # type: ignore[arg-type]
+METRICS = web.AppKey("metrics", Metrics)
+OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
+ASSETS: web.AppKey[dict[str, Asset]] = web.AppKey("static_assets", dict)
+
+# ---------------------------------------------------------------- set by a cleanup_ctx
+
+HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
+REGISTRY = web.AppKey("registry", ActorRegistry)
+LIMITS = web.AppKey("limits", Limits)
+OPEN_STREAMS: web.AppKey[set[Subscription]] = web.AppKey("open_streams", set)
+OPEN_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("open_sockets", set)
+OPEN_FEEDS: web.AppKey[set[Feed]] = web.AppKey("open_feeds", set)
+
+# ---------------------------------------------------------------- per request
+
+USER = web.RequestKey("user", str)
+
+__all__ = [
+    "ASSETS",
+    "HTTP_CLIENT",
+    "LIMITS",
+    "METRICS",
+    "OPENAPI",
+    "OPEN_FEEDS",
+    "OPEN_SOCKETS",
+    "OPEN_STREAMS",
+    "REGISTRY",
+    "SETTINGS",
+    "TOKENS",
+    "USER",
+]
