@@ -298,7 +298,7 @@ async def test_sigterm_closes_sockets_with_going_away(server_process: Any) -> No
         msg = await ws.receive(timeout=TIMEOUT)
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
         await ws.close()
-    code = await asyncio.get_running_loop().run_in_executor(None, srv.proc.wait, TIMEOUT)
+    code = await srv.wait_exit(TIMEOUT)
     assert code == 0
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from typing import Any
 
 import aiohttp
@@ -340,8 +339,7 @@ async def test_sigterm_mid_reply_interrupts_after_grace(server_process: Any) -> 
         async with s.post(f"{srv.url}/api/sessions", json={"id": "t"}) as r:
             assert r.status == 201
     aid, seen = await _read_some_deltas(srv.url, "t", 2)
-    srv.proc.send_signal(signal.SIGTERM)
-    code = await asyncio.get_running_loop().run_in_executor(None, srv.proc.wait, TIMEOUT)
+    code = await srv.sigterm(TIMEOUT)
     assert code == 0, srv.log.read_text()
     srv2 = server_process()
     await srv2.wait_ready()
