@@ -7,6 +7,7 @@ observation of a later event.
 
 * :func:`eventually` / :func:`eventually_blocking`: poll a predicate until it is
   true, fail with ``AssertionError`` after ``TIMEOUT`` seconds.
+* :func:`deadline`: bound a loop of individually bounded steps as a whole.
 * :class:`ServerProcess`: ``roost serve`` as a real child process on a free
   loopback port over a given data dir; its output goes to a log file.
   :func:`running_server` is the context-manager form for module fixtures.
@@ -26,7 +27,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,21 @@ async def eventually(pred: Callable[[], Any], what: str, timeout: float = TIMEOU
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(POLL)
+
+
+@contextlib.asynccontextmanager
+async def deadline(what: str, timeout: float = TIMEOUT) -> AsyncIterator[None]:
+    """Bound the ``async with`` body (a read loop, a walk over pages) to ``timeout`` s.
+
+    Raises ``AssertionError`` naming ``what`` when the body runs longer; the body
+    is cancelled at that point. Use it for loops whose every step is bounded but
+    whose number of steps is not.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            yield
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
 
 
 def eventually_blocking(pred: Callable[[], Any], what: str, timeout: float = TIMEOUT) -> None:

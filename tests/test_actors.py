@@ -89,13 +89,26 @@ async def _held_commit(actor: Any) -> AsyncIterator[tuple[threading.Event, Any]]
         release.set()
 
 
-async def test_output_gate_holds_reply_until_commit(client: Any) -> None:
+async def test_output_gate_holds_reply_until_commit(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """While a commit is in flight, no reply for the queued append leaves the server."""
     await new_session(client)
     reg = registry_of(client)
     async with reg.lease("s1") as actor, _held_commit(actor) as (release, blocked):
+        queued = asyncio.Event()
+        real_submit = actor.submit_nowait
+
+        def submit_nowait(op: Any) -> Any:
+            fut = real_submit(op)
+            queued.set()
+            return fut
+
+        monkeypatch.setattr(actor, "submit_nowait", submit_nowait)
         post = asyncio.ensure_future(append(client, "s1", "gated"))
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(queued.wait(), TIMEOUT)  # the append is in the mailbox
+        # a later request answered: the server went on past the append
+        assert (await client.get("/healthz")).status == 200
         assert not post.done(), "reply sent before its commit"
         # nothing is visible to readers yet either
         path = actor.file.path

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import append, new_session
+from tests.conftest import append, deadline, new_session
 
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -118,22 +118,23 @@ async def test_concurrent_appends_all_land_in_seq_order(client: Any) -> None:
 async def _walk(client: Any, sid: str, view: str, direction: str) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
     url = f"/api/sessions/{sid}/messages?view={view}&limit=7"
-    if direction == "after":
-        # the oldest page first: walk back to the start, then forward
+    async with deadline(f"the walk over {sid}'s pages"):
+        if direction == "after":
+            # the oldest page first: walk back to the start, then forward
+            page = await (await client.get(url)).json()
+            while page["before"]:
+                page = await (await client.get(f"{url}&before={page['before']}")).json()
+            seen.extend(page["items"])
+            while page["after"]:
+                page = await (await client.get(f"{url}&after={page['after']}")).json()
+                seen.extend(page["items"])
+            return seen
         page = await (await client.get(url)).json()
+        seen = page["items"]
         while page["before"]:
             page = await (await client.get(f"{url}&before={page['before']}")).json()
-        seen.extend(page["items"])
-        while page["after"]:
-            page = await (await client.get(f"{url}&after={page['after']}")).json()
-            seen.extend(page["items"])
+            seen = page["items"] + seen
         return seen
-    page = await (await client.get(url)).json()
-    seen = page["items"]
-    while page["before"]:
-        page = await (await client.get(f"{url}&before={page['before']}")).json()
-        seen = page["items"] + seen
-    return seen
 
 
 @pytest.mark.parametrize("view", ["all", "active"])
@@ -223,11 +224,12 @@ async def test_list_sessions_most_recent_first_with_cursor(client: Any) -> None:
     page = await r.json()
     assert page["items"][0]["id"] == "s2" and page["items"][0]["message_count"] == 1
     ids = [s["id"] for s in page["items"]]
-    while page["next_cursor"]:
-        page = await (
-            await client.get(f"/api/sessions?limit=2&cursor={page['next_cursor']}")
-        ).json()
-        ids += [s["id"] for s in page["items"]]
+    async with deadline("the walk over the session pages"):
+        while page["next_cursor"]:
+            page = await (
+                await client.get(f"/api/sessions?limit=2&cursor={page['next_cursor']}")
+            ).json()
+            ids += [s["id"] for s in page["items"]]
     assert sorted(ids) == [f"s{i}" for i in range(5)] and len(ids) == 5
 
 

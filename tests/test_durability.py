@@ -7,7 +7,7 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import TIMEOUT, Appender, Appenders
+from tests.conftest import TIMEOUT, Appender, Appenders, deadline
 
 
 async def _all_contents(s: aiohttp.ClientSession, url: str, sid: str) -> list[str]:
@@ -16,10 +16,11 @@ async def _all_contents(s: aiohttp.ClientSession, url: str, sid: str) -> list[st
     async with s.get(nxt) as r:
         page = await r.json()
     out = [m["content"] for m in page["items"]]
-    while page["before"]:
-        async with s.get(f"{nxt}&before={page['before']}") as r:
-            page = await r.json()
-        out = [m["content"] for m in page["items"]] + out
+    async with deadline(f"the walk over {sid}'s pages"):
+        while page["before"]:
+            async with s.get(f"{nxt}&before={page['before']}") as r:
+                page = await r.json()
+            out = [m["content"] for m in page["items"]] + out
     return out
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.conftest import TIMEOUT, append, new_session, registry_of
+from tests.conftest import TIMEOUT, append, deadline, new_session, registry_of
 from tests.sse import SSEReader
 
 TEXT = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
@@ -26,10 +26,11 @@ async def _recv(ws: Any, timeout: float = TIMEOUT) -> dict[str, Any]:
 
 
 async def _recv_type(ws: Any, type_: str) -> dict[str, Any]:
-    while True:
-        frame = await _recv(ws)
-        if frame["type"] == type_:
-            return frame
+    async with deadline(f"a {type_!r} frame"):
+        while True:
+            frame = await _recv(ws)
+            if frame["type"] == type_:
+                return frame
 
 
 async def test_ws_hello_then_live_events_same_for_two_clients(client: Any) -> None:
@@ -184,15 +185,16 @@ async def test_ws_joining_mid_reply_ends_with_exact_text(make_client: Any) -> No
     ws = await client.ws_connect("/api/sessions/s1/ws")
     assert (await _recv(ws))["type"] == "hello"
     text = ""
-    while True:
-        f = await _recv(ws)
-        if f["type"] == "message.delta" and f["message_id"] == aid:
-            assert f["offset"] <= len(text), "gap in deltas"
-            text = text[: f["offset"]] + f["text"]
-        elif f["type"] == "message.updated" and f["message"]["status"] == "complete":
-            assert f["message"]["id"] == aid
-            assert text == f["message"]["content"] == TEXT
-            break
+    async with deadline("the reply's complete update"):
+        while True:
+            f = await _recv(ws)
+            if f["type"] == "message.delta" and f["message_id"] == aid:
+                assert f["offset"] <= len(text), "gap in deltas"
+                text = text[: f["offset"]] + f["text"]
+            elif f["type"] == "message.updated" and f["message"]["status"] == "complete":
+                assert f["message"]["id"] == aid
+                assert text == f["message"]["content"] == TEXT
+                break
     await ws.close()
     r.close()
 
@@ -205,11 +207,12 @@ async def test_ws_chat_behaves_like_http_chat(make_client: Any) -> None:
     await _recv(ws)
     await ws.send_json({"type": "chat", "content": TEXT, "client_id": "w1", "ref": 7})
     frames = []
-    while True:
-        f = await _recv(ws)
-        frames.append(f)
-        if f["type"] == "message.updated" and f["message"]["status"] == "complete":
-            break
+    async with deadline("the reply's complete update"):
+        while True:
+            f = await _recv(ws)
+            frames.append(f)
+            if f["type"] == "message.updated" and f["message"]["status"] == "complete":
+                break
     ack = next(f for f in frames if f["type"] == "chat.ack")
     assert ack["ref"] == 7 and ack["client_id"] == "w1"
     aid = ack["assistant_message"]["id"]

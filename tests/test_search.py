@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from storage.ids import now_iso
 from storage.layout import DataDir, connect
 from storage.schema import SESSION_MIGRATIONS, migrate
 from storage.session_db import fts_query
-from tests.conftest import TIMEOUT, append, new_session, registry_of
+from tests.conftest import TIMEOUT, append, eventually, new_session, registry_of
 
 
 async def search(client: Any, sid: str, q: str, **params: Any) -> list[dict[str, Any]]:
@@ -235,10 +234,7 @@ async def test_search_index_catches_up_when_idle(make_client: Any) -> None:
     msg = await append(client, "s1", "zebra crossing")
     actor = reg.actor_if_live("s1")
     fts = "SELECT rowid FROM messages_fts WHERE messages_fts MATCH 'zebra'"
-    deadline = asyncio.get_running_loop().time() + TIMEOUT
-    while not actor.file.reader.execute(fts).fetchall():
-        assert asyncio.get_running_loop().time() < deadline, "never indexed"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: actor.file.reader.execute(fts).fetchall(), "the message indexed")
     assert actor.file.reader.execute(fts).fetchall() == [(msg["seq"],)]
 
 

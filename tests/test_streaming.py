@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import TIMEOUT, new_session, registry_of
+from tests.conftest import TIMEOUT, deadline, eventually, new_session, registry_of
 from tests.sse import SSEReader
 
 TEXT = "the quick brown fox jumps over the lazy dog and keeps on running far away"
@@ -135,7 +135,9 @@ async def test_cancel_stops_reply_and_keeps_text(make_client: Any) -> None:
     assert rest[-2].json()["status"] == "cancelled"
     stored = await _get(client, "s1", aid)
     assert stored["status"] == "cancelled" and stored["content"] == final["content"]
-    await asyncio.sleep(0.2)
+    actor = registry_of(client).actor_if_live("s1")
+    await eventually(lambda: aid not in actor.generations, "the cancelled reply's task to end")
+    await client.post("/api/sessions/s1/messages", json={"role": "user", "content": "later"})
     assert (await _get(client, "s1", aid))["content"] == final["content"]
     # cancelling again answers the ended reply as it is
     again = await client.post(f"/api/sessions/s1/messages/{aid}/cancel")
@@ -183,15 +185,16 @@ async def test_streamed_text_is_committed_before_it_is_sent(make_client: Any) ->
     reader = SSEReader(r)
     await reader.until("ack")
     checked = 0
-    while (ev := await reader.next()) is not None and ev.event == "delta":
-        end = int(ev.id or 0)
-        actor = registry_of(client).actor_if_live("s1")
-        row = actor.file.reader.execute(
-            "SELECT content, status FROM messages WHERE id = ?", (aid,)
-        ).fetchone()
-        assert len(row[0]) >= end, "a delta left before its text was committed"
-        assert row[1] in ("streaming", "complete")
-        checked += 1
+    async with deadline("the end of the deltas"):
+        while (ev := await reader.next()) is not None and ev.event == "delta":
+            end = int(ev.id or 0)
+            actor = registry_of(client).actor_if_live("s1")
+            row = actor.file.reader.execute(
+                "SELECT content, status FROM messages WHERE id = ?", (aid,)
+            ).fetchone()
+            assert len(row[0]) >= end, "a delta left before its text was committed"
+            assert row[1] in ("streaming", "complete")
+            checked += 1
     assert checked >= 3
 
 
@@ -303,14 +306,15 @@ async def _read_some_deltas(url: str, sid: str, n: int) -> tuple[str, str]:
             aid = r.headers["X-Assistant-Message-Id"]
             reader = SSEReader(r)
             seen = ""
-            while True:
-                ev = await reader.next()
-                assert ev is not None
-                if ev.event == "delta":
-                    seen += ev.json()["text"]
-                    n -= 1
-                    if n == 0:
-                        return aid, seen
+            async with deadline(f"{n} deltas"):
+                while True:
+                    ev = await reader.next()
+                    assert ev is not None
+                    if ev.event == "delta":
+                        seen += ev.json()["text"]
+                        n -= 1
+                        if n == 0:
+                            return aid, seen
 
 
 async def test_kill9_mid_reply_marks_it_interrupted(server_process: Any) -> None:
