@@ -231,16 +231,34 @@ async def test_ws_chat_behaves_like_http_chat(make_client: Any) -> None:
     await ws.close()
 
 
-async def test_ws_cancel_ping_and_bad_frames(make_client: Any) -> None:
-    """cancel stops a reply; ping answers pong; bad frames answer error frames."""
+async def _ws_after_hello(make_client: Any) -> Any:
+    """A socket on a new session s1 (replies at 5 words/s), past its hello frame."""
     client = await make_client(echo_words_per_second=5)
     await new_session(client)
     ws = await client.ws_connect("/api/sessions/s1/ws")
     await _recv(ws)
+    return ws
+
+
+async def test_ws_text_ping_answers_pong(make_client: Any) -> None:
+    """A text frame "ping" answers the text frame "pong"."""
+    ws = await _ws_after_hello(make_client)
     await ws.send_str("ping")
     assert (await ws.receive(timeout=TIMEOUT)).data == "pong"
+    await ws.close()
+
+
+async def test_ws_ping_frame_answers_pong_with_its_ref(make_client: Any) -> None:
+    """A JSON ping frame answers a pong frame carrying the same ref."""
+    ws = await _ws_after_hello(make_client)
     await ws.send_json({"type": "ping", "ref": 1})
     assert (await _recv_type(ws, "pong"))["ref"] == 1
+    await ws.close()
+
+
+async def test_ws_bad_frames_answer_error_frames(make_client: Any) -> None:
+    """Malformed or invalid frames each answer an error frame with status 400."""
+    ws = await _ws_after_hello(make_client)
     for bad in [
         "{nope",
         '{"no": "type"}',
@@ -251,6 +269,12 @@ async def test_ws_cancel_ping_and_bad_frames(make_client: Any) -> None:
         await ws.send_str(bad)
         err = await _recv_type(ws, "error")
         assert err["code"] in ("malformed_json", "invalid_input") and err["status"] == 400
+    await ws.close()
+
+
+async def test_ws_cancel_stops_running_reply(make_client: Any) -> None:
+    """A cancel frame for a running reply answers cancel.ack with the reply cancelled."""
+    ws = await _ws_after_hello(make_client)
     await ws.send_json({"type": "chat", "content": TEXT})
     ack = await _recv_type(ws, "chat.ack")
     aid = ack["assistant_message"]["id"]
