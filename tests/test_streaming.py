@@ -117,8 +117,9 @@ async def test_closing_the_stream_does_not_stop_the_reply(make_client: Any) -> N
     assert final["content"] == TEXT
 
 
-async def test_cancel_stops_reply_and_keeps_text(make_client: Any) -> None:
-    """cancel: status cancelled, the text so far kept, the stream ends with message/done."""
+async def _cancelled_mid_reply(make_client: Any) -> tuple[Any, str, dict[str, Any], SSEReader]:
+    """A reply (20 words/s) cancelled after its first delta: (client, its id, the
+    cancel answer, the chat stream's reader)."""
     client = await make_client(echo_words_per_second=20)
     await new_session(client)
     r = await _chat(client, "s1", TEXT)
@@ -127,7 +128,13 @@ async def test_cancel_stops_reply_and_keeps_text(make_client: Any) -> None:
     await reader.until("delta")
     c = await client.post(f"/api/sessions/s1/messages/{aid}/cancel")
     assert c.status == 200
-    final = await c.json()
+    final: dict[str, Any] = await c.json()
+    return client, aid, final, reader
+
+
+async def test_cancel_stops_reply_and_keeps_text(make_client: Any) -> None:
+    """cancel: status cancelled, the text so far kept, the stream ends with message/done."""
+    client, aid, final, reader = await _cancelled_mid_reply(make_client)
     assert final["status"] == "cancelled"
     assert final["content"] and TEXT.startswith(final["content"]) and final["content"] != TEXT
     rest = await reader.all()
@@ -135,11 +142,23 @@ async def test_cancel_stops_reply_and_keeps_text(make_client: Any) -> None:
     assert rest[-2].json()["status"] == "cancelled"
     stored = await _get(client, "s1", aid)
     assert stored["status"] == "cancelled" and stored["content"] == final["content"]
+
+
+async def test_cancel_stopped_reply_text_no_longer_grows(make_client: Any) -> None:
+    """Once the cancelled reply's task ended and a later commit went through, its text
+    is still what the cancel answered."""
+    client, aid, final, reader = await _cancelled_mid_reply(make_client)
+    await reader.all()
     actor = registry_of(client).actor_if_live("s1")
     await eventually(lambda: aid not in actor.generations, "the cancelled reply's task to end")
     await client.post("/api/sessions/s1/messages", json={"role": "user", "content": "later"})
     assert (await _get(client, "s1", aid))["content"] == final["content"]
-    # cancelling again answers the ended reply as it is
+
+
+async def test_cancel_again_answers_ended_reply_as_it_is(make_client: Any) -> None:
+    """Cancelling a reply already cancelled answers 200 with it, still cancelled."""
+    client, aid, _, reader = await _cancelled_mid_reply(make_client)
+    await reader.all()
     again = await client.post(f"/api/sessions/s1/messages/{aid}/cancel")
     assert again.status == 200 and (await again.json())["status"] == "cancelled"
 
@@ -198,40 +217,72 @@ async def test_streamed_text_is_committed_before_it_is_sent(make_client: Any) ->
     assert checked >= 3
 
 
-async def test_regenerate_and_edit_make_coherent_branches(make_client: Any) -> None:
-    """Regenerate twice and edit-and-resend once: one coherent path, right sibling counts."""
-    client = await make_client(echo_words_per_second=0)
+HDR = {"Accept": "application/json"}
+
+
+async def _regenerated_twice(client: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Chat "q1", then regenerate its reply twice: (the user message, the two new replies)."""
     await new_session(client)
-    hdr = {"Accept": "application/json"}
     first = await (
-        await client.post("/api/sessions/s1/chat", json={"content": "q1"}, headers=hdr)
+        await client.post("/api/sessions/s1/chat", json={"content": "q1"}, headers=HDR)
     ).json()
     u1, a1 = first["user_message"], first["assistant_message"]
     regen = []
     for _ in range(2):
-        r = await client.post(f"/api/sessions/s1/messages/{a1['id']}/regenerate", headers=hdr)
+        r = await client.post(f"/api/sessions/s1/messages/{a1['id']}/regenerate", headers=HDR)
         assert r.status == 201
         regen.append((await r.json())["assistant_message"])
+    return u1, regen
+
+
+async def _edited(client: Any) -> dict[str, Any]:
+    """Edit-and-resend the first message: parent_id explicitly null makes a new root."""
+    edit: dict[str, Any] = await (
+        await client.post(
+            "/api/sessions/s1/chat", json={"content": "q1 edited", "parent_id": None}, headers=HDR
+        )
+    ).json()
+    return edit
+
+
+async def test_regenerate_twice_makes_sibling_replies(make_client: Any) -> None:
+    """Two regenerations are complete siblings under the user message; the last is active."""
+    client = await make_client(echo_words_per_second=0)
+    u1, regen = await _regenerated_twice(client)
     assert all(m["parent_id"] == u1["id"] and m["status"] == "complete" for m in regen)
     active = (await (await client.get("/api/sessions/s1/messages")).json())["items"]
     assert [m["id"] for m in active] == [u1["id"], regen[1]["id"]]
     assert active[1]["siblings"] == {"index": 2, "count": 3}
-    # edit-and-resend the first message: parent_id explicitly null makes a new root
-    edit = await (
-        await client.post(
-            "/api/sessions/s1/chat", json={"content": "q1 edited", "parent_id": None}, headers=hdr
-        )
-    ).json()
+
+
+async def test_edit_with_null_parent_makes_new_root_branch(make_client: Any) -> None:
+    """Chat with parent_id null after regenerations starts a new root; it is active."""
+    client = await make_client(echo_words_per_second=0)
+    await _regenerated_twice(client)
+    edit = await _edited(client)
     assert edit["user_message"]["parent_id"] is None
     active = (await (await client.get("/api/sessions/s1/messages")).json())["items"]
     assert [m["content"] for m in active] == ["q1 edited", "q1 edited"]
     assert active[0]["siblings"] == {"index": 1, "count": 2}
     assert active[1]["siblings"] == {"index": 0, "count": 1}
+
+
+async def test_regenerate_and_edit_keep_every_message_once(make_client: Any) -> None:
+    """After two regenerations and an edit, view=all holds 6 distinct complete messages."""
+    client = await make_client(echo_words_per_second=0)
+    await _regenerated_twice(client)
+    await _edited(client)
     every = (await (await client.get("/api/sessions/s1/messages?view=all")).json())["items"]
     ids = [m["id"] for m in every]
     assert len(ids) == len(set(ids)) == 6
     assert all(m["status"] == "complete" for m in every)
-    # switching back to the first root shows its latest reply
+
+
+async def test_switch_back_to_first_root_shows_its_latest_reply(make_client: Any) -> None:
+    """PATCH active_leaf_id to the first root shows its latest regenerated reply."""
+    client = await make_client(echo_words_per_second=0)
+    u1, regen = await _regenerated_twice(client)
+    await _edited(client)
     await client.patch("/api/sessions/s1", json={"active_leaf_id": u1["id"]})
     active = (await (await client.get("/api/sessions/s1/messages")).json())["items"]
     assert [m["id"] for m in active] == [u1["id"], regen[1]["id"]]
