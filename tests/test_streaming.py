@@ -38,21 +38,38 @@ async def _wait_status(client: Any, sid: str, mid: str, statuses: set[str]) -> d
         await asyncio.sleep(0.02)
 
 
-async def test_chat_echo_end_to_end(make_client: Any) -> None:
-    """ack, deltas, message, done: deltas add up to the stored text; statuses and parents hold."""
+async def _echo_chat(make_client: Any) -> tuple[Any, Any, str, str, list[Any]]:
+    """One chat "TEXT" at 200 words/s read to its end: (client, response, user id,
+    assistant id, every SSE event)."""
     client = await make_client(echo_words_per_second=200)
     await new_session(client)
     r = await _chat(client, "s1", TEXT)
-    assert r.headers["Content-Type"].startswith("text/event-stream")
     uid, aid = r.headers["X-User-Message-Id"], r.headers["X-Assistant-Message-Id"]
     events = await SSEReader(r).all()
+    return client, r, uid, aid, events
+
+
+async def test_chat_stream_is_ack_deltas_message_done(make_client: Any) -> None:
+    """The chat answers an event stream: ack, then only deltas, then message and done."""
+    _, r, _, _, events = await _echo_chat(make_client)
+    assert r.headers["Content-Type"].startswith("text/event-stream")
     names = [e.event for e in events]
     assert names[0] == "ack" and names[-2:] == ["message", "done"]
     assert set(names[1:-2]) == {"delta"}
+
+
+async def test_chat_ack_names_both_messages(make_client: Any) -> None:
+    """The ack carries the header ids and a pending reply whose parent is the user message."""
+    _, _, uid, aid, events = await _echo_chat(make_client)
     ack = events[0].json()
     assert ack["user_message_id"] == uid and ack["assistant_message_id"] == aid
     assert ack["assistant_message"]["status"] == "pending"
     assert ack["assistant_message"]["parent_id"] == uid
+
+
+async def test_chat_deltas_add_up_to_the_final_text(make_client: Any) -> None:
+    """Deltas are contiguous (offset, id = end offset) and add up to the final message."""
+    _, _, _, aid, events = await _echo_chat(make_client)
     text, offset = "", 0
     for ev in events[1:-2]:
         d = ev.json()
@@ -63,10 +80,20 @@ async def test_chat_echo_end_to_end(make_client: Any) -> None:
     final = events[-2].json()
     assert text == TEXT == final["content"]
     assert final["status"] == "complete" and final["model_id"] == "echo"
+
+
+async def test_chat_stores_both_messages_complete(make_client: Any) -> None:
+    """After the stream, the stored reply and user message are complete with their text."""
+    client, _, uid, aid, _ = await _echo_chat(make_client)
     stored = await _get(client, "s1", aid)
     assert stored["content"] == TEXT and stored["status"] == "complete"
     user = await _get(client, "s1", uid)
     assert user["status"] == "complete" and user["content"] == TEXT
+
+
+async def test_chat_reply_becomes_the_active_leaf(make_client: Any) -> None:
+    """After the chat the session counts two messages and the reply is its active leaf."""
+    client, _, _, aid, _ = await _echo_chat(make_client)
     session = (await (await client.get("/api/sessions/s1")).json())["session"]
     assert session["active_leaf_id"] == aid and session["message_count"] == 2
 
