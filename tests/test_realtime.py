@@ -199,8 +199,9 @@ async def test_ws_joining_mid_reply_ends_with_exact_text(make_client: Any) -> No
     r.close()
 
 
-async def test_ws_chat_behaves_like_http_chat(make_client: Any) -> None:
-    """chat over the socket: ack with both messages, created events, deltas, final update."""
+async def _ws_chat(make_client: Any) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """Chat TEXT (client_id w1, ref 7) over a socket at 200 words/s, read up to the
+    reply's complete update: (client, socket, every frame after hello)."""
     client = await make_client(echo_words_per_second=200)
     await new_session(client)
     ws = await client.ws_connect("/api/sessions/s1/ws")
@@ -213,16 +214,35 @@ async def test_ws_chat_behaves_like_http_chat(make_client: Any) -> None:
             frames.append(f)
             if f["type"] == "message.updated" and f["message"]["status"] == "complete":
                 break
+    return client, ws, frames
+
+
+async def test_ws_chat_acks_with_ref_and_client_id(make_client: Any) -> None:
+    """chat over the socket: the chat.ack carries the frame's ref and client_id."""
+    _, ws, frames = await _ws_chat(make_client)
     ack = next(f for f in frames if f["type"] == "chat.ack")
     assert ack["ref"] == 7 and ack["client_id"] == "w1"
-    aid = ack["assistant_message"]["id"]
+    await ws.close()
+
+
+async def test_ws_chat_sends_created_events_then_deltas_like_http_chat(make_client: Any) -> None:
+    """chat over the socket: created events for both messages, deltas adding up to the
+    final update, and the stored reply complete."""
+    client, ws, frames = await _ws_chat(make_client)
+    aid = next(f for f in frames if f["type"] == "chat.ack")["assistant_message"]["id"]
     created = [f["message"]["role"] for f in frames if f["type"] == "message.created"]
     assert created == ["user", "assistant"]
     deltas = "".join(f["text"] for f in frames if f["type"] == "message.delta")
     assert deltas == TEXT == frames[-1]["message"]["content"]
     stored = await (await client.get(f"/api/sessions/s1/messages/{aid}")).json()
     assert stored["content"] == TEXT and stored["status"] == "complete"
-    # the same client_id again does not add messages
+    await ws.close()
+
+
+async def test_ws_chat_same_client_id_again_adds_nothing(make_client: Any) -> None:
+    """A second chat frame with the same client_id acks the same reply, adds no messages."""
+    client, ws, frames = await _ws_chat(make_client)
+    aid = next(f for f in frames if f["type"] == "chat.ack")["assistant_message"]["id"]
     await ws.send_json({"type": "chat", "content": TEXT, "client_id": "w1"})
     again = await _recv_type(ws, "chat.ack")
     assert again["assistant_message"]["id"] == aid
