@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Run Roost's whole test suite from a fresh clone: makes .venv, installs the
-# project with its test extras, then runs pytest. Extra arguments go to pytest.
+# project with its test extras, then runs pytest twice: the suite (which excludes
+# the `bench` marker by default), then the benchmark smoke run (`-m bench`).
+# Extra arguments go to both pytest runs; a selection without bench tests is fine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
@@ -32,4 +34,9 @@ echo "[test] ruff" >&2
 echo "[test] mypy (strict: storage, actors, server)" >&2
 .venv/bin/mypy
 echo "[test] pytest" >&2
-exec .venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest "$@"
+echo "[test] pytest -m bench" >&2
+rc=0
+.venv/bin/python -m pytest -m bench "$@" || rc=$?
+# 5: the arguments selected no bench test (e.g. one test file): nothing to run
+if [[ $rc -ne 0 && $rc -ne 5 ]]; then exit "$rc"; fi

@@ -1,18 +1,13 @@
-"""Shared fixtures: a real app on a real socket over a temporary data dir."""
+"""Shared fixtures: a real app on a real socket over a temporary data dir, and a real
+``roost serve`` process. The harness itself (waits, the process, writers) is
+``tests/harness.py``; its names are re-exported here for existing imports."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
@@ -20,19 +15,31 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.app import make_app
 from server.keys import REGISTRY
 from server.settings import Settings
+from tests.harness import (
+    ROOT,
+    TIMEOUT,
+    Appender,
+    Appenders,
+    ServerProcess,
+    deadline,
+    eventually,
+    eventually_blocking,
+    free_port,
+    running_server,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-# One scale for every wait in the suite: slow CI machines raise it.
-TIMEOUT = float(os.environ.get("ROOST_TEST_TIMEOUT", "10"))
-
-
-async def eventually(pred: Callable[[], Any], what: str) -> None:
-    """Wait until ``pred()`` is true, polling every 10 ms; fail after TIMEOUT s."""
-    deadline = time.monotonic() + TIMEOUT
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
+__all__ = [
+    "ROOT",
+    "TIMEOUT",
+    "Appender",
+    "Appenders",
+    "ServerProcess",
+    "deadline",
+    "eventually",
+    "eventually_blocking",
+    "free_port",
+    "running_server",
+]
 
 
 def make_settings(tmp_path: Path, **kw: Any) -> Settings:
@@ -85,72 +92,12 @@ async def append(client: Any, sid: str, content: str, **body: Any) -> dict[str, 
     return data
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class ServerProcess:
-    """``roost serve`` in a real child process (for crash and signal tests)."""
-
-    def __init__(self, data_dir: Path, *extra: str, env: dict[str, str] | None = None) -> None:
-        self.data_dir = data_dir
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir.parent / f"server-{self.port}.log"
-        self._logf = open(self.log, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "server.cli",
-                "serve",
-                "--port",
-                str(self.port),
-                "--data-dir",
-                str(data_dir),
-                *extra,
-            ],
-            cwd=ROOT,
-            stdout=self._logf,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})},
-        )
-
-    async def wait_ready(self) -> None:
-        deadline = time.monotonic() + TIMEOUT
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise AssertionError(f"server exited early: {self.log.read_text()}")
-                try:
-                    async with s.get(self.url + "/healthz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise AssertionError(f"server not ready after {TIMEOUT}s: {self.log.read_text()}")
-
-    def kill9(self) -> None:
-        self.proc.kill()
-        self.proc.wait(timeout=TIMEOUT)
-
-    def terminate(self) -> int:
-        self.proc.terminate()
-        return self.proc.wait(timeout=TIMEOUT * 2)
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=TIMEOUT)
-        self._logf.close()
-
-
 @pytest.fixture
 def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
+    """Factory: ``server_process(*extra, env=)`` → a started (not yet ready)
+    :class:`ServerProcess` over ``tmp_path/data``; every one is stopped (SIGTERM,
+    then SIGKILL after a bound) at teardown and its log printed (pytest shows it
+    when the test failed). Several calls share the data dir (restart tests)."""
     procs: list[ServerProcess] = []
 
     def start(*extra: str, env: dict[str, str] | None = None) -> ServerProcess:
@@ -161,3 +108,6 @@ def server_process(tmp_path: Path) -> Iterator[Callable[..., ServerProcess]]:
     yield start
     for p in procs:
         p.close()
+        # shown by pytest only when the test failed
+        print(f"--- log of roost serve on port {p.port} (exit {p.proc.returncode}) ---")
+        print(p.log_text()[-20000:])

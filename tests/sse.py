@@ -9,7 +9,9 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.conftest import TIMEOUT
+from tests.conftest import TIMEOUT, deadline
+
+STREAM_BOUND = 6  # a whole stream may take this many per-event timeouts
 
 
 @dataclass
@@ -57,18 +59,22 @@ class SSEReader:
                 id_ = value
 
     async def all(self, timeout: float = TIMEOUT) -> list[Event]:
+        """Every event to the end of the stream: ``timeout`` s at most per event,
+        STREAM_BOUND times that in all."""
         out = []
-        while (ev := await self.next(timeout)) is not None:
-            out.append(ev)
+        async with deadline("the end of the stream", timeout * STREAM_BOUND):
+            while (ev := await self.next(timeout)) is not None:
+                out.append(ev)
         return out
 
     async def until(self, name: str, timeout: float = TIMEOUT) -> list[Event]:
-        """Events up to and including the first named ``name``."""
+        """Events up to and including the first named ``name`` (bounded like :meth:`all`)."""
         out = []
-        while True:
-            ev = await self.next(timeout)
-            if ev is None:
-                raise AssertionError(f"stream ended before {name!r}: {out}")
-            out.append(ev)
-            if ev.event == name:
-                return out
+        async with deadline(f"an event {name!r}", timeout * STREAM_BOUND):
+            while True:
+                ev = await self.next(timeout)
+                if ev is None:
+                    raise AssertionError(f"stream ended before {name!r}: {out}")
+                out.append(ev)
+                if ev.event == name:
+                    return out

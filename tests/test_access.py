@@ -16,7 +16,7 @@ from server.cli import main as cli_main
 from server.ratelimit import RateLimiter, retry_after
 from server.settings import Settings
 from server.tokens import TokensError, load_tokens
-from tests.conftest import TIMEOUT
+from tests.conftest import TIMEOUT, deadline
 
 TOKENS = {"tok-a": "alice", "tok-b": "bob"}
 A = {"Authorization": "Bearer tok-a"}
@@ -491,10 +491,11 @@ async def test_websocket_chat_frames_are_rate_limited(make_client: Any, tmp_path
         for ref in (1, 2, 3):
             await ws.send_json({"type": "chat", "content": "hi", "ref": ref})
         errors = []
-        while not errors:
-            frame = await ws.receive_json(timeout=TIMEOUT)
-            if frame["type"] == "error":
-                errors.append(frame)
+        async with deadline("an error frame"):
+            while not errors:
+                frame = await ws.receive_json(timeout=TIMEOUT)
+                if frame["type"] == "error":
+                    errors.append(frame)
         assert errors[0]["status"] == 429
         assert errors[0]["ref"] == 3
     finally:

@@ -91,13 +91,26 @@ async def _held_commit(actor: Any) -> AsyncIterator[tuple[threading.Event, Any]]
         release.set()
 
 
-async def test_output_gate_holds_reply_until_commit(client: Any) -> None:
+async def test_output_gate_holds_reply_until_commit(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """While a commit is in flight, no reply for the queued append leaves the server."""
     await new_session(client)
     reg = registry_of(client)
     async with reg.lease("s1") as actor, _held_commit(actor) as (release, blocked):
+        queued = asyncio.Event()
+        real_submit = actor.submit_nowait
+
+        def submit_nowait(op: Any) -> Any:
+            fut = real_submit(op)
+            queued.set()
+            return fut
+
+        monkeypatch.setattr(actor, "submit_nowait", submit_nowait)
         post = asyncio.ensure_future(append(client, "s1", "gated"))
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(queued.wait(), TIMEOUT)  # the append is in the mailbox
+        # a later request answered: the server went on past the append
+        assert (await client.get("/healthz")).status == 200
         assert not post.done(), "reply sent before its commit"
         # nothing is visible to readers yet either
         path = actor.path
@@ -175,13 +188,8 @@ async def test_live_actor_cap_is_never_exceeded(make_client: Any) -> None:
         assert len(page["items"]) == 6
 
 
-async def test_failed_commit_breaks_actor_and_next_request_recovers(
-    client: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A commit failure fails its callers clearly; the next request starts afresh."""
-    await new_session(client)
-    await append(client, "s1", "kept")
-    reg = registry_of(client)
+def _fail_first_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next commit of any session file fails with StorageFull; later ones work."""
     real = SessionFile.run_batch
     calls = {"n": 0}
 
@@ -192,9 +200,30 @@ async def test_failed_commit_breaks_actor_and_next_request_recovers(
         return real(self, ops, now, **kw)
 
     monkeypatch.setattr(SessionFile, "run_batch", failing)
+
+
+async def test_failed_commit_answers_507_storage_full(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit failure fails its caller clearly: 507 with code storage_full."""
+    await new_session(client)
+    await append(client, "s1", "kept")
+    _fail_first_batch(monkeypatch)
     r = await client.post("/api/sessions/s1/messages", json={"role": "user", "content": "lost"})
     assert r.status == 507
     assert (await r.json())["error"]["code"] == "storage_full"
+
+
+async def test_failed_commit_next_request_starts_a_fresh_actor(
+    client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed commit the broken actor closes; the next request activates a new
+    one that holds what was committed before, and nothing of the failed batch."""
+    await new_session(client)
+    await append(client, "s1", "kept")
+    reg = registry_of(client)
+    _fail_first_batch(monkeypatch)
+    await client.post("/api/sessions/s1/messages", json={"role": "user", "content": "lost"})
     await eventually(lambda: reg.actor_if_live("s1") is None, "the broken actor to close")
     m = await append(client, "s1", "next")
     assert m["seq"] == 2

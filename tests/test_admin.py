@@ -7,12 +7,9 @@ import asyncio
 import contextlib
 import json
 import os
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +26,7 @@ from storage.layout import DataDir
 from storage.lifecycle import create_session_file
 from storage.ops import MessageDraft, op_append, op_delete_message
 from storage.schema import SESSION_MIGRATIONS
+from tests.harness import Appender, Appenders, running_server
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -435,46 +433,12 @@ def test_restore_refuses_source_that_is_not_roost(capsys, datadir, tmp_path):
 # --------------------------------------------------------------------------- a real server
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A real ``roost serve`` process on a free port and a temporary data dir."""
     data = tmp_path_factory.mktemp("live") / "data"
-    port = _free_port()
-    log = open(data.parent / "server.log", "wb")  # noqa: SIM115
-    argv = ["serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", *argv],
-        cwd=REPO,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(base + "/healthz", timeout=1) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("server did not start") from None
-                time.sleep(0.1)
-        yield {"base": base, "data": data}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-        log.close()
+    with running_server(data) as proc:
+        yield {"base": proc.url, "data": data}
 
 
 async def admin_proc(data: Path, *argv: str) -> tuple[int, str, str]:
@@ -500,38 +464,6 @@ async def admin_proc(data: Path, *argv: str) -> tuple[int, str, str]:
     return proc.returncode or 0, out.decode(), err.decode()
 
 
-class Writer:
-    """Posts messages to one session in a loop; records acknowledged ids and latencies."""
-
-    def __init__(self, http: aiohttp.ClientSession, base: str, sid: str) -> None:
-        self.http, self.url = http, f"{base}/api/sessions/{sid}/messages"
-        self.acked: list[str] = []
-        self.latencies: list[float] = []
-        self.failures: list[int] = []
-        self._stop = asyncio.Event()
-
-    async def post(self, content: str) -> dict[str, Any]:
-        started = time.monotonic()
-        async with self.http.post(self.url, json={"role": "user", "content": content}) as resp:
-            body = await resp.json()
-            if resp.status != 201:
-                self.failures.append(resp.status)
-                return {}
-        self.latencies.append(time.monotonic() - started)
-        self.acked.append(body["id"])
-        return dict(body)
-
-    async def loop(self, pause: float = 0.005) -> None:
-        i = 0
-        while not self._stop.is_set():
-            await self.post(f"loop message {i}")
-            i += 1
-            await asyncio.sleep(pause)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-
 async def _new_session(http: aiohttp.ClientSession, base: str, sid: str) -> None:
     async with http.post(f"{base}/api/sessions", json={"id": sid}) as resp:
         assert resp.status == 201
@@ -539,45 +471,43 @@ async def _new_session(http: aiohttp.ClientSession, base: str, sid: str) -> None
 
 async def _with_writers(
     server: dict[str, Any], sid: str, n: int = 2
-) -> tuple[aiohttp.ClientSession, list[Writer], list[asyncio.Task[None]]]:
+) -> tuple[aiohttp.ClientSession, Appenders]:
+    """``n`` appenders writing to a new session ``sid`` (one message acknowledged already)."""
     http = aiohttp.ClientSession()
     await _new_session(http, server["base"], sid)
-    writers = [Writer(http, server["base"], sid) for _ in range(n)]
-    await writers[0].post("first")
-    tasks = [asyncio.create_task(w.loop()) for w in writers]
-    return http, writers, tasks
+    writers = Appenders([Appender(http, server["base"], sid, name=f"w{i}") for i in range(n)])
+    await writers.appenders[0].post("first")
+    return http, writers.start(pause=0.005)
 
 
-async def _stop(http: aiohttp.ClientSession, writers: list[Writer], tasks: list[Any]) -> None:
-    for w in writers:
-        w.stop()
-    await asyncio.wait_for(asyncio.gather(*tasks), 10)
+async def _stop(http: aiohttp.ClientSession, writers: Appenders) -> None:
+    await writers.stop()
     await http.close()
 
 
 async def test_show_works_while_server_writes(server):
-    http, writers, tasks = await _with_writers(server, "live-show")
+    http, writers = await _with_writers(server, "live-show")
     try:
         results = [
             await admin_proc(server["data"], "show", "live-show", "--json") for _ in range(3)
         ]
-        acked_during = sum(len(w.acked) for w in writers)
+        acked_during = writers.count
     finally:
-        await _stop(http, writers, tasks)
+        await _stop(http, writers)
     for code, out, err in results:
         doc = json.loads(out)
         assert code == 0, err
         assert doc["ok"] and doc["integrity_check"] == ["ok"] and doc["roost_check"] == []
         assert doc["files"]["wal_bytes"] > 0
     assert json.loads(results[-1][1])["messages"]["live"] >= 1
-    assert acked_during > 3 and not any(w.failures for w in writers)
+    assert acked_during > 3 and not writers.failures
 
 
 async def test_follow_prints_messages_as_committed(server):
     http = aiohttp.ClientSession()
     try:
         await _new_session(http, server["base"], "live-follow")
-        writer = Writer(http, server["base"], "live-follow")
+        writer = Appender(http, server["base"], "live-follow")
         await writer.post("already there")
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -618,16 +548,16 @@ async def test_follow_prints_messages_as_committed(server):
 
 
 async def test_backup_during_writes_holds_every_acknowledged_message(server, tmp_path):
-    http, writers, tasks = await _with_writers(server, "live-backup")
+    http, writers = await _with_writers(server, "live-backup")
     dest = tmp_path / "backup.db"
     try:
-        await asyncio.sleep(0.3)
-        acked_before = {i for w in writers for i in w.acked}
-        n_before = sum(len(w.acked) for w in writers)
+        await writers.wait_acked(20)  # the session holds a history before the backup
+        acked_before = writers.acked_ids
+        n_before = writers.count
         code, _, err = await admin_proc(server["data"], "backup", "live-backup", str(dest))
-        n_after = sum(len(w.acked) for w in writers)
+        n_after = writers.count
     finally:
-        await _stop(http, writers, tasks)
+        await _stop(http, writers)
     assert code == 0, err
     assert n_after > n_before  # the server kept committing while the backup ran
     conn = sqlite3.connect(f"file:{dest}?mode=ro", uri=True)
@@ -642,7 +572,7 @@ async def test_backup_during_writes_holds_every_acknowledged_message(server, tmp
 
 
 async def test_admin_commands_never_block_server_writes(server, tmp_path):
-    http, writers, tasks = await _with_writers(server, "live-latency")
+    http, writers = await _with_writers(server, "live-latency")
     try:
         for argv in (
             ["check", "live-latency"],
@@ -653,9 +583,9 @@ async def test_admin_commands_never_block_server_writes(server, tmp_path):
             code, _, err = await admin_proc(server["data"], *argv)
             assert code == 0, (argv, err)
     finally:
-        await _stop(http, writers, tasks)
-    latencies = [x for w in writers for x in w.latencies]
-    assert not any(w.failures for w in writers)
+        await _stop(http, writers)
+    latencies = [x for w in writers.appenders for x in w.latencies]
+    assert not writers.failures
     assert len(latencies) > 10
     assert max(latencies) < 2.0
 
@@ -664,7 +594,7 @@ async def test_restore_refuses_session_live_in_server(server, tmp_path):
     http = aiohttp.ClientSession()
     try:
         await _new_session(http, server["base"], "live-restore")
-        writer = Writer(http, server["base"], "live-restore")
+        writer = Appender(http, server["base"], "live-restore")
         await writer.post("keep me")
         dest = tmp_path / "b.db"
         assert (await admin_proc(server["data"], "backup", "live-restore", str(dest)))[0] == 0
@@ -685,7 +615,7 @@ async def test_restored_copy_is_served_by_running_server(server, tmp_path):
     http = aiohttp.ClientSession()
     try:
         await _new_session(http, server["base"], "live-src")
-        writer = Writer(http, server["base"], "live-src")
+        writer = Appender(http, server["base"], "live-src")
         for i in range(3):
             await writer.post(f"m{i}")
         dest = tmp_path / "b.db"
@@ -697,7 +627,7 @@ async def test_restored_copy_is_served_by_running_server(server, tmp_path):
         async with http.get(f"{server['base']}/api/sessions/live-copy/messages") as resp:
             assert resp.status == 200
             items = (await resp.json())["items"]
-        copy = Writer(http, server["base"], "live-copy")
+        copy = Appender(http, server["base"], "live-copy")
         await copy.post("m3")
     finally:
         await http.close()

@@ -19,7 +19,7 @@ import orjson
 import pytest
 
 from actors.responders import Delta, ReplyInfo, ResponderError
-from tests.conftest import ROOT, TIMEOUT, new_session, registry_of
+from tests.conftest import ROOT, TIMEOUT, deadline, new_session, registry_of
 
 AISDK = ROOT / "tests" / "aisdk"
 NODE = shutil.which("node")
@@ -502,8 +502,9 @@ async def test_aisdk_resume_of_other_users_running_reply_is_204(
     r = await client.post("/api/ai/chat", json=chat_body("c1", user_msg("u1", WORDS)), headers=A)
     try:
         assert r.status == 200
-        while b"text-delta" not in await asyncio.wait_for(r.content.readline(), TIMEOUT):
-            pass  # the reply is running now
+        async with deadline("a text-delta line"):
+            while b"text-delta" not in await asyncio.wait_for(r.content.readline(), TIMEOUT):
+                pass  # the reply is running now
         theirs = await client.get("/api/ai/chat/c1/stream", headers=B)
         assert theirs.status == 204
         assert await theirs.read() == b""

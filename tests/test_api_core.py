@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import append, new_session
+from tests.conftest import append, deadline, new_session
 
 TS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -50,8 +50,8 @@ async def test_create_session_concurrent_same_id_one_wins(client: Any) -> None:
     assert sorted(r.status for r in rs) == [201] + [409] * 7
 
 
-async def test_append_message_shape_and_counters(client: Any) -> None:
-    """An append answers 201 with the Message shape and updates the session."""
+async def test_append_answers_201_with_message_shape(client: Any) -> None:
+    """An append answers 201 with every field of the Message shape, first in its chain."""
     await new_session(client)
     m = await append(client, "s1", "hello", metadata={"a": 1})
     for key in (
@@ -80,8 +80,21 @@ async def test_append_message_shape_and_counters(client: Any) -> None:
         assert key in m, key
     assert m["seq"] == 1 and m["status"] == "complete" and m["version"] == 1
     assert m["parent_id"] is None and m["session_id"] == "s1"
+
+
+async def test_append_second_message_chains_to_the_first(client: Any) -> None:
+    """A second append's parent is the first message; its seq and id are larger."""
+    await new_session(client)
+    m = await append(client, "s1", "hello", metadata={"a": 1})
     m2 = await append(client, "s1", "again")
     assert m2["parent_id"] == m["id"] and m2["seq"] == 2 and m2["id"] > m["id"]
+
+
+async def test_append_updates_session_counters(client: Any) -> None:
+    """Appends update the session's message_count, active_leaf_id and last_message_at."""
+    await new_session(client)
+    await append(client, "s1", "hello", metadata={"a": 1})
+    m2 = await append(client, "s1", "again")
     s = (await (await client.get("/api/sessions/s1")).json())["session"]
     assert s["message_count"] == 2 and s["active_leaf_id"] == m2["id"]
     assert s["last_message_at"] == m2["created_at"]
@@ -118,22 +131,23 @@ async def test_concurrent_appends_all_land_in_seq_order(client: Any) -> None:
 async def _walk(client: Any, sid: str, view: str, direction: str) -> list[dict[str, Any]]:
     seen: list[dict[str, Any]] = []
     url = f"/api/sessions/{sid}/messages?view={view}&limit=7"
-    if direction == "after":
-        # the oldest page first: walk back to the start, then forward
+    async with deadline(f"the walk over {sid}'s pages"):
+        if direction == "after":
+            # the oldest page first: walk back to the start, then forward
+            page = await (await client.get(url)).json()
+            while page["before"]:
+                page = await (await client.get(f"{url}&before={page['before']}")).json()
+            seen.extend(page["items"])
+            while page["after"]:
+                page = await (await client.get(f"{url}&after={page['after']}")).json()
+                seen.extend(page["items"])
+            return seen
         page = await (await client.get(url)).json()
+        seen = page["items"]
         while page["before"]:
             page = await (await client.get(f"{url}&before={page['before']}")).json()
-        seen.extend(page["items"])
-        while page["after"]:
-            page = await (await client.get(f"{url}&after={page['after']}")).json()
-            seen.extend(page["items"])
+            seen = page["items"] + seen
         return seen
-    page = await (await client.get(url)).json()
-    seen = page["items"]
-    while page["before"]:
-        page = await (await client.get(f"{url}&before={page['before']}")).json()
-        seen = page["items"] + seen
-    return seen
 
 
 @pytest.mark.parametrize("view", ["all", "active"])
@@ -175,31 +189,57 @@ async def test_get_session_returns_latest_active_page(client: Any) -> None:
     assert [m["content"] for m in older["items"]] == [f"m{i}" for i in range(5)]
 
 
-async def test_branching_explicit_parent_makes_sibling(client: Any) -> None:
-    """An append with parent_id makes a sibling; active view follows the new leaf."""
+async def _branched(client: Any) -> dict[str, Any]:
+    """s1 holds a → b1 → c1 and a sibling b2 of b1 (appended with parent_id=a)."""
     await new_session(client)
     a = await append(client, "s1", "a")
     b1 = await append(client, "s1", "b1")
-    await append(client, "s1", "c1")
+    c1 = await append(client, "s1", "c1")
     b2 = await append(client, "s1", "b2", parent_id=a["id"])
+    return {"a": a, "b1": b1, "c1": c1, "b2": b2}
+
+
+async def test_branching_explicit_parent_makes_sibling(client: Any) -> None:
+    """An append with parent_id makes a sibling; active view follows the new leaf."""
+    await _branched(client)
     active = await (await client.get("/api/sessions/s1/messages")).json()
     assert [m["content"] for m in active["items"]] == ["a", "b2"]
     assert active["items"][1]["siblings"] == {"index": 1, "count": 2}
     assert active["items"][0]["siblings"] == {"index": 0, "count": 1}
+
+
+async def test_branching_all_view_lists_every_branch_without_siblings(client: Any) -> None:
+    """view=all lists both branches in seq order and carries no siblings field."""
+    await _branched(client)
     every = await (await client.get("/api/sessions/s1/messages?view=all")).json()
     assert [m["content"] for m in every["items"]] == ["a", "b1", "c1", "b2"]
     assert "siblings" not in every["items"][0]
+
+
+async def test_branching_new_sibling_becomes_active_leaf(client: Any) -> None:
+    """The session's active_leaf_id is the sibling just appended."""
+    msgs = await _branched(client)
     s = (await (await client.get("/api/sessions/s1")).json())["session"]
-    assert s["active_leaf_id"] == b2["id"]
-    # switch back: naming b1 follows its latest descendant down to c1
-    r = await client.patch("/api/sessions/s1", json={"active_leaf_id": b1["id"]})
+    assert s["active_leaf_id"] == msgs["b2"]["id"]
+
+
+async def test_branching_switch_back_follows_latest_descendant(client: Any) -> None:
+    """PATCH active_leaf_id to b1 follows its latest descendant down to c1."""
+    msgs = await _branched(client)
+    r = await client.patch("/api/sessions/s1", json={"active_leaf_id": msgs["b1"]["id"]})
     assert r.status == 200
     leaf = (await r.json())["active_leaf_id"]
     active = await (await client.get("/api/sessions/s1/messages")).json()
     assert [m["content"] for m in active["items"]] == ["a", "b1", "c1"]
     assert active["items"][1]["siblings"] == {"index": 0, "count": 2}
     assert leaf == active["items"][-1]["id"]
-    # a plain append continues the active branch
+
+
+async def test_branching_plain_append_continues_active_branch(client: Any) -> None:
+    """After switching back to b1's branch, a plain append's parent is its leaf."""
+    msgs = await _branched(client)
+    r = await client.patch("/api/sessions/s1", json={"active_leaf_id": msgs["b1"]["id"]})
+    leaf = (await r.json())["active_leaf_id"]
     d = await append(client, "s1", "d")
     assert d["parent_id"] == leaf
 
@@ -223,11 +263,12 @@ async def test_list_sessions_most_recent_first_with_cursor(client: Any) -> None:
     page = await r.json()
     assert page["items"][0]["id"] == "s2" and page["items"][0]["message_count"] == 1
     ids = [s["id"] for s in page["items"]]
-    while page["next_cursor"]:
-        page = await (
-            await client.get(f"/api/sessions?limit=2&cursor={page['next_cursor']}")
-        ).json()
-        ids += [s["id"] for s in page["items"]]
+    async with deadline("the walk over the session pages"):
+        while page["next_cursor"]:
+            page = await (
+                await client.get(f"/api/sessions?limit=2&cursor={page['next_cursor']}")
+            ).json()
+            ids += [s["id"] for s in page["items"]]
     assert sorted(ids) == [f"s{i}" for i in range(5)] and len(ids) == 5
 
 

@@ -10,9 +10,12 @@ import sys
 import types
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import ROOT
 
 
+@pytest.mark.bench
 def test_bench_quick_runs_both_servers(tmp_path: Path) -> None:
     """bench.py --quick exits 0 and reports every workload for Roost (and the peer when npm
     can install it; in CI the peer is required)."""

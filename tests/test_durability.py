@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
 import sqlite3
-import time
 from typing import Any
 
 import aiohttp
 
-from tests.conftest import TIMEOUT
-
-
-async def _writer(
-    s: aiohttp.ClientSession, url: str, sid: str, wid: int, acked: list[str], stop: asyncio.Event
-) -> None:
-    i = 0
-    while not stop.is_set():
-        content = f"w{wid}-{i}"
-        i += 1
-        try:
-            async with s.post(
-                f"{url}/api/sessions/{sid}/messages", json={"role": "user", "content": content}
-            ) as r:
-                if r.status == 201:
-                    acked.append(content)
-        except (TimeoutError, aiohttp.ClientError):
-            return
+from tests.conftest import TIMEOUT, Appender, Appenders, deadline
 
 
 async def _all_contents(s: aiohttp.ClientSession, url: str, sid: str) -> list[str]:
@@ -36,10 +16,11 @@ async def _all_contents(s: aiohttp.ClientSession, url: str, sid: str) -> list[st
     async with s.get(nxt) as r:
         page = await r.json()
     out = [m["content"] for m in page["items"]]
-    while page["before"]:
-        async with s.get(f"{nxt}&before={page['before']}") as r:
-            page = await r.json()
-        out = [m["content"] for m in page["items"]] + out
+    async with deadline(f"the walk over {sid}'s pages"):
+        while page["before"]:
+            async with s.get(f"{nxt}&before={page['before']}") as r:
+                page = await r.json()
+            out = [m["content"] for m in page["items"]] + out
     return out
 
 
@@ -47,22 +28,17 @@ async def test_kill9_under_concurrent_appends_loses_nothing_acked(server_process
     """kill -9 mid-load: after restart every 2xx'd message is present exactly once."""
     srv = server_process()
     await srv.wait_ready()
-    acked: list[str] = []
-    stop = asyncio.Event()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
         for sid in ("k1", "k2"):
             async with s.post(f"{srv.url}/api/sessions", json={"id": sid}) as r:
                 assert r.status == 201
-        tasks = [
-            asyncio.create_task(_writer(s, srv.url, f"k{1 + w % 2}", w, acked, stop))
-            for w in range(16)
-        ]
-        deadline = time.monotonic() + TIMEOUT
-        while len(acked) < 300 and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        writers = Appenders(
+            [Appender(s, srv.url, f"k{1 + w % 2}", name=f"w{w}") for w in range(16)]
+        ).start()
+        await writers.wait_acked(300)
         srv.kill9()
-        stop.set()
-        await asyncio.gather(*tasks)
+        await writers.stop()
+    acked = writers.acked
     assert len(acked) >= 300
     srv2 = server_process()
     await srv2.wait_ready()
@@ -77,20 +53,14 @@ async def test_sigterm_finishes_commits_and_leaves_files_consistent(server_proce
     """SIGTERM under load: exit 0, every acked message kept, files pass integrity_check."""
     srv = server_process()
     await srv.wait_ready()
-    acked: list[str] = []
-    stop = asyncio.Event()
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as s:
         async with s.post(f"{srv.url}/api/sessions", json={"id": "t1"}) as r:
             assert r.status == 201
-        tasks = [asyncio.create_task(_writer(s, srv.url, "t1", w, acked, stop)) for w in range(8)]
-        while len(acked) < 100:
-            await asyncio.sleep(0.02)
-        srv.proc.send_signal(signal.SIGTERM)
-        code = await asyncio.get_running_loop().run_in_executor(
-            None, lambda: srv.proc.wait(TIMEOUT * 2)
-        )
-        stop.set()
-        await asyncio.gather(*tasks)
+        writers = Appenders([Appender(s, srv.url, "t1", name=f"w{w}") for w in range(8)]).start()
+        await writers.wait_acked(100)
+        code = await srv.sigterm()
+        await writers.stop()
+    acked = writers.acked
     assert code == 0, srv.log.read_text()
     db = next(srv.data_dir.rglob("t1/session.db"))
     conn = sqlite3.connect(db)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from storage.ids import now_iso
 from storage.layout import DataDir, connect
 from storage.lifecycle import create_session_file
 from storage.ops import op_index_search
-from tests.conftest import TIMEOUT, append, new_session, registry_of
+from tests.conftest import TIMEOUT, append, eventually, new_session, registry_of
 
 VOLATILE = {"session_id", "attachments"}
 
@@ -275,11 +274,7 @@ async def test_export_abandoned_by_client_ends_its_snapshot(client: Any) -> None
     try:
         assert checkpoint_blocked()  # the export's snapshot pins the WAL while it runs
         r.close()
-        for _ in range(int(TIMEOUT / 0.02)):
-            if not checkpoint_blocked():
-                break
-            await asyncio.sleep(0.02)
-        assert not checkpoint_blocked()
+        await eventually(lambda: not checkpoint_blocked(), "the export to release the WAL")
     finally:
         conn.close()
     assert (await client.delete("/api/sessions/s1")).status == 204
@@ -374,8 +369,11 @@ def test_generated_session_is_consistent(tmp_path: Path) -> None:
     dd.ensure()
     _generate(dd, "g", 50)
     f = SessionFile(dd, "g")
-    while f.run_batch([op_index_search()], "t")[0][0]:  # what an idle actor does
-        pass
+    for _ in range(50):  # what an idle actor does, until nothing is left to index
+        if not f.run_batch([op_index_search()], "t")[0][0]:
+            break
+    else:
+        raise AssertionError("the search index never caught up")
     f.close()
     conn = sqlite3.connect(dd.session_db("g"))
     try:

@@ -181,15 +181,20 @@ def _damage_pages(path: Path) -> None:
         f.write(b"\xff" * (size - 4096))
 
 
-@pytest.mark.parametrize("damage", [_damage_header, _damage_pages], ids=["header", "pages"])
-async def test_damaged_session_is_503_and_others_keep_working(client: Any, damage: Any) -> None:
-    """A damaged file: that session answers 503 unavailable everywhere; others are untouched."""
+async def _one_damaged(client: Any, damage: Any) -> None:
+    """Sessions bad and good with three messages each; bad's file is then damaged."""
     await new_session(client, "bad")
     await new_session(client, "good")
     for i in range(3):
         await append(client, "bad", f"b{i}")
         await append(client, "good", f"g{i}")
     damage(await _hibernate(client, "bad"))
+
+
+@pytest.mark.parametrize("damage", [_damage_header, _damage_pages], ids=["header", "pages"])
+async def test_damaged_session_is_503_everywhere(client: Any, damage: Any) -> None:
+    """A damaged file: that session answers 503 unavailable on every route."""
+    await _one_damaged(client, damage)
     for method, path, body in [
         ("GET", "/api/sessions/bad", None),
         ("GET", "/api/sessions/bad/messages", None),
@@ -203,8 +208,22 @@ async def test_damaged_session_is_503_and_others_keep_working(client: Any, damag
         error = (await r.json())["error"]
         assert error["code"] == "unavailable"
         assert "damaged" in error["message"]
+
+
+@pytest.mark.parametrize("damage", [_damage_header, _damage_pages], ids=["header", "pages"])
+async def test_damaged_session_leaves_other_sessions_working(client: Any, damage: Any) -> None:
+    """Next to a damaged session, another one still takes appends and keeps its history."""
+    await _one_damaged(client, damage)
+    await client.get("/api/sessions/bad/messages")  # the damage is found
     await append(client, "good", "g3")
     assert await _contents(client, "good") == ["g0", "g1", "g2", "g3"]
+
+
+@pytest.mark.parametrize("damage", [_damage_header, _damage_pages], ids=["header", "pages"])
+async def test_damaged_session_is_still_listed(client: Any, damage: Any) -> None:
+    """The session list still shows a damaged session next to the others."""
+    await _one_damaged(client, damage)
+    await client.get("/api/sessions/bad/messages")  # the damage is found
     listed = await (await client.get("/api/sessions")).json()
     assert {s["id"] for s in listed["items"]} == {"bad", "good"}
 

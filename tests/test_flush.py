@@ -42,6 +42,24 @@ class _HeldFlushes:
         await self.real(fd)
 
 
+def _spy_reader(actor: Any, monkeypatch: pytest.MonkeyPatch) -> asyncio.Event:
+    """An event set when a request reaches ``actor.read()`` (the read gate)."""
+    entered = asyncio.Event()
+    real = actor.read
+
+    async def read(fn: Any) -> Any:
+        entered.set()
+        return await real(fn)
+
+    monkeypatch.setattr(actor, "read", read)
+    return entered
+
+
+async def _loop_went_on(client: Any) -> None:
+    """A later request answered: the server ran on past anything sent before it."""
+    assert (await client.get("/healthz")).status == 200
+
+
 def _hold(client: Any, monkeypatch: pytest.MonkeyPatch) -> _HeldFlushes:
     reg = registry_of(client)
     held = _HeldFlushes(reg.syncer)
@@ -149,8 +167,10 @@ async def test_reply_and_reads_wait_for_the_flush(
     try:
         rows = other.execute("SELECT content FROM messages ORDER BY seq").fetchall()
         assert rows == [("before",), ("held",)], "the commit should be in the file already"
+        at_gate = _spy_reader(actor, monkeypatch)
         get = asyncio.ensure_future(client.get("/api/sessions/s1/messages"))
-        await asyncio.sleep(0.3)
+        await asyncio.wait_for(at_gate.wait(), TIMEOUT)  # the GET reached the read gate
+        await _loop_went_on(client)
         assert not post.done(), "reply sent before the flush"
         assert not get.done(), "a read showed a commit that was not on disk yet"
         held.gate.set()
@@ -172,8 +192,10 @@ async def test_export_waits_for_the_flush_of_what_its_snapshot_holds(
     held = _hold(client, monkeypatch)
     post = asyncio.ensure_future(append(client, "s1", "held"))
     await eventually(lambda: held.asked, "the flush to be asked for")
+    at_gate = _spy_reader(registry_of(client).actor_if_live("s1"), monkeypatch)
     export = asyncio.ensure_future(client.get("/api/sessions/s1/export"))
-    await asyncio.sleep(0.3)
+    await asyncio.wait_for(at_gate.wait(), TIMEOUT)  # its snapshot is taken, it is at the gate
+    await _loop_went_on(client)
     assert not export.done(), "an export showed a commit that was not on disk yet"
     held.gate.set()
     await asyncio.wait_for(post, TIMEOUT)

@@ -85,8 +85,11 @@ async def _chat_json(client: Any, content: str) -> dict[str, Any]:
     return data
 
 
-async def test_openai_fallback_streams_text_and_tool_call(make_client: Any, provider: Any) -> None:
-    """The first model fails, the fallback answers: text, a tool-call part, a fallback notice."""
+async def _fallback_chat(
+    make_client: Any, provider: Any
+) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    """A chat where bad-model fails and good-model answers: (the deltas' text, the final
+    message, the requests the provider saw)."""
     url, seen = provider
     client = await make_client(
         responder="openai",
@@ -100,10 +103,23 @@ async def test_openai_fallback_streams_text_and_tool_call(make_client: Any, prov
     events = await SSEReader(r).all()
     text = "".join(e.json()["text"] for e in events if e.event == "delta")
     final = next(e for e in events if e.event == "message").json()
+    return text, final, seen
+
+
+async def test_openai_fallback_streams_text_with_fallback_notice(
+    make_client: Any, provider: Any
+) -> None:
+    """The first model fails, the fallback answers: its text, its ids, a fallback notice."""
+    text, final, _ = await _fallback_chat(make_client, provider)
     assert text == final["content"] == "Let me check the weather."
     assert final["status"] == "complete"
     assert final["model_id"] == "good-model" and final["provider_id"] == "127.0.0.1"
     assert "bad-model" in final["fallback_notice"] and "good-model" in final["fallback_notice"]
+
+
+async def test_openai_fallback_reply_keeps_tool_call_part(make_client: Any, provider: Any) -> None:
+    """The fallback's streamed tool call is kept as a tool-call part after the text."""
+    _, final, _ = await _fallback_chat(make_client, provider)
     assert final["parts"] == [
         {"type": "text", "text": "Let me check the weather."},
         {
@@ -113,6 +129,12 @@ async def test_openai_fallback_streams_text_and_tool_call(make_client: Any, prov
             "args": {"city": "Paris"},
         },
     ]
+
+
+async def test_openai_fallback_asks_each_model_in_turn(make_client: Any, provider: Any) -> None:
+    """The provider is asked for bad-model then good-model, streamed, with the key and
+    the session's history."""
+    _, _, seen = await _fallback_chat(make_client, provider)
     assert [s["body"]["model"] for s in seen] == ["bad-model", "good-model"]
     assert seen[-1]["auth"] == "Bearer sk-test"
     assert seen[-1]["body"]["stream"] is True

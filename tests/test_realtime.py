@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from tests.conftest import TIMEOUT, append, eventually, new_session, registry_of
+from tests.conftest import TIMEOUT, append, deadline, eventually, new_session, registry_of
 from tests.sse import SSEReader
 
 TEXT = "one two three four five six seven eight nine ten eleven twelve thirteen fourteen"
@@ -26,10 +26,11 @@ async def _recv(ws: Any, timeout: float = TIMEOUT) -> dict[str, Any]:
 
 
 async def _recv_type(ws: Any, type_: str) -> dict[str, Any]:
-    while True:
-        frame = await _recv(ws)
-        if frame["type"] == type_:
-            return frame
+    async with deadline(f"a {type_!r} frame"):
+        while True:
+            frame = await _recv(ws)
+            if frame["type"] == type_:
+                return frame
 
 
 async def test_ws_hello_then_live_events_same_for_two_clients(client: Any) -> None:
@@ -184,42 +185,64 @@ async def test_ws_joining_mid_reply_ends_with_exact_text(make_client: Any) -> No
     ws = await client.ws_connect("/api/sessions/s1/ws")
     assert (await _recv(ws))["type"] == "hello"
     text = ""
-    while True:
-        f = await _recv(ws)
-        if f["type"] == "message.delta" and f["message_id"] == aid:
-            assert f["offset"] <= len(text), "gap in deltas"
-            text = text[: f["offset"]] + f["text"]
-        elif f["type"] == "message.updated" and f["message"]["status"] == "complete":
-            assert f["message"]["id"] == aid
-            assert text == f["message"]["content"] == TEXT
-            break
+    async with deadline("the reply's complete update"):
+        while True:
+            f = await _recv(ws)
+            if f["type"] == "message.delta" and f["message_id"] == aid:
+                assert f["offset"] <= len(text), "gap in deltas"
+                text = text[: f["offset"]] + f["text"]
+            elif f["type"] == "message.updated" and f["message"]["status"] == "complete":
+                assert f["message"]["id"] == aid
+                assert text == f["message"]["content"] == TEXT
+                break
     await ws.close()
     r.close()
 
 
-async def test_ws_chat_behaves_like_http_chat(make_client: Any) -> None:
-    """chat over the socket: ack with both messages, created events, deltas, final update."""
+async def _ws_chat(make_client: Any) -> tuple[Any, Any, list[dict[str, Any]]]:
+    """Chat TEXT (client_id w1, ref 7) over a socket at 200 words/s, read up to the
+    reply's complete update: (client, socket, every frame after hello)."""
     client = await make_client(echo_words_per_second=200)
     await new_session(client)
     ws = await client.ws_connect("/api/sessions/s1/ws")
     await _recv(ws)
     await ws.send_json({"type": "chat", "content": TEXT, "client_id": "w1", "ref": 7})
     frames = []
-    while True:
-        f = await _recv(ws)
-        frames.append(f)
-        if f["type"] == "message.updated" and f["message"]["status"] == "complete":
-            break
+    async with deadline("the reply's complete update"):
+        while True:
+            f = await _recv(ws)
+            frames.append(f)
+            if f["type"] == "message.updated" and f["message"]["status"] == "complete":
+                break
+    return client, ws, frames
+
+
+async def test_ws_chat_acks_with_ref_and_client_id(make_client: Any) -> None:
+    """chat over the socket: the chat.ack carries the frame's ref and client_id."""
+    _, ws, frames = await _ws_chat(make_client)
     ack = next(f for f in frames if f["type"] == "chat.ack")
     assert ack["ref"] == 7 and ack["client_id"] == "w1"
-    aid = ack["assistant_message"]["id"]
+    await ws.close()
+
+
+async def test_ws_chat_sends_created_events_then_deltas_like_http_chat(make_client: Any) -> None:
+    """chat over the socket: created events for both messages, deltas adding up to the
+    final update, and the stored reply complete."""
+    client, ws, frames = await _ws_chat(make_client)
+    aid = next(f for f in frames if f["type"] == "chat.ack")["assistant_message"]["id"]
     created = [f["message"]["role"] for f in frames if f["type"] == "message.created"]
     assert created == ["user", "assistant"]
     deltas = "".join(f["text"] for f in frames if f["type"] == "message.delta")
     assert deltas == TEXT == frames[-1]["message"]["content"]
     stored = await (await client.get(f"/api/sessions/s1/messages/{aid}")).json()
     assert stored["content"] == TEXT and stored["status"] == "complete"
-    # the same client_id again does not add messages
+    await ws.close()
+
+
+async def test_ws_chat_same_client_id_again_adds_nothing(make_client: Any) -> None:
+    """A second chat frame with the same client_id acks the same reply, adds no messages."""
+    client, ws, frames = await _ws_chat(make_client)
+    aid = next(f for f in frames if f["type"] == "chat.ack")["assistant_message"]["id"]
     await ws.send_json({"type": "chat", "content": TEXT, "client_id": "w1"})
     again = await _recv_type(ws, "chat.ack")
     assert again["assistant_message"]["id"] == aid
@@ -228,16 +251,34 @@ async def test_ws_chat_behaves_like_http_chat(make_client: Any) -> None:
     await ws.close()
 
 
-async def test_ws_cancel_ping_and_bad_frames(make_client: Any) -> None:
-    """cancel stops a reply; ping answers pong; bad frames answer error frames."""
+async def _ws_after_hello(make_client: Any) -> Any:
+    """A socket on a new session s1 (replies at 5 words/s), past its hello frame."""
     client = await make_client(echo_words_per_second=5)
     await new_session(client)
     ws = await client.ws_connect("/api/sessions/s1/ws")
     await _recv(ws)
+    return ws
+
+
+async def test_ws_text_ping_answers_pong(make_client: Any) -> None:
+    """A text frame "ping" answers the text frame "pong"."""
+    ws = await _ws_after_hello(make_client)
     await ws.send_str("ping")
     assert (await ws.receive(timeout=TIMEOUT)).data == "pong"
+    await ws.close()
+
+
+async def test_ws_ping_frame_answers_pong_with_its_ref(make_client: Any) -> None:
+    """A JSON ping frame answers a pong frame carrying the same ref."""
+    ws = await _ws_after_hello(make_client)
     await ws.send_json({"type": "ping", "ref": 1})
     assert (await _recv_type(ws, "pong"))["ref"] == 1
+    await ws.close()
+
+
+async def test_ws_bad_frames_answer_error_frames(make_client: Any) -> None:
+    """Malformed or invalid frames each answer an error frame with status 400."""
+    ws = await _ws_after_hello(make_client)
     for bad in [
         "{nope",
         '{"no": "type"}',
@@ -248,6 +289,12 @@ async def test_ws_cancel_ping_and_bad_frames(make_client: Any) -> None:
         await ws.send_str(bad)
         err = await _recv_type(ws, "error")
         assert err["code"] in ("malformed_json", "invalid_input") and err["status"] == 400
+    await ws.close()
+
+
+async def test_ws_cancel_stops_running_reply(make_client: Any) -> None:
+    """A cancel frame for a running reply answers cancel.ack with the reply cancelled."""
+    ws = await _ws_after_hello(make_client)
     await ws.send_json({"type": "chat", "content": TEXT})
     ack = await _recv_type(ws, "chat.ack")
     aid = ack["assistant_message"]["id"]
@@ -298,7 +345,7 @@ async def test_sigterm_closes_sockets_with_going_away(server_process: Any) -> No
         msg = await ws.receive(timeout=TIMEOUT)
         assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == 1001
         await ws.close()
-    code = await asyncio.get_running_loop().run_in_executor(None, srv.proc.wait, TIMEOUT)
+    code = await srv.wait_exit(TIMEOUT)
     assert code == 0
 
 

@@ -109,20 +109,26 @@ def test_cursor_round_trip_and_kind_check() -> None:
             decode_int("s", bad)
 
 
-def test_batch_op_failing_after_buffering_is_undone_alone(tmp_path: Path) -> None:
-    """An op that fails after buffering writes leaves no trace; the others commit."""
-    f = SessionFile(_make(tmp_path), "m")
+def _append_then_fail(txn: Any) -> None:
+    op_append(MessageDraft(role="user", content="ghost"))(txn)
+    raise RuntimeError("boom")
 
-    def append_then_fail(txn: Any) -> None:
-        op_append(MessageDraft(role="user", content="ghost"))(txn)
-        raise RuntimeError("boom")
 
+def _batch_with_failing_middle(f: SessionFile) -> tuple[list[Any], list[Any]]:
+    """Run a, (append ghost then raise), c in one batch: (results, events)."""
     ops = [
         op_append(MessageDraft(role="user", content="a")),
-        append_then_fail,
+        _append_then_fail,
         op_append(MessageDraft(role="user", content="c")),
     ]
     results, events, _ = f.run_batch(ops, "t")
+    return results, events
+
+
+def test_batch_op_failing_after_buffering_is_undone_alone(tmp_path: Path) -> None:
+    """An op that fails after buffering writes leaves no trace; the others commit."""
+    f = SessionFile(_make(tmp_path), "m")
+    results, events = _batch_with_failing_middle(f)
     assert isinstance(results[1], RuntimeError)
     assert [m["content"] for m in f.page(view="all").items] == ["a", "c"]
     active = f.page(view="active").items
@@ -130,7 +136,13 @@ def test_batch_op_failing_after_buffering_is_undone_alone(tmp_path: Path) -> Non
     assert active[1]["parent_id"] == active[0]["id"]
     assert [m["siblings"] for m in active] == [{"index": 0, "count": 1}] * 2
     assert [e.seq for e in events] == [1, 2]
-    # the cached state matches the file: the next append continues the chain
+    f.close()
+
+
+def test_batch_op_failing_after_buffering_leaves_cache_matching_file(tmp_path: Path) -> None:
+    """After a batch with an undone op, the next append continues the chain (seq 3)."""
+    f = SessionFile(_make(tmp_path), "m")
+    _batch_with_failing_middle(f)
     f.run_batch([op_append(MessageDraft(role="user", content="d"))], "t")
     assert [m["seq"] for m in f.page(view="active").items] == [1, 2, 3]
     f.close()

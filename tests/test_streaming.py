@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import signal
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import TIMEOUT, new_session, registry_of
+from tests.conftest import TIMEOUT, deadline, eventually, new_session, registry_of
 from tests.sse import SSEReader
 
 TEXT = "the quick brown fox jumps over the lazy dog and keeps on running far away"
@@ -39,21 +38,38 @@ async def _wait_status(client: Any, sid: str, mid: str, statuses: set[str]) -> d
         await asyncio.sleep(0.02)
 
 
-async def test_chat_echo_end_to_end(make_client: Any) -> None:
-    """ack, deltas, message, done: deltas add up to the stored text; statuses and parents hold."""
+async def _echo_chat(make_client: Any) -> tuple[Any, Any, str, str, list[Any]]:
+    """One chat "TEXT" at 200 words/s read to its end: (client, response, user id,
+    assistant id, every SSE event)."""
     client = await make_client(echo_words_per_second=200)
     await new_session(client)
     r = await _chat(client, "s1", TEXT)
-    assert r.headers["Content-Type"].startswith("text/event-stream")
     uid, aid = r.headers["X-User-Message-Id"], r.headers["X-Assistant-Message-Id"]
     events = await SSEReader(r).all()
+    return client, r, uid, aid, events
+
+
+async def test_chat_stream_is_ack_deltas_message_done(make_client: Any) -> None:
+    """The chat answers an event stream: ack, then only deltas, then message and done."""
+    _, r, _, _, events = await _echo_chat(make_client)
+    assert r.headers["Content-Type"].startswith("text/event-stream")
     names = [e.event for e in events]
     assert names[0] == "ack" and names[-2:] == ["message", "done"]
     assert set(names[1:-2]) == {"delta"}
+
+
+async def test_chat_ack_names_both_messages(make_client: Any) -> None:
+    """The ack carries the header ids and a pending reply whose parent is the user message."""
+    _, _, uid, aid, events = await _echo_chat(make_client)
     ack = events[0].json()
     assert ack["user_message_id"] == uid and ack["assistant_message_id"] == aid
     assert ack["assistant_message"]["status"] == "pending"
     assert ack["assistant_message"]["parent_id"] == uid
+
+
+async def test_chat_deltas_add_up_to_the_final_text(make_client: Any) -> None:
+    """Deltas are contiguous (offset, id = end offset) and add up to the final message."""
+    _, _, _, aid, events = await _echo_chat(make_client)
     text, offset = "", 0
     for ev in events[1:-2]:
         d = ev.json()
@@ -64,10 +80,20 @@ async def test_chat_echo_end_to_end(make_client: Any) -> None:
     final = events[-2].json()
     assert text == TEXT == final["content"]
     assert final["status"] == "complete" and final["model_id"] == "echo"
+
+
+async def test_chat_stores_both_messages_complete(make_client: Any) -> None:
+    """After the stream, the stored reply and user message are complete with their text."""
+    client, _, uid, aid, _ = await _echo_chat(make_client)
     stored = await _get(client, "s1", aid)
     assert stored["content"] == TEXT and stored["status"] == "complete"
     user = await _get(client, "s1", uid)
     assert user["status"] == "complete" and user["content"] == TEXT
+
+
+async def test_chat_reply_becomes_the_active_leaf(make_client: Any) -> None:
+    """After the chat the session counts two messages and the reply is its active leaf."""
+    client, _, _, aid, _ = await _echo_chat(make_client)
     session = (await (await client.get("/api/sessions/s1")).json())["session"]
     assert session["active_leaf_id"] == aid and session["message_count"] == 2
 
@@ -118,8 +144,9 @@ async def test_closing_the_stream_does_not_stop_the_reply(make_client: Any) -> N
     assert final["content"] == TEXT
 
 
-async def test_cancel_stops_reply_and_keeps_text(make_client: Any) -> None:
-    """cancel: status cancelled, the text so far kept, the stream ends with message/done."""
+async def _cancelled_mid_reply(make_client: Any) -> tuple[Any, str, dict[str, Any], SSEReader]:
+    """A reply (20 words/s) cancelled after its first delta: (client, its id, the
+    cancel answer, the chat stream's reader)."""
     client = await make_client(echo_words_per_second=20)
     await new_session(client)
     r = await _chat(client, "s1", TEXT)
@@ -128,7 +155,13 @@ async def test_cancel_stops_reply_and_keeps_text(make_client: Any) -> None:
     await reader.until("delta")
     c = await client.post(f"/api/sessions/s1/messages/{aid}/cancel")
     assert c.status == 200
-    final = await c.json()
+    final: dict[str, Any] = await c.json()
+    return client, aid, final, reader
+
+
+async def test_cancel_stops_reply_and_keeps_text(make_client: Any) -> None:
+    """cancel: status cancelled, the text so far kept, the stream ends with message/done."""
+    client, aid, final, reader = await _cancelled_mid_reply(make_client)
     assert final["status"] == "cancelled"
     assert final["content"] and TEXT.startswith(final["content"]) and final["content"] != TEXT
     rest = await reader.all()
@@ -136,9 +169,23 @@ async def test_cancel_stops_reply_and_keeps_text(make_client: Any) -> None:
     assert rest[-2].json()["status"] == "cancelled"
     stored = await _get(client, "s1", aid)
     assert stored["status"] == "cancelled" and stored["content"] == final["content"]
-    await asyncio.sleep(0.2)
+
+
+async def test_cancel_stopped_reply_text_no_longer_grows(make_client: Any) -> None:
+    """Once the cancelled reply's task ended and a later commit went through, its text
+    is still what the cancel answered."""
+    client, aid, final, reader = await _cancelled_mid_reply(make_client)
+    await reader.all()
+    actor = registry_of(client).actor_if_live("s1")
+    await eventually(lambda: actor.replies.get(aid) is None, "the cancelled reply's task to end")
+    await client.post("/api/sessions/s1/messages", json={"role": "user", "content": "later"})
     assert (await _get(client, "s1", aid))["content"] == final["content"]
-    # cancelling again answers the ended reply as it is
+
+
+async def test_cancel_again_answers_ended_reply_as_it_is(make_client: Any) -> None:
+    """Cancelling a reply already cancelled answers 200 with it, still cancelled."""
+    client, aid, _, reader = await _cancelled_mid_reply(make_client)
+    await reader.all()
     again = await client.post(f"/api/sessions/s1/messages/{aid}/cancel")
     assert again.status == 200 and (await again.json())["status"] == "cancelled"
 
@@ -184,54 +231,87 @@ async def test_streamed_text_is_committed_before_it_is_sent(make_client: Any) ->
     reader = SSEReader(r)
     await reader.until("ack")
     checked = 0
-    while (ev := await reader.next()) is not None and ev.event == "delta":
-        end = int(ev.id or 0)
-        actor = registry_of(client).actor_if_live("s1")
-        row = await actor.read(
-            lambda f: f.reader.execute(
-                "SELECT content, status FROM messages WHERE id = ?", (aid,)
-            ).fetchone()
-        )
-        assert len(row[0]) >= end, "a delta left before its text was committed"
-        assert row[1] in ("streaming", "complete")
-        checked += 1
+    async with deadline("the end of the deltas"):
+        while (ev := await reader.next()) is not None and ev.event == "delta":
+            end = int(ev.id or 0)
+            actor = registry_of(client).actor_if_live("s1")
+            row = await actor.read(
+                lambda f: f.reader.execute(
+                    "SELECT content, status FROM messages WHERE id = ?", (aid,)
+                ).fetchone()
+            )
+            assert len(row[0]) >= end, "a delta left before its text was committed"
+            assert row[1] in ("streaming", "complete")
+            checked += 1
     assert checked >= 3
 
 
-async def test_regenerate_and_edit_make_coherent_branches(make_client: Any) -> None:
-    """Regenerate twice and edit-and-resend once: one coherent path, right sibling counts."""
-    client = await make_client(echo_words_per_second=0)
+HDR = {"Accept": "application/json"}
+
+
+async def _regenerated_twice(client: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Chat "q1", then regenerate its reply twice: (the user message, the two new replies)."""
     await new_session(client)
-    hdr = {"Accept": "application/json"}
     first = await (
-        await client.post("/api/sessions/s1/chat", json={"content": "q1"}, headers=hdr)
+        await client.post("/api/sessions/s1/chat", json={"content": "q1"}, headers=HDR)
     ).json()
     u1, a1 = first["user_message"], first["assistant_message"]
     regen = []
     for _ in range(2):
-        r = await client.post(f"/api/sessions/s1/messages/{a1['id']}/regenerate", headers=hdr)
+        r = await client.post(f"/api/sessions/s1/messages/{a1['id']}/regenerate", headers=HDR)
         assert r.status == 201
         regen.append((await r.json())["assistant_message"])
+    return u1, regen
+
+
+async def _edited(client: Any) -> dict[str, Any]:
+    """Edit-and-resend the first message: parent_id explicitly null makes a new root."""
+    edit: dict[str, Any] = await (
+        await client.post(
+            "/api/sessions/s1/chat", json={"content": "q1 edited", "parent_id": None}, headers=HDR
+        )
+    ).json()
+    return edit
+
+
+async def test_regenerate_twice_makes_sibling_replies(make_client: Any) -> None:
+    """Two regenerations are complete siblings under the user message; the last is active."""
+    client = await make_client(echo_words_per_second=0)
+    u1, regen = await _regenerated_twice(client)
     assert all(m["parent_id"] == u1["id"] and m["status"] == "complete" for m in regen)
     active = (await (await client.get("/api/sessions/s1/messages")).json())["items"]
     assert [m["id"] for m in active] == [u1["id"], regen[1]["id"]]
     assert active[1]["siblings"] == {"index": 2, "count": 3}
-    # edit-and-resend the first message: parent_id explicitly null makes a new root
-    edit = await (
-        await client.post(
-            "/api/sessions/s1/chat", json={"content": "q1 edited", "parent_id": None}, headers=hdr
-        )
-    ).json()
+
+
+async def test_edit_with_null_parent_makes_new_root_branch(make_client: Any) -> None:
+    """Chat with parent_id null after regenerations starts a new root; it is active."""
+    client = await make_client(echo_words_per_second=0)
+    await _regenerated_twice(client)
+    edit = await _edited(client)
     assert edit["user_message"]["parent_id"] is None
     active = (await (await client.get("/api/sessions/s1/messages")).json())["items"]
     assert [m["content"] for m in active] == ["q1 edited", "q1 edited"]
     assert active[0]["siblings"] == {"index": 1, "count": 2}
     assert active[1]["siblings"] == {"index": 0, "count": 1}
+
+
+async def test_regenerate_and_edit_keep_every_message_once(make_client: Any) -> None:
+    """After two regenerations and an edit, view=all holds 6 distinct complete messages."""
+    client = await make_client(echo_words_per_second=0)
+    await _regenerated_twice(client)
+    await _edited(client)
     every = (await (await client.get("/api/sessions/s1/messages?view=all")).json())["items"]
     ids = [m["id"] for m in every]
     assert len(ids) == len(set(ids)) == 6
     assert all(m["status"] == "complete" for m in every)
-    # switching back to the first root shows its latest reply
+
+
+async def test_switch_back_to_first_root_shows_its_latest_reply(make_client: Any) -> None:
+    """PATCH active_leaf_id to the first root shows its latest regenerated reply."""
+    client = await make_client(echo_words_per_second=0)
+    u1, regen = await _regenerated_twice(client)
+    await _edited(client)
     await client.patch("/api/sessions/s1", json={"active_leaf_id": u1["id"]})
     active = (await (await client.get("/api/sessions/s1/messages")).json())["items"]
     assert [m["id"] for m in active] == [u1["id"], regen[1]["id"]]
@@ -306,14 +386,15 @@ async def _read_some_deltas(url: str, sid: str, n: int) -> tuple[str, str]:
             aid = r.headers["X-Assistant-Message-Id"]
             reader = SSEReader(r)
             seen = ""
-            while True:
-                ev = await reader.next()
-                assert ev is not None
-                if ev.event == "delta":
-                    seen += ev.json()["text"]
-                    n -= 1
-                    if n == 0:
-                        return aid, seen
+            async with deadline(f"{n} deltas"):
+                while True:
+                    ev = await reader.next()
+                    assert ev is not None
+                    if ev.event == "delta":
+                        seen += ev.json()["text"]
+                        n -= 1
+                        if n == 0:
+                            return aid, seen
 
 
 async def test_kill9_mid_reply_marks_it_interrupted(server_process: Any) -> None:
@@ -342,8 +423,7 @@ async def test_sigterm_mid_reply_interrupts_after_grace(server_process: Any) -> 
         async with s.post(f"{srv.url}/api/sessions", json={"id": "t"}) as r:
             assert r.status == 201
     aid, seen = await _read_some_deltas(srv.url, "t", 2)
-    srv.proc.send_signal(signal.SIGTERM)
-    code = await asyncio.get_running_loop().run_in_executor(None, srv.proc.wait, TIMEOUT)
+    code = await srv.sigterm(TIMEOUT)
     assert code == 0, srv.log.read_text()
     srv2 = server_process()
     await srv2.wait_ready()

@@ -8,8 +8,6 @@ unless ``CI`` is set, where that is a failure.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import http.client
 import json
 import os
@@ -19,7 +17,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.conftest import ROOT, TIMEOUT, ServerProcess
+from tests.conftest import ROOT, TIMEOUT, ServerProcess, running_server
 
 try:
     from playwright.sync_api import Browser, Page, sync_playwright
@@ -72,12 +70,8 @@ def roost(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
             pytest.fail(f"browser tests cannot run in CI: {reason}")
         pytest.skip(reason)
     data = tmp_path_factory.mktemp("web") / "data"
-    proc = ServerProcess(data, env={"ROOST_ECHO_WORDS_PER_SECOND": str(WORDS_PER_SECOND)})
-    try:
-        asyncio.run(proc.wait_ready())
+    with running_server(data, env={"ROOST_ECHO_WORDS_PER_SECOND": str(WORDS_PER_SECOND)}) as proc:
         yield proc
-    finally:
-        proc.close()
 
 
 @pytest.fixture(scope="module")
@@ -441,12 +435,6 @@ def test_phone_sized_screen(roost: ServerProcess, pages: Any) -> None:
 TOKENS = {"tok-alice": "alice", "tok-bob": "bob"}
 
 
-def wait_ready(proc: ServerProcess) -> None:
-    """``proc.wait_ready()`` off this thread (Playwright's sync API owns its event loop)."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        pool.submit(asyncio.run, proc.wait_ready()).result(timeout=TIMEOUT * 2)
-
-
 @pytest.fixture(scope="module")
 def roost_tokens(
     tmp_path_factory: pytest.TempPathFactory, browser: Browser
@@ -455,17 +443,9 @@ def roost_tokens(
     base = tmp_path_factory.mktemp("web-tokens")
     tokens = base / "tokens.json"
     tokens.write_text(json.dumps(TOKENS))
-    proc = ServerProcess(
-        base / "data",
-        "--tokens-file",
-        str(tokens),
-        env={"ROOST_ECHO_WORDS_PER_SECOND": str(WORDS_PER_SECOND)},
-    )
-    try:
-        wait_ready(proc)
+    env = {"ROOST_ECHO_WORDS_PER_SECOND": str(WORDS_PER_SECOND)}
+    with running_server(base / "data", "--tokens-file", str(tokens), env=env) as proc:
         yield proc
-    finally:
-        proc.close()
 
 
 def call_as(token: str, method: str, url: str, body: Any = None) -> Any:
