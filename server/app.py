@@ -39,14 +39,7 @@ def make_responder(settings: Settings, http: aiohttp.ClientSession) -> Responder
     if settings.responder == "openai":
         from server.openai import OpenAIResponder
 
-        return OpenAIResponder(
-            http,
-            base_url=settings.openai_base_url,
-            api_key=settings.openai_api_key,
-            model=settings.openai_model,
-            fallbacks=[m.strip() for m in settings.openai_fallback_models.split(",")],
-            timeout=settings.openai_timeout,
-        )
+        return OpenAIResponder.from_settings(settings, http)
     return EchoResponder(settings.echo_words_per_second)
 
 
