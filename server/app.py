@@ -51,6 +51,7 @@ def make_app(settings: Settings) -> web.Application:
     from server.access import LIMITS, cors_headers, gate_middleware, make_limits, rate_middleware
     from server.auth import TOKENS, auth_middleware, load_tokens
     from server.auth import routes as auth_routes
+    from server.logs import access_middlewares
     from server.routes_chat import routes as chat_routes
     from server.routes_core import routes as core_routes
     from server.routes_files import routes as files_routes
@@ -59,7 +60,13 @@ def make_app(settings: Settings) -> web.Application:
     from server.routes_static import setup_static
 
     app = web.Application(
-        middlewares=[gate_middleware, error_middleware, auth_middleware, rate_middleware],
+        middlewares=[
+            *access_middlewares(settings),
+            gate_middleware,
+            error_middleware,
+            auth_middleware,
+            rate_middleware,
+        ],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

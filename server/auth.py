@@ -43,6 +43,7 @@ PUBLIC_PATHS = frozenset({"/healthz", "/openapi.json", "/", "/index.html", "/fav
 PUBLIC_PREFIXES = ("/static/",)
 LOGIN_PATHS = frozenset({"/api/login", "/api/logout"})
 MAX_TOKEN_CHARS = 512
+MIN_TOKEN_CHARS = 4  # refuses typos like a one-character token; use long random tokens
 
 
 class TokensError(ValueError):
@@ -76,8 +77,9 @@ def load_tokens(path: str | None) -> Tokens | None:
     """Read a tokens file; None when ``path`` is None (the server runs open).
 
     Raises :class:`TokensError` with a message for the operator when the file
-    cannot be read, is not a JSON object mapping non-empty token strings to
-    non-empty user id strings, or holds no token at all.
+    cannot be read, is not a JSON object mapping token strings (at least
+    ``MIN_TOKEN_CHARS`` characters) to non-empty user id strings, or holds no
+    token at all.
     """
     if path is None:
         return None
@@ -98,10 +100,12 @@ def load_tokens(path: str | None) -> Tokens | None:
             raise TokensError(
                 f"tokens file {path}: every token must map to a non-empty user id string"
             )
-        if len(token) > MAX_TOKEN_CHARS or any(c.isspace() or c in ",;" for c in token):
+        if not MIN_TOKEN_CHARS <= len(token) <= MAX_TOKEN_CHARS or any(
+            c.isspace() or c in ",;" for c in token
+        ):
             raise TokensError(
-                f"tokens file {path}: tokens must be at most {MAX_TOKEN_CHARS} characters "
-                "without spaces, commas or semicolons"
+                f"tokens file {path}: tokens must be at least {MIN_TOKEN_CHARS} and at most "
+                f"{MAX_TOKEN_CHARS} characters, without spaces, commas or semicolons"
             )
     return Tokens(data)
 
