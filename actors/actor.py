@@ -32,6 +32,7 @@ import asyncio
 import contextlib
 import enum
 import errno
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
     from actors.streams import Generation
 
 T = TypeVar("T")
+log = logging.getLogger("roost.actors")
 
 # a session's WAL is checkpointed (two flushes, on the write pool) after this many
 # commits or this many ops, whichever comes first: that bounds the WAL file (a
@@ -378,6 +380,7 @@ class SessionActor:
 
     def _break(self, exc: BaseException, batch: list[Envelope]) -> None:
         """A commit failed: fail the batch and the queue, then close."""
+        log.error("session %s broke: a commit failed (%r); it restarts from disk", self.sid, exc)
         if isinstance(exc, StorageError):
             first: BaseException = exc
         else:

@@ -11,10 +11,13 @@ actor or anyone else. A dropped subscriber resumes by ``seq``.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 
 from storage.session_db import Event
+
+log = logging.getLogger("roost.actors")
 
 
 class Frame:
@@ -132,6 +135,7 @@ class Topic:
             if sub.dropped:
                 dropped.append(sub)
         for sub in dropped:
+            log.warning("session %s: dropped a subscriber %d frames behind", self.sid, sub.maxsize)
             self.subs.discard(sub)
             if self._on_drop is not None:
                 self._on_drop()

@@ -25,8 +25,8 @@ from pydantic import ValidationError
 
 from server.logs import setup_logging
 from server.settings import Settings, setting_source, settings_from
-from storage.datadir_lock import DataDirError, DataDirLock, open_data_dir
 from storage.errors import StorageError
+from storage.layout import DataDirError, DataDirLock, open_data_dir
 
 # young-generation GC threshold of the server process (Python's default is 700)
 GC_THRESHOLD_0 = 20_000
@@ -126,7 +126,7 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
     )
     socks: list[socket.socket] = []
-    seen: set[tuple[int, str]] = set()
+    seen: set[tuple[int, object]] = set()
     try:
         for family, kind, proto, _, addr in infos:
             if (family, addr[0]) in seen:

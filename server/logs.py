@@ -21,12 +21,12 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from server.http import user_of
 from server.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 access_log = logging.getLogger("roost.access")
@@ -107,7 +107,8 @@ def access_log_middleware(every: int) -> Middleware:
             status = exc.status
             raise
         except BaseException as exc:  # a client that disconnects cancels its handler
-            status = CLIENT_GONE if isinstance(exc, (ConnectionError, asyncio.CancelledError)) else 500
+            gone = isinstance(exc, (ConnectionError, asyncio.CancelledError))
+            status = CLIENT_GONE if gone else 500
             raise
         finally:
             if status >= 500 or next(counter) % every == 0:
