@@ -50,17 +50,14 @@ MAX_RETRY_WAIT = 20.0
 BACKOFF_BASE = 0.5
 
 
-@dataclass(slots=True)
-class ProviderFailure(Exception):
+@dataclass(frozen=True, slots=True)
+class ProviderFailure:
     """One failed call: ``code``/``message`` for the client, ``detail`` for the log."""
 
     code: str
     message: str
     detail: str
     retry_after: float | None = None
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class _ModelFailed(Exception):
