@@ -32,6 +32,7 @@ from storage.layout import DataDirError, DataDirLock, open_data_dir
 GC_THRESHOLD_0 = 20_000
 EXIT_USAGE = 2
 EXIT_CANNOT_START = 1
+LISTEN_BACKLOG = 128  # aiohttp's own default
 
 log = logging.getLogger("roost")
 
@@ -118,9 +119,11 @@ def fail(message: str, code: int) -> int:
 
 
 def bind_sockets(host: str, port: int) -> list[socket.socket]:
-    """Bound (not yet listening) TCP sockets for every address of ``host``.
+    """Listening TCP sockets for every address of ``host`` (none accepted yet).
 
-    Raises OSError with a one-line ``strerror`` when an address cannot be bound.
+    Connections made before the server starts wait in the kernel's backlog, so
+    the "serving" line is true as soon as it is written. Raises OSError (its
+    ``strerror`` is one line) when an address cannot be bound; nothing stays open.
     """
     infos = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
@@ -139,6 +142,7 @@ def bind_sockets(host: str, port: int) -> list[socket.socket]:
                 s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             # every address of one server shares the port the first one got
             s.bind((addr[0], socks[0].getsockname()[1] if port == 0 else port, *addr[2:]))
+            s.listen(LISTEN_BACKLOG)
     except OSError:
         for s in socks:
             s.close()
