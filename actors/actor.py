@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import enum
 import errno
+import logging
 import time
 from collections import deque
 from collections.abc import Callable
@@ -59,6 +60,7 @@ from storage.ops import op_recover_unfinished
 from storage.txn import BulkOp, Event, Txn
 
 T = TypeVar("T")
+log = logging.getLogger("roost.actors")
 
 Results = tuple[list[Any], list[Event], dict[str, Any] | None]
 
@@ -370,6 +372,7 @@ class SessionActor:
 
     def _break(self, exc: BaseException, batch: list[Envelope]) -> None:
         """A commit failed: fail the batch and the queue, then close."""
+        log.error("session %s broke: a commit failed (%r); it restarts from disk", self.sid, exc)
         if isinstance(exc, StorageError):
             first: BaseException = exc
         else:

@@ -19,6 +19,8 @@ from storage.txn import Event
 
 log = logging.getLogger("roost.actors")
 
+log = logging.getLogger("roost.actors")
+
 
 class Frame:
     """One outgoing item: a durable event (``seq`` set) or an ephemeral one.
@@ -140,6 +142,7 @@ class Topic:
             if sub.dropped:
                 dropped.append(sub)
         for sub in dropped:
+            log.warning("session %s: dropped a subscriber %d frames behind", self.sid, sub.maxsize)
             self.subs.discard(sub)
             if self._on_drop is not None:
                 self._on_drop()

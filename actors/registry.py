@@ -35,10 +35,21 @@ from storage.errors import Conflict, NotFound, StorageError, Unavailable
 from storage.export import ImportPlan, populate_import
 from storage.fsync import Syncer
 from storage.ids import now_iso, uuid7, validate_session_id
-from storage.layout import DataDir, trim_heap
+from storage.layout import DataDir, open_data_dir, trim_heap
+from storage.layout import DataDirLock as DataDirLock  # the claim_data_dir lock type
 from storage.lifecycle import create_session_file, remove_session_files
 
 log = logging.getLogger("roost.actors")
+
+
+def claim_data_dir(root: str) -> DataDirLock:
+    """Check data dir ``root`` for one process's registry and lock it (one server per
+    data dir); the caller holds the returned lock for the process's life.
+
+    Raises ``DataDirError`` (a storage error) with a message for the operator when
+    ``root`` cannot be used, and ``DataDirInUse`` when another server holds it.
+    """
+    return open_data_dir(root)
 
 
 class ActorRegistry:

@@ -122,10 +122,15 @@ class Progress:
             )
             sys.stderr.flush()
 
-    def finish(self, failed: int) -> None:
+    def finish(self) -> None:
+        """End the bar's line; the summary is the command's own output."""
         if self.bar:
             sys.stderr.write("\n")
-        sys.stderr.write(f"checked {self.done} of {self.total}: {failed} with problems\n")
+
+
+def plural(n: int, noun: str) -> str:
+    """``1 session``, ``2 sessions``: ``n`` and ``noun``, plural unless n is 1."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 # --------------------------------------------------------------------------- reads
@@ -165,7 +170,7 @@ def roost_invariants(conn: sqlite3.Connection) -> list[str]:
 
     n_rows = value("SELECT COUNT(*) FROM session")
     if n_rows != 1:
-        return [f"session table has {n_rows} rows, expected 1"]
+        return [f"session table has {plural(n_rows, 'row')}, expected 1"]
     count, roots, leaf_seq, leaf_id, event_seq = conn.execute(
         "SELECT message_count, root_count, active_leaf_seq, active_leaf_id, event_seq FROM session"
     ).fetchone()
@@ -180,7 +185,7 @@ def roost_invariants(conn: sqlite3.Connection) -> list[str]:
         "(SELECT COUNT(*) FROM messages c WHERE c.parent_seq = p.seq)"
     )
     if bad_cc:
-        problems.append(f"{bad_cc} messages have a wrong child_count")
+        problems.append(f"{plural(bad_cc, 'message')} with a wrong child_count")
     bad_link = value(
         "SELECT COUNT(*) FROM messages c LEFT JOIN messages p ON p.seq = c.parent_seq "
         "WHERE (c.parent_seq IS NULL AND (c.depth != 0 OR c.parent_id IS NOT NULL)) "
@@ -188,14 +193,16 @@ def roost_invariants(conn: sqlite3.Connection) -> list[str]:
         "OR c.parent_id IS NOT p.id OR p.seq >= c.seq))"
     )
     if bad_link:
-        problems.append(f"{bad_link} messages disagree with their parent (depth/parent_id)")
+        problems.append(
+            f"{plural(bad_link, 'message')} disagreeing with their parent (depth/parent_id)"
+        )
     roles = ",".join(f"'{r}'" for r in ROLES)
     statuses = ",".join(f"'{s}'" for s in STATUSES)
     odd = value(
         f"SELECT COUNT(*) FROM messages WHERE role NOT IN ({roles}) OR status NOT IN ({statuses})"
     )
     if odd:
-        problems.append(f"{odd} messages have an unknown role or status")
+        problems.append(f"{plural(odd, 'message')} with an unknown role or status")
     path_len, path_max = conn.execute("SELECT COUNT(*), MAX(depth) FROM active_path").fetchone()
     if leaf_seq is None:
         if path_len or leaf_id is not None:
@@ -257,7 +264,9 @@ def check_file(path: Path, *, sid: str | None = None, quick: bool = False) -> di
             return
         roost_schema_version(conn, path)
         if fks:
-            result["problems"].append(f"foreign keys: {len(fks)} violations, first {fks[0]}")
+            result["problems"].append(
+                f"foreign keys: {plural(len(fks), 'violation')}, first {fks[0]}"
+            )
         if integrity == ["ok"]:
             result["problems"] += roost_invariants(conn)
             held = [held_id for (held_id,) in conn.execute("SELECT id FROM session LIMIT 1")]
@@ -411,7 +420,7 @@ def cmd_sessions(args: argparse.Namespace, dd: DataDir) -> int:
             for i in items
         ],
     )
-    print(f"{len(items)} sessions")
+    print(plural(len(items), "session"))
     return EXIT_OK
 
 
@@ -487,7 +496,7 @@ def cmd_show(args: argparse.Namespace, dd: DataDir) -> int:
         ("integrity_check", "; ".join(s["integrity_check"][:5])),
         (
             "foreign_key_check",
-            "ok" if not s["foreign_key_check"] else f"{len(s['foreign_key_check'])} violations",
+            plural(len(s["foreign_key_check"]), "violation") if s["foreign_key_check"] else "ok",
         ),
         ("roost check", "ok" if not s["roost_check"] else "; ".join(s["roost_check"])),
     ]
@@ -801,7 +810,7 @@ def cmd_check(args: argparse.Namespace, dd: DataDir) -> int:
         if progress is not None:
             progress.step(name)
     if progress is not None:
-        progress.finish(failed)
+        progress.finish()
     if args.json:
         emit_json(
             {"ok": failed == 0, "checked": len(results), "failed": failed, "results": results}
@@ -879,7 +888,8 @@ def cmd_backup(args: argparse.Namespace, dd: DataDir) -> int:
     else:
         print(
             f"backed up {args.sid} to {dest}: {human_size(report['bytes'])}, "
-            f"{report['messages']} messages ({report['rows']} rows), quick_check "
+            f"{plural(report['messages'], 'message')} ({plural(report['rows'], 'row')}), "
+            "quick_check "
             f"{'; '.join(info['quick_check'][:3])}, {report['seconds']} s"
         )
     return EXIT_OK if ok else EXIT_PROBLEM
@@ -965,7 +975,7 @@ def cmd_restore(args: argparse.Namespace, dd: DataDir) -> int:
         print(
             f"restored {args.sid} from {src}"
             + (f" (renamed from {src_id})" if src_id != args.sid else "")
-            + f": {doc['message_count']} messages"
+            + f": {plural(doc['message_count'], 'message')}"
             + ("; replaced the previous file" if replaced else "")
         )
     return EXIT_OK

@@ -65,6 +65,7 @@ from server.keys import (
     SETTINGS,
     TOKENS,
 )
+from server.logs import access_middlewares
 from server.metrics import Metrics
 from server.openapi import openapi_json
 from server.routes_aisdk import routes as aisdk_routes
@@ -87,14 +88,7 @@ def make_responder(settings: Settings, http: aiohttp.ClientSession) -> Responder
     if settings.responder == "openai":
         from server.openai import OpenAIResponder
 
-        return OpenAIResponder(
-            http,
-            base_url=settings.openai_base_url,
-            api_key=settings.openai_api_key,
-            model=settings.openai_model,
-            fallbacks=[m.strip() for m in settings.openai_fallback_models.split(",")],
-            timeout=settings.openai_timeout,
-        )
+        return OpenAIResponder.from_settings(settings, http)
     return EchoResponder(settings.echo_words_per_second)
 
 
@@ -212,7 +206,12 @@ def make_app(settings: Settings) -> web.Application:
     Raises ``server.tokens.TokensError`` if the tokens file cannot be used.
     """
     app = web.Application(
-        middlewares=[metrics_middleware, gate_middleware, error_middleware],
+        middlewares=[
+            *access_middlewares(settings),
+            metrics_middleware,
+            gate_middleware,
+            error_middleware,
+        ],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings

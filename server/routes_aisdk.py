@@ -78,7 +78,13 @@ class UIMessage(BaseModel):
 
 
 class AiChatRequest(Strict):
-    """``DefaultChatTransport``'s body, plus Roost's optional ``model``."""
+    """``DefaultChatTransport``'s body, plus Roost's optional ``model``.
+
+    Unknown top-level keys (a template's own ``body`` additions) are ignored;
+    the known keys and the messages inside stay strictly validated.
+    """
+
+    model_config = ConfigDict(extra="ignore", strict=True)
 
     id: Annotated[str, StringConstraints(strict=True, max_length=200)]
     messages: list[UIMessage]

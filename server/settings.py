@@ -7,9 +7,11 @@ then the default. Every limit of SPEC section 6 is here with its default.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actors.actor import ActorConfig
 
@@ -61,7 +63,21 @@ class Settings(BaseModel):
     openai_fallback_models: str = Field(
         "", description="comma-separated models to try, in order, when the first fails"
     )
-    openai_timeout: float = Field(60.0, gt=0, description="seconds before a provider call fails")
+    openai_connect_timeout: float = Field(
+        10.0, gt=0, description="seconds to connect to the provider"
+    )
+    openai_idle_timeout: float = Field(
+        60.0, gt=0, description="seconds the provider may stay silent (headers, between chunks)"
+    )
+    openai_timeout: float | None = Field(
+        None, gt=0, description="old name of --openai-idle-timeout"
+    )
+    openai_reply_timeout: float = Field(
+        600.0, gt=0, description="seconds a whole reply may take (every model and retry)"
+    )
+    openai_retries: int = Field(
+        2, ge=0, le=10, description="retries of a 429 or 5xx answer before the first byte"
+    )
     # limits
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest JSON request body")
     max_content_chars: int = Field(100_000, ge=1, description="longest message content")
@@ -88,6 +104,55 @@ class Settings(BaseModel):
     login_cookie_max_age: int = Field(
         30 * 86400, ge=60, description="seconds the login cookie of POST /api/login lasts"
     )
+    # logs
+    access_log: str = Field(
+        "on", description="one log line per request: on, off, or sample:N (1 in N; errors always)"
+    )
+    log_format: Literal["text", "json"] = Field("text", description="log line format")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="least severe level logged"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, values: Any) -> Any:
+        """``--openai-timeout`` sets ``--openai-idle-timeout`` unless that is given too."""
+        if isinstance(values, dict) and values.get("openai_timeout") is not None:
+            values = dict(values)
+            values.setdefault("openai_idle_timeout", values["openai_timeout"])
+        return values
+
+    @field_validator("synchronous", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("fsync", "responder", "log_format", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("openai_base_url")
+    @classmethod
+    def _base_url(cls, value: str) -> str:
+        return check_base_url(value)
+
+    @field_validator("access_log", mode="before")
+    @classmethod
+    def _access_log(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in ("on", "off") and not _SAMPLE.fullmatch(value):
+                raise ValueError("must be on, off or sample:N with N >= 1 (like sample:100)")
+        return value
+
+    def access_log_every(self) -> int:
+        """Log 1 request in this many (1 = every one, 0 = none)."""
+        if self.access_log == "off":
+            return 0
+        if self.access_log == "on":
+            return 1
+        return int(self.access_log.split(":", 1)[1])
 
     def allowed_origin_list(self) -> list[str]:
         return [o.strip().rstrip("/") for o in self.allowed_origins.split(",") if o.strip()]
@@ -105,10 +170,40 @@ class Settings(BaseModel):
         )
 
 
+_SAMPLE = re.compile(r"sample:0*[1-9][0-9]{0,8}")
+
+
+def check_base_url(url: str) -> str:
+    """``url`` without a trailing slash; raises ValueError unless it is http(s) with a host."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as exc:
+        raise ValueError(f"{url!r} is not a URL ({exc})") from exc
+    if parts.scheme not in ("http", "https"):
+        raise ValueError(f"{url!r} needs http:// or https:// (like https://api.openai.com/v1)")
+    if not parts.hostname:
+        raise ValueError(f"{url!r} has no host (like https://api.openai.com/v1)")
+    return url.rstrip("/")
+
+
+def setting_source(name: str, overrides: dict[str, Any]) -> str:
+    """How a user names setting ``name``: its flag, or its variable if that set it."""
+    flag = "--" + name.replace("_", "-")
+    if overrides.get(name) is not None:
+        return flag
+    return f"{flag} (from ROOST_{name.upper()})"
+
+
 def settings_from(
     overrides: dict[str, Any], environ: os._Environ[str] | dict[str, str] | None = None
 ) -> Settings:
-    """Settings from explicit ``overrides`` (None = not given) over ``ROOST_*`` vars."""
+    """Settings from explicit ``overrides`` (None = not given) over ``ROOST_*`` vars.
+
+    The API key falls back to ``OPENAI_API_KEY`` (what every OpenAI client reads)
+    when neither ``--openai-api-key`` nor ``ROOST_OPENAI_API_KEY`` is given.
+    Raises pydantic's ``ValidationError`` for a bad value.
+    """
     env = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for name in Settings.model_fields:
@@ -119,4 +214,6 @@ def settings_from(
     for name, value in overrides.items():
         if value is not None:
             values[name] = value
+    if values.get("openai_api_key") is None and env.get("OPENAI_API_KEY"):
+        values["openai_api_key"] = env["OPENAI_API_KEY"]
     return Settings.model_validate(values, strict=False)

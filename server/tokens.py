@@ -16,6 +16,7 @@ from pathlib import Path
 import orjson
 
 MAX_TOKEN_CHARS = 512
+MIN_TOKEN_CHARS = 4  # refuses typos like a one-character token; use long random tokens
 
 
 class TokensError(ValueError):
@@ -68,9 +69,11 @@ def load_tokens(path: str | None) -> Tokens | None:
             raise TokensError(
                 f"tokens file {path}: every token must map to a non-empty user id string"
             )
-        if len(token) > MAX_TOKEN_CHARS or any(c.isspace() or c in ",;" for c in token):
+        if not MIN_TOKEN_CHARS <= len(token) <= MAX_TOKEN_CHARS or any(
+            c.isspace() or c in ",;" for c in token
+        ):
             raise TokensError(
-                f"tokens file {path}: tokens must be at most {MAX_TOKEN_CHARS} characters "
-                "without spaces, commas or semicolons"
+                f"tokens file {path}: tokens must be at least {MIN_TOKEN_CHARS} and at most "
+                f"{MAX_TOKEN_CHARS} characters, without spaces, commas or semicolons"
             )
     return Tokens(data)

@@ -399,7 +399,7 @@ BAD_BODIES = {
         },
     ),
     "unknown_trigger": {**chat_body("c1", user_msg("u1", "x")), "trigger": "resume-stream"},
-    "unknown_key": chat_body("c1", user_msg("u1", "x"), extra=1),
+    "parts_not_a_list": chat_body("c1", {"id": "u1", "role": "user", "parts": "x"}),
     "text_not_string": chat_body(
         "c1", {"id": "u1", "role": "user", "parts": [{"type": "text", "text": 5}]}
     ),
@@ -414,6 +414,15 @@ async def test_aisdk_bad_body_is_400_and_creates_nothing(client: Any, case: str)
     assert "error" in await r.json()
     listing = await (await client.get("/api/sessions")).json()
     assert listing["items"] == []
+
+
+async def test_aisdk_unknown_top_level_keys_are_ignored(client: Any) -> None:
+    """Extra ``body`` keys of a template (here ``selectedChatModel``, ``data``) are ignored."""
+    body = chat_body("c1", user_msg("u1", "hi"), selectedChatModel="x", data={"k": [1]})
+    r = await client.post("/api/ai/chat", json=body)
+    assert r.status == 200, await r.text()
+    assert (await r.read()).endswith(b"data: [DONE]\n\n")
+    assert [m["content"] for m in await messages_of(client, "c1")] == ["hi", "hi"]
 
 
 # ------------------------------------------------------------------ with tokens (two users)

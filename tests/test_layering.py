@@ -41,7 +41,12 @@ def test_layering_check_sees_imports() -> None:
 SERVER_STORAGE_ALLOWED: dict[str, set[str] | None] = {
     "storage.errors": None,  # the error types (any)
     "storage.ids": {"validate_session_id"},
-    "storage.layout": {"DataDir", "limit_malloc_arenas", "raise_nofile_limit"},  # app setup
+    "storage.layout": {  # app setup, and the data dir's error type
+        "DataDir",
+        "DataDirError",
+        "limit_malloc_arenas",
+        "raise_nofile_limit",
+    },
     "storage.attachments": {"TooLarge", "safe_mime", "safe_name"},  # pure upload helpers
     "storage.export": {"ExportDocument", "ImportPlan", "parse_export"},  # schema, parsing
 }

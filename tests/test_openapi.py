@@ -68,7 +68,7 @@ async def test_openapi_request_schemas_carry_setting_limits(make_client: Any) ->
 async def test_openapi_is_public_with_tokens(make_client: Any, tmp_path: Path) -> None:
     """The document needs no token and declares bearer security."""
     tokens = tmp_path / "t.json"
-    tokens.write_text('{"tok": "u"}')
+    tokens.write_text('{"tok-u": "u"}')
     client = await make_client(tokens_file=str(tokens))
     doc = await _doc(client)
     assert doc["security"] == [{"bearer": []}]
