@@ -114,6 +114,9 @@ def make_app(settings: Settings) -> web.Application:
     app.router.add_routes(aisdk_routes)
     setup_static(app)
     app.router.add_routes(auth_routes)
+    from server.routes_meta import routes as meta_routes
+
+    app.router.add_routes(meta_routes)
     app[OPENAPI] = {}
     app.router.add_get("/openapi.json", openapi_json)
     return app

@@ -2,8 +2,10 @@
 
 The files are read once when the app is built; a request names a file by its
 base name only (no directories), so no request path ever reaches the file
-system. ``index.html`` is served with ``Cache-Control: no-cache``; assets carry
-a strong ``ETag`` (content hash) and answer ``If-None-Match`` with 304.
+system. Third-party code lives in ``server/static/vendor`` (each library with its
+LICENSE) and is served at ``/static/vendor/<name>`` the same way. ``index.html``
+is served with ``Cache-Control: no-cache``; assets carry a strong ``ETag``
+(content hash) and answer ``If-None-Match`` with 304.
 """
 
 from __future__ import annotations
@@ -46,18 +48,26 @@ class Asset:
     etag: str
 
 
+VENDOR = "vendor"
+
+
 def load_assets(directory: Path = STATIC_DIR) -> dict[str, Asset]:
-    """Every servable file in ``directory`` by base name (a missing directory gives none)."""
+    """Every servable file in ``directory`` and its ``vendor`` folder.
+
+    Keys are base names (``app.js``) and ``vendor/<base name>``; a missing
+    directory gives none. Nothing deeper than ``vendor/`` is ever loaded.
+    """
     assets: dict[str, Asset] = {}
-    if not directory.is_dir():
-        return assets
-    for path in sorted(directory.iterdir()):
-        if not path.is_file() or not _NAME.match(path.name):
+    for folder, prefix in ((directory, ""), (directory / VENDOR, f"{VENDOR}/")):
+        if not folder.is_dir():
             continue
-        body = path.read_bytes()
-        ctype = _TYPES[path.suffix]  # _NAME admits only these suffixes
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        assets[path.name] = Asset(body, ctype, etag)
+        for path in sorted(folder.iterdir()):
+            if not path.is_file() or not _NAME.match(path.name):
+                continue
+            body = path.read_bytes()
+            ctype = _TYPES[path.suffix]  # _NAME admits only these suffixes
+            etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            assets[prefix + path.name] = Asset(body, ctype, etag)
     return assets
 
 
@@ -76,8 +86,8 @@ def _headers(asset: Asset, cache: str) -> dict[str, str]:
     return headers
 
 
-def _serve(request: web.Request, name: str, cache: str) -> web.Response:
-    asset = request.app[ASSETS].get(name) if _NAME.match(name) else None
+def _serve(request: web.Request, name: str, cache: str, prefix: str = "") -> web.Response:
+    asset = request.app[ASSETS].get(prefix + name) if _NAME.match(name) else None
     if asset is None:
         raise ApiError(404, "not_found", f"no static file {name[:80]!r}")
     headers = _headers(asset, cache)
@@ -118,8 +128,21 @@ async def static_file(request: web.Request) -> web.Response:
     return _serve(request, request.match_info["name"], "no-cache")
 
 
+@describe(
+    params=(IF_NONE_MATCH,),
+    responses={
+        200: Reply("the file", None, tuple(sorted(set(_TYPES.values()))), headers=ASSET_HEADERS),
+        304: Reply("unchanged: If-None-Match matched", headers={"ETag": "as for 200"}),
+    },
+)
+async def vendor_file(request: web.Request) -> web.Response:
+    """A vendored library file (or its LICENSE) by base name; revalidated by ETag."""
+    return _serve(request, request.match_info["name"], "no-cache", f"{VENDOR}/")
+
+
 def setup_static(app: web.Application) -> None:
-    """Load ``server/static`` and add ``GET /`` and ``GET /static/{name}``."""
+    """Load ``server/static``; add ``GET /``, ``/static/{name}``, ``/static/vendor/{name}``."""
     app[ASSETS] = load_assets()
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static_file)
+    app.router.add_get(f"/static/{VENDOR}/{{name}}", vendor_file)
