@@ -3,8 +3,11 @@
 // the active branch (``path``, oldest first); every update is idempotent, so
 // the same change arriving over SSE and over the socket is applied once.
 
-import { api, ApiError, newClientId, onUnauthorized, postStream, probe, sessionPath } from './api.js';
+import { api, ApiError, newClientId, onUnauthorized, postStream, sessionPath } from './api.js';
+import { fillIcons } from './icons.js';
 import { LiveSocket } from './live.js';
+import { MarkdownView } from './markdown.js';
+import { SessionFeed } from './sessions.js';
 import { editor, el, messageItem, relativeTime, safeSnippet, UNFINISHED } from './view.js';
 
 const PAGE = 50;
@@ -18,6 +21,9 @@ const ui = {
   renameBtn: $('rename'), renameForm: $('rename-form'), renameInput: $('rename-input'),
   renameCancel: $('rename-cancel'), deleteBtn: $('delete'),
   exportJson: $('export-json'), exportMd: $('export-md'),
+  menuButton: $('chat-menu-button'), chatMenu: $('chat-menu'), searchToggle: $('search-toggle'),
+  account: $('account'), accountUser: $('account-user'), signOut: $('sign-out'),
+  model: $('model-picker'), scrim: $('scrim'),
   searchForm: $('search-form'), searchInput: $('search-input'), results: $('search-results'),
   resultsList: $('search-list'), resultsSummary: $('search-summary'), resultsClose: $('search-close'),
   log: $('log'), messages: $('messages'), older: $('load-older'), historyStatus: $('history-status'),
@@ -28,6 +34,9 @@ const ui = {
 };
 
 const features = { search: null, export: null, attachments: null };
+let me = null; // the capabilities answer: {user, auth, features, ...}
+let models = null; // GET /api/models
+const MODEL_KEY = 'roost.model';
 
 let sessions = { items: [], next: null };
 let view = null; // the open chat, see openSession
@@ -42,20 +51,29 @@ function toast(text) {
   toastTimer = setTimeout(() => { ui.toast.hidden = true; }, 5000);
 }
 
+const UNREACHABLE = "Can't reach the server; retrying";
+
+/** A failed request, said the way a user can act on it (network, 4xx/5xx, or a bug). */
 function fail(err) {
   if (err instanceof ApiError && err.status === 401) return;
   if (err && err.name === 'AbortError') return;
-  console.error(err);
+  if (err instanceof TypeError && !(err instanceof ApiError)) {
+    // fetch rejects with a TypeError only when the request never got an answer
+    setConn('offline');
+    toast(UNREACHABLE);
+    return;
+  }
+  if (!(err instanceof ApiError)) console.error(err);
   toast(err instanceof ApiError ? err.message : `Something went wrong: ${err}`);
 }
 
 const CONN_TEXT = {
-  idle: 'Not connected', connecting: 'Connecting…', connected: 'Live',
-  reconnecting: 'Reconnecting…', offline: 'Offline',
+  idle: '', connecting: 'Connecting…', connected: 'Live',
+  reconnecting: 'Reconnecting…', offline: UNREACHABLE,
 };
 function setConn(state) {
   ui.conn.dataset.state = state;
-  ui.connText.textContent = CONN_TEXT[state] || state;
+  ui.connText.textContent = CONN_TEXT[state] ?? state;
 }
 
 function nearBottom() {
@@ -79,9 +97,8 @@ ui.loginForm.addEventListener('submit', async (ev) => {
     await api('POST', '/api/login', { token: ui.loginToken.value });
     ui.loginToken.value = '';
     ui.login.close();
-    await loadSessions();
     closeView();
-    route();
+    await boot();
   } catch (err) {
     ui.loginError.textContent = err instanceof ApiError && err.status === 401
       ? 'That token was not accepted.' : String(err.message || err);
@@ -92,6 +109,28 @@ ui.loginForm.addEventListener('submit', async (ev) => {
 
 function sessionTitle(s) {
   return s.title && s.title.trim() ? s.title : 'Untitled chat';
+}
+
+/** Whether a chat still has no title of its own (the old page titled every chat "New chat"). */
+function untitled(s) {
+  return !s || !s.title || !s.title.trim() || s.title === 'New chat';
+}
+
+/** A title from a first message: its first line, cut at a word near 48 characters. */
+function titleFrom(text) {
+  const line = text.trim().split('\n')[0].replace(/\s+/g, ' ').trim();
+  if ([...line].length <= 48) return line || 'Untitled chat';
+  const cut = [...line].slice(0, 48).join('');
+  const space = cut.lastIndexOf(' ');
+  return `${(space > 24 ? cut.slice(0, space) : cut).trim()}…`;
+}
+
+/** Apply a change to one listed chat (a count, a title) and re-render the list. */
+function patchSession(sid, change) {
+  const s = sessions.items.find((x) => x.id === sid);
+  if (!s) return;
+  change(s);
+  renderSessions();
 }
 
 function renderSessions() {
@@ -111,14 +150,20 @@ function renderSessions() {
 
 async function loadSessions() {
   const data = await api('GET', '/api/sessions?limit=50');
-  sessions = { items: data.items, next: data.next_cursor };
+  // keep chats loaded with "Load more" that are still there
+  const known = new Set(data.items.map((s) => s.id));
+  const older = data.next_cursor ? sessions.items.filter((s) => !known.has(s.id) && sessions.items.indexOf(s) >= data.items.length) : [];
+  sessions = { items: [...data.items, ...older], next: data.next_cursor };
   renderSessions();
 }
 
-let listTimer = null;
-function refreshSessionsSoon() {
-  clearTimeout(listTimer);
-  listTimer = setTimeout(() => loadSessions().catch(fail), 300);
+const feed = new SessionFeed(() => loadSessions().catch(quietFail));
+function refreshSessionsSoon() { feed.poke(); }
+
+/** Background refreshes: a network failure shows on the state dot, not as a toast every poll. */
+function quietFail(err) {
+  if (err instanceof TypeError) { setConn('offline'); return; }
+  fail(err);
 }
 
 ui.more.addEventListener('click', async () => {
@@ -131,25 +176,22 @@ ui.more.addEventListener('click', async () => {
   } catch (err) { fail(err); }
 });
 
-ui.newSession.addEventListener('click', async () => {
-  try {
-    const s = await api('POST', '/api/sessions', { title: 'New chat' });
-    sessions.items.unshift(s);
-    location.hash = `#/s/${encodeURIComponent(s.id)}`;
-    renderSessions();
-    ui.input.focus();
-  } catch (err) { fail(err); }
+// "New chat" opens the start screen; the chat is created when its first message is sent.
+ui.newSession.addEventListener('click', () => {
+  setSidebar(false);
+  if (location.hash !== '#/new') location.hash = '#/new';
+  else route();
+  ui.input.focus();
 });
 
 ui.menu.addEventListener('click', () => setSidebar(!ui.sidebar.classList.contains('open')));
+ui.scrim.addEventListener('click', () => setSidebar(false));
 function setSidebar(open) {
   ui.sidebar.classList.toggle('open', open);
+  ui.scrim.hidden = !open;
   ui.menu.setAttribute('aria-expanded', String(open));
 }
 ui.list.addEventListener('click', (ev) => { if (ev.target.closest('a')) setSidebar(false); });
-document.addEventListener('keydown', (ev) => {
-  if (ev.key === 'Escape' && ui.sidebar.classList.contains('open')) { setSidebar(false); ui.menu.focus(); }
-});
 
 // ------------------------------------------------------------------ the chat view
 
@@ -171,6 +213,8 @@ class ChatView {
     this.busy = 0; // own requests in flight that change the tree
     this.pendingFiles = [];
     this.closed = false;
+    this.md = new Map(); // assistant message id → MarkdownView (kept across rebuilds of its <li>)
+    this.readyWaiters = [];
     this.live = new LiveSocket(sid, {
       since: () => (this.ready ? this.lastSeq : null),
       onFrame: (f) => this.onFrame(f),
@@ -182,8 +226,14 @@ class ChatView {
 
   start() { this.live.start(); }
 
+  /** Resolves once the first page is in (at once if it is). */
+  whenReady() {
+    return this.ready ? Promise.resolve() : new Promise((resolve) => this.readyWaiters.push(resolve));
+  }
+
   close() {
     this.closed = true;
+    for (const resolve of this.readyWaiters) resolve();
     this.live.close();
     clearTimeout(this.reloadTimer);
   }
@@ -242,6 +292,7 @@ class ChatView {
     this.setPath(data.messages, data.before);
     this.renderHead();
     this.ready = true;
+    for (const resolve of this.readyWaiters.splice(0)) resolve();
     const queued = this.queue;
     this.queue = [];
     for (const f of queued) this.apply(f);
@@ -273,6 +324,9 @@ class ChatView {
 
   created(m) {
     const known = this.byId.has(m.id);
+    if (!known && this.ready) {
+      patchSession(this.sid, (s) => { s.message_count += 1; s.updated_at = s.last_message_at = m.created_at; });
+    }
     this.upsert(m);
     if (this.path.includes(m.id)) return;
     const tail = this.tail();
@@ -304,7 +358,9 @@ class ChatView {
     const li = document.getElementById(`m-${mid}`);
     if (li) {
       const stick = nearBottom();
-      li.querySelector('.body').textContent = m.content;
+      const md = this.md.get(mid);
+      if (md) md.update(m.content);
+      else li.querySelector('.body').textContent = m.content;
       if (stick) this.scrollToBottom();
     }
   }
@@ -318,6 +374,7 @@ class ChatView {
 
   deleted(mid) {
     const m = this.byId.get(mid);
+    if (m && !m.deleted) patchSession(this.sid, (s) => { s.message_count = Math.max(0, s.message_count - 1); });
     if (m) this.byId.set(mid, { ...m, deleted: true, content: '' });
     if (this.path.includes(mid)) this.renderMessage(mid);
   }
@@ -423,7 +480,17 @@ class ChatView {
   // ---- rendering
 
   item(m) {
-    return messageItem(m, messageActions, { busy: this.busy > 0 });
+    let body = null;
+    if (m.role === 'assistant' && !m.deleted) {
+      let md = this.md.get(m.id);
+      if (!md) {
+        md = new MarkdownView(el('div', { class: 'body markdown' }));
+        this.md.set(m.id, md);
+      }
+      md.update(m.content, !UNFINISHED.has(m.status));
+      body = md.root;
+    }
+    return messageItem(m, messageActions, { busy: this.busy > 0, body });
   }
 
   renderMessage(id) {
@@ -498,19 +565,30 @@ class ChatView {
 
   async sendMessage(content, parentId) {
     const body = { content, client_id: newClientId() };
+    const model = chosenModel();
+    if (model) body.model = model;
+    if (!this.path.length && parentId === undefined && untitled(this.session)) {
+      // no auto-title on the server yet: name the chat after its first message, once
+      api('PATCH', this.base, { title: titleFrom(content) }).then((s) => this.sessionUpdated(s)).catch(fail);
+    }
     if (parentId !== undefined) body.parent_id = parentId;
     if (this.pendingFiles.length) body.attachments = this.pendingFiles.map((f) => f.id);
     this.pendingFiles = [];
     renderChips(this);
     this.scrollToBottom();
     await this.stream(`${this.base}/chat`, body);
+    feed.announce();
   }
 }
 
 const messageActions = {
   regenerate(m) {
     if (!view) return;
-    view.stream(`${view.base}/messages/${encodeURIComponent(m.id)}/regenerate`, undefined).catch(fail);
+    const model = chosenModel();
+    view.stream(`${view.base}/messages/${encodeURIComponent(m.id)}/regenerate`, model ? { model } : undefined).catch(fail);
+  },
+  copy(m) {
+    copyText(m.content).then(() => toast('Copied as Markdown.')).catch(() => toast('Copying is not allowed here.'));
   },
   stop(m) {
     if (!view) return;
@@ -550,25 +628,134 @@ const messageActions = {
 
 // ------------------------------------------------------------------ composer
 
+/** Copy text to the clipboard (the async API, or a hidden textarea where it is missing). */
+async function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) { await navigator.clipboard.writeText(text); return; }
+  const area = el('textarea', { class: 'sr-only', 'aria-hidden': 'true' });
+  area.value = text;
+  document.body.append(area);
+  area.select();
+  const ok = document.execCommand('copy');
+  area.remove();
+  if (!ok) throw new Error('copy refused');
+}
+
+ui.messages.addEventListener('click', (ev) => {
+  const btn = ev.target.closest('.copy-code');
+  if (!btn) return;
+  const code = btn.closest('.code-block')?.querySelector('pre code');
+  if (!code) return;
+  copyText(code.textContent).then(() => {
+    btn.lastChild.textContent = 'Copied';
+    setTimeout(() => { btn.lastChild.textContent = 'Copy'; }, 1500);
+  }).catch(() => toast('Copying is not allowed here.'));
+});
+
+function chosenModel() {
+  if (!models || ui.model.hidden) return null;
+  const id = ui.model.value;
+  return id && id !== models.default ? id : null;
+}
+
+function growInput() {
+  ui.input.style.height = 'auto';
+  ui.input.style.height = `${Math.min(ui.input.scrollHeight + 2, window.innerHeight * 0.4)}px`;
+}
+
+let creating = false;
+/** On the start screen: make the chat (titled after the message), open it, then send. */
+async function startChat(text) {
+  if (creating) return;
+  creating = true;
+  try {
+    const s = await api('POST', '/api/sessions', { title: titleFrom(text) });
+    sessions.items.unshift(s);
+    history.pushState(null, '', `#/s/${encodeURIComponent(s.id)}`);
+    openSession(s.id);
+    const v = view;
+    await v.whenReady();
+    if (v.closed) return;
+    v.session = s;
+    await v.sendMessage(text);
+  } finally {
+    creating = false;
+    feed.announce();
+  }
+}
+
 ui.composer.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const text = ui.input.value;
-  if (!view || !text.trim()) return;
+  if (!text.trim() || creating) return;
   ui.input.value = '';
-  view.sendMessage(text).catch((err) => {
+  growInput();
+  const sending = view ? view.sendMessage(text) : startChat(text);
+  sending.catch((err) => {
     fail(err);
-    if (!ui.input.value) ui.input.value = text;
+    if (!ui.input.value) { ui.input.value = text; growInput(); }
   });
 });
+ui.input.addEventListener('input', growInput);
 ui.input.addEventListener('keydown', (ev) => {
   if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
     ev.preventDefault();
     ui.composer.requestSubmit();
+  } else if (ev.key === 'ArrowUp' && !ui.input.value && view) {
+    // Up in an empty box edits your last message
+    const last = [...view.path].reverse().map((id) => view.byId.get(id)).find((m) => m && m.role === 'user' && !m.deleted);
+    if (last) { ev.preventDefault(); messageActions.edit(last); }
   }
 });
-ui.stop.addEventListener('click', () => {
+function stopReplies() {
   if (view) for (const m of view.running()) messageActions.stop(m);
+}
+ui.stop.addEventListener('click', stopReplies);
+
+function typing(target) {
+  return target instanceof HTMLElement && (target.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(target.tagName));
+}
+
+document.addEventListener('keydown', (ev) => {
+  if (ev.defaultPrevented || ev.isComposing) return;
+  if (ev.key === 'Escape') {
+    if (!ui.chatMenu.hidden) { setMenu(false); ui.menuButton.focus(); return; }
+    if (ui.sidebar.classList.contains('open')) { setSidebar(false); ui.menu.focus(); return; }
+    if (!ui.searchForm.hidden && document.activeElement === ui.searchInput) { setSearch(false); return; }
+    if (view && view.running().length && !ev.target.closest?.('form.edit, dialog')) { ev.preventDefault(); stopReplies(); }
+    return;
+  }
+  if (ev.key === '/' && !typing(ev.target) && !ev.ctrlKey && !ev.metaKey && !ev.altKey && view && features.search) {
+    ev.preventDefault();
+    setSearch(true);
+  }
 });
+
+// the chat header's overflow menu and the search toggle
+function setMenu(open) {
+  ui.chatMenu.hidden = !open;
+  ui.menuButton.setAttribute('aria-expanded', String(open));
+  if (open) ui.chatMenu.querySelector('[role=menuitem]:not([hidden])')?.focus();
+}
+ui.menuButton.addEventListener('click', () => setMenu(ui.chatMenu.hidden));
+ui.chatMenu.addEventListener('click', (ev) => { if (ev.target.closest('[role=menuitem]')) setMenu(false); });
+document.addEventListener('click', (ev) => {
+  if (!ui.chatMenu.hidden && !ev.target.closest('.menu-wrap')) setMenu(false);
+});
+ui.chatMenu.addEventListener('keydown', (ev) => {
+  if (ev.key !== 'ArrowDown' && ev.key !== 'ArrowUp') return;
+  ev.preventDefault();
+  const items = [...ui.chatMenu.querySelectorAll('[role=menuitem]:not([hidden])')];
+  const i = items.indexOf(document.activeElement);
+  items[(i + (ev.key === 'ArrowDown' ? 1 : items.length - 1)) % items.length]?.focus();
+});
+
+function setSearch(open) {
+  ui.searchForm.hidden = !open;
+  ui.searchToggle.setAttribute('aria-expanded', String(open));
+  if (open) { ui.searchInput.focus(); ui.searchInput.select(); } else { ui.results.hidden = true; ui.searchToggle.focus(); }
+}
+ui.searchToggle.addEventListener('click', () => setSearch(ui.searchForm.hidden));
+ui.searchInput.addEventListener('keydown', (ev) => { if (ev.key === 'Escape') { ev.preventDefault(); setSearch(false); } });
 
 ui.log.addEventListener('scroll', () => {
   if (view && ui.log.scrollTop < 300) view.loadOlder().catch(fail);
@@ -612,7 +799,7 @@ ui.renameBtn.addEventListener('click', () => {
 function endRename() {
   ui.renameForm.hidden = true;
   ui.title.hidden = false;
-  ui.renameBtn.focus();
+  ui.menuButton.focus();
 }
 ui.renameCancel.addEventListener('click', endRename);
 ui.renameInput.addEventListener('keydown', (ev) => { if (ev.key === 'Escape') endRename(); });
@@ -623,6 +810,7 @@ ui.renameForm.addEventListener('submit', async (ev) => {
     const s = await api('PATCH', v.base, { title: ui.renameInput.value.trim() || null });
     v.sessionUpdated(s);
     endRename();
+    feed.announce();
   } catch (err) { fail(err); }
 });
 ui.deleteBtn.addEventListener('click', async () => {
@@ -634,6 +822,7 @@ ui.deleteBtn.addEventListener('click', async () => {
     closeView();
     renderSessions();
     history.replaceState(null, '', '#/');
+    feed.announce();
   } catch (err) { fail(err); }
 });
 
@@ -672,25 +861,51 @@ async function jumpTo(v, m) {
 
 // ------------------------------------------------------------------ features, routing
 
-async function detectFeatures(sid) {
-  const base = sessionPath(sid);
-  const absent = (status) => status === 404 || status === 405 || status === 0;
-  if (features.search === null) {
-    const st = await probe('GET', `${base}/search?q=roost&limit=1`);
-    if (st !== 401) features.search = !absent(st);
-  }
-  if (features.export === null) {
-    const st = await probe('GET', `${base}/export?format=__probe__`);
-    if (st !== 401) features.export = !absent(st);
-  }
-  if (features.attachments === null) {
-    const st = await probe('POST', `${base}/attachments`, new FormData());
-    if (st !== 401) features.attachments = !absent(st);
-  }
-  ui.searchForm.hidden = !features.search;
+/** Who is asking and what this server offers, from one call (no probing with bad requests). */
+async function loadCapabilities() {
+  me = await api('GET', '/api/capabilities');
+  Object.assign(features, {
+    search: me.features.search, export: me.features.export, attachments: me.features.attachments,
+  });
+  ui.account.hidden = me.auth !== 'tokens';
+  ui.accountUser.textContent = me.user ? `Signed in as ${me.user}` : '';
+  applyFeatures();
+}
+
+function applyFeatures() {
+  ui.searchToggle.hidden = !features.search;
+  if (!features.search) ui.searchForm.hidden = true;
   ui.exportJson.hidden = ui.exportMd.hidden = !features.export;
   ui.attachLabel.hidden = !features.attachments;
 }
+
+async function loadModels() {
+  models = await api('GET', '/api/models');
+  const saved = localStorage.getItem(MODEL_KEY);
+  ui.model.replaceChildren(...models.models.map((m) => el(
+    'option', { value: m.id, selected: m.id === (saved || models.default) }, m.role === 'fallback' ? `${m.id} (fallback)` : m.id,
+  )));
+  if (!models.models.some((m) => m.id === saved)) ui.model.value = models.default;
+  ui.model.disabled = models.models.length < 2;
+  ui.model.title = models.models.length < 2 ? 'The only model this server offers' : 'Model for the next reply';
+  ui.model.hidden = false;
+}
+ui.model.addEventListener('change', () => localStorage.setItem(MODEL_KEY, ui.model.value));
+
+ui.signOut.addEventListener('click', async () => {
+  try {
+    await api('POST', '/api/logout');
+  } catch (err) { fail(err); return; }
+  me = null;
+  sessions = { items: [], next: null };
+  closeView();
+  renderSessions();
+  history.replaceState(null, '', '#/');
+  ui.account.hidden = true;
+  ui.loginError.textContent = '';
+  ui.login.showModal();
+  ui.loginToken.focus();
+});
 
 function closeView() {
   if (view) view.close();
@@ -698,6 +913,11 @@ function closeView() {
   ui.view.hidden = true;
   ui.empty.hidden = false;
   ui.results.hidden = true;
+  ui.searchForm.hidden = true;
+  ui.chatMenu.hidden = true;
+  ui.stop.hidden = true;
+  ui.send.hidden = false;
+  ui.chips.replaceChildren();
   document.title = 'Roost';
   setConn('idle');
 }
@@ -715,8 +935,8 @@ function openSession(sid) {
   ui.older.hidden = true;
   ui.searchInput.value = '';
   renderSessions();
+  applyFeatures();
   view.start();
-  detectFeatures(sid).catch(() => {});
 }
 
 function route() {
@@ -725,9 +945,16 @@ function route() {
   else { closeView(); renderSessions(); }
 }
 
-window.addEventListener('hashchange', route);
-window.addEventListener('focus', refreshSessionsSoon);
-window.roost = { get view() { return view; }, features }; // for tests and debugging
+/** Load what the page needs (after sign-in too); idempotent. */
+async function boot() {
+  await loadCapabilities();
+  await Promise.all([loadSessions(), loadModels().catch(fail)]);
+  route();
+}
 
-loadSessions().catch(fail);
-route();
+window.addEventListener('hashchange', route);
+window.roost = { get view() { return view; }, features, get me() { return me; } }; // for tests and debugging
+
+fillIcons();
+feed.start();
+boot().catch(fail);
