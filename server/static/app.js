@@ -157,7 +157,8 @@ async function loadSessions() {
   renderSessions();
 }
 
-const feed = new SessionFeed(() => loadSessions().catch(quietFail));
+// signed out (tokens mode), there is no list to refresh: polling would only collect 401s
+const feed = new SessionFeed(() => (me ? loadSessions().catch(quietFail) : Promise.resolve()));
 function refreshSessionsSoon() { feed.poke(); }
 
 /** Background refreshes: a network failure shows on the state dot, not as a toast every poll. */
