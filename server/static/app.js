@@ -1,18 +1,14 @@
-// Roost's web page: a session list, a chat view fed by HTTP pages and the live
-// WebSocket feed. The model is a map of known messages plus the loaded part of
-// the active branch (``path``, oldest first); every update is idempotent, so
-// the same change arriving over SSE and over the socket is applied once.
+// Roost's web page: the chat list, the header, the composer, and the open chat
+// (chat.js: a ChatView, fed by HTTP pages, its SSE replies and its WebSocket).
 
-import { api, ApiError, newClientId, onUnauthorized, postStream, sessionPath } from './api.js';
+import { api, ApiError, onUnauthorized } from './api.js';
+import { ChatView } from './chat.js';
 import { fillIcons } from './icons.js';
-import { LiveSocket } from './live.js';
-import { MarkdownView } from './markdown.js';
 import { SessionFeed } from './sessions.js';
-import { editor, el, messageItem, relativeTime, safeSnippet, UNFINISHED } from './view.js';
+import { sessionTitle, titleFrom } from './titles.js';
+import { editor, el, relativeTime, safeSnippet } from './view.js';
 
-const PAGE = 50;
 const $ = (id) => document.getElementById(id);
-const cp = (s) => [...s];
 
 const ui = {
   conn: $('conn'), connText: $('conn-text'), menu: $('menu-toggle'), sidebar: $('sidebar'),
@@ -76,11 +72,6 @@ function setConn(state) {
   ui.connText.textContent = CONN_TEXT[state] ?? state;
 }
 
-function nearBottom() {
-  const l = ui.log;
-  return l.scrollHeight - l.scrollTop - l.clientHeight < 80;
-}
-
 // ------------------------------------------------------------------ login (tokens)
 
 onUnauthorized(() => {
@@ -106,24 +97,6 @@ ui.loginForm.addEventListener('submit', async (ev) => {
 });
 
 // ------------------------------------------------------------------ session list
-
-function sessionTitle(s) {
-  return s.title && s.title.trim() ? s.title : 'Untitled chat';
-}
-
-/** Whether a chat still has no title of its own (the old page titled every chat "New chat"). */
-function untitled(s) {
-  return !s || !s.title || !s.title.trim() || s.title === 'New chat';
-}
-
-/** A title from a first message: its first line, cut at a word near 48 characters. */
-function titleFrom(text) {
-  const line = text.trim().split('\n')[0].replace(/\s+/g, ' ').trim();
-  if ([...line].length <= 48) return line || 'Untitled chat';
-  const cut = [...line].slice(0, 48).join('');
-  const space = cut.lastIndexOf(' ');
-  return `${(space > 24 ? cut.slice(0, space) : cut).trim()}…`;
-}
 
 /** Apply a change to one listed chat (a count, a title) and re-render the list. */
 function patchSession(sid, change) {
@@ -196,392 +169,6 @@ ui.list.addEventListener('click', (ev) => { if (ev.target.closest('a')) setSideb
 
 // ------------------------------------------------------------------ the chat view
 
-class ChatView {
-  constructor(sid) {
-    this.sid = sid;
-    this.base = sessionPath(sid);
-    this.session = null;
-    this.byId = new Map();
-    this.path = []; // ids on the active branch, oldest first (the loaded part)
-    this.before = null;
-    this.lastSeq = null; // last applied durable event seq
-    this.ready = false; // the first page is in
-    this.queue = []; // frames that came before it
-    this.structural = 0; // counts branch-shaping events (for reload races)
-    this.reloading = null;
-    this.reloadTimer = null;
-    this.loadingOlder = false;
-    this.busy = 0; // own requests in flight that change the tree
-    this.pendingFiles = [];
-    this.closed = false;
-    this.md = new Map(); // assistant message id → MarkdownView (kept across rebuilds of its <li>)
-    this.readyWaiters = [];
-    this.live = new LiveSocket(sid, {
-      since: () => (this.ready ? this.lastSeq : null),
-      onFrame: (f) => this.onFrame(f),
-      onState: (s) => { if (!this.closed) setConn(s); },
-      onGone: () => this.gone(),
-      onRefused: () => this.checkExists(),
-    });
-  }
-
-  start() { this.live.start(); }
-
-  /** Resolves once the first page is in (at once if it is). */
-  whenReady() {
-    return this.ready ? Promise.resolve() : new Promise((resolve) => this.readyWaiters.push(resolve));
-  }
-
-  close() {
-    this.closed = true;
-    for (const resolve of this.readyWaiters) resolve();
-    this.live.close();
-    clearTimeout(this.reloadTimer);
-  }
-
-  tail() { return this.path.length ? this.path[this.path.length - 1] : null; }
-
-  // ---- frames from the socket
-
-  onFrame(f) {
-    if (this.closed) return;
-    if (f.type === 'hello') {
-      if (!this.ready) {
-        // first connection (or a reconnect before the first page came in): start from here
-        this.lastSeq = f.seq;
-        this.queue = [];
-        if (this.loading) this.loadAgain = true;
-        else this.firstLoad().catch(fail);
-      }
-      return;
-    }
-    if (!this.ready) { this.queue.push(f); return; }
-    this.apply(f);
-  }
-
-  apply(f) {
-    if (typeof f.seq === 'number' && f.type !== 'resync') {
-      if (f.seq <= this.lastSeq) return; // already applied
-      this.lastSeq = f.seq;
-    }
-    switch (f.type) {
-      case 'message.created': this.created(f.message); break;
-      case 'message.updated': this.upsert(f.message); break;
-      case 'message.delta': this.delta(f.message_id, f.offset, f.text); break;
-      case 'message.deleted': this.deleted(f.message_id); break;
-      case 'session.updated': this.sessionUpdated(f.session); break;
-      case 'session.deleted': this.gone(); break;
-      case 'resync': this.lastSeq = f.seq; this.scheduleReload(0); break;
-      case 'error': toast(f.message || 'error'); break;
-      default: break;
-    }
-  }
-
-  async firstLoad() {
-    this.loading = true;
-    let data;
-    try {
-      do {
-        this.loadAgain = false;
-        data = await api('GET', `${this.base}?limit=${PAGE}`);
-      } while (this.loadAgain && !this.closed);
-    } finally {
-      this.loading = false;
-    }
-    if (this.closed) return;
-    this.session = data.session;
-    this.setPath(data.messages, data.before);
-    this.renderHead();
-    this.ready = true;
-    for (const resolve of this.readyWaiters.splice(0)) resolve();
-    const queued = this.queue;
-    this.queue = [];
-    for (const f of queued) this.apply(f);
-    this.scrollToBottom();
-    this.fillViewport();
-  }
-
-  // ---- the model
-
-  /** Store a message unless we hold a newer version; keep streamed text ahead of a commit. */
-  upsert(m) {
-    const old = this.byId.get(m.id);
-    if (old) {
-      if (m.version < old.version) {
-        if (m.siblings) old.siblings = m.siblings; // branch info is as fresh as the page
-        if (this.path.includes(m.id)) this.renderMessage(m.id);
-        return old;
-      }
-      if (!m.siblings && old.siblings) m = { ...m, siblings: old.siblings };
-      if (UNFINISHED.has(m.status) && old.content.length > m.content.length && old.content.startsWith(m.content)) {
-        m = { ...m, content: old.content };
-      }
-    }
-    this.byId.set(m.id, m);
-    if (this.path.includes(m.id)) this.renderMessage(m.id);
-    this.renderComposer();
-    return m;
-  }
-
-  created(m) {
-    const known = this.byId.has(m.id);
-    if (!known && this.ready) {
-      patchSession(this.sid, (s) => { s.message_count += 1; s.updated_at = s.last_message_at = m.created_at; });
-    }
-    this.upsert(m);
-    if (this.path.includes(m.id)) return;
-    const tail = this.tail();
-    const continues = tail ? m.parent_id === tail : m.parent_id == null && this.before == null && !known;
-    if (continues) {
-      const stored = this.byId.get(m.id);
-      if (!stored.siblings) stored.siblings = { index: 0, count: 1 };
-      const stick = nearBottom();
-      this.path.push(m.id);
-      ui.messages.append(this.item(stored));
-      if (stick) this.scrollToBottom();
-      this.renderComposer();
-    } else {
-      this.structural += 1;
-      this.scheduleReload();
-    }
-    if (this.session) this.session.active_leaf_id = m.id;
-  }
-
-  delta(mid, offset, text) {
-    const m = this.byId.get(mid);
-    if (!m || !UNFINISHED.has(m.status)) return; // unknown yet, or final text is in
-    const have = cp(m.content);
-    if (offset > have.length) { this.refetch(mid); return; } // a gap: ask for the committed text
-    const add = cp(text);
-    if (offset + add.length <= have.length) return; // seen already
-    m.content = have.join('') + add.slice(have.length - offset).join('');
-    if (m.status === 'pending') { m.status = 'streaming'; this.renderMessage(mid); return; }
-    const li = document.getElementById(`m-${mid}`);
-    if (li) {
-      const stick = nearBottom();
-      const md = this.md.get(mid);
-      if (md) md.update(m.content);
-      else li.querySelector('.body').textContent = m.content;
-      if (stick) this.scrollToBottom();
-    }
-  }
-
-  async refetch(mid) {
-    try {
-      const m = await api('GET', `${this.base}/messages/${encodeURIComponent(mid)}`);
-      if (!this.closed) this.upsert(m);
-    } catch (err) { fail(err); }
-  }
-
-  deleted(mid) {
-    const m = this.byId.get(mid);
-    if (m && !m.deleted) patchSession(this.sid, (s) => { s.message_count = Math.max(0, s.message_count - 1); });
-    if (m) this.byId.set(mid, { ...m, deleted: true, content: '' });
-    if (this.path.includes(mid)) this.renderMessage(mid);
-  }
-
-  sessionUpdated(s) {
-    const idx = sessions.items.findIndex((x) => x.id === s.id);
-    if (idx >= 0) sessions.items[idx] = s;
-    const leafChanged = this.session && s.active_leaf_id !== this.tail();
-    this.session = s;
-    this.renderHead();
-    renderSessions();
-    if (leafChanged) { this.structural += 1; this.scheduleReload(); }
-  }
-
-  /** The socket was refused: if the chat does not exist (or is not ours), say so. */
-  async checkExists() {
-    if (this.closed || this.checking) return;
-    this.checking = true;
-    try {
-      await api('GET', `${this.base}?limit=1`);
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 404) this.gone('This chat does not exist.');
-    } finally {
-      this.checking = false;
-    }
-  }
-
-  gone(message = 'This chat was deleted.') {
-    if (this.closed) return;
-    toast(message);
-    sessions.items = sessions.items.filter((s) => s.id !== this.sid);
-    closeView();
-    renderSessions();
-    history.replaceState(null, '', '#/');
-  }
-
-  setPath(items, before) {
-    for (const m of items) this.upsert(m);
-    this.path = items.map((m) => m.id);
-    this.before = before;
-    ui.messages.replaceChildren(...this.path.map((id) => this.item(this.byId.get(id))));
-    this.renderHistory();
-    this.renderComposer();
-  }
-
-  scheduleReload(delay = 30) {
-    clearTimeout(this.reloadTimer);
-    this.reloadTimer = setTimeout(() => this.reload().catch(fail), delay);
-  }
-
-  /** Refetch the newest page of the active branch; again if the tree changed meanwhile. */
-  async reload() {
-    if (this.reloading) { this.reloadAgain = true; return; }
-    this.reloading = true;
-    try {
-      for (let i = 0; i < 4; i++) {
-        this.reloadAgain = false;
-        const mark = this.structural;
-        const data = await api('GET', `${this.base}?limit=${PAGE}`);
-        if (this.closed) return;
-        const stick = nearBottom();
-        this.session = data.session;
-        this.setPath(data.messages, data.before);
-        this.renderHead();
-        if (stick) this.scrollToBottom();
-        if (this.structural === mark && !this.reloadAgain) break;
-      }
-    } finally {
-      this.reloading = false;
-    }
-  }
-
-  async loadOlder() {
-    if (!this.before || this.loadingOlder || !this.ready) return false;
-    this.loadingOlder = true;
-    ui.historyStatus.textContent = 'Loading older messages…';
-    try {
-      const cursor = this.before;
-      const data = await api('GET', `${this.base}/messages?limit=${PAGE}&before=${encodeURIComponent(cursor)}`);
-      if (this.closed || cursor !== this.before) return false;
-      const fresh = data.items.filter((m) => !this.path.includes(m.id));
-      for (const m of fresh) this.upsert(m);
-      const height = ui.log.scrollHeight;
-      const top = ui.log.scrollTop;
-      this.path.unshift(...fresh.map((m) => m.id));
-      ui.messages.prepend(...fresh.map((m) => this.item(this.byId.get(m.id))));
-      ui.log.scrollTop = top + (ui.log.scrollHeight - height);
-      this.before = data.before;
-      return true;
-    } finally {
-      this.loadingOlder = false;
-      this.renderHistory();
-    }
-  }
-
-  /** Load older pages until the log can scroll (or there are none). */
-  async fillViewport() {
-    for (let i = 0; i < 20 && this.before && ui.log.scrollHeight <= ui.log.clientHeight + 200; i++) {
-      if (!(await this.loadOlder())) break;
-    }
-  }
-
-  // ---- rendering
-
-  item(m) {
-    let body = null;
-    if (m.role === 'assistant' && !m.deleted) {
-      let md = this.md.get(m.id);
-      if (!md) {
-        md = new MarkdownView(el('div', { class: 'body markdown' }));
-        this.md.set(m.id, md);
-      }
-      md.update(m.content, !UNFINISHED.has(m.status));
-      body = md.root;
-    }
-    return messageItem(m, messageActions, { busy: this.busy > 0, body });
-  }
-
-  renderMessage(id) {
-    const li = document.getElementById(`m-${id}`);
-    const m = this.byId.get(id);
-    if (!li || !m) return;
-    if (li.querySelector('form.edit')) return; // do not clobber an open editor
-    const stick = nearBottom();
-    li.replaceWith(this.item(m));
-    if (stick) this.scrollToBottom();
-  }
-
-  renderAll() {
-    for (const id of this.path) this.renderMessage(id);
-  }
-
-  renderHead() {
-    const title = this.session ? sessionTitle(this.session) : '…';
-    ui.title.textContent = title;
-    document.title = `${title} · Roost`;
-    const slug = title.replace(/[^\w.-]+/g, '_').slice(0, 60) || 'chat';
-    ui.exportJson.href = `${this.base}/export?format=json`;
-    ui.exportJson.download = `${slug}.json`;
-    ui.exportMd.href = `${this.base}/export?format=markdown`;
-    ui.exportMd.download = `${slug}.md`;
-  }
-
-  renderHistory() {
-    ui.older.hidden = !this.before;
-    ui.historyStatus.textContent = this.before || !this.path.length ? '' : 'Start of the chat';
-  }
-
-  running() {
-    return this.path.map((id) => this.byId.get(id)).filter((m) => m && m.role === 'assistant' && UNFINISHED.has(m.status));
-  }
-
-  renderComposer() {
-    if (view !== this) return;
-    const running = this.running().length > 0;
-    ui.stop.hidden = !running;
-    ui.send.hidden = running;
-  }
-
-  scrollToBottom() { ui.log.scrollTop = ui.log.scrollHeight; }
-
-  // ---- actions
-
-  /** Run a tree-changing SSE request (chat, regenerate); the model follows its events. */
-  async stream(path, body) {
-    this.busy += 1;
-    this.renderAll();
-    try {
-      await postStream(path, body, (name, data) => {
-        if (this.closed) return;
-        if (name === 'ack') {
-          if (data.user_message) this.created(data.user_message);
-          if (data.assistant_message) this.created(data.assistant_message);
-        } else if (name === 'delta') {
-          this.delta(data.message_id, data.offset, data.text);
-        } else if (name === 'message') {
-          this.upsert(data);
-        } else if (name === 'error') {
-          toast(data.message || 'The reply failed.');
-        }
-      });
-    } finally {
-      this.busy -= 1;
-      if (!this.closed) this.renderAll();
-      refreshSessionsSoon();
-    }
-  }
-
-  async sendMessage(content, parentId) {
-    const body = { content, client_id: newClientId() };
-    const model = chosenModel();
-    if (model) body.model = model;
-    if (!this.path.length && parentId === undefined && untitled(this.session)) {
-      // no auto-title on the server yet: name the chat after its first message, once
-      api('PATCH', this.base, { title: titleFrom(content) }).then((s) => this.sessionUpdated(s)).catch(fail);
-    }
-    if (parentId !== undefined) body.parent_id = parentId;
-    if (this.pendingFiles.length) body.attachments = this.pendingFiles.map((f) => f.id);
-    this.pendingFiles = [];
-    renderChips(this);
-    this.scrollToBottom();
-    await this.stream(`${this.base}/chat`, body);
-    feed.announce();
-  }
-}
-
 const messageActions = {
   regenerate(m) {
     if (!view) return;
@@ -625,6 +212,21 @@ const messageActions = {
       document.querySelector(`#m-${CSS.escape(items[i].id)} .switcher .${step < 0 ? 'prev' : 'next'}`)?.focus();
     } catch (err) { fail(err); }
   },
+};
+
+/** What a ChatView needs from the page around it (see chat.js). */
+const chatHost = {
+  ui, toast, fail, setConn, patchSession, chosenModel,
+  actions: messageActions,
+  isCurrent: (v) => view === v,
+  gone(v) {
+    sessions.items = sessions.items.filter((s) => s.id !== v.sid);
+    closeView();
+    renderSessions();
+    history.replaceState(null, '', '#/');
+  },
+  changed() { refreshSessionsSoon(); feed.announce(); },
+  filesChanged: (v) => renderChips(v),
 };
 
 // ------------------------------------------------------------------ composer
@@ -680,7 +282,6 @@ async function startChat(text) {
     await v.sendMessage(text);
   } finally {
     creating = false;
-    feed.announce();
   }
 }
 
@@ -775,6 +376,7 @@ function renderChips(v) {
 }
 ui.attachInput.addEventListener('change', async () => {
   const v = view;
+  if (!v) return;
   const files = [...ui.attachInput.files];
   ui.attachInput.value = '';
   for (const file of files) {
@@ -877,7 +479,7 @@ function applyFeatures() {
   ui.searchToggle.hidden = !features.search;
   if (!features.search) ui.searchForm.hidden = true;
   ui.exportJson.hidden = ui.exportMd.hidden = !features.export;
-  ui.attachLabel.hidden = !features.attachments;
+  ui.attachLabel.hidden = !features.attachments || !view; // files belong to a chat
 }
 
 async function loadModels() {
@@ -919,6 +521,7 @@ function closeView() {
   ui.stop.hidden = true;
   ui.send.hidden = false;
   ui.chips.replaceChildren();
+  ui.attachLabel.hidden = true;
   document.title = 'Roost';
   setConn('idle');
 }
@@ -926,7 +529,7 @@ function closeView() {
 function openSession(sid) {
   if (view && view.sid === sid) return;
   closeView();
-  view = new ChatView(sid);
+  view = new ChatView(sid, chatHost);
   ui.view.hidden = false;
   ui.empty.hidden = true;
   ui.messages.replaceChildren();
