@@ -17,6 +17,7 @@ const PATHS = {
   next: ['M9 5l7 7-7 7'],
   logout: ['M15 4h4v16h-4', 'M10 8l-4 4 4 4', 'M6 12h10'],
   close: ['M6 6l12 12', 'M18 6L6 18'],
+  trash: ['M4 7h16', 'M9 7V4h6v3', 'M6 7l1 13h10l1-13', 'M10 11v5', 'M14 11v5'],
   file: ['M6 3h8l4 4v14H6z', 'M14 3v4h4'],
   check: ['M5 12l5 5 9-10'],
 };
