@@ -997,3 +997,23 @@ def test_tokens_mode_shows_who_is_signed_in_and_signs_out(
     page.wait_for_selector("#login[open]")
     assert page.context.cookies() == []
     assert page.locator("#session-list a").count() == 0
+
+
+def test_server_down_says_it_cannot_be_reached(
+    tmp_path_factory: pytest.TempPathFactory, browser: Browser, pages: Any
+) -> None:
+    """With the server gone, the dot and a send both say "Can't reach the server; retrying"."""
+    proc = ServerProcess(tmp_path_factory.mktemp("web-down") / "data")
+    try:
+        wait_ready(proc)
+        sid = new_session(proc, "Going away")
+        page = pages()
+        open_chat(page, proc, sid)
+        proc.close()
+        page.wait_for_selector("#conn[data-state=offline]")
+        assert page.locator("#conn-text").text_content() == "Can't reach the server; retrying"
+        send(page, "still there?")
+        page.wait_for_selector('#toast:text-is("Can\'t reach the server; retrying")')
+        assert page.locator("#composer-input").input_value() == "still there?"
+    finally:
+        proc.close()

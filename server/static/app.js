@@ -54,8 +54,9 @@ function fail(err) {
   if (err instanceof ApiError && err.status === 401) return;
   if (err && err.name === 'AbortError') return;
   if (err instanceof TypeError && !(err instanceof ApiError)) {
-    // fetch rejects with a TypeError only when the request never got an answer
-    setConn('offline');
+    // fetch rejects with a TypeError only when the request never got an answer;
+    // the dot says so unless the open chat's socket is still up (it knows better)
+    if (!view || !view.live.connected()) setConn('offline');
     toast(UNREACHABLE);
     return;
   }
@@ -128,6 +129,7 @@ async function loadSessions() {
   const older = data.next_cursor ? sessions.items.filter((s) => !known.has(s.id) && sessions.items.indexOf(s) >= data.items.length) : [];
   sessions = { items: [...data.items, ...older], next: data.next_cursor };
   renderSessions();
+  if (!view && ui.conn.dataset.state === 'offline') setConn('idle'); // the server answers again
 }
 
 // signed out (tokens mode), there is no list to refresh: polling would only collect 401s
@@ -136,7 +138,7 @@ function refreshSessionsSoon() { feed.poke(); }
 
 /** Background refreshes: a network failure shows on the state dot, not as a toast every poll. */
 function quietFail(err) {
-  if (err instanceof TypeError) { setConn('offline'); return; }
+  if (err instanceof TypeError) { if (!view || !view.live.connected()) setConn('offline'); return; }
   fail(err);
 }
 
