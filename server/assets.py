@@ -31,16 +31,24 @@ class Asset:
     etag: str
 
 
+VENDOR = "vendor"  # third-party code, each library with its LICENSE
+
+
 def load_assets(directory: Path = STATIC_DIR) -> dict[str, Asset]:
-    """Every servable file in ``directory`` by base name (a missing directory gives none)."""
+    """Every servable file in ``directory`` and its ``vendor`` folder.
+
+    Keys are base names (``app.js``) and ``vendor/<base name>``; a missing
+    directory gives none. Nothing deeper than ``vendor/`` is ever loaded.
+    """
     assets: dict[str, Asset] = {}
-    if not directory.is_dir():
-        return assets
-    for path in sorted(directory.iterdir()):
-        if not path.is_file() or not NAME.match(path.name):
+    for folder, prefix in ((directory, ""), (directory / VENDOR, f"{VENDOR}/")):
+        if not folder.is_dir():
             continue
-        body = path.read_bytes()
-        ctype = TYPES[path.suffix]  # NAME admits only these suffixes
-        etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
-        assets[path.name] = Asset(body, ctype, etag)
+        for path in sorted(folder.iterdir()):
+            if not path.is_file() or not NAME.match(path.name):
+                continue
+            body = path.read_bytes()
+            ctype = TYPES[path.suffix]  # NAME admits only these suffixes
+            etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            assets[prefix + path.name] = Asset(body, ctype, etag)
     return assets

@@ -2,15 +2,17 @@
 
 The files are read once when the app is built; a request names a file by its
 base name only (no directories), so no request path ever reaches the file
-system. ``index.html`` is served with ``Cache-Control: no-cache``; assets carry
-a strong ``ETag`` (content hash) and answer ``If-None-Match`` with 304.
+system. Third-party code lives in ``server/static/vendor`` (each library with its
+LICENSE) and is served at ``/static/vendor/<name>`` the same way. ``index.html``
+is served with ``Cache-Control: no-cache``; assets carry a strong ``ETag``
+(content hash) and answer ``If-None-Match`` with 304.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from server.assets import NAME, STATIC_DIR, TYPES, Asset, load_assets
+from server.assets import NAME, STATIC_DIR, TYPES, VENDOR, Asset, load_assets
 from server.errors import ApiError
 from server.keys import ASSETS
 from server.openapi import Param, Reply, describe
@@ -37,8 +39,8 @@ def _headers(asset: Asset, cache: str) -> dict[str, str]:
     return headers
 
 
-def _serve(request: web.Request, name: str, cache: str) -> web.Response:
-    asset = request.config_dict[ASSETS].get(name) if NAME.match(name) else None
+def _serve(request: web.Request, name: str, cache: str, prefix: str = "") -> web.Response:
+    asset = request.config_dict[ASSETS].get(prefix + name) if NAME.match(name) else None
     if asset is None:
         raise ApiError(404, "not_found", f"no static file {name[:80]!r}")
     headers = _headers(asset, cache)
@@ -81,8 +83,22 @@ async def static_file(request: web.Request) -> web.Response:
     return _serve(request, request.match_info["name"], "no-cache")
 
 
+@describe(
+    params=(IF_NONE_MATCH,),
+    responses={
+        200: Reply("the file", None, tuple(sorted(set(TYPES.values()))), headers=ASSET_HEADERS),
+        304: Reply("unchanged: If-None-Match matched", headers={"ETag": "as for 200"}),
+    },
+    public=True,
+)
+async def vendor_file(request: web.Request) -> web.Response:
+    """A vendored library file (or its LICENSE) by base name; revalidated by ETag."""
+    return _serve(request, request.match_info["name"], "no-cache", f"{VENDOR}/")
+
+
 def setup_static(app: web.Application) -> None:
-    """Load ``server/static`` and add ``GET /`` and ``GET /static/{name}``."""
+    """Load ``server/static``; add ``GET /``, ``/static/{name}``, ``/static/vendor/{name}``."""
     app[ASSETS] = load_assets()
     app.router.add_get("/", index)
     app.router.add_get("/static/{name}", static_file)
+    app.router.add_get(f"/static/{VENDOR}/{{name}}", vendor_file)

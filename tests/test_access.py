@@ -556,6 +556,7 @@ async def test_public_routes_are_the_ones_described_public(tclient: Any) -> None
         ("/openapi.json", "get"),
         ("/", "get"),
         ("/static/{name}", "get"),
+        ("/static/vendor/{name}", "get"),
         ("/api/login", "post"),
         ("/api/logout", "post"),
     }

@@ -96,8 +96,12 @@ def pages(browser: Browser) -> Iterator[Any]:
     contexts = []
     errors: list[str] = []
 
-    def make(width: int = 1100, height: int = 760) -> Page:
-        ctx = browser.new_context(viewport={"width": width, "height": height})
+    def make(width: int = 1100, height: int = 760, dark: bool = False) -> Page:
+        ctx = browser.new_context(
+            viewport={"width": width, "height": height},
+            color_scheme="dark" if dark else "light",
+            has_touch=width < 600,
+        )
         ctx.add_init_script(RECORD_TEXTS)
         ctx.set_default_timeout(MS)
         contexts.append(ctx)
@@ -369,7 +373,9 @@ def test_session_list_create_rename_delete(roost: ServerProcess, pages: Any) -> 
     page = pages()
     page.goto(roost.url + "/")
     page.click("#new-session")
+    send(page, "a chat to rename")  # the chat is made when its first message is sent
     page.wait_for_selector("#conn[data-state=connected]")
+    page.click("#chat-menu-button")
     page.click("#rename")
     page.fill("#rename-input", "Renamed chat")
     page.press("#rename-input", "Enter")
@@ -377,6 +383,7 @@ def test_session_list_create_rename_delete(roost: ServerProcess, pages: Any) -> 
     assert page.locator("#chat-title").text_content() == "Renamed chat"
     sid = page.evaluate("window.roost.view.sid")
     page.once("dialog", lambda d: d.accept())
+    page.click("#chat-menu-button")
     page.click("#delete")
     page.wait_for_selector("#empty-state:visible")
     assert page.locator(f"#session-list a[data-sid='{sid}']").count() == 0
@@ -560,7 +567,8 @@ def test_files_features_shown_only_when_the_server_has_them(
     export = route_exists(roost, sid, "GET", "/export?format=__probe__")
     attach = route_exists(roost, sid, "POST", "/attachments")
     page.wait_for_function("() => Object.values(window.roost.features).every(v => v !== null)")
-    assert page.locator("#search-form").is_visible() == search
+    assert page.locator("#search-toggle").is_visible() == search
+    page.click("#chat-menu-button")  # export lives in the chat's menu
     assert page.locator("#export-json").is_visible() == export
     assert page.locator("#attach-label").is_visible() == attach
 
@@ -574,6 +582,7 @@ def test_search_results_highlight_matches(roost: ServerProcess, pages: Any) -> N
     call("POST", f"{roost.url}/api/sessions/{sid}/messages", {"role": "user", "content": "lion"})
     page = pages()
     open_chat(page, roost, sid)
+    page.click("#search-toggle")
     page.wait_for_selector("#search-form:visible")
     page.fill("#search-input", "zebra")
     page.press("#search-input", "Enter")
@@ -602,3 +611,389 @@ def test_attachment_upload_shows_in_the_message(
     page.wait_for_selector(".msg[data-role=user] .attachments a:has-text('notes.txt')")
     href = page.locator(".msg[data-role=user] .attachments a").get_attribute("href")
     assert href is not None and href.startswith("/")
+
+
+# ---------------------------------------------------------------------------- round 2 (issue 22)
+
+MARKDOWN = """## Packing list
+
+- a **warm** coat
+- `boots`
+
+| day | km |
+| --- | --- |
+| Mon | 12 |
+
+```python
+def hello():
+    return 42
+```
+
+Done."""
+
+EVIL = (
+    "<script>window.__pwned=1</script> and <img src=x onerror=window.__pwned=2> "
+    "and [a link](javascript:window.__pwned=3)"
+)
+
+
+def watch(page: Page) -> list[str]:
+    """Everything that would show red in the console: errors, failed or 4xx/5xx requests."""
+    problems: list[str] = []
+    page.on(
+        "console",
+        lambda m: problems.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
+    )
+    page.on("requestfailed", lambda r: problems.append(f"failed {r.method} {r.url}"))
+    page.on(
+        "response",
+        lambda r: (
+            problems.append(f"{r.status} {r.request.method} {r.url}") if r.status >= 400 else None
+        ),
+    )
+    return problems
+
+
+def seed_chat(roost: ServerProcess, title: str, pairs: list[tuple[str, str]]) -> str:
+    """A chat with finished user/assistant pairs, made over the API (no streaming)."""
+    sid = new_session(roost, title)
+    for question, answer in pairs:
+        base = f"{roost.url}/api/sessions/{sid}/messages"
+        call("POST", base, {"role": "user", "content": question})
+        call("POST", base, {"role": "assistant", "content": answer})
+    return sid
+
+
+def test_markdown_reply_renders_heading_list_table_and_code(
+    roost: ServerProcess, pages: Any
+) -> None:
+    """A streamed Markdown reply shows as a heading, a list, a table, highlighted code."""
+    sid = new_session(roost, "Markdown")
+    page = pages()
+    open_chat(page, roost, sid)
+    send(page, MARKDOWN)
+    page.wait_for_selector(".msg[data-role=assistant][data-status=complete]")
+    reply = page.locator(".msg[data-role=assistant] .body")
+    assert reply.locator("h2").text_content() == "Packing list"
+    assert reply.locator("ul > li").count() == 2
+    assert reply.locator("li strong").text_content() == "warm"
+    assert reply.locator("li code").text_content() == "boots"
+    assert reply.locator("table th").all_text_contents() == ["day", "km"]
+    assert reply.locator("table td").all_text_contents() == ["Mon", "12"]
+    code = reply.locator(".code-block pre code.language-python")
+    assert code.text_content() == "def hello():\n    return 42"
+    assert code.locator(".hljs-keyword").first.text_content() == "def"
+    # the user's own message stays as typed
+    assert page.locator(".msg[data-role=user] .body").text_content() == MARKDOWN
+    shot(page, "markdown-reply.png")
+
+
+def test_markdown_copy_buttons_copy_code_and_message(roost: ServerProcess, pages: Any) -> None:
+    """A code block's copy button copies its code; a message's Copy copies its Markdown."""
+    sid = seed_chat(roost, "Copy", [("code please", MARKDOWN)])
+    page = pages()
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+    open_chat(page, roost, sid)
+    page.click(".msg[data-role=assistant] .copy-code")
+    page.wait_for_selector(".copy-code:has-text('Copied')")
+    assert page.evaluate("navigator.clipboard.readText()") == "def hello():\n    return 42"
+    page.hover(".msg[data-role=assistant]")
+    page.click(".msg[data-role=assistant] .tools .copy")
+    page.wait_for_selector("#toast:text-is('Copied as Markdown.')")
+    assert page.evaluate("navigator.clipboard.readText()") == MARKDOWN
+
+
+def test_markdown_script_onerror_and_javascript_links_stay_inert(
+    roost: ServerProcess, pages: Any
+) -> None:
+    """<script>, <img onerror> and javascript: links in a reply render as text or nothing."""
+    sid = new_session(roost, "Evil markdown")
+    page = pages()
+    open_chat(page, roost, sid)
+    send(page, EVIL)
+    page.wait_for_selector(".msg[data-role=assistant][data-status=complete]")
+    reply = page.locator(".msg[data-role=assistant] .body")
+    text = reply.text_content() or ""
+    assert "<script>window.__pwned=1</script>" in text
+    assert "<img src=x onerror=window.__pwned=2>" in text
+    assert page.locator(".msg .body script, .msg .body img").count() == 0
+    hrefs = reply.locator("a").evaluate_all("els => els.map(a => a.getAttribute('href'))")
+    assert all(h is None or not h.lower().startswith("javascript") for h in hrefs)
+    assert page.evaluate("window.__pwned") is None
+
+
+MEASURE_LONG_REPLY = """async ({words, perDelta}) => {
+    const { MarkdownView } = await import('/static/markdown.js');
+    const parts = [];
+    for (let i = 0; i < words; i++) {
+        parts.push(`w${i}`);
+        if (i % 120 === 119) parts.push('\\n\\n- item\\n- item\\n\\n');
+        else if (i % 60 === 59) parts.push('\\n\\n');
+        else parts.push(' ');
+    }
+    const text = parts.join('');
+    const root = document.createElement('div');
+    document.body.append(root);
+    const md = new MarkdownView(root);
+    const cuts = [];
+    let at = 0;
+    parts.forEach((p, i) => { at += p.length; if (i % (perDelta * 2) === 1) cuts.push(at); });
+    cuts.push(text.length);
+    const times = [];
+    let first = null;
+    for (const cut of cuts) {
+        const t0 = performance.now();
+        md.update(text.slice(0, cut));
+        times.push(performance.now() - t0);
+        const head = root.firstElementChild;
+        if (!first && head && !head.classList.contains('md-tail')) first = head;
+    }
+    const t0 = performance.now();
+    md.update(text, true);
+    const finalMs = performance.now() - t0;
+    const avg = (xs) => xs.reduce((a, b) => a + b, 0) / xs.length;
+    const n = Math.floor(times.length / 10);
+    const naive0 = performance.now();
+    for (let i = 0; i < 5; i++) new MarkdownView(document.createElement('div')).update(text, true);
+    const fullMs = (performance.now() - naive0) / 5;
+    const whole = document.createElement('div');
+    new MarkdownView(whole).update(text, true);
+    const out = {
+        deltas: cuts.length, total_ms: times.reduce((a, b) => a + b, 0), final_ms: finalMs,
+        first_tenth_avg_ms: avg(times.slice(0, n)), last_tenth_avg_ms: avg(times.slice(-n)),
+        full_render_ms: fullMs, renders: md.renders, blocks: root.children.length,
+        first_block_kept: root.firstElementChild === first, chars: text.length,
+        same_as_whole: root.textContent === whole.textContent,
+    };
+    root.remove();
+    return out;
+}"""
+
+
+def test_markdown_long_reply_renders_incrementally(roost: ServerProcess, pages: Any) -> None:
+    """A 20,000-word reply: each delta re-renders only its unfinished tail, not the message."""
+    page = pages()
+    page.goto(roost.url + "/")
+    m = page.evaluate(MEASURE_LONG_REPLY, {"words": 20_000, "perDelta": 5})
+    (ARTIFACTS / "markdown-20000-words.json").write_text(json.dumps(m, indent=2))
+    assert m["first_block_kept"] and m["same_as_whole"]
+    assert m["deltas"] >= 2000
+    # blocks are rendered once each; the tail once per delta: far fewer than deltas x blocks
+    assert m["renders"] <= m["deltas"] + m["blocks"] + 1
+    # a delta at word 20,000 costs about what it did at word 20 (not the whole message)
+    assert m["last_tenth_avg_ms"] < max(5 * m["first_tenth_avg_ms"], 2.0), m
+    assert m["last_tenth_avg_ms"] < m["full_render_ms"] / 4, m
+
+
+def test_new_chat_makes_nothing_until_the_first_message(roost: ServerProcess, pages: Any) -> None:
+    """New chat opens the start screen; the chat exists (titled after it) once a message is sent."""
+    page = pages()
+    page.goto(roost.url + "/")
+    page.wait_for_selector("#model-picker:visible")
+    before = len(call("GET", f"{roost.url}/api/sessions?limit=200")["items"])
+    page.click("#new-session")
+    page.click("#new-session")
+    assert page.locator("#empty-state h2").is_visible()
+    assert page.locator("#conn-text").text_content() == ""  # no alarming "Not connected"
+    assert not page.locator("#conn").is_visible()
+    assert len(call("GET", f"{roost.url}/api/sessions?limit=200")["items"]) == before
+    shot(page, "start-screen.png")
+    send(page, "Plan a weekend in Lisbon with a tight budget and lots of walking")
+    page.wait_for_selector(".msg[data-role=assistant][data-status=complete]")
+    title = "Plan a weekend in Lisbon with a tight budget…"
+    page.wait_for_selector(f"#session-list a[aria-current=page] .title:text-is('{title}')")
+    assert page.locator("#chat-title").text_content() == title
+    assert len(call("GET", f"{roost.url}/api/sessions?limit=200")["items"]) == before + 1
+
+
+def test_two_tabs_new_chat_appears_with_title_and_count(roost: ServerProcess, pages: Any) -> None:
+    """A chat started in one tab shows in the other's list with its title and message count."""
+    a, b = pages(), pages()
+    b.goto(roost.url + "/")
+    b.wait_for_selector("#model-picker:visible")
+    a.goto(roost.url + "/")
+    a.wait_for_selector("#model-picker:visible")
+    text = words(40, "count")
+    send(a, text)
+    a.wait_for_selector(".msg[data-role=assistant][data-status=streaming]")
+    sid = a.evaluate("window.roost.view.sid")
+    mine = a.locator(f"#session-list a[data-sid='{sid}'] .when")
+    assert (mine.text_content() or "").startswith("2 messages")  # while it streams
+    b.evaluate("window.dispatchEvent(new Event('focus'))")  # the user comes back to tab b
+    title = a.locator("#chat-title").text_content()
+    assert title == "count0 count1 count2 count3 count4 count5…"
+    item = b.locator(f"#session-list a[data-sid='{sid}']")
+    item.locator(f".title:text-is('{title}')").wait_for()
+    assert (item.locator(".when").text_content() or "").startswith("2 messages")
+    a.wait_for_selector(".msg[data-role=assistant][data-status=complete]")
+    send(a, "and one more")
+    a.wait_for_function(
+        "() => document.querySelectorAll('.msg[data-role=assistant][data-status=complete]')"
+        ".length === 2"
+    )
+    assert (mine.text_content() or "").startswith("4 messages")
+
+
+def test_phone_keeps_composer_last_message_and_send_in_view(
+    roost: ServerProcess, pages: Any
+) -> None:
+    """At 390x844 the composer, the last message and Send are on screen without scrolling."""
+    sid = seed_chat(roost, "Phone", [(f"question {i}", MARKDOWN) for i in range(4)])
+    page = pages(width=390, height=844)
+    open_chat(page, roost, sid)
+    page.wait_for_function("() => window.roost.view.path.length === 8")
+    assert page.evaluate("document.scrollingElement.scrollHeight <= innerHeight")
+    for sel in ("#composer", "#composer-input", "#send", ".msg:last-child"):
+        box = page.locator(sel).last.bounding_box()
+        assert box is not None, sel
+        assert box["y"] >= 0 and box["y"] + min(box["height"], 40) <= 844, (sel, box)
+        assert box["x"] >= 0 and box["x"] + box["width"] <= 390, (sel, box)
+    head = page.locator(".chat-head").bounding_box()
+    assert head is not None and head["height"] < 60  # one row, not a quarter of the screen
+    placeholder_fits = page.evaluate(
+        """() => { const t = document.getElementById('composer-input');
+                   const c = document.createElement('canvas').getContext('2d');
+                   c.font = getComputedStyle(t).font;
+                   return c.measureText(t.placeholder).width < t.clientWidth; }"""
+    )
+    assert placeholder_fits
+    page.click("#menu-toggle")
+    page.wait_for_function(
+        "() => document.getElementById('sidebar').getBoundingClientRect().x >= 0"
+    )
+    page.click("#scrim", position={"x": 370, "y": 400})
+    assert page.locator("#menu-toggle").get_attribute("aria-expanded") == "false"
+
+
+def test_scripted_session_has_no_console_errors(roost: ServerProcess, pages: Any) -> None:
+    """Create, chat, regenerate, switch, export, search, rename, delete: nothing goes red."""
+    page = pages()
+    problems = watch(page)
+    page.goto(roost.url + "/")
+    page.wait_for_selector("#model-picker:visible")
+    send(page, "hello **there**")
+    page.wait_for_selector(".msg[data-role=assistant][data-status=complete]")
+    page.hover(".msg[data-role=assistant]")
+    page.click(".msg[data-role=assistant] .regenerate")
+    page.wait_for_selector(".msg[data-role=assistant] .switcher .pos:text-is('2/2')")
+    page.wait_for_selector(".msg[data-role=assistant][data-status=complete]")
+    page.click(".msg[data-role=assistant] .switcher .prev")
+    page.wait_for_selector(".msg[data-role=assistant] .pos:text-is('1/2')")
+    for link in ("#export-json", "#export-md"):
+        page.click("#chat-menu-button")
+        with page.expect_download() as dl:
+            page.click(link)
+        assert dl.value.failure() is None
+    page.locator("#log").click(position={"x": 5, "y": 5})
+    page.keyboard.press("/")
+    page.wait_for_selector("#search-input:focus")
+    page.keyboard.type("there")
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#search-list mark")
+    page.click("#chat-menu-button")
+    page.click("#rename")
+    page.fill("#rename-input", "Scripted")
+    page.press("#rename-input", "Enter")
+    page.wait_for_selector("#session-list a[aria-current=page] .title:text-is('Scripted')")
+    page.once("dialog", lambda d: d.accept())
+    page.click("#chat-menu-button")
+    page.click("#delete")
+    page.wait_for_selector("#empty-state:visible")
+    assert problems == []
+
+
+def test_keyboard_escape_stops_and_up_edits(roost: ServerProcess, pages: Any) -> None:
+    """Esc stops a running reply; Up in an empty composer edits the last message."""
+    sid = new_session(roost, "Keys")
+    page = pages()
+    open_chat(page, roost, sid)
+    text = words(60, "esc")
+    send(page, text)
+    page.wait_for_selector(".msg[data-role=assistant][data-status=streaming]")
+    page.keyboard.press("Escape")
+    page.wait_for_selector(".msg[data-role=assistant][data-status=cancelled]")
+    page.focus("#composer-input")
+    page.keyboard.press("ArrowUp")
+    area = page.locator(".msg[data-role=user] form.edit textarea")
+    area.wait_for()
+    assert area.input_value() == text
+    assert page.evaluate("document.activeElement.getAttribute('aria-label')") == "Edit message"
+
+
+def test_send_while_server_unreachable_says_so(roost: ServerProcess, pages: Any) -> None:
+    """A send with the network gone says the server can't be reached, keeps the text."""
+    sid = new_session(roost, "Unreachable")
+    page = pages()
+    open_chat(page, roost, sid)
+    page.context.set_offline(True)
+    page.wait_for_selector("#conn[data-state=offline]")
+    send(page, "are you there?")
+    page.wait_for_selector('#toast:text-is("Can\'t reach the server; retrying")')
+    assert page.locator("#conn-text").text_content() == "Can't reach the server; retrying"
+    assert page.locator("#composer-input").input_value() == "are you there?"
+    page.context.set_offline(False)
+    page.wait_for_selector("#conn[data-state=connected]")
+
+
+@pytest.mark.parametrize("dark", [False, True], ids=["light", "dark"])
+def test_screenshots_of_main_states(roost: ServerProcess, pages: Any, dark: bool) -> None:
+    """Desktop and phone, light and dark: start screen, a Markdown chat, its menu, search, list."""
+    sid = seed_chat(roost, "Trip notes", [("What should I pack?", MARKDOWN)])
+    theme = "dark" if dark else "light"
+    for kind, size in (("desktop", (1100, 760)), ("mobile", (390, 844))):
+        page = pages(*size, dark=dark)
+        page.goto(roost.url + "/#/new")
+        page.wait_for_selector("#model-picker:visible")
+        shot(page, f"{kind}-{theme}-start.png")
+        open_chat(page, roost, sid)
+        page.wait_for_selector(".msg .code-block")
+        shot(page, f"{kind}-{theme}-chat.png")
+        page.click("#chat-menu-button")
+        shot(page, f"{kind}-{theme}-menu.png")
+        page.keyboard.press("Escape")
+        page.click("#search-toggle")
+        page.fill("#search-input", "pack")
+        page.press("#search-input", "Enter")
+        page.wait_for_selector("#search-list mark")
+        shot(page, f"{kind}-{theme}-search.png")
+        if kind == "mobile":
+            page.click("#search-close")
+            page.click("#menu-toggle")
+            page.wait_for_function(
+                "() => document.getElementById('sidebar').getBoundingClientRect().x >= 0"
+            )
+            shot(page, f"{kind}-{theme}-drawer.png")
+
+
+def test_tokens_mode_shows_who_is_signed_in_and_signs_out(
+    roost_tokens: ServerProcess, pages: Any
+) -> None:
+    """Signed in, the header names the user; Sign out forgets the cookie and asks again."""
+    page = pages()
+    sign_in(page, roost_tokens, "tok-bob")
+    page.wait_for_selector("#account-user:text-is('Signed in as bob')")
+    shot(page, "signed-in.png")
+    page.click("#sign-out")
+    page.wait_for_selector("#login[open]")
+    assert page.context.cookies() == []
+    assert page.locator("#session-list a").count() == 0
+
+
+def test_server_down_says_it_cannot_be_reached(
+    tmp_path_factory: pytest.TempPathFactory, browser: Browser, pages: Any
+) -> None:
+    """With the server gone, the dot and a send both say "Can't reach the server; retrying"."""
+    proc = ServerProcess(tmp_path_factory.mktemp("web-down") / "data")
+    try:
+        proc.wait_ready_blocking()
+        sid = new_session(proc, "Going away")
+        page = pages()
+        open_chat(page, proc, sid)
+        proc.close()
+        page.wait_for_selector("#conn[data-state=offline]")
+        assert page.locator("#conn-text").text_content() == "Can't reach the server; retrying"
+        send(page, "still there?")
+        page.wait_for_selector('#toast:text-is("Can\'t reach the server; retrying")')
+        assert page.locator("#composer-input").input_value() == "still there?"
+    finally:
+        proc.close()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from server.assets import STATIC_DIR
@@ -22,6 +23,8 @@ async def test_index_served_at_root_without_caching(client: Any) -> None:
 async def test_page_references_only_local_files(client: Any) -> None:
     """Nothing the page loads comes from another host."""
     for path in sorted(STATIC_DIR.iterdir()):
+        if path.is_dir():
+            continue  # vendor/: see test_vendored_code_imports_only_local_files
         text = path.read_text()
         assert "http://" not in text.replace("http://www.w3.org/2000/svg", ""), path.name
         assert "https://" not in text, path.name
@@ -98,3 +101,40 @@ async def test_siblings_bad_limit_400(client: Any) -> None:
     m = await append(client, "s1", "x")
     r = await client.get(f"/api/sessions/s1/messages/{m['id']}/siblings?limit=0")
     assert r.status == 400
+
+
+async def test_vendored_code_imports_only_local_files(client: Any) -> None:
+    """Vendored libraries import nothing, load no script, and are served with their licenses.
+
+    Their text names URLs (licenses, XML namespaces, issue links); what matters is
+    that none is loaded: no import from a URL, no dynamic import, and the CSP
+    (connect-src/script-src 'self') blocks any other host anyway.
+    """
+    vendor = STATIC_DIR / "vendor"
+    names = sorted(p.name for p in vendor.iterdir())
+    assert {"marked.js", "purify.js", "highlight.js"} <= set(names)
+    for name in names:
+        text = (vendor / name).read_text()
+        if name.endswith(".js"):
+            # no dynamic import, no import of anything (the word in keyword lists is fine)
+            assert (
+                re.search(r"""\bimport\s*\(|\bimport\s*[{*]|\bfrom\s*['"][./\w:]""", text) is None
+            ), name
+            assert "sourceMappingURL" not in text, name
+        r = await client.get(f"/static/vendor/{name}")
+        assert r.status == 200, name
+    for lib in ("marked", "dompurify", "highlightjs"):
+        assert f"LICENSE-{lib}.txt" in names
+
+
+async def test_vendor_route_refuses_deeper_or_tricky_names(client: Any) -> None:
+    """Only base names under vendor/ are served; app files are not reachable through it."""
+    for path in (
+        "/static/vendor/app.js",
+        "/static/vendor/..%2fapp.js",
+        "/static/vendor/%2e%2e%2fapp.js",
+        "/static/vendor/x/marked.js",
+        "/static/marked.js",
+    ):
+        r = await client.get(path)
+        assert r.status == 404, path

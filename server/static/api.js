@@ -45,19 +45,6 @@ export async function api(method, path, body, { signal } = {}) {
   return resp.json();
 }
 
-/** The status a route answers, without throwing (for feature detection). */
-export async function probe(method, path, body) {
-  try {
-    const init = { method, credentials: 'same-origin' };
-    if (body !== undefined) init.body = body;
-    const resp = await fetch(path, init);
-    await resp.arrayBuffer();
-    return resp.status;
-  } catch {
-    return 0;
-  }
-}
-
 /**
  * POST ``body`` and read the answer as server-sent events.
  * ``onEvent(name, data, id)`` is called for each event (data parsed as JSON).

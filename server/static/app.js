@@ -1,15 +1,14 @@
-// Roost's web page: a session list, a chat view fed by HTTP pages and the live
-// WebSocket feed. The model is a map of known messages plus the loaded part of
-// the active branch (``path``, oldest first); every update is idempotent, so
-// the same change arriving over SSE and over the socket is applied once.
+// Roost's web page: the chat list, the header, the composer, and the open chat
+// (chat.js: a ChatView, fed by HTTP pages, its SSE replies and its WebSocket).
 
-import { api, ApiError, newClientId, onUnauthorized, postStream, probe, sessionPath } from './api.js';
-import { LiveSocket } from './live.js';
-import { editor, el, messageItem, relativeTime, safeSnippet, UNFINISHED } from './view.js';
+import { api, ApiError, onUnauthorized } from './api.js';
+import { ChatView } from './chat.js';
+import { fillIcons } from './icons.js';
+import { SessionFeed } from './sessions.js';
+import { sessionTitle, titleFrom } from './titles.js';
+import { editor, el, relativeTime, safeSnippet } from './view.js';
 
-const PAGE = 50;
 const $ = (id) => document.getElementById(id);
-const cp = (s) => [...s];
 
 const ui = {
   conn: $('conn'), connText: $('conn-text'), menu: $('menu-toggle'), sidebar: $('sidebar'),
@@ -18,6 +17,9 @@ const ui = {
   renameBtn: $('rename'), renameForm: $('rename-form'), renameInput: $('rename-input'),
   renameCancel: $('rename-cancel'), deleteBtn: $('delete'),
   exportJson: $('export-json'), exportMd: $('export-md'),
+  menuButton: $('chat-menu-button'), chatMenu: $('chat-menu'), searchToggle: $('search-toggle'),
+  account: $('account'), accountUser: $('account-user'), signOut: $('sign-out'),
+  model: $('model-picker'), scrim: $('scrim'),
   searchForm: $('search-form'), searchInput: $('search-input'), results: $('search-results'),
   resultsList: $('search-list'), resultsSummary: $('search-summary'), resultsClose: $('search-close'),
   log: $('log'), messages: $('messages'), older: $('load-older'), historyStatus: $('history-status'),
@@ -28,6 +30,9 @@ const ui = {
 };
 
 const features = { search: null, export: null, attachments: null };
+let me = null; // the capabilities answer: {user, auth, features, ...}
+let models = null; // GET /api/models
+const MODEL_KEY = 'roost.model';
 
 let sessions = { items: [], next: null };
 let view = null; // the open chat, see openSession
@@ -42,25 +47,30 @@ function toast(text) {
   toastTimer = setTimeout(() => { ui.toast.hidden = true; }, 5000);
 }
 
+const UNREACHABLE = "Can't reach the server; retrying";
+
+/** A failed request, said the way a user can act on it (network, 4xx/5xx, or a bug). */
 function fail(err) {
   if (err instanceof ApiError && err.status === 401) return;
   if (err && err.name === 'AbortError') return;
-  console.error(err);
+  if (err instanceof TypeError && !(err instanceof ApiError)) {
+    // fetch rejects with a TypeError only when the request never got an answer;
+    // the dot says so unless the open chat's socket is still up (it knows better)
+    if (!view || !view.live.connected()) setConn('offline');
+    toast(UNREACHABLE);
+    return;
+  }
+  if (!(err instanceof ApiError)) console.error(err);
   toast(err instanceof ApiError ? err.message : `Something went wrong: ${err}`);
 }
 
 const CONN_TEXT = {
-  idle: 'Not connected', connecting: 'Connecting…', connected: 'Live',
-  reconnecting: 'Reconnecting…', offline: 'Offline',
+  idle: '', connecting: 'Connecting…', connected: 'Live',
+  reconnecting: 'Reconnecting…', offline: UNREACHABLE,
 };
 function setConn(state) {
   ui.conn.dataset.state = state;
-  ui.connText.textContent = CONN_TEXT[state] || state;
-}
-
-function nearBottom() {
-  const l = ui.log;
-  return l.scrollHeight - l.scrollTop - l.clientHeight < 80;
+  ui.connText.textContent = CONN_TEXT[state] ?? state;
 }
 
 // ------------------------------------------------------------------ login (tokens)
@@ -79,9 +89,8 @@ ui.loginForm.addEventListener('submit', async (ev) => {
     await api('POST', '/api/login', { token: ui.loginToken.value });
     ui.loginToken.value = '';
     ui.login.close();
-    await loadSessions();
     closeView();
-    route();
+    await boot();
   } catch (err) {
     ui.loginError.textContent = err instanceof ApiError && err.status === 401
       ? 'That token was not accepted.' : String(err.message || err);
@@ -90,8 +99,12 @@ ui.loginForm.addEventListener('submit', async (ev) => {
 
 // ------------------------------------------------------------------ session list
 
-function sessionTitle(s) {
-  return s.title && s.title.trim() ? s.title : 'Untitled chat';
+/** Apply a change to one listed chat (a count, a title) and re-render the list. */
+function patchSession(sid, change) {
+  const s = sessions.items.find((x) => x.id === sid);
+  if (!s) return;
+  change(s);
+  renderSessions();
 }
 
 function renderSessions() {
@@ -111,14 +124,22 @@ function renderSessions() {
 
 async function loadSessions() {
   const data = await api('GET', '/api/sessions?limit=50');
-  sessions = { items: data.items, next: data.next_cursor };
+  // keep chats loaded with "Load more" that are still there
+  const known = new Set(data.items.map((s) => s.id));
+  const older = data.next_cursor ? sessions.items.filter((s) => !known.has(s.id) && sessions.items.indexOf(s) >= data.items.length) : [];
+  sessions = { items: [...data.items, ...older], next: data.next_cursor };
   renderSessions();
+  if (!view && ui.conn.dataset.state === 'offline') setConn('idle'); // the server answers again
 }
 
-let listTimer = null;
-function refreshSessionsSoon() {
-  clearTimeout(listTimer);
-  listTimer = setTimeout(() => loadSessions().catch(fail), 300);
+// signed out (tokens mode), there is no list to refresh: polling would only collect 401s
+const feed = new SessionFeed(() => (me ? loadSessions().catch(quietFail) : Promise.resolve()));
+function refreshSessionsSoon() { feed.poke(); }
+
+/** Background refreshes: a network failure shows on the state dot, not as a toast every poll. */
+function quietFail(err) {
+  if (err instanceof TypeError) { if (!view || !view.live.connected()) setConn('offline'); return; }
+  fail(err);
 }
 
 ui.more.addEventListener('click', async () => {
@@ -131,386 +152,33 @@ ui.more.addEventListener('click', async () => {
   } catch (err) { fail(err); }
 });
 
-ui.newSession.addEventListener('click', async () => {
-  try {
-    const s = await api('POST', '/api/sessions', { title: 'New chat' });
-    sessions.items.unshift(s);
-    location.hash = `#/s/${encodeURIComponent(s.id)}`;
-    renderSessions();
-    ui.input.focus();
-  } catch (err) { fail(err); }
+// "New chat" opens the start screen; the chat is created when its first message is sent.
+ui.newSession.addEventListener('click', () => {
+  setSidebar(false);
+  if (location.hash !== '#/new') location.hash = '#/new';
+  else route();
+  ui.input.focus();
 });
 
 ui.menu.addEventListener('click', () => setSidebar(!ui.sidebar.classList.contains('open')));
+ui.scrim.addEventListener('click', () => setSidebar(false));
 function setSidebar(open) {
   ui.sidebar.classList.toggle('open', open);
+  ui.scrim.hidden = !open;
   ui.menu.setAttribute('aria-expanded', String(open));
 }
 ui.list.addEventListener('click', (ev) => { if (ev.target.closest('a')) setSidebar(false); });
-document.addEventListener('keydown', (ev) => {
-  if (ev.key === 'Escape' && ui.sidebar.classList.contains('open')) { setSidebar(false); ui.menu.focus(); }
-});
 
 // ------------------------------------------------------------------ the chat view
-
-class ChatView {
-  constructor(sid) {
-    this.sid = sid;
-    this.base = sessionPath(sid);
-    this.session = null;
-    this.byId = new Map();
-    this.path = []; // ids on the active branch, oldest first (the loaded part)
-    this.before = null;
-    this.lastSeq = null; // last applied durable event seq
-    this.ready = false; // the first page is in
-    this.queue = []; // frames that came before it
-    this.structural = 0; // counts branch-shaping events (for reload races)
-    this.reloading = null;
-    this.reloadTimer = null;
-    this.loadingOlder = false;
-    this.busy = 0; // own requests in flight that change the tree
-    this.pendingFiles = [];
-    this.closed = false;
-    this.live = new LiveSocket(sid, {
-      since: () => (this.ready ? this.lastSeq : null),
-      onFrame: (f) => this.onFrame(f),
-      onState: (s) => { if (!this.closed) setConn(s); },
-      onGone: () => this.gone(),
-      onRefused: () => this.checkExists(),
-    });
-  }
-
-  start() { this.live.start(); }
-
-  close() {
-    this.closed = true;
-    this.live.close();
-    clearTimeout(this.reloadTimer);
-  }
-
-  tail() { return this.path.length ? this.path[this.path.length - 1] : null; }
-
-  // ---- frames from the socket
-
-  onFrame(f) {
-    if (this.closed) return;
-    if (f.type === 'hello') {
-      if (!this.ready) {
-        // first connection (or a reconnect before the first page came in): start from here
-        this.lastSeq = f.seq;
-        this.queue = [];
-        if (this.loading) this.loadAgain = true;
-        else this.firstLoad().catch(fail);
-      }
-      return;
-    }
-    if (!this.ready) { this.queue.push(f); return; }
-    this.apply(f);
-  }
-
-  apply(f) {
-    if (typeof f.seq === 'number' && f.type !== 'resync') {
-      if (f.seq <= this.lastSeq) return; // already applied
-      this.lastSeq = f.seq;
-    }
-    switch (f.type) {
-      case 'message.created': this.created(f.message); break;
-      case 'message.updated': this.upsert(f.message); break;
-      case 'message.delta': this.delta(f.message_id, f.offset, f.text); break;
-      case 'message.deleted': this.deleted(f.message_id); break;
-      case 'session.updated': this.sessionUpdated(f.session); break;
-      case 'session.deleted': this.gone(); break;
-      case 'resync': this.lastSeq = f.seq; this.scheduleReload(0); break;
-      case 'error': toast(f.message || 'error'); break;
-      default: break;
-    }
-  }
-
-  async firstLoad() {
-    this.loading = true;
-    let data;
-    try {
-      do {
-        this.loadAgain = false;
-        data = await api('GET', `${this.base}?limit=${PAGE}`);
-      } while (this.loadAgain && !this.closed);
-    } finally {
-      this.loading = false;
-    }
-    if (this.closed) return;
-    this.session = data.session;
-    this.setPath(data.messages, data.before);
-    this.renderHead();
-    this.ready = true;
-    const queued = this.queue;
-    this.queue = [];
-    for (const f of queued) this.apply(f);
-    this.scrollToBottom();
-    this.fillViewport();
-  }
-
-  // ---- the model
-
-  /** Store a message unless we hold a newer version; keep streamed text ahead of a commit. */
-  upsert(m) {
-    const old = this.byId.get(m.id);
-    if (old) {
-      if (m.version < old.version) {
-        if (m.siblings) old.siblings = m.siblings; // branch info is as fresh as the page
-        if (this.path.includes(m.id)) this.renderMessage(m.id);
-        return old;
-      }
-      if (!m.siblings && old.siblings) m = { ...m, siblings: old.siblings };
-      if (UNFINISHED.has(m.status) && old.content.length > m.content.length && old.content.startsWith(m.content)) {
-        m = { ...m, content: old.content };
-      }
-    }
-    this.byId.set(m.id, m);
-    if (this.path.includes(m.id)) this.renderMessage(m.id);
-    this.renderComposer();
-    return m;
-  }
-
-  created(m) {
-    const known = this.byId.has(m.id);
-    this.upsert(m);
-    if (this.path.includes(m.id)) return;
-    const tail = this.tail();
-    const continues = tail ? m.parent_id === tail : m.parent_id == null && this.before == null && !known;
-    if (continues) {
-      const stored = this.byId.get(m.id);
-      if (!stored.siblings) stored.siblings = { index: 0, count: 1 };
-      const stick = nearBottom();
-      this.path.push(m.id);
-      ui.messages.append(this.item(stored));
-      if (stick) this.scrollToBottom();
-      this.renderComposer();
-    } else {
-      this.structural += 1;
-      this.scheduleReload();
-    }
-    if (this.session) this.session.active_leaf_id = m.id;
-  }
-
-  delta(mid, offset, text) {
-    const m = this.byId.get(mid);
-    if (!m || !UNFINISHED.has(m.status)) return; // unknown yet, or final text is in
-    const have = cp(m.content);
-    if (offset > have.length) { this.refetch(mid); return; } // a gap: ask for the committed text
-    const add = cp(text);
-    if (offset + add.length <= have.length) return; // seen already
-    m.content = have.join('') + add.slice(have.length - offset).join('');
-    if (m.status === 'pending') { m.status = 'streaming'; this.renderMessage(mid); return; }
-    const li = document.getElementById(`m-${mid}`);
-    if (li) {
-      const stick = nearBottom();
-      li.querySelector('.body').textContent = m.content;
-      if (stick) this.scrollToBottom();
-    }
-  }
-
-  async refetch(mid) {
-    try {
-      const m = await api('GET', `${this.base}/messages/${encodeURIComponent(mid)}`);
-      if (!this.closed) this.upsert(m);
-    } catch (err) { fail(err); }
-  }
-
-  deleted(mid) {
-    const m = this.byId.get(mid);
-    if (m) this.byId.set(mid, { ...m, deleted: true, content: '' });
-    if (this.path.includes(mid)) this.renderMessage(mid);
-  }
-
-  sessionUpdated(s) {
-    const idx = sessions.items.findIndex((x) => x.id === s.id);
-    if (idx >= 0) sessions.items[idx] = s;
-    const leafChanged = this.session && s.active_leaf_id !== this.tail();
-    this.session = s;
-    this.renderHead();
-    renderSessions();
-    if (leafChanged) { this.structural += 1; this.scheduleReload(); }
-  }
-
-  /** The socket was refused: if the chat does not exist (or is not ours), say so. */
-  async checkExists() {
-    if (this.closed || this.checking) return;
-    this.checking = true;
-    try {
-      await api('GET', `${this.base}?limit=1`);
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 404) this.gone('This chat does not exist.');
-    } finally {
-      this.checking = false;
-    }
-  }
-
-  gone(message = 'This chat was deleted.') {
-    if (this.closed) return;
-    toast(message);
-    sessions.items = sessions.items.filter((s) => s.id !== this.sid);
-    closeView();
-    renderSessions();
-    history.replaceState(null, '', '#/');
-  }
-
-  setPath(items, before) {
-    for (const m of items) this.upsert(m);
-    this.path = items.map((m) => m.id);
-    this.before = before;
-    ui.messages.replaceChildren(...this.path.map((id) => this.item(this.byId.get(id))));
-    this.renderHistory();
-    this.renderComposer();
-  }
-
-  scheduleReload(delay = 30) {
-    clearTimeout(this.reloadTimer);
-    this.reloadTimer = setTimeout(() => this.reload().catch(fail), delay);
-  }
-
-  /** Refetch the newest page of the active branch; again if the tree changed meanwhile. */
-  async reload() {
-    if (this.reloading) { this.reloadAgain = true; return; }
-    this.reloading = true;
-    try {
-      for (let i = 0; i < 4; i++) {
-        this.reloadAgain = false;
-        const mark = this.structural;
-        const data = await api('GET', `${this.base}?limit=${PAGE}`);
-        if (this.closed) return;
-        const stick = nearBottom();
-        this.session = data.session;
-        this.setPath(data.messages, data.before);
-        this.renderHead();
-        if (stick) this.scrollToBottom();
-        if (this.structural === mark && !this.reloadAgain) break;
-      }
-    } finally {
-      this.reloading = false;
-    }
-  }
-
-  async loadOlder() {
-    if (!this.before || this.loadingOlder || !this.ready) return false;
-    this.loadingOlder = true;
-    ui.historyStatus.textContent = 'Loading older messages…';
-    try {
-      const cursor = this.before;
-      const data = await api('GET', `${this.base}/messages?limit=${PAGE}&before=${encodeURIComponent(cursor)}`);
-      if (this.closed || cursor !== this.before) return false;
-      const fresh = data.items.filter((m) => !this.path.includes(m.id));
-      for (const m of fresh) this.upsert(m);
-      const height = ui.log.scrollHeight;
-      const top = ui.log.scrollTop;
-      this.path.unshift(...fresh.map((m) => m.id));
-      ui.messages.prepend(...fresh.map((m) => this.item(this.byId.get(m.id))));
-      ui.log.scrollTop = top + (ui.log.scrollHeight - height);
-      this.before = data.before;
-      return true;
-    } finally {
-      this.loadingOlder = false;
-      this.renderHistory();
-    }
-  }
-
-  /** Load older pages until the log can scroll (or there are none). */
-  async fillViewport() {
-    for (let i = 0; i < 20 && this.before && ui.log.scrollHeight <= ui.log.clientHeight + 200; i++) {
-      if (!(await this.loadOlder())) break;
-    }
-  }
-
-  // ---- rendering
-
-  item(m) {
-    return messageItem(m, messageActions, { busy: this.busy > 0 });
-  }
-
-  renderMessage(id) {
-    const li = document.getElementById(`m-${id}`);
-    const m = this.byId.get(id);
-    if (!li || !m) return;
-    if (li.querySelector('form.edit')) return; // do not clobber an open editor
-    const stick = nearBottom();
-    li.replaceWith(this.item(m));
-    if (stick) this.scrollToBottom();
-  }
-
-  renderAll() {
-    for (const id of this.path) this.renderMessage(id);
-  }
-
-  renderHead() {
-    const title = this.session ? sessionTitle(this.session) : '…';
-    ui.title.textContent = title;
-    document.title = `${title} · Roost`;
-    const slug = title.replace(/[^\w.-]+/g, '_').slice(0, 60) || 'chat';
-    ui.exportJson.href = `${this.base}/export?format=json`;
-    ui.exportJson.download = `${slug}.json`;
-    ui.exportMd.href = `${this.base}/export?format=markdown`;
-    ui.exportMd.download = `${slug}.md`;
-  }
-
-  renderHistory() {
-    ui.older.hidden = !this.before;
-    ui.historyStatus.textContent = this.before || !this.path.length ? '' : 'Start of the chat';
-  }
-
-  running() {
-    return this.path.map((id) => this.byId.get(id)).filter((m) => m && m.role === 'assistant' && UNFINISHED.has(m.status));
-  }
-
-  renderComposer() {
-    if (view !== this) return;
-    const running = this.running().length > 0;
-    ui.stop.hidden = !running;
-    ui.send.hidden = running;
-  }
-
-  scrollToBottom() { ui.log.scrollTop = ui.log.scrollHeight; }
-
-  // ---- actions
-
-  /** Run a tree-changing SSE request (chat, regenerate); the model follows its events. */
-  async stream(path, body) {
-    this.busy += 1;
-    this.renderAll();
-    try {
-      await postStream(path, body, (name, data) => {
-        if (this.closed) return;
-        if (name === 'ack') {
-          if (data.user_message) this.created(data.user_message);
-          if (data.assistant_message) this.created(data.assistant_message);
-        } else if (name === 'delta') {
-          this.delta(data.message_id, data.offset, data.text);
-        } else if (name === 'message') {
-          this.upsert(data);
-        } else if (name === 'error') {
-          toast(data.message || 'The reply failed.');
-        }
-      });
-    } finally {
-      this.busy -= 1;
-      if (!this.closed) this.renderAll();
-      refreshSessionsSoon();
-    }
-  }
-
-  async sendMessage(content, parentId) {
-    const body = { content, client_id: newClientId() };
-    if (parentId !== undefined) body.parent_id = parentId;
-    if (this.pendingFiles.length) body.attachments = this.pendingFiles.map((f) => f.id);
-    this.pendingFiles = [];
-    renderChips(this);
-    this.scrollToBottom();
-    await this.stream(`${this.base}/chat`, body);
-  }
-}
 
 const messageActions = {
   regenerate(m) {
     if (!view) return;
-    view.stream(`${view.base}/messages/${encodeURIComponent(m.id)}/regenerate`, undefined).catch(fail);
+    const model = chosenModel();
+    view.stream(`${view.base}/messages/${encodeURIComponent(m.id)}/regenerate`, model ? { model } : undefined).catch(fail);
+  },
+  copy(m) {
+    copyText(m.content).then(() => toast('Copied as Markdown.')).catch(() => toast('Copying is not allowed here.'));
   },
   stop(m) {
     if (!view) return;
@@ -548,27 +216,150 @@ const messageActions = {
   },
 };
 
+/** What a ChatView needs from the page around it (see chat.js). */
+const chatHost = {
+  ui, toast, fail, setConn, patchSession, chosenModel,
+  actions: messageActions,
+  isCurrent: (v) => view === v,
+  gone(v) {
+    sessions.items = sessions.items.filter((s) => s.id !== v.sid);
+    closeView();
+    renderSessions();
+    history.replaceState(null, '', '#/');
+  },
+  changed() { refreshSessionsSoon(); feed.announce(); },
+  filesChanged: (v) => renderChips(v),
+};
+
 // ------------------------------------------------------------------ composer
+
+/** Copy text to the clipboard (the async API, or a hidden textarea where it is missing). */
+async function copyText(text) {
+  if (navigator.clipboard && window.isSecureContext) { await navigator.clipboard.writeText(text); return; }
+  const area = el('textarea', { class: 'sr-only', 'aria-hidden': 'true' });
+  area.value = text;
+  document.body.append(area);
+  area.select();
+  const ok = document.execCommand('copy');
+  area.remove();
+  if (!ok) throw new Error('copy refused');
+}
+
+ui.messages.addEventListener('click', (ev) => {
+  const btn = ev.target.closest('.copy-code');
+  if (!btn) return;
+  const code = btn.closest('.code-block')?.querySelector('pre code');
+  if (!code) return;
+  copyText(code.textContent).then(() => {
+    btn.lastChild.textContent = 'Copied';
+    setTimeout(() => { btn.lastChild.textContent = 'Copy'; }, 1500);
+  }).catch(() => toast('Copying is not allowed here.'));
+});
+
+function chosenModel() {
+  if (!models || ui.model.hidden) return null;
+  const id = ui.model.value;
+  return id && id !== models.default ? id : null;
+}
+
+function growInput() {
+  ui.input.style.height = 'auto';
+  ui.input.style.height = `${Math.min(ui.input.scrollHeight + 2, window.innerHeight * 0.4)}px`;
+}
+
+let creating = false;
+/** On the start screen: make the chat (titled after the message), open it, then send. */
+async function startChat(text) {
+  if (creating) return;
+  creating = true;
+  try {
+    const s = await api('POST', '/api/sessions', { title: titleFrom(text) });
+    sessions.items.unshift(s);
+    history.pushState(null, '', `#/s/${encodeURIComponent(s.id)}`);
+    openSession(s.id);
+    const v = view;
+    await v.whenReady();
+    if (v.closed) return;
+    v.session = s;
+    await v.sendMessage(text);
+  } finally {
+    creating = false;
+  }
+}
 
 ui.composer.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const text = ui.input.value;
-  if (!view || !text.trim()) return;
+  if (!text.trim() || creating) return;
   ui.input.value = '';
-  view.sendMessage(text).catch((err) => {
+  growInput();
+  const sending = view ? view.sendMessage(text) : startChat(text);
+  sending.catch((err) => {
     fail(err);
-    if (!ui.input.value) ui.input.value = text;
+    if (!ui.input.value) { ui.input.value = text; growInput(); }
   });
 });
+ui.input.addEventListener('input', growInput);
 ui.input.addEventListener('keydown', (ev) => {
   if (ev.key === 'Enter' && !ev.shiftKey && !ev.isComposing) {
     ev.preventDefault();
     ui.composer.requestSubmit();
+  } else if (ev.key === 'ArrowUp' && !ui.input.value && view) {
+    // Up in an empty box edits your last message
+    const last = [...view.path].reverse().map((id) => view.byId.get(id)).find((m) => m && m.role === 'user' && !m.deleted);
+    if (last) { ev.preventDefault(); messageActions.edit(last); }
   }
 });
-ui.stop.addEventListener('click', () => {
+function stopReplies() {
   if (view) for (const m of view.running()) messageActions.stop(m);
+}
+ui.stop.addEventListener('click', stopReplies);
+
+function typing(target) {
+  return target instanceof HTMLElement && (target.isContentEditable || ['INPUT', 'TEXTAREA', 'SELECT'].includes(target.tagName));
+}
+
+document.addEventListener('keydown', (ev) => {
+  if (ev.defaultPrevented || ev.isComposing) return;
+  if (ev.key === 'Escape') {
+    if (!ui.chatMenu.hidden) { setMenu(false); ui.menuButton.focus(); return; }
+    if (ui.sidebar.classList.contains('open')) { setSidebar(false); ui.menu.focus(); return; }
+    if (!ui.searchForm.hidden && document.activeElement === ui.searchInput) { setSearch(false); return; }
+    if (view && view.running().length && !ev.target.closest?.('form.edit, dialog')) { ev.preventDefault(); stopReplies(); }
+    return;
+  }
+  if (ev.key === '/' && !typing(ev.target) && !ev.ctrlKey && !ev.metaKey && !ev.altKey && view && features.search) {
+    ev.preventDefault();
+    setSearch(true);
+  }
 });
+
+// the chat header's overflow menu and the search toggle
+function setMenu(open) {
+  ui.chatMenu.hidden = !open;
+  ui.menuButton.setAttribute('aria-expanded', String(open));
+  if (open) ui.chatMenu.querySelector('[role=menuitem]:not([hidden])')?.focus();
+}
+ui.menuButton.addEventListener('click', () => setMenu(ui.chatMenu.hidden));
+ui.chatMenu.addEventListener('click', (ev) => { if (ev.target.closest('[role=menuitem]')) setMenu(false); });
+document.addEventListener('click', (ev) => {
+  if (!ui.chatMenu.hidden && !ev.target.closest('.menu-wrap')) setMenu(false);
+});
+ui.chatMenu.addEventListener('keydown', (ev) => {
+  if (ev.key !== 'ArrowDown' && ev.key !== 'ArrowUp') return;
+  ev.preventDefault();
+  const items = [...ui.chatMenu.querySelectorAll('[role=menuitem]:not([hidden])')];
+  const i = items.indexOf(document.activeElement);
+  items[(i + (ev.key === 'ArrowDown' ? 1 : items.length - 1)) % items.length]?.focus();
+});
+
+function setSearch(open) {
+  ui.searchForm.hidden = !open;
+  ui.searchToggle.setAttribute('aria-expanded', String(open));
+  if (open) { ui.searchInput.focus(); ui.searchInput.select(); } else { ui.results.hidden = true; ui.searchToggle.focus(); }
+}
+ui.searchToggle.addEventListener('click', () => setSearch(ui.searchForm.hidden));
+ui.searchInput.addEventListener('keydown', (ev) => { if (ev.key === 'Escape') { ev.preventDefault(); setSearch(false); } });
 
 ui.log.addEventListener('scroll', () => {
   if (view && ui.log.scrollTop < 300) view.loadOlder().catch(fail);
@@ -587,6 +378,7 @@ function renderChips(v) {
 }
 ui.attachInput.addEventListener('change', async () => {
   const v = view;
+  if (!v) return;
   const files = [...ui.attachInput.files];
   ui.attachInput.value = '';
   for (const file of files) {
@@ -612,7 +404,7 @@ ui.renameBtn.addEventListener('click', () => {
 function endRename() {
   ui.renameForm.hidden = true;
   ui.title.hidden = false;
-  ui.renameBtn.focus();
+  ui.menuButton.focus();
 }
 ui.renameCancel.addEventListener('click', endRename);
 ui.renameInput.addEventListener('keydown', (ev) => { if (ev.key === 'Escape') endRename(); });
@@ -623,6 +415,7 @@ ui.renameForm.addEventListener('submit', async (ev) => {
     const s = await api('PATCH', v.base, { title: ui.renameInput.value.trim() || null });
     v.sessionUpdated(s);
     endRename();
+    feed.announce();
   } catch (err) { fail(err); }
 });
 ui.deleteBtn.addEventListener('click', async () => {
@@ -634,6 +427,7 @@ ui.deleteBtn.addEventListener('click', async () => {
     closeView();
     renderSessions();
     history.replaceState(null, '', '#/');
+    feed.announce();
   } catch (err) { fail(err); }
 });
 
@@ -672,25 +466,51 @@ async function jumpTo(v, m) {
 
 // ------------------------------------------------------------------ features, routing
 
-async function detectFeatures(sid) {
-  const base = sessionPath(sid);
-  const absent = (status) => status === 404 || status === 405 || status === 0;
-  if (features.search === null) {
-    const st = await probe('GET', `${base}/search?q=roost&limit=1`);
-    if (st !== 401) features.search = !absent(st);
-  }
-  if (features.export === null) {
-    const st = await probe('GET', `${base}/export?format=__probe__`);
-    if (st !== 401) features.export = !absent(st);
-  }
-  if (features.attachments === null) {
-    const st = await probe('POST', `${base}/attachments`, new FormData());
-    if (st !== 401) features.attachments = !absent(st);
-  }
-  ui.searchForm.hidden = !features.search;
-  ui.exportJson.hidden = ui.exportMd.hidden = !features.export;
-  ui.attachLabel.hidden = !features.attachments;
+/** Who is asking and what this server offers, from one call (no probing with bad requests). */
+async function loadCapabilities() {
+  me = await api('GET', '/api/capabilities');
+  Object.assign(features, {
+    search: me.features.search, export: me.features.export, attachments: me.features.attachments,
+  });
+  ui.account.hidden = me.auth !== 'tokens';
+  ui.accountUser.textContent = me.user ? `Signed in as ${me.user}` : '';
+  applyFeatures();
 }
+
+function applyFeatures() {
+  ui.searchToggle.hidden = !features.search;
+  if (!features.search) ui.searchForm.hidden = true;
+  ui.exportJson.hidden = ui.exportMd.hidden = !features.export;
+  ui.attachLabel.hidden = !features.attachments || !view; // files belong to a chat
+}
+
+async function loadModels() {
+  models = await api('GET', '/api/models');
+  const saved = localStorage.getItem(MODEL_KEY);
+  ui.model.replaceChildren(...models.models.map((m) => el(
+    'option', { value: m.id, selected: m.id === (saved || models.default) }, m.role === 'fallback' ? `${m.id} (fallback)` : m.id,
+  )));
+  if (!models.models.some((m) => m.id === saved)) ui.model.value = models.default;
+  ui.model.disabled = models.models.length < 2;
+  ui.model.title = models.models.length < 2 ? 'The only model this server offers' : 'Model for the next reply';
+  ui.model.hidden = false;
+}
+ui.model.addEventListener('change', () => localStorage.setItem(MODEL_KEY, ui.model.value));
+
+ui.signOut.addEventListener('click', async () => {
+  try {
+    await api('POST', '/api/logout');
+  } catch (err) { fail(err); return; }
+  me = null;
+  sessions = { items: [], next: null };
+  closeView();
+  renderSessions();
+  history.replaceState(null, '', '#/');
+  ui.account.hidden = true;
+  ui.loginError.textContent = '';
+  ui.login.showModal();
+  ui.loginToken.focus();
+});
 
 function closeView() {
   if (view) view.close();
@@ -698,6 +518,12 @@ function closeView() {
   ui.view.hidden = true;
   ui.empty.hidden = false;
   ui.results.hidden = true;
+  ui.searchForm.hidden = true;
+  ui.chatMenu.hidden = true;
+  ui.stop.hidden = true;
+  ui.send.hidden = false;
+  ui.chips.replaceChildren();
+  ui.attachLabel.hidden = true;
   document.title = 'Roost';
   setConn('idle');
 }
@@ -705,7 +531,7 @@ function closeView() {
 function openSession(sid) {
   if (view && view.sid === sid) return;
   closeView();
-  view = new ChatView(sid);
+  view = new ChatView(sid, chatHost);
   ui.view.hidden = false;
   ui.empty.hidden = true;
   ui.messages.replaceChildren();
@@ -715,8 +541,8 @@ function openSession(sid) {
   ui.older.hidden = true;
   ui.searchInput.value = '';
   renderSessions();
+  applyFeatures();
   view.start();
-  detectFeatures(sid).catch(() => {});
 }
 
 function route() {
@@ -725,9 +551,16 @@ function route() {
   else { closeView(); renderSessions(); }
 }
 
-window.addEventListener('hashchange', route);
-window.addEventListener('focus', refreshSessionsSoon);
-window.roost = { get view() { return view; }, features }; // for tests and debugging
+/** Load what the page needs (after sign-in too); idempotent. */
+async function boot() {
+  await loadCapabilities();
+  await Promise.all([loadSessions(), loadModels().catch(fail)]);
+  route();
+}
 
-loadSessions().catch(fail);
-route();
+window.addEventListener('hashchange', route);
+window.roost = { get view() { return view; }, features, get me() { return me; } }; // for tests and debugging
+
+fillIcons();
+feed.start();
+boot().catch(fail);

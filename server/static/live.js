@@ -7,7 +7,8 @@ const MAX_DELAY = 10000;
  * ``new LiveSocket(sid, handlers)`` then ``start()``; ``close()`` ends it for good.
  * handlers: ``since()`` → the last applied event seq or null (first connect),
  * ``onFrame(frame)``, ``onState(state)`` with state one of
- * connecting | connected | reconnecting | offline, ``onGone(code)`` when the
+ * connecting | connected | reconnecting | offline (the network is down, or two
+ * reconnects in a row failed: the server cannot be reached), ``onGone(code)`` when the
  * session no longer exists (close code 4004), and ``onRefused()`` (optional)
  * when a connection closed before its ``hello``, e.g. an upgrade answered 404.
  */
@@ -35,7 +36,7 @@ export class LiveSocket {
 
   start() {
     if (this.closed) return;
-    this.h.onState(this.attempt ? 'reconnecting' : 'connecting');
+    this.h.onState(this.attempt ? this.waiting() : 'connecting');
     let ws;
     try {
       ws = new WebSocket(this.url(), 'roost.v1');
@@ -73,9 +74,19 @@ export class LiveSocket {
     };
   }
 
+  /** The state while no socket is up: offline once the network is gone or retries keep failing. */
+  waiting() {
+    return navigator.onLine === false || this.attempt >= 2 ? 'offline' : 'reconnecting';
+  }
+
+  /** Whether a socket is open now. */
+  connected() {
+    return !!this.ws && this.ws.readyState === WebSocket.OPEN;
+  }
+
   schedule() {
     if (this.closed || this.timer) return;
-    this.h.onState(navigator.onLine === false ? 'offline' : 'reconnecting');
+    this.h.onState(this.waiting());
     const base = Math.min(MAX_DELAY, MIN_DELAY * 2 ** this.attempt);
     const delay = base / 2 + Math.random() * (base / 2);
     this.attempt += 1;

@@ -1,5 +1,8 @@
-// DOM helpers. User content is only ever set with textContent; the one HTML
-// input (a search snippet) goes through safeSnippet, which keeps <mark> only.
+// DOM helpers. User content is only ever set with textContent; the HTML inputs
+// are a search snippet (safeSnippet keeps <mark> only) and an assistant reply's
+// Markdown (markdown.js: sanitised by DOMPurify, raw HTML shown as text).
+
+import { icon } from './icons.js';
 
 export const UNFINISHED = new Set(['pending', 'streaming']);
 
@@ -77,18 +80,31 @@ function attachmentList(refs) {
     if (typeof a.mime === 'string' && a.mime.startsWith('image/')) {
       link.append(el('img', { src: a.url, alt: name, loading: 'lazy' }));
     } else {
-      link.textContent = `📎 ${name}`;
+      link.append(icon('paperclip'), name);
     }
     ul.append(el('li', {}, link));
   }
   return ul;
 }
 
+function usageText(meta) {
+  const u = meta && typeof meta === 'object' ? meta.usage : null;
+  if (!u || typeof u !== 'object') return null;
+  const total = Number(u.total_tokens ?? (Number(u.prompt_tokens ?? u.input_tokens ?? 0) + Number(u.completion_tokens ?? u.output_tokens ?? 0)));
+  return Number.isFinite(total) && total > 0 ? `${total} tokens` : null;
+}
+
+function actionButton(cls, label, iconName, onclick, disabled = false) {
+  return el('button', { type: 'button', class: `ghost act ${cls}`, 'aria-label': label, title: label, disabled, onclick }, icon(iconName), el('span', { class: 'act-label' }, label));
+}
+
 /**
  * A message's <li>, built fresh (cheap) from ``m``. ``actions`` holds callbacks:
- * regenerate(m), edit(m), stop(m), switchTo(m, step).
+ * regenerate(m), edit(m), stop(m), switchTo(m, step), copy(m). ``body``, when
+ * given, is the element to show as the body (an assistant's rendered Markdown,
+ * kept across rebuilds); otherwise the content is shown as plain text.
  */
-export function messageItem(m, actions, { busy }) {
+export function messageItem(m, actions, { busy, body = null }) {
   const running = UNFINISHED.has(m.status);
   const li = el('li', {
     class: 'msg',
@@ -97,13 +113,20 @@ export function messageItem(m, actions, { busy }) {
     'aria-busy': running ? 'true' : null,
   });
   const meta = el('div', { class: 'meta' }, el('span', { class: 'role' }, ROLE_NAMES[m.role] || m.role));
+  if (m.role === 'assistant' && m.model_id) meta.append(el('span', { class: 'model', title: 'The model that answered' }, m.model_id));
   const statusText = STATUS_TEXT[m.status];
   if (statusText) meta.append(el('span', { class: 'status', dataset: { kind: m.status } }, statusText));
-  if (m.fallback_notice) meta.append(el('span', { class: 'notice' }, m.fallback_notice));
+  if (m.fallback_notice) meta.append(el('span', { class: 'notice', role: 'note' }, m.fallback_notice));
+  const usage = usageText(m.metadata);
+  if (usage) meta.append(el('span', { class: 'usage' }, usage));
   li.append(meta);
-  const body = el('div', { class: 'body' });
-  body.textContent = m.deleted ? '(deleted)' : m.content;
-  li.append(body);
+  if (body && !m.deleted) {
+    li.append(body);
+  } else {
+    const plain = el('div', { class: 'body plain' });
+    plain.textContent = m.deleted ? '(deleted)' : m.content;
+    li.append(plain);
+  }
   if (m.status === 'error' && m.error && m.error.message) {
     li.append(el('p', { class: 'error', role: 'note' }, String(m.error.message)));
   }
@@ -114,33 +137,30 @@ export function messageItem(m, actions, { busy }) {
   const sib = m.siblings;
   if (sib && sib.count > 1) {
     const label = m.role === 'assistant' ? 'reply' : 'version';
-    bar.append(
-      el(
-        'div',
-        { class: 'switcher', role: 'group', 'aria-label': `Switch ${label}` },
-        el('button', {
-          type: 'button', class: 'ghost prev', 'aria-label': `Previous ${label}`,
-          disabled: sib.index <= 0 || busy, onclick: () => actions.switchTo(m, -1),
-        }, '‹'),
-        el('span', { class: 'pos', 'aria-live': 'polite' }, `${sib.index + 1}/${sib.count}`),
-        el('button', {
-          type: 'button', class: 'ghost next', 'aria-label': `Next ${label}`,
-          disabled: sib.index >= sib.count - 1 || busy, onclick: () => actions.switchTo(m, 1),
-        }, '›'),
-      ),
-    );
+    const prev = el('button', {
+      type: 'button', class: 'ghost prev', 'aria-label': `Previous ${label}`,
+      disabled: sib.index <= 0 || busy, onclick: () => actions.switchTo(m, -1),
+    }, icon('prev'));
+    const next = el('button', {
+      type: 'button', class: 'ghost next', 'aria-label': `Next ${label}`,
+      disabled: sib.index >= sib.count - 1 || busy, onclick: () => actions.switchTo(m, 1),
+    }, icon('next'));
+    bar.append(el(
+      'div',
+      { class: 'switcher', role: 'group', 'aria-label': `Switch ${label}` },
+      prev, el('span', { class: 'pos', 'aria-live': 'polite' }, `${sib.index + 1}/${sib.count}`), next,
+    ));
   }
+  const tools = el('div', { class: 'tools' });
+  if (!m.deleted && m.content) tools.append(actionButton('copy', 'Copy', 'copy', () => actions.copy(m)));
   if (running && m.role === 'assistant') {
-    bar.append(el('button', { type: 'button', class: 'ghost stop', onclick: () => actions.stop(m) }, 'Stop'));
+    tools.append(actionButton('stop', 'Stop', 'stop', () => actions.stop(m)));
   } else if (m.role === 'assistant' && !m.deleted) {
-    bar.append(el('button', {
-      type: 'button', class: 'ghost regenerate', disabled: busy, onclick: () => actions.regenerate(m),
-    }, 'Regenerate'));
+    tools.append(actionButton('regenerate', 'Regenerate', 'regenerate', () => actions.regenerate(m), busy));
   } else if (m.role === 'user' && !m.deleted) {
-    bar.append(el('button', {
-      type: 'button', class: 'ghost edit', disabled: busy, onclick: () => actions.edit(m),
-    }, 'Edit'));
+    tools.append(actionButton('edit', 'Edit', 'edit', () => actions.edit(m), busy));
   }
+  if (tools.childNodes.length) bar.append(tools);
   if (bar.childNodes.length) li.append(bar);
   return li;
 }
