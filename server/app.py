@@ -30,6 +30,11 @@ async def healthz(request: web.Request) -> web.Response:
     return json_response({"status": "ok", "live_actors": reg.live})
 
 
+async def nosniff(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """on_response_prepare: no browser may guess another type than the one sent."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
 async def _not_found(request: web.Request) -> web.Response:
     return error_response(404, "not_found", f"no route for {request.method} {request.path}")
 
@@ -56,7 +61,7 @@ def make_app(settings: Settings) -> web.Application:
     Raises ``server.auth.TokensError`` if the tokens file cannot be used.
     """
     from server.access import LIMITS, cors_headers, gate_middleware, make_limits, rate_middleware
-    from server.auth import TOKENS, auth_middleware, load_tokens
+    from server.auth import LOGINS, TOKENS, Logins, auth_middleware, load_tokens
     from server.auth import routes as auth_routes
     from server.routes_chat import routes as chat_routes
     from server.routes_core import routes as core_routes
@@ -71,8 +76,10 @@ def make_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[TOKENS] = load_tokens(settings.tokens_file)
+    app[LOGINS] = Logins(settings.login_cookie_max_age)
     app[LIMITS] = make_limits(app)
     app.on_response_prepare.append(cors_headers)
+    app.on_response_prepare.append(nosniff)
 
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         raise_nofile_limit()

@@ -8,6 +8,12 @@ every request must name a token, in this order of preference:
    next to ``roost.v1`` (browsers cannot set headers on a WebSocket; the server
    answers with ``roost.v1`` only, never echoing the token);
 3. the ``roost_token`` cookie set by ``POST /api/login`` (HttpOnly, SameSite=Strict).
+   It never holds the token: it holds a random login id that names a server-side
+   login (:class:`Logins`) which expires after ``--login-cookie-max-age`` seconds
+   and which ``POST /api/logout`` revokes. Logins live in memory: a restart signs
+   browsers out. A login cookie authenticates only same-origin changes: a page of
+   a listed origin (``--allowed-origins``) that carries it cannot change anything
+   (403 ``forbidden_origin``); such clients send a bearer token.
 
 A request without a valid token answers 401 ``unauthorized`` with
 ``WWW-Authenticate: Bearer``. The authenticated user id is put in
@@ -22,8 +28,12 @@ could time is a match on the digest of their guess, which tells them nothing).
 from __future__ import annotations
 
 import hashlib
+import secrets
+import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import orjson
 from aiohttp import web
@@ -69,6 +79,51 @@ class Tokens:
         return self._users.get(_digest(token))
 
 
+class Logins:
+    """Server-side logins of the cookie: random id → (user id, expiry).
+
+    Ids come from :func:`secrets.token_urlsafe` (256 bits) and are held as
+    SHA-256 digests, like tokens. At most ``max_logins`` are kept; making one
+    more forgets the oldest. Not thread-safe (the event loop owns it).
+    """
+
+    def __init__(self, max_age: float, max_logins: int = 10_000) -> None:
+        self.max_age = max_age
+        self.max_logins = max_logins
+        self._logins: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._logins)
+
+    def open(self, user: str) -> str:
+        """Make a login for ``user``; return its id (the cookie value)."""
+        login_id = secrets.token_urlsafe(32)
+        self._logins[_digest(login_id)] = (user, time.monotonic() + self.max_age)
+        while len(self._logins) > self.max_logins:
+            self._logins.popitem(last=False)
+        return login_id
+
+    def user_for(self, login_id: str | None) -> str | None:
+        """The user of a live login, or None (unknown, revoked or expired)."""
+        if not login_id or len(login_id) > MAX_TOKEN_CHARS:
+            return None
+        key = _digest(login_id)
+        found = self._logins.get(key)
+        if found is None:
+            return None
+        user, expires = found
+        if time.monotonic() >= expires:
+            del self._logins[key]
+            return None
+        return user
+
+    def revoke(self, login_id: str | None) -> None:
+        """Forget a login; idempotent (an unknown id is fine)."""
+        if login_id and len(login_id) <= MAX_TOKEN_CHARS:
+            self._logins.pop(_digest(login_id), None)
+
+
+LOGINS = web.AppKey("logins", Logins)
 TOKENS: web.AppKey[Tokens | None] = web.AppKey("tokens", Tokens | None)  # type: ignore[arg-type]
 
 
@@ -119,7 +174,7 @@ def is_public(request: web.Request) -> bool:
 
 
 def presented_token(request: web.Request) -> str | None:
-    """The token the request carries (header, WebSocket subprotocol or cookie)."""
+    """The token the request carries (header or WebSocket subprotocol), else None."""
     auth = request.headers.get("Authorization")
     if auth is not None:
         scheme, _, value = auth.strip().partition(" ")
@@ -130,7 +185,23 @@ def presented_token(request: web.Request) -> str | None:
             proto = proto.strip()
             if proto.startswith(WS_PROTOCOL_PREFIX):
                 return proto[len(WS_PROTOCOL_PREFIX) :]
-    return request.cookies.get(COOKIE)
+    return None
+
+
+def _same_origin(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    try:
+        return urlsplit(origin).netloc.lower() == request.host.lower()
+    except ValueError:
+        return False
+
+
+def _is_change(request: web.Request) -> bool:
+    return request.method not in ("GET", "HEAD", "OPTIONS") or (
+        request.headers.get("Upgrade", "").lower() == "websocket"
+    )
 
 
 def _unauthorized(message: str, invalid: bool) -> web.Response:
@@ -147,6 +218,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     token = presented_token(request)
     user = tokens.user_for(token)
+    if token is None and COOKIE in request.cookies:
+        token = request.cookies[COOKIE]
+        user = request.app[LOGINS].user_for(token)
+        if user is not None and _is_change(request) and not _same_origin(request):
+            return error_response(
+                403,
+                "forbidden_origin",
+                "the login cookie works only for the server's own pages; a page of another "
+                "origin must send Authorization: Bearer <token>",
+            )
     if user is not None:
         request[USER] = user
     elif not is_public(request):
@@ -172,10 +253,11 @@ class LoginRequest(Strict):
 @routes.post("/api/login")
 @describe(body=LoginRequest, responses={200: Reply("signed in; the cookie is set", User)})
 async def login(request: web.Request) -> web.Response:
-    """Check a token and keep it in an HttpOnly cookie (for browsers): ``{user}``.
+    """Check a token and sign the browser in with an HttpOnly cookie: ``{user}``.
 
-    401 for an unknown token. Without tokens configured it answers ``{user: ""}``
-    and sets no cookie.
+    The cookie holds a new server-side login id, never the token. 401 for an
+    unknown token. Without tokens configured it answers ``{user: ""}`` and sets
+    no cookie. Each call makes a new login (not idempotent).
     """
     body = await parse_body(request, LoginRequest)
     tokens = request.app[TOKENS]
@@ -187,7 +269,7 @@ async def login(request: web.Request) -> web.Response:
     resp = json_response({"user": user})
     resp.set_cookie(
         COOKIE,
-        body.token,
+        request.app[LOGINS].open(user),
         httponly=True,
         samesite="Strict",
         secure=request.secure,
@@ -200,7 +282,11 @@ async def login(request: web.Request) -> web.Response:
 @routes.post("/api/logout")
 @describe(responses={204: Reply("signed out")})
 async def logout(request: web.Request) -> web.Response:
-    """Forget the login cookie: 204 (also when there was none)."""
+    """Revoke the cookie's login and clear the cookie: 204 (also when there was none).
+
+    Idempotent. A copy of the cookie kept elsewhere no longer authenticates.
+    """
+    request.app[LOGINS].revoke(request.cookies.get(COOKIE))
     resp = web.Response(status=204)
     resp.del_cookie(COOKIE, path="/")
     return resp

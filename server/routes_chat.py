@@ -18,6 +18,7 @@ from server.openapi import JSON, SSE, Param, Reply, describe
 from server.schemas import ChatResult, Message
 from server.settings import Settings
 from server.sse import open_sse, pump, sse_frame
+from storage.ids import ascii_int
 from storage.session_db import MessageDraft
 
 routes = web.RouteTableDef()
@@ -200,13 +201,14 @@ async def cancel(request: web.Request) -> web.Response:
 
 def _last_event_id(request: web.Request) -> int:
     raw = request.headers.get("Last-Event-ID", request.query.get("offset", "0")).strip() or "0"
-    if not raw.isdigit() or len(raw) > 12:
+    value = ascii_int(raw, 12)
+    if value is None:
         raise ApiError(
             400,
             "invalid_input",
             f"Last-Event-ID must be a text offset (an integer), got {raw[:40]!r}",
         )
-    return int(raw)
+    return value
 
 
 @routes.get("/api/sessions/{sid}/messages/{mid}/stream")

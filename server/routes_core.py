@@ -32,6 +32,7 @@ from server.models import (
 )
 from server.openapi import Param, Reply, cursor_param, describe, limit_param
 from server.schemas import Message, MessagePage, Session, SessionList, SessionView, SiblingsPage
+from storage.ids import ascii_int
 from storage.session_db import (
     MessageDraft,
     op_append,
@@ -214,9 +215,12 @@ def _if_match(request: web.Request) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit() or len(text) > 18:
-        raise ApiError(400, "invalid_input", f"If-Match must be a message version, got {raw!r}")
-    return int(text)
+    value = ascii_int(text, 18)
+    if value is None:
+        raise ApiError(
+            400, "invalid_input", f"If-Match must be a message version, got {raw[:40]!r}"
+        )
+    return value
 
 
 async def _read(request: web.Request) -> tuple[dict[str, Any], bytes]:

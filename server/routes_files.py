@@ -182,7 +182,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | Literal[Fals
     """
     if header is None:
         return None
-    m = re.fullmatch(r"\s*bytes\s*=\s*(\d{0,18})\s*-\s*(\d{0,18})\s*", header)
+    m = re.fullmatch(r"\s*bytes\s*=\s*([0-9]{0,18})\s*-\s*([0-9]{0,18})\s*", header)
     if m is None or (not m[1] and not m[2]):
         return None
     if not m[1]:  # suffix: the last n bytes

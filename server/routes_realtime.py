@@ -21,6 +21,7 @@ from server.openapi import FEED_EVENTS, SSE, Param, Reply, describe
 from server.routes_chat import ChatRequest, chat_draft
 from server.sse import OPEN_STREAMS, open_sse
 from storage.errors import StorageError
+from storage.ids import ascii_int
 
 routes = web.RouteTableDef()
 
@@ -43,14 +44,15 @@ def _since(request: web.Request, header: str | None = None) -> int | None:
         raw = request.headers.get(header)
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 15:
+    value = ascii_int(raw, 15)
+    if value is None:
         raise ApiError(
             400,
             "invalid_input",
             f"since must be an event seq (an integer), got {raw[:40]!r}",
             {"loc": ["query", "since"]},
         )
-    return int(raw)
+    return value
 
 
 async def _open_feed(request: web.Request, since: int | None) -> Feed:
