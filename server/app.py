@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 
@@ -10,15 +11,16 @@ from aiohttp import web
 
 from actors.registry import ActorRegistry
 from actors.responders import EchoResponder, Responder
-from server.errors import error_middleware, error_response
-from server.http import REGISTRY, SETTINGS, json_response
+from server.errors import Handler, error_middleware, error_response
+from server.http import DISK, REGISTRY, SETTINGS, json_response
+from server.listen import fd_budget
 from server.metrics import METRICS
 from server.metrics import install as install_metrics
 from server.openapi import OPENAPI, Reply, describe, openapi_json
 from server.schemas import Health
 from server.settings import Settings
 from server.sse import OPEN_STREAMS
-from storage.layout import DataDir, limit_malloc_arenas, raise_nofile_limit
+from storage.layout import DataDir, DiskReserve, limit_malloc_arenas, raise_nofile_limit
 
 log = logging.getLogger("roost.server")
 
@@ -33,6 +35,27 @@ async def healthz(request: web.Request) -> web.Response:
 async def nosniff(request: web.BaseRequest, response: web.StreamResponse) -> None:
     """on_response_prepare: no browser may guess another type than the one sent."""
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
+# Changes the disk reserve never refuses: they free space or only end work under way.
+_REFUSAL_EXEMPT = frozenset({"/api/login", "/api/logout"})
+CHANGE_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+@web.middleware
+async def disk_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse new writes with 507 ``storage_full`` while the disk is under its reserve.
+
+    Reads, deletes, logins and cancels always pass; so does everything when
+    ``--disk-reserve`` is 0.
+    """
+    if (
+        request.method in CHANGE_METHODS
+        and request.path not in _REFUSAL_EXEMPT
+        and not request.path.endswith("/cancel")
+    ):
+        request.app[DISK].check()
+    return await handler(request)
 
 
 async def _not_found(request: web.Request) -> web.Response:
@@ -71,10 +94,17 @@ def make_app(settings: Settings) -> web.Application:
     from server.routes_static import setup_static
 
     app = web.Application(
-        middlewares=[gate_middleware, error_middleware, auth_middleware, rate_middleware],
+        middlewares=[
+            gate_middleware,
+            error_middleware,
+            auth_middleware,
+            rate_middleware,
+            disk_middleware,
+        ],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[DISK] = DiskReserve(DataDir(settings.data_dir).root, settings.disk_reserve)
     app[TOKENS] = load_tokens(settings.tokens_file)
     app[LOGINS] = Logins(settings.login_cookie_max_age)
     app[LIMITS] = make_limits(app)
@@ -82,13 +112,22 @@ def make_app(settings: Settings) -> web.Application:
     app.on_response_prepare.append(nosniff)
 
     async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
-        raise_nofile_limit()
+        soft, _ = raise_nofile_limit()
+        budget = fd_budget(soft, settings.max_live_actors)
+        log.info(
+            "descriptor limit %d: at most %d live actors (--max-live-actors %d) "
+            "and %d client connections",
+            budget.limit,
+            budget.actors,
+            settings.max_live_actors,
+            budget.connections,
+        )
         limit_malloc_arenas()
         datadir = DataDir(settings.data_dir)
         datadir.ensure()
         registry = ActorRegistry(
             datadir,
-            settings.actor_config(),
+            dataclasses.replace(settings.actor_config(), max_live=budget.actors),
             write_threads=settings.write_threads,
             fsync=settings.fsync,
         )

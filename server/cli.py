@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import gc
 import ipaddress
 import logging
@@ -10,10 +11,11 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from aiohttp import web
 from pydantic import ValidationError
 
+from server.listen import fd_budget, serve
 from server.settings import Settings, settings_from
+from storage.layout import raise_nofile_limit
 
 # young-generation GC threshold of the server process (Python's default is 700)
 GC_THRESHOLD_0 = 20_000
@@ -110,14 +112,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.data_dir,
         settings.synchronous,
     )
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        print=None,
-        shutdown_timeout=10.0,
-        access_log=None,
-        max_line_size=request_line_limit(settings),
+    budget = fd_budget(raise_nofile_limit()[0], settings.max_live_actors)
+    asyncio.run(
+        serve(
+            app,
+            settings.host,
+            settings.port,
+            connections=budget.connections,
+            keepalive_timeout=settings.keepalive_timeout,
+            max_line_size=request_line_limit(settings),
+        )
     )
     return 0
 

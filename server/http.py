@@ -13,11 +13,13 @@ from actors.registry import ActorRegistry
 from server.errors import ApiError
 from server.settings import Settings
 from storage.ids import ascii_int
+from storage.layout import DiskReserve
 
 M = TypeVar("M", bound=BaseModel)
 
 REGISTRY = web.AppKey("registry", ActorRegistry)
 SETTINGS = web.AppKey("settings", Settings)
+DISK = web.AppKey("disk_reserve", DiskReserve)
 USER = web.RequestKey("user", str)  # set by server.auth; read it with user_of()
 
 

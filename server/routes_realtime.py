@@ -16,7 +16,7 @@ from actors.feed import End, Feed
 from actors.pubsub import Frame, Subscription
 from server import access
 from server.errors import ApiError, status_of, validation_details
-from server.http import REGISTRY, SETTINGS, user_of
+from server.http import DISK, REGISTRY, SETTINGS, user_of
 from server.openapi import FEED_EVENTS, SSE, Param, Reply, describe
 from server.routes_chat import ChatRequest, chat_draft
 from server.sse import OPEN_STREAMS, open_sse
@@ -182,6 +182,7 @@ async def _on_client_frame(request: web.Request, ws: web.WebSocketResponse, text
             await _send_json(ws, {"type": "pong", "ref": ref})
         elif kind == "chat":
             access.check_rate(request, request.match_info["sid"])
+            request.app[DISK].check()
             await _ws_chat(request, ws, data, ref)
         elif kind == "cancel":
             mid = data.get("message_id")

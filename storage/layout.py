@@ -16,15 +16,24 @@ a few hundred thousand entries. A session id becomes a path only through
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
+import math
 import os
 import resource
 import sqlite3
+import time
 from pathlib import Path
 
+from storage.errors import StorageFull
 from storage.ids import validate_path_component, validate_session_id
 
 SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+# Bytes of the WAL index (``-shm``) allocated on disk before SQLite stores into
+# it: four 32 KiB regions, each indexing 4,096 WAL frames (16 MiB of 4 KiB pages).
+SHM_PREALLOC_BYTES = 4 * 32 * 1024
+# The disk reserve is at most this share of the data dir's file system.
+RESERVE_MAX_FRACTION = 0.05
 
 
 class DataDir:
@@ -90,7 +99,97 @@ def connect(
         conn.execute(f"PRAGMA synchronous={synchronous}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+    if not readonly:
+        try:
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # maps the -shm
+            preallocate_shm(path)
+        except BaseException:
+            conn.close()
+            raise
     return conn
+
+
+def preallocate_shm(db_path: str | os.PathLike[str]) -> None:
+    """Give the WAL index of ``db_path`` real disk blocks for its first
+    :data:`SHM_PREALLOC_BYTES`; idempotent.
+
+    SQLite memory-maps the ``-shm`` file and grows it by writing one byte per
+    4 KiB page, which on a file system with smaller blocks (ext4 on a small
+    volume uses 1 KiB) or a copy-on-write one leaves holes; the first store
+    through the mapping into a hole must allocate a block, and on a full disk
+    that is SIGBUS, which kills the whole process. ``posix_fallocate`` fills
+    the holes while space remains. SQLite truncates the file whenever a first
+    connection opens it, so this runs after every writer connects (the
+    connection has already mapped the file by then).
+
+    Raises ``OSError`` (``ENOSPC``) when the disk has no room for it: the
+    caller must not use the connection then. Does nothing when the file does
+    not exist (no WAL yet) or the file system cannot allocate (``EOPNOTSUPP``).
+    """
+    shm = os.fspath(db_path) + "-shm"
+    try:
+        fd = os.open(shm, os.O_RDWR)
+    except FileNotFoundError:
+        return
+    try:
+        st = os.fstat(fd)
+        if st.st_size >= SHM_PREALLOC_BYTES and st.st_blocks * 512 >= st.st_size:
+            return
+        os.posix_fallocate(fd, 0, max(SHM_PREALLOC_BYTES, st.st_size))
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    finally:
+        os.close(fd)
+
+
+class DiskReserve:
+    """Free space a data dir keeps in reserve: below it, new writes are refused.
+
+    SQLite must never meet a real ``ENOSPC`` in the middle of a commit (nor a
+    memory-mapped WAL index a hole it cannot fill): refusing new work while
+    some space is still free leaves room for the commits, replies and
+    checkpoints already under way. The reserve is ``reserve`` bytes, but at
+    most :data:`RESERVE_MAX_FRACTION` of the file system (a small volume is
+    not refused from the start). ``check`` is cheap: while the free space is
+    over twice the reserve it is read with ``statvfs`` at most once per
+    ``recheck`` seconds; nearer the reserve, on every call, so writes resume
+    as soon as space is freed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reserve: int, recheck: float = 0.25) -> None:
+        self.path = os.fspath(path)
+        self.requested = reserve
+        self.reserve = reserve
+        self.recheck = recheck
+        self._free = -1
+        self._read_at = -math.inf
+
+    def free_bytes(self) -> int:
+        """Bytes an unprivileged writer may still use on the data dir's file system
+        (and, as a side effect, fix the reserve to the volume's size)."""
+        st = os.statvfs(self.path)
+        self.reserve = min(self.requested, int(st.f_blocks * st.f_frsize * RESERVE_MAX_FRACTION))
+        return st.f_bavail * st.f_frsize
+
+    def below(self) -> bool:
+        """Whether the free space is under the reserve (False when the reserve is 0)."""
+        if self.requested <= 0:
+            return False
+        now = time.monotonic()
+        if now - self._read_at >= self.recheck or self._free < 2 * self.reserve:
+            self._free = self.free_bytes()
+            self._read_at = now
+        return self._free < self.reserve
+
+    def check(self) -> None:
+        """Raise :class:`StorageFull` when the free space is under the reserve."""
+        if self.below():
+            raise StorageFull(
+                "the disk is full: the server keeps its last "
+                f"{self.reserve} bytes free and accepts no new writes until space is freed",
+                details={"free_bytes": self._free, "reserve_bytes": self.reserve},
+            )
 
 
 def fsync_path(path: Path) -> None:

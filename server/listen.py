@@ -1,0 +1,165 @@
+"""Listening: the descriptor budget, a capped TCP site, and the serve loop.
+
+A process has ``RLIMIT_NOFILE`` descriptors for everything: each live session
+actor holds about :data:`FDS_PER_ACTOR` (writer and reader connections, their
+WAL and WAL index), each client connection one, and the catalog, thread pools,
+AIO context and logs a few more. :func:`fd_budget` splits the limit once at
+start so neither side can starve the other: connections beyond their share
+are answered 503 and closed at once (never held, never an accept failure
+logged per attempt), actors beyond theirs wait for the least recently used
+idle one to close.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+log = logging.getLogger("roost.server")
+
+FDS_PER_ACTOR = 6
+FDS_RESERVED = 64  # catalog, thread pools, AIO, logs, the listening socket, DNS ...
+ACCEPT_LOG_INTERVAL = 60.0
+
+_BUSY_BODY = (
+    b'{"error":{"code":"unavailable","message":"the server has as many connections as it '
+    b'can hold; retry shortly","details":null}}'
+)
+BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nX-Content-Type-Options: nosniff\r\n"
+    b"Content-Length: " + str(len(_BUSY_BODY)).encode() + b"\r\n\r\n" + _BUSY_BODY
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FdBudget:
+    """How a descriptor limit is shared out."""
+
+    limit: int
+    actors: int
+    connections: int
+
+
+def fd_budget(limit: int, max_live_actors: int) -> FdBudget:
+    """Split ``limit`` descriptors: a quarter of what is left after the reserve goes to
+    client connections, the rest to live actors (never more than ``max_live_actors``).
+
+    Pure. Always at least 16 connections and 1 actor, so a tiny limit still serves.
+    """
+    usable = max(limit - FDS_RESERVED, 32)
+    connections = max(16, usable // 4)
+    actors = max(1, min(max_live_actors, (usable - connections) // FDS_PER_ACTOR))
+    return FdBudget(limit=limit, actors=actors, connections=connections)
+
+
+class _Refused(asyncio.Protocol):
+    """A connection over the cap: answer 503 and close (the buffer is flushed first)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(BUSY_RESPONSE)
+        transport.close()
+
+
+class ConnectionCap:
+    """Protocol factory: aiohttp's request handlers up to ``cap`` open connections,
+    then :class:`_Refused` for each one more."""
+
+    def __init__(self, server: web.Server, cap: int) -> None:
+        self.server = server
+        self.cap = cap
+        self.refused = 0
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if len(self.server.connections) >= self.cap:
+            self.refused += 1
+            return _Refused()
+        return self.server()
+
+
+class CappedTCPSite(web.TCPSite):
+    """A TCP site whose connections are capped (see :class:`ConnectionCap`)."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, *, cap: int) -> None:
+        super().__init__(runner, host, port, backlog=1024)
+        self.cap = cap
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            ConnectionCap(server, self.cap), self._host, self._port, backlog=self._backlog
+        )
+
+
+class AcceptErrorFilter:
+    """Loop exception handler: an accept that fails for lack of descriptors or memory
+    is logged once per :data:`ACCEPT_LOG_INTERVAL` s in one line, not with a traceback
+    each time; everything else goes to the default handler."""
+
+    def __init__(self) -> None:
+        self.suppressed = 0
+        self._logged_at = -ACCEPT_LOG_INTERVAL
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and "accept" in str(context.get("message", "")):
+            now = time.monotonic()
+            if now - self._logged_at >= ACCEPT_LOG_INTERVAL:
+                log.warning(
+                    "accepting a connection failed: %s (%d more since the last report)",
+                    exc,
+                    self.suppressed,
+                )
+                self._logged_at = now
+                self.suppressed = 0
+            else:
+                self.suppressed += 1
+            return
+        loop.default_exception_handler(context)
+
+
+async def serve(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    connections: int,
+    keepalive_timeout: float,
+    max_line_size: int,
+    shutdown_timeout: float = 10.0,
+) -> None:
+    """Serve ``app`` until SIGINT or SIGTERM, then shut down gracefully.
+
+    At most ``connections`` client connections are open at once; an idle one
+    (also a fresh one that sends nothing) is closed after ``keepalive_timeout``.
+    """
+    loop = asyncio.get_running_loop()
+    loop.set_exception_handler(AcceptErrorFilter())
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=None,
+        keepalive_timeout=keepalive_timeout,
+        max_line_size=max_line_size,
+        shutdown_timeout=shutdown_timeout,
+    )
+    await runner.setup()
+    try:
+        site = CappedTCPSite(runner, host, port, cap=connections)
+        await site.start()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await runner.cleanup()
