@@ -25,6 +25,9 @@ log = logging.getLogger("roost.server")
 
 FDS_PER_ACTOR = 6
 FDS_RESERVED = 64  # catalog, thread pools, AIO, logs, the listening socket, DNS ...
+# asyncio accepts up to ``backlog`` connections in one go before closed ones free
+# their descriptors: the budget keeps that many spare.
+ACCEPT_BATCH = 128
 ACCEPT_LOG_INTERVAL = 60.0
 
 _BUSY_BODY = (
@@ -48,12 +51,12 @@ class FdBudget:
 
 
 def fd_budget(limit: int, max_live_actors: int) -> FdBudget:
-    """Split ``limit`` descriptors: a quarter of what is left after the reserve goes to
+    """Split ``limit`` descriptors: a quarter of what is left after the reserves goes to
     client connections, the rest to live actors (never more than ``max_live_actors``).
 
     Pure. Always at least 16 connections and 1 actor, so a tiny limit still serves.
     """
-    usable = max(limit - FDS_RESERVED, 32)
+    usable = max(limit - FDS_RESERVED - ACCEPT_BATCH, 32)
     connections = max(16, usable // 4)
     actors = max(1, min(max_live_actors, (usable - connections) // FDS_PER_ACTOR))
     return FdBudget(limit=limit, actors=actors, connections=connections)
@@ -68,19 +71,47 @@ class _Refused(asyncio.Protocol):
         transport.close()
 
 
+def _idle(handler: Any) -> bool:
+    """Whether a connection waits for its next request (none running, none queued)."""
+    return not getattr(handler, "_request_in_progress", True) and not getattr(
+        handler, "_messages", True
+    )
+
+
 class ConnectionCap:
-    """Protocol factory: aiohttp's request handlers up to ``cap`` open connections,
-    then :class:`_Refused` for each one more."""
+    """Protocol factory: aiohttp's request handlers for up to ``cap`` open connections.
+
+    At the cap, a new connection closes the oldest idle one (it would have been
+    closed at its keep-alive timeout anyway; its client reconnects), so idle
+    sockets cannot lock others out; when none is idle, the new one is answered
+    503 and closed (:class:`_Refused`). Connections running a request, a
+    WebSocket or an SSE stream are never closed here.
+    """
 
     def __init__(self, server: web.Server, cap: int) -> None:
         self.server = server
         self.cap = cap
         self.refused = 0
+        self.evicted = 0
+        # handlers made whose connection_made has not run yet: asyncio calls the
+        # factory for a whole batch of accepted sockets before any of them is made
+        self._pending = 0
+
+    def _made(self) -> None:
+        self._pending -= 1
 
     def __call__(self) -> asyncio.BaseProtocol:
-        if len(self.server.connections) >= self.cap:
-            self.refused += 1
-            return _Refused()
+        conns = self.server.connections
+        if len(conns) + self._pending >= self.cap:
+            victim = next((h for h in conns if _idle(h) and h.transport is not None), None)
+            if victim is None:
+                self.refused += 1
+                return _Refused()
+            victim.force_close()
+            self.evicted += 1
+        self._pending += 1
+        # runs just before the transport's own call_soon(connection_made)
+        asyncio.get_running_loop().call_soon(self._made)
         return self.server()
 
 
@@ -88,7 +119,7 @@ class CappedTCPSite(web.TCPSite):
     """A TCP site whose connections are capped (see :class:`ConnectionCap`)."""
 
     def __init__(self, runner: web.AppRunner, host: str, port: int, *, cap: int) -> None:
-        super().__init__(runner, host, port, backlog=1024)
+        super().__init__(runner, host, port, backlog=ACCEPT_BATCH)
         self.cap = cap
 
     async def start(self) -> None:
