@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator
@@ -88,6 +89,7 @@ def make_app(settings: Settings) -> web.Application:
     from server.auth import routes as auth_routes
     from server.routes_chat import routes as chat_routes
     from server.routes_core import routes as core_routes
+    from server.routes_files import IMPORT_SLOTS
     from server.routes_files import routes as files_routes
     from server.routes_realtime import OPEN_FEEDS, OPEN_SOCKETS, close_realtime
     from server.routes_realtime import routes as realtime_routes
@@ -107,6 +109,7 @@ def make_app(settings: Settings) -> web.Application:
     app[DISK] = DiskReserve(DataDir(settings.data_dir).root, settings.disk_reserve)
     app[TOKENS] = load_tokens(settings.tokens_file)
     app[LOGINS] = Logins(settings.login_cookie_max_age)
+    app[IMPORT_SLOTS] = asyncio.Semaphore(settings.max_concurrent_imports)
     app[LIMITS] = make_limits(app)
     app.on_response_prepare.append(cors_headers)
     app.on_response_prepare.append(nosniff)

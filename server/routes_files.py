@@ -35,6 +35,7 @@ from server.settings import Settings
 from storage.attachments import BlobWriter, TooLarge, blob_path, safe_mime, safe_name
 from storage.export import ExportDocument, ImportPlan, iter_export, parse_export, populate_import
 from storage.ids import now_iso, validate_session_id
+from storage.layout import trim_heap
 from storage.session_db import op_add_attachment
 
 routes = web.RouteTableDef()
@@ -42,6 +43,9 @@ routes = web.RouteTableDef()
 # multipart framing (boundaries, part headers) on top of the file's own bytes
 UPLOAD_SLACK = 64 * 1024
 READ_CHUNK = 256 * 1024
+# Imports read and parse their whole body: at most this many at once (the others
+# wait before reading theirs, so a waiting import holds no memory).
+IMPORT_SLOTS = web.AppKey("import_slots", asyncio.Semaphore)
 WRITE_BATCH = 1024 * 1024
 # types a browser may show inline; everything else downloads
 INLINE_TYPES = re.compile(
@@ -384,7 +388,7 @@ async def export_session(request: web.Request) -> web.StreamResponse:
 # ---------------------------------------------------------------------------- import
 
 
-def _parse_import(raw: bytes, settings: Settings) -> ImportPlan:
+def _parse_import(raw: bytearray, settings: Settings) -> ImportPlan:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -433,24 +437,39 @@ async def import_session(request: web.Request) -> web.Response:
         raise ApiError(
             413, "payload_too_large", f"the import is larger than the limit of {limit} bytes"
         )
-    buf = bytearray()
-    async for chunk in request.content.iter_chunked(READ_CHUNK):
-        buf += chunk
-        if len(buf) > limit:
-            raise ApiError(
-                413, "payload_too_large", f"the import is larger than the limit of {limit} bytes"
-            )
     loop = asyncio.get_running_loop()
-    plan = await loop.run_in_executor(registry.write_pool, _parse_import, bytes(buf), settings)
-    del buf
-    doc = await registry.create_session(
+    async with request.app[IMPORT_SLOTS]:
+        buf = bytearray()
+        async for chunk in request.content.iter_chunked(READ_CHUNK):
+            buf += chunk
+            if len(buf) > limit:
+                raise ApiError(
+                    413,
+                    "payload_too_large",
+                    f"the import is larger than the limit of {limit} bytes",
+                )
+        try:
+            doc = await _import(request, sid, buf)
+        finally:
+            # the body and its parse are garbage now: give the memory back
+            await loop.run_in_executor(registry.write_pool, trim_heap)
+    return json_response(doc, 201, {"Location": f"/api/sessions/{doc['id']}"})
+
+
+async def _import(request: web.Request, sid: str | None, buf: bytearray) -> dict[str, Any]:
+    """Parse ``buf`` (in place, no copy; emptied once parsed) and create the session."""
+    registry = request.app[REGISTRY]
+    loop = asyncio.get_running_loop()
+    settings = request.app[SETTINGS]
+    plan = await loop.run_in_executor(registry.write_pool, _parse_import, buf, settings)
+    buf.clear()
+    return await registry.create_session(
         sid,
         owner=user_of(request),
         title=plan.doc.session.title,
         metadata=plan.doc.session.metadata,
         populate=lambda conn, new_sid, now: populate_import(conn, new_sid, plan, now),
     )
-    return json_response(doc, 201, {"Location": f"/api/sessions/{doc['id']}"})
 
 
 # ---------------------------------------------------------------------------- search

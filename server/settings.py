@@ -83,6 +83,9 @@ class Settings(BaseModel):
     max_attachment_bytes: int = Field(25 << 20, ge=1, description="largest attachment upload")
     max_ws_frame_bytes: int = Field(1 << 20, ge=1024, description="largest WebSocket frame")
     max_import_bytes: int = Field(64 << 20, ge=1024, description="largest session import (JSON)")
+    max_concurrent_imports: int = Field(
+        2, ge=1, description="imports parsed at once (each holds its body); others wait"
+    )
     max_search_chars: int = Field(1000, ge=1, description="longest search query")
     # access (SPEC section 7)
     rate_user_per_sec: float = Field(
