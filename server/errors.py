@@ -160,7 +160,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, code, message, None, headers)
-    except ConnectionResetError:
+    except ConnectionError:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # the client went away (an aborted export, upload or stream): not an
+            # error; nobody reads this answer, aiohttp only logs its access
+            return web.Response(status=499, reason="Client Closed Request")
         raise
     except OSError as exc:
         mapped = from_os_error(exc)

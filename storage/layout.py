@@ -157,7 +157,7 @@ class DiskReserve:
     as soon as space is freed.
     """
 
-    def __init__(self, path: str | os.PathLike[str], reserve: int, recheck: float = 0.25) -> None:
+    def __init__(self, path: str | os.PathLike[str], reserve: int, recheck: float = 0.05) -> None:
         self.path = os.fspath(path)
         self.requested = reserve
         self.reserve = reserve

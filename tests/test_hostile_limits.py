@@ -32,10 +32,11 @@ class Server:
         *extra: str,
         nofile: int | None = None,
         env: dict[str, str] | None = None,
+        log_dir: Path | None = None,
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = data_dir.parent / f"server-{self.port}.log"
+        self.log = (log_dir or data_dir.parent) / f"server-{self.port}.log"
         self._logf = open(self.log, "wb")  # noqa: SIM115
 
         def limit_descriptors() -> None:
