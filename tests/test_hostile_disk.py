@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import subprocess
 from collections.abc import Iterator
@@ -17,7 +18,10 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
+from server.errors import error_middleware
 from storage.layout import SHM_PREALLOC_BYTES, connect
 from tests.test_hostile_limits import Server
 
@@ -158,7 +162,7 @@ async def test_full_small_disk_refuses_writes_serves_reads_and_resumes(
 async def test_really_full_small_disk_never_kills_the_server(small_ext4: Path) -> None:
     """With no reserve and the disk filled to the last block, appends answer 201 or 507
     (never a dropped connection) and the process survives."""
-    s = Server(small_ext4 / "data", "--disk-reserve", "0", log_dir=small_ext4.parent)
+    s = Server(small_ext4 / "data", env={"ROOST_DISK_RESERVE": "0"}, log_dir=small_ext4.parent)
     try:
         async with aiohttp.ClientSession() as http:
             async with http.post(s.url + "/api/sessions", json={"id": "f1"}) as r:
@@ -180,7 +184,7 @@ async def test_really_full_small_disk_never_kills_the_server(small_ext4: Path) -
 async def test_really_full_disk_keeps_reads_and_answers_507_not_503(small_ext4: Path) -> None:
     """A disk full to the last block: every write 507 (none 503), reads keep working, and
     a restart on the full disk still serves them."""
-    s = Server(small_ext4 / "data", "--disk-reserve", "0", log_dir=small_ext4.parent)
+    s = Server(small_ext4 / "data", env={"ROOST_DISK_RESERVE": "0"}, log_dir=small_ext4.parent)
     try:
         async with aiohttp.ClientSession() as http:
             async with http.post(s.url + "/api/sessions", json={"id": "r1"}) as r:
@@ -197,7 +201,7 @@ async def test_really_full_disk_keeps_reads_and_answers_507_not_503(small_ext4: 
             async with http.get(url) as r:
                 assert r.status == 200
         s.close()
-        s = Server(small_ext4 / "data", "--disk-reserve", "0", log_dir=small_ext4.parent)
+        s = Server(small_ext4 / "data", env={"ROOST_DISK_RESERVE": "0"}, log_dir=small_ext4.parent)
         async with aiohttp.ClientSession() as http:
             async with http.get(s.url + "/api/sessions/r1/messages") as r:
                 assert r.status == 200
@@ -210,7 +214,8 @@ async def test_really_full_disk_keeps_reads_and_answers_507_not_503(small_ext4: 
 
 async def test_dead_file_system_answers_503_and_logs_once(small_ext4: Path) -> None:
     """Once the data dir's file system fails (EIO on every write), requests answer 503
-    ``unavailable`` (never 500) and the log says so once, not with a traceback each."""
+    ``unavailable`` or a 4xx (never 500), without a traceback each (a regression guard:
+    this already held before issue 16)."""
     s = Server(small_ext4 / "data", log_dir=small_ext4.parent)
     try:
         async with aiohttp.ClientSession() as http:
@@ -261,3 +266,29 @@ async def test_crash_loop_leaves_the_wal_bounded(tmp_path: Path) -> None:
         wal = next(data.glob("sessions/*/wal/session.db-wal"))
     assert wal is not None
     assert wal.stat().st_size < 8 << 20, f"WAL is {wal.stat().st_size} bytes"
+
+
+@pytest.mark.parametrize("code", [errno.ENOTCONN, errno.EIO])
+async def test_os_error_from_the_data_dir_is_503_logged_once(
+    code: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A handler whose file-system call fails (a dead FUSE mount answers ENOTCONN to
+    ``Path.exists()``) answers 503 ``unavailable``; the failure is logged once, with no
+    traceback, however many requests meet it. (A shut-down ext4 above still answers
+    ``stat`` from its caches, so this runs the real middleware on a real socket
+    with a route that meets the error.)"""
+
+    async def dead(request: web.Request) -> web.Response:
+        raise OSError(code, os.strerror(code), "/data/sessions/ab/s1")
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_get("/dead", dead)
+    caplog.set_level(logging.INFO, logger="roost.server")
+    async with TestClient(TestServer(app)) as client:
+        for _ in range(5):
+            r = await client.get("/dead")
+            assert r.status == 503
+            assert (await r.json())["error"]["code"] == "unavailable"
+    mine = [rec for rec in caplog.records if rec.name == "roost.server"]
+    assert len(mine) <= 1
+    assert all(rec.exc_info is None for rec in mine)
