@@ -52,7 +52,7 @@ from actors.streams import Generation
 from server.access import check_session_rate
 from server.errors import ApiError
 from server.http import REGISTRY, SETTINGS, read_json, user_of
-from server.models import Strict, check_content
+from server.models import SessionId, Strict, check_content
 from server.openapi import SSE, Reply, describe
 from server.sse import OPEN_STREAMS, open_sse
 from storage.errors import Conflict, NotFound
@@ -82,7 +82,7 @@ class UIMessage(BaseModel):
 class AiChatRequest(Strict):
     """``DefaultChatTransport``'s body, plus Roost's optional ``model``."""
 
-    id: Annotated[str, StringConstraints(strict=True, max_length=200)]
+    id: SessionId
     messages: list[UIMessage]
     trigger: Literal["submit-message", "regenerate-message"]
     messageId: UiId | None = None  # the AI SDK's spelling

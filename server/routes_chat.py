@@ -214,7 +214,12 @@ def _last_event_id(request: web.Request) -> int:
 @routes.get("/api/sessions/{sid}/messages/{mid}/stream")
 @describe(
     params=(
-        Param("Last-Event-ID", "header", {"type": "string"}, "text offset to resume from"),
+        Param(
+            "Last-Event-ID",
+            "header",
+            {"type": "string", "pattern": r"^\s*[0-9]{0,12}\s*$"},
+            "text offset to resume from",
+        ),
         Param("offset", "query", {"type": "string"}, "the same, for clients without headers"),
     ),
     responses={200: Reply("the reply from the offset on, as SSE", None, (SSE,))},

@@ -232,7 +232,14 @@ async def _read(request: web.Request) -> tuple[dict[str, Any], bytes]:
 @routes.patch("/api/sessions/{sid}/messages/{mid}")
 @describe(
     body=MessagePatch,
-    params=(Param("If-Match", "header", {"type": "string"}, "the version you last saw"),),
+    params=(
+        Param(
+            "If-Match",
+            "header",
+            {"type": "string", "pattern": r'^\s*(W/)?"*[0-9]{1,18}"*\s*$'},
+            "the version you last saw",
+        ),
+    ),
     responses={200: Reply("the changed message", Message)},
 )
 async def patch_message(request: web.Request) -> web.Response:

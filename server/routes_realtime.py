@@ -256,7 +256,12 @@ async def _ws_chat(
 @describe(
     params=(
         Param("since", "query", {"type": "string"}, "the last event seq you saw"),
-        Param("Last-Event-ID", "header", {"type": "string"}, "the same, as SSE sends it"),
+        Param(
+            "Last-Event-ID",
+            "header",
+            {"type": "string", "pattern": "^[0-9]{0,15}$"},
+            "the same, as SSE sends it",
+        ),
     ),
     responses={200: Reply("the session's events as SSE", None, (SSE,), FEED_EVENTS)},
 )

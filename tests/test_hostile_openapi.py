@@ -85,4 +85,5 @@ async def test_schemathesis_all_checks_pass(server_process: Any, tmp_path: Path)
     )
     log = server.log.read_text()
     assert "unhandled error" not in log, log[-4000:]
+    (tmp_path / "st.out").write_text(done.stdout)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
