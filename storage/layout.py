@@ -22,6 +22,7 @@ import math
 import os
 import resource
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -71,6 +72,50 @@ class DataDir:
         return self.session_dir(sid) / "attachments" / validate_path_component(name)
 
 
+class Connection(sqlite3.Connection):
+    """A SQLite connection that holds its share of the ``-shm`` descriptor (see
+    :func:`preallocate_shm`); ``close`` releases it after SQLite has closed."""
+
+    shm_key: str | None = None
+
+    def close(self) -> None:
+        """Close the connection (idempotent), then release its ``-shm`` share."""
+        super().close()
+        key, self.shm_key = self.shm_key, None
+        if key is not None:
+            _release_shm(key)
+
+
+# One descriptor per ``-shm`` file this process preallocated, with the number of open
+# connections to that database. POSIX record locks belong to the process and the
+# file: closing ANY descriptor of the -shm drops every lock SQLite holds on it (its
+# "a connection is open" lock among them, after which another process would
+# truncate the file under our mapping). So the descriptor is closed only once no
+# connection of this process has the database open.
+_shm_fds: dict[str, list[int]] = {}  # key -> [fd or -1, open connections]
+_shm_lock = threading.Lock()
+
+
+def _acquire_shm(key: str) -> None:
+    with _shm_lock:
+        entry = _shm_fds.setdefault(key, [-1, 0])
+        entry[1] += 1
+
+
+def _release_shm(key: str) -> None:
+    with _shm_lock:
+        entry = _shm_fds.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _shm_fds[key]
+        fd = entry[0]
+    if fd >= 0:
+        os.close(fd)
+
+
 def connect(
     path: str | os.PathLike[str],
     *,
@@ -82,36 +127,53 @@ def connect(
 
     The connection may be used from any thread, but never from two at once:
     its owner serializes use. Writers get WAL and the given ``synchronous``
-    level; read-only connections open the file with ``mode=ro``.
+    level and a WAL index without holes (:func:`preallocate_shm`; raises
+    ``OSError`` when the disk has no room for it); read-only connections open
+    the file with ``mode=ro``. Close it with ``close()``.
     """
     if synchronous not in SYNCHRONOUS_LEVELS:
         raise ValueError(f"synchronous must be one of {SYNCHRONOUS_LEVELS}, got {synchronous!r}")
+    key = os.path.realpath(path) + "-shm"
     if readonly:
         uri = Path(path).resolve().as_uri() + "?mode=ro"
         conn = sqlite3.connect(
-            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5.0
+            uri,
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=5.0,
+            factory=Connection,
         )
     else:
         conn = sqlite3.connect(
-            os.fspath(path), isolation_level=None, check_same_thread=False, timeout=5.0
+            os.fspath(path),
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=5.0,
+            factory=Connection,
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
-    if not readonly:
-        try:
+    assert isinstance(conn, Connection)
+    _acquire_shm(key)
+    conn.shm_key = key
+    try:
+        if not readonly:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+        if not readonly:
             conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # maps the -shm
-            preallocate_shm(path)
-        except BaseException:
-            conn.close()
-            raise
+            preallocate_shm(key)
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
-def preallocate_shm(db_path: str | os.PathLike[str]) -> None:
-    """Give the WAL index of ``db_path`` real disk blocks for its first
-    :data:`SHM_PREALLOC_BYTES`; idempotent.
+def preallocate_shm(shm: str) -> None:
+    """Give the WAL index file ``shm`` real disk blocks for its first
+    :data:`SHM_PREALLOC_BYTES`; idempotent. Call it only while a connection
+    of this process holds the database open (as :func:`connect` does).
 
     SQLite memory-maps the ``-shm`` file and grows it by writing one byte per
     4 KiB page, which on a file system with smaller blocks (ext4 on a small
@@ -120,27 +182,32 @@ def preallocate_shm(db_path: str | os.PathLike[str]) -> None:
     that is SIGBUS, which kills the whole process. ``posix_fallocate`` fills
     the holes while space remains. SQLite truncates the file whenever a first
     connection opens it, so this runs after every writer connects (the
-    connection has already mapped the file by then).
+    connection has already mapped the file by then). The descriptor used is
+    kept until the process's last connection to the database closes (see
+    ``_shm_fds``).
 
     Raises ``OSError`` (``ENOSPC``) when the disk has no room for it: the
     caller must not use the connection then. Does nothing when the file does
     not exist (no WAL yet) or the file system cannot allocate (``EOPNOTSUPP``).
     """
-    shm = os.fspath(db_path) + "-shm"
-    try:
-        fd = os.open(shm, os.O_RDWR)
-    except FileNotFoundError:
-        return
-    try:
+    with _shm_lock:
+        entry = _shm_fds.get(shm)
+        if entry is None:
+            return
+        if entry[0] < 0:
+            try:
+                entry[0] = os.open(shm, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return
+        fd = entry[0]
         st = os.fstat(fd)
         if st.st_size >= SHM_PREALLOC_BYTES and st.st_blocks * 512 >= st.st_size:
             return
-        os.posix_fallocate(fd, 0, max(SHM_PREALLOC_BYTES, st.st_size))
-    except OSError as exc:
-        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-    finally:
-        os.close(fd)
+        try:
+            os.posix_fallocate(fd, 0, max(SHM_PREALLOC_BYTES, st.st_size))
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
 
 
 class DiskReserve:

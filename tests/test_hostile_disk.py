@@ -13,6 +13,7 @@ import fcntl
 import logging
 import os
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -112,6 +113,32 @@ def test_writer_connection_leaves_no_hole_in_the_wal_index(small_ext4: Path) -> 
         conn.close()
 
 
+def test_preallocation_keeps_sqlites_locks_on_the_wal_index(tmp_path: Path) -> None:
+    """Preallocating must not close a descriptor of the ``-shm`` while SQLite holds
+    locks on it (POSIX locks die with any close): another process opening the database
+    must still see this one's connection and not truncate the index under its mapping
+    (which is SIGBUS for this process)."""
+    db = tmp_path / "s.db"
+    conn = connect(db)
+    reader = connect(db, readonly=True)
+    try:
+        conn.execute("CREATE TABLE t (v)")
+        conn.execute("INSERT INTO t VALUES (1)")
+        shm = str(db) + "-shm"
+        before = os.stat(shm).st_size
+        assert before >= SHM_PREALLOC_BYTES
+        code = (
+            "import sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+            "c.execute('SELECT * FROM t').fetchall(); c.close()"
+        )
+        subprocess.run([sys.executable, "-c", code, str(db)], check=True, timeout=30)
+        assert os.stat(shm).st_size == before, "another process truncated the -shm"
+        assert reader.execute("SELECT v FROM t").fetchall() == [(1,)]
+    finally:
+        reader.close()
+        conn.close()
+
+
 async def _post(http: aiohttp.ClientSession, url: str, content: str) -> int:
     async with http.post(url, json={"role": "user", "content": content}) as r:
         return r.status
@@ -141,6 +168,15 @@ async def test_full_small_disk_refuses_writes_serves_reads_and_resumes(
                 acked.append(f"kept {i} " + "x" * 500)
             ballast = small_ext4 / "ballast"
             _fill(ballast, leave=512 << 10)
+            # the free space is read at most every 50 ms while far from the reserve:
+            # a write or two may still pass (and is kept) before refusals begin
+            for i in range(1000):
+                status = await _post(http, url, f"late {i}")
+                if status == 507:
+                    break
+                assert status == 201
+                acked.append(f"late {i}")
+            assert status == 507
             for i in range(50):
                 assert await _post(http, url, f"refused {i}") == 507
             async with http.post(s.url + "/api/sessions", json={"id": "d2"}) as r:
