@@ -35,7 +35,7 @@ from storage.errors import Conflict, NotFound, StorageError, Unavailable
 from storage.export import ImportPlan, populate_import
 from storage.fsync import Syncer
 from storage.ids import now_iso, uuid7, validate_session_id
-from storage.layout import DataDir, open_data_dir, trim_heap
+from storage.layout import DataDir, DiskReserve, open_data_dir, trim_heap
 from storage.layout import DataDirLock as DataDirLock  # the claim_data_dir lock type
 from storage.lifecycle import create_session_file, remove_session_files
 
@@ -63,10 +63,13 @@ class ActorRegistry:
         write_threads: int = 16,
         read_threads: int = 4,
         fsync: str = "auto",
+        disk_reserve: int = 0,
     ) -> None:
         if fsync not in ("auto", "threads"):
             raise ValueError(f"fsync must be 'auto' or 'threads', got {fsync!r}")
         self.datadir = datadir
+        # free space kept in reserve: below it, new writes are refused (507)
+        self.disk = DiskReserve(datadir.root, disk_reserve)
         self.fsync_mode = fsync
         self._syncer: Syncer | None = None
         self.config = config
@@ -404,6 +407,14 @@ class ActorRegistry:
             metadata=plan.doc.session.metadata,
             populate=lambda conn, new_sid, now: populate_import(conn, new_sid, plan, now),
         )
+
+    def check_disk(self) -> None:
+        """Raise ``StorageFull`` while the data dir's disk is under its reserve (cheap)."""
+        self.disk.check()
+
+    async def trim_heap(self) -> None:
+        """Give freed memory back to the OS (after a big import), off the event loop."""
+        await asyncio.get_running_loop().run_in_executor(self.write_pool, trim_heap)
 
     async def list_sessions(
         self, *, owner: str = "", limit: int = 25, cursor: str | None = None

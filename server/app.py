@@ -38,6 +38,8 @@ up, so clients get a clean 1001 close before the contexts clean up.
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -52,10 +54,12 @@ from actors.responders import EchoResponder, Responder
 from server.access import cors_headers, gate_middleware, make_limits, rate_middleware
 from server.auth import auth_middleware
 from server.auth import routes as auth_routes
-from server.errors import error_middleware
+from server.errors import Handler, error_middleware
 from server.keys import (
     HTTP_CLIENT,
+    IMPORT_SLOTS,
     LIMITS,
+    LOGINS,
     METRICS,
     OPEN_FEEDS,
     OPEN_SOCKETS,
@@ -65,6 +69,7 @@ from server.keys import (
     SETTINGS,
     TOKENS,
 )
+from server.listen import fd_budget
 from server.logs import access_middlewares
 from server.metrics import Metrics
 from server.openapi import openapi_json
@@ -78,10 +83,37 @@ from server.routes_realtime import close_realtime
 from server.routes_realtime import routes as realtime_routes
 from server.routes_static import setup_static
 from server.settings import Settings
-from server.tokens import load_tokens
+from server.tokens import Logins, load_tokens
 from storage.layout import DataDir, limit_malloc_arenas, raise_nofile_limit
 
 log = logging.getLogger("roost.server")
+
+
+async def nosniff(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    """on_response_prepare: no browser may guess another type than the one sent."""
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+
+# Changes the disk reserve never refuses: they free space or only end work under way.
+_REFUSAL_EXEMPT = frozenset({"/api/login", "/api/logout"})
+CHANGE_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+@web.middleware
+async def disk_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Refuse new writes with 507 ``storage_full`` while the disk is under its reserve.
+
+    Reads, deletes, logins and cancels always pass; so does everything when
+    ``--disk-reserve`` is 0. Runs before the body is read, so a full disk never
+    takes an upload's bytes first.
+    """
+    if (
+        request.method in CHANGE_METHODS
+        and request.path not in _REFUSAL_EXEMPT
+        and not request.path.endswith("/cancel")
+    ):
+        request.config_dict[REGISTRY].check_disk()
+    return await handler(request)
 
 
 def make_responder(settings: Settings, http: aiohttp.ClientSession) -> Responder:
@@ -112,15 +144,25 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     """The actor registry over the data directory; closing it ends every actor
     (their replies and commits) before the resources opened earlier go."""
     settings = app[SETTINGS]
-    raise_nofile_limit()
+    soft, _ = raise_nofile_limit()
+    budget = fd_budget(soft, settings.max_live_actors)
+    log.info(
+        "descriptor limit %d: at most %d live actors (--max-live-actors %d) "
+        "and %d client connections",
+        budget.limit,
+        budget.actors,
+        settings.max_live_actors,
+        budget.connections,
+    )
     limit_malloc_arenas()
     datadir = DataDir(settings.data_dir)
     datadir.ensure()
     registry = ActorRegistry(
         datadir,
-        settings.actor_config(),
+        dataclasses.replace(settings.actor_config(), max_live=budget.actors),
         write_threads=settings.write_threads,
         fsync=settings.fsync,
+        disk_reserve=settings.disk_reserve,
     )
     await registry.start()
     if settings.synchronous in ("FULL", "EXTRA"):
@@ -188,7 +230,7 @@ async def open_streams_ctx(app: web.Application) -> AsyncIterator[None]:
 
 def make_api() -> web.Application:
     """The ``/api`` sub-app: the API's routes behind authentication and rate limits."""
-    api = web.Application(middlewares=[auth_middleware, rate_middleware])
+    api = web.Application(middlewares=[auth_middleware, rate_middleware, disk_middleware])
     for routes in (
         core_routes,
         chat_routes,
@@ -219,6 +261,9 @@ def make_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[TOKENS] = load_tokens(settings.tokens_file)
     app[METRICS] = Metrics()
+    app[LOGINS] = Logins(settings.login_cookie_max_age)
+    app[IMPORT_SLOTS] = asyncio.Semaphore(settings.max_concurrent_imports)
+    app.on_response_prepare.append(nosniff)
     app[OPENAPI] = {}
     app.on_response_prepare.append(cors_headers)
     app.cleanup_ctx.extend(

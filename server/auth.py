@@ -8,6 +8,12 @@ every request must name a token, in this order of preference:
    next to ``roost.v1`` (browsers cannot set headers on a WebSocket; the server
    answers with ``roost.v1`` only, never echoing the token);
 3. the ``roost_token`` cookie set by ``POST /api/login`` (HttpOnly, SameSite=Strict).
+   It never holds the token: it holds a random login id that names a server-side
+   login (:class:`Logins`) which expires after ``--login-cookie-max-age`` seconds
+   and which ``POST /api/logout`` revokes. Logins live in memory: a restart signs
+   browsers out. A login cookie authenticates only same-origin changes: a page of
+   a listed origin (``--allowed-origins``) that carries it cannot change anything
+   (403 ``forbidden_origin``); such clients send a bearer token.
 
 A request without a valid token answers 401 ``unauthorized`` with
 ``WWW-Authenticate: Bearer``. The authenticated user id is put in
@@ -22,11 +28,13 @@ themselves (file, digests) are :mod:`server.tokens`.
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from aiohttp import web
 
 from server.errors import Handler, error_response
 from server.http import json_response, parse_body, user_of
-from server.keys import SETTINGS, TOKENS, USER
+from server.keys import LOGINS, SETTINGS, TOKENS, USER
 from server.openapi import Reply, describe, is_public_route
 from server.requests import LoginRequest
 from server.responses import User
@@ -45,7 +53,7 @@ def is_public(request: web.Request) -> bool:
 
 
 def presented_token(request: web.Request) -> str | None:
-    """The token the request carries (header, WebSocket subprotocol or cookie)."""
+    """The token the request carries (header or WebSocket subprotocol), else None."""
     auth = request.headers.get("Authorization")
     if auth is not None:
         scheme, _, value = auth.strip().partition(" ")
@@ -56,7 +64,23 @@ def presented_token(request: web.Request) -> str | None:
             proto = proto.strip()
             if proto.startswith(WS_PROTOCOL_PREFIX):
                 return proto[len(WS_PROTOCOL_PREFIX) :]
-    return request.cookies.get(COOKIE)
+    return None
+
+
+def _same_origin(request: web.Request) -> bool:
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    try:
+        return urlsplit(origin).netloc.lower() == request.host.lower()
+    except ValueError:
+        return False
+
+
+def _is_change(request: web.Request) -> bool:
+    return request.method not in ("GET", "HEAD", "OPTIONS") or (
+        request.headers.get("Upgrade", "").lower() == "websocket"
+    )
 
 
 def _unauthorized(message: str, invalid: bool) -> web.Response:
@@ -77,6 +101,16 @@ def authenticate(request: web.Request) -> web.Response | None:
         return None
     token = presented_token(request)
     user = tokens.user_for(token)
+    if token is None and COOKIE in request.cookies:
+        token = request.cookies[COOKIE]
+        user = request.config_dict[LOGINS].user_for(token)
+        if user is not None and _is_change(request) and not _same_origin(request):
+            return error_response(
+                403,
+                "forbidden_origin",
+                "the login cookie works only for the server's own pages; a page of another "
+                "origin must send Authorization: Bearer <token>",
+            )
     if user is not None:
         request[USER] = user
     elif not is_public(request):
@@ -105,10 +139,11 @@ routes = web.RouteTableDef()  # mounted under /api
     body=LoginRequest, responses={200: Reply("signed in; the cookie is set", User)}, public=True
 )
 async def login(request: web.Request) -> web.Response:
-    """Check a token and keep it in an HttpOnly cookie (for browsers): ``{user}``.
+    """Check a token and sign the browser in with an HttpOnly cookie: ``{user}``.
 
-    401 for an unknown token. Without tokens configured it answers ``{user: ""}``
-    and sets no cookie.
+    The cookie holds a new server-side login id, never the token. 401 for an
+    unknown token. Without tokens configured it answers ``{user: ""}`` and sets
+    no cookie. Each call makes a new login (not idempotent).
     """
     body = await parse_body(request, LoginRequest)
     tokens = request.config_dict[TOKENS]
@@ -120,7 +155,7 @@ async def login(request: web.Request) -> web.Response:
     resp = json_response({"user": user})
     resp.set_cookie(
         COOKIE,
-        body.token,
+        request.config_dict[LOGINS].open(user),
         httponly=True,
         samesite="Strict",
         secure=request.secure,
@@ -133,7 +168,11 @@ async def login(request: web.Request) -> web.Response:
 @routes.post("/logout")
 @describe(responses={204: Reply("signed out")}, public=True)
 async def logout(request: web.Request) -> web.Response:
-    """Forget the login cookie: 204 (also when there was none)."""
+    """Revoke the cookie's login and clear the cookie: 204 (also when there was none).
+
+    Idempotent. A copy of the cookie kept elsewhere no longer authenticates.
+    """
+    request.config_dict[LOGINS].revoke(request.cookies.get(COOKIE))
     resp = web.Response(status=204)
     resp.del_cookie(COOKIE, path="/")
     return resp

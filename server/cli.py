@@ -10,6 +10,7 @@ what was found and what to do; nothing says "serving" before it.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import errno
 import gc
 import ipaddress
@@ -24,10 +25,11 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from actors.registry import DataDirLock, claim_data_dir
+from server.listen import fd_budget, serve
 from server.logs import setup_logging
 from server.settings import Settings, setting_source, settings_from
 from storage.errors import StorageError
-from storage.layout import DataDirError
+from storage.layout import DataDirError, raise_nofile_limit
 
 # young-generation GC threshold of the server process (Python's default is 700)
 GC_THRESHOLD_0 = 20_000
@@ -247,14 +249,16 @@ def _run(app: web.Application, settings: Settings, lock: DataDirLock) -> int:
     # default, every 700 allocations, runs several times per request).
     gc.freeze()
     gc.set_threshold(GC_THRESHOLD_0, 20, 20)
+    budget = fd_budget(raise_nofile_limit()[0], settings.max_live_actors)
     try:
-        web.run_app(
-            app,
-            sock=socks,
-            print=None,
-            shutdown_timeout=10.0,
-            access_log=None,
-            max_line_size=request_line_limit(settings),
+        asyncio.run(
+            serve(
+                app,
+                socks,
+                connections=budget.connections,
+                keepalive_timeout=settings.keepalive_timeout,
+                max_line_size=request_line_limit(settings),
+            )
         )
     except (StorageError, sqlite3.Error, OSError) as exc:
         message = exc.message if isinstance(exc, StorageError) else str(exc)

@@ -5,6 +5,7 @@ Every error leaves as ``{"error": {"code", "message", "details"}}``.
 
 from __future__ import annotations
 
+import errno
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -22,6 +23,7 @@ from storage.errors import (
     StorageError,
     StorageFull,
     Unavailable,
+    from_os_error,
 )
 
 log = logging.getLogger("roost.server")
@@ -107,6 +109,27 @@ def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+_LOGGED_ERRNOS: set[int | None] = set()
+
+
+def _log_os_error_once(exc: OSError, request: web.Request) -> None:
+    """Log a failed file-system call the first time its errno is seen, without a traceback.
+
+    A dead or full file system fails every request the same way: one line says
+    so; a traceback per request would only bury it.
+    """
+    if exc.errno in _LOGGED_ERRNOS:
+        return
+    _LOGGED_ERRNOS.add(exc.errno)
+    log.error(
+        "the data dir failed on %s %s: %s (further %s errors are not logged)",
+        request.method,
+        request.path,
+        exc,
+        errno.errorcode.get(exc.errno or 0, exc.errno),
+    )
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -137,8 +160,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         )
         headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
         return error_response(exc.status, code, message, None, headers)
-    except ConnectionResetError:
+    except ConnectionError:
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # the client went away (an aborted export, upload or stream): not an
+            # error; nobody reads this answer, aiohttp only logs its access
+            return web.Response(status=499, reason="Client Closed Request")
         raise
+    except OSError as exc:
+        mapped = from_os_error(exc)
+        status = status_of(mapped)
+        _log_os_error_once(exc, request)
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return error_response(status, mapped.code, mapped.message, None, headers)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal", "internal server error")

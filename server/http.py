@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from server.errors import ApiError
 from server.keys import SETTINGS, USER
+from storage.ids import ascii_int
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -68,14 +69,15 @@ def query_int(request: web.Request, name: str, default: int, lo: int, hi: int) -
     raw = request.query.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or len(raw) > 9 or not lo <= int(raw) <= hi:
+    value = ascii_int(raw, 9)
+    if value is None or not lo <= value <= hi:
         raise ApiError(
             400,
             "invalid_input",
             f"{name} must be an integer from {lo} to {hi}, got {raw[:40]!r}",
             {"loc": ["query", name]},
         )
-    return int(raw)
+    return value
 
 
 def query_str(request: web.Request, name: str, max_len: int = 512) -> str | None:

@@ -23,6 +23,7 @@ which imports it, so any module may import it without making a cycle.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiohttp
@@ -35,7 +36,7 @@ from server.assets import Asset
 from server.metrics import Metrics
 from server.ratelimit import Limits
 from server.settings import Settings
-from server.tokens import Tokens
+from server.tokens import Logins, Tokens
 
 # ---------------------------------------------------------------- set when the app is built
 
@@ -50,6 +51,8 @@ ASSETS: web.AppKey[dict[str, Asset]] = web.AppKey("static_assets", dict)
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 REGISTRY = web.AppKey("registry", ActorRegistry)
 LIMITS = web.AppKey("limits", Limits)
+LOGINS = web.AppKey("logins", Logins)
+IMPORT_SLOTS = web.AppKey("import_slots", asyncio.Semaphore)
 OPEN_STREAMS: web.AppKey[set[Subscription]] = web.AppKey("open_streams", set)
 OPEN_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("open_sockets", set)
 OPEN_FEEDS: web.AppKey[set[Feed]] = web.AppKey("open_feeds", set)

@@ -23,6 +23,10 @@ from server.tokens import MAX_TOKEN_CHARS
 
 Str = Annotated[str, StringConstraints(strict=True)]
 Id = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=128)]
+# the rule of storage.ids.validate_session_id, stated in the schema too
+SessionId = Annotated[
+    str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+]
 ClientId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=256)]
 Role = Literal["user", "assistant", "system", "tool"]
 
@@ -61,7 +65,7 @@ Part = Annotated[
 
 
 class SessionCreate(Strict):
-    id: Str | None = None
+    id: SessionId | None = None
     title: Str | None = None
     metadata: dict[str, Any] | None = None
 

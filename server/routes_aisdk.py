@@ -52,7 +52,7 @@ from server.errors import ApiError
 from server.http import read_json, user_of
 from server.keys import REGISTRY, SETTINGS
 from server.openapi import SSE, Reply, describe
-from server.requests import Strict, check_content
+from server.requests import SessionId, Strict, check_content
 from server.sse import encode, open_sse, pump
 from storage.errors import Conflict, NotFound
 from storage.ids import validate_session_id
@@ -86,7 +86,7 @@ class AiChatRequest(Strict):
 
     model_config = ConfigDict(extra="ignore", strict=True)
 
-    id: Annotated[str, StringConstraints(strict=True, max_length=200)]
+    id: SessionId
     messages: list[UIMessage]
     trigger: Literal["submit-message", "regenerate-message"]
     messageId: UiId | None = None  # the AI SDK's spelling

@@ -16,6 +16,7 @@ from server.openapi import JSON, SSE, Param, Reply, describe
 from server.requests import ChatRequest, RegenerateRequest, chat_draft
 from server.responses import ChatResult, Message
 from server.sse import encode, open_sse, pump
+from storage.ids import ascii_int
 
 routes = web.RouteTableDef()  # mounted under /api
 
@@ -149,19 +150,25 @@ async def cancel(request: web.Request) -> web.Response:
 
 def _last_event_id(request: web.Request) -> int:
     raw = request.headers.get("Last-Event-ID", request.query.get("offset", "0")).strip() or "0"
-    if not raw.isdigit() or len(raw) > 12:
+    value = ascii_int(raw, 12)
+    if value is None:
         raise ApiError(
             400,
             "invalid_input",
             f"Last-Event-ID must be a text offset (an integer), got {raw[:40]!r}",
         )
-    return int(raw)
+    return value
 
 
 @routes.get("/sessions/{sid}/messages/{mid}/stream")
 @describe(
     params=(
-        Param("Last-Event-ID", "header", {"type": "string"}, "text offset to resume from"),
+        Param(
+            "Last-Event-ID",
+            "header",
+            {"type": "string", "pattern": r"^\s*[0-9]{0,12}\s*$"},
+            "text offset to resume from",
+        ),
         Param("offset", "query", {"type": "string"}, "the same, for clients without headers"),
     ),
     responses={200: Reply("the reply from the offset on, as SSE", None, (SSE,))},

@@ -31,6 +31,7 @@ from server.requests import (
     check_title,
 )
 from server.responses import Message, MessagePage, Session, SessionList, SessionView, SiblingsPage
+from storage.ids import ascii_int
 
 routes = web.RouteTableDef()  # mounted under /api
 
@@ -209,9 +210,12 @@ def _if_match(request: web.Request) -> int | None:
     if text.startswith("W/"):
         text = text[2:]
     text = text.strip('"')
-    if not text.isdigit() or len(text) > 18:
-        raise ApiError(400, "invalid_input", f"If-Match must be a message version, got {raw!r}")
-    return int(text)
+    value = ascii_int(text, 18)
+    if value is None:
+        raise ApiError(
+            400, "invalid_input", f"If-Match must be a message version, got {raw[:40]!r}"
+        )
+    return value
 
 
 async def _read(request: web.Request) -> tuple[dict[str, Any], bytes]:
@@ -223,7 +227,14 @@ async def _read(request: web.Request) -> tuple[dict[str, Any], bytes]:
 @routes.patch("/sessions/{sid}/messages/{mid}")
 @describe(
     body=MessagePatch,
-    params=(Param("If-Match", "header", {"type": "string"}, "the version you last saw"),),
+    params=(
+        Param(
+            "If-Match",
+            "header",
+            {"type": "string", "pattern": r'^\s*(W/)?"*[0-9]{1,18}"*\s*$'},
+            "the version you last saw",
+        ),
+    ),
     responses={200: Reply("the changed message", Message)},
 )
 async def patch_message(request: web.Request) -> web.Response:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import quote
 
 import orjson
@@ -26,7 +26,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from server.errors import ApiError
 from server.http import json_response, query_choice, query_int, user_of
-from server.keys import REGISTRY, SETTINGS
+from server.keys import IMPORT_SLOTS, REGISTRY, SETTINGS
 from server.openapi import ANY, JSON, MULTIPART, SESSION_ID, Param, Reply, describe
 from server.responses import Attachment, Error, SearchPage, Session
 from server.settings import Settings
@@ -158,7 +158,7 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | Literal[Fals
     """
     if header is None:
         return None
-    m = re.fullmatch(r"\s*bytes\s*=\s*(\d{0,18})\s*-\s*(\d{0,18})\s*", header)
+    m = re.fullmatch(r"\s*bytes\s*=\s*([0-9]{0,18})\s*-\s*([0-9]{0,18})\s*", header)
     if m is None or (not m[1] and not m[2]):
         return None
     if not m[1]:  # suffix: the last n bytes
@@ -327,7 +327,7 @@ async def export_session(request: web.Request) -> web.StreamResponse:
 # ---------------------------------------------------------------------------- import
 
 
-def _parse_import(raw: bytes, settings: Settings) -> ImportPlan:
+def _parse_import(raw: bytearray, settings: Settings) -> ImportPlan:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -376,18 +376,32 @@ async def import_session(request: web.Request) -> web.Response:
         raise ApiError(
             413, "payload_too_large", f"the import is larger than the limit of {limit} bytes"
         )
-    buf = bytearray()
-    async for chunk in request.content.iter_chunked(READ_CHUNK):
-        buf += chunk
-        if len(buf) > limit:
-            raise ApiError(
-                413, "payload_too_large", f"the import is larger than the limit of {limit} bytes"
-            )
-    loop = asyncio.get_running_loop()
-    plan = await loop.run_in_executor(registry.write_pool, _parse_import, bytes(buf), settings)
-    del buf
-    doc = await registry.import_session(sid, plan, owner=user_of(request))
+    async with request.config_dict[IMPORT_SLOTS]:
+        buf = bytearray()
+        async for chunk in request.content.iter_chunked(READ_CHUNK):
+            buf += chunk
+            if len(buf) > limit:
+                raise ApiError(
+                    413,
+                    "payload_too_large",
+                    f"the import is larger than the limit of {limit} bytes",
+                )
+        try:
+            doc = await _import(request, sid, buf)
+        finally:
+            # the body and its parse are garbage now: give the memory back
+            await registry.trim_heap()
     return json_response(doc, 201, {"Location": f"/api/sessions/{doc['id']}"})
+
+
+async def _import(request: web.Request, sid: str | None, buf: bytearray) -> dict[str, Any]:
+    """Parse ``buf`` (in place, no copy; emptied once parsed) and create the session."""
+    registry = request.config_dict[REGISTRY]
+    loop = asyncio.get_running_loop()
+    settings = request.config_dict[SETTINGS]
+    plan = await loop.run_in_executor(registry.write_pool, _parse_import, buf, settings)
+    buf.clear()
+    return await registry.import_session(sid, plan, owner=user_of(request))
 
 
 # ---------------------------------------------------------------------------- search

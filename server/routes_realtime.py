@@ -21,6 +21,7 @@ from server.openapi import FEED_EVENTS, SSE, Param, Reply, describe
 from server.requests import ChatRequest, chat_draft
 from server.sse import open_sse, pump
 from storage.errors import StorageError
+from storage.ids import ascii_int
 
 routes = web.RouteTableDef()  # mounted under /api
 
@@ -36,14 +37,15 @@ def _since(request: web.Request, header: str | None = None) -> int | None:
         raw = request.headers.get(header)
     if raw is None or raw == "":
         return None
-    if not raw.isdigit() or len(raw) > 15:
+    value = ascii_int(raw, 15)
+    if value is None:
         raise ApiError(
             400,
             "invalid_input",
             f"since must be an event seq (an integer), got {raw[:40]!r}",
             {"loc": ["query", "since"]},
         )
-    return int(raw)
+    return value
 
 
 async def _open_feed(request: web.Request, since: int | None) -> Feed:
@@ -167,6 +169,7 @@ async def _on_client_frame(request: web.Request, ws: web.WebSocketResponse, text
             await _send(ws, frames.pong(ref))
         elif kind == "chat":
             access.check_rate(request, request.match_info["sid"])
+            request.config_dict[REGISTRY].check_disk()
             await _ws_chat(request, ws, data, ref)
         elif kind == "cancel":
             mid = data.get("message_id")
@@ -222,7 +225,12 @@ async def _ws_chat(
 @describe(
     params=(
         Param("since", "query", {"type": "string"}, "the last event seq you saw"),
-        Param("Last-Event-ID", "header", {"type": "string"}, "the same, as SSE sends it"),
+        Param(
+            "Last-Event-ID",
+            "header",
+            {"type": "string", "pattern": "^[0-9]{0,15}$"},
+            "the same, as SSE sends it",
+        ),
     ),
     responses={200: Reply("the session's events as SSE", None, (SSE,), FEED_EVENTS)},
 )

@@ -28,7 +28,9 @@ class Settings(BaseModel):
         "FULL", description="SQLite synchronous level of session files (see README)"
     )
     idle_timeout: float = Field(30.0, gt=0, description="seconds before an idle actor hibernates")
-    max_live_actors: int = Field(1000, ge=1, description="cap on live session actors")
+    max_live_actors: int = Field(
+        1000, ge=1, description="cap on live session actors (lowered to fit the descriptor limit)"
+    )
     max_batch: int = Field(256, ge=1, description="most mutations in one group commit")
     write_threads: int = Field(
         16, ge=1, description="threads for file opens, checkpoints, indexing, uploads"
@@ -37,12 +39,20 @@ class Settings(BaseModel):
         "auto",
         description="how commits are flushed: auto = Linux AIO if it works, else threads",
     )
+    disk_reserve: int = Field(
+        16 << 20,
+        ge=0,
+        description="bytes kept free on the data dir's disk: below, writes answer 507 (0 = off)",
+    )
     event_retention: int = Field(10_000, ge=100, description="events kept per session for replay")
     subscriber_queue: int = Field(
         1024, ge=8, description="frames queued per subscriber before drop"
     )
     allowed_origins: str = Field(
         "", description="comma-separated browser origins allowed besides the server's own"
+    )
+    keepalive_timeout: float = Field(
+        15.0, gt=0, description="seconds an idle client connection (or a silent new one) is kept"
     )
     ws_heartbeat: float = Field(30.0, gt=0, description="seconds between WebSocket pings")
     insecure: bool = Field(False, description="allow a non-loopback bind without tokens")
@@ -89,6 +99,9 @@ class Settings(BaseModel):
     max_attachment_bytes: int = Field(25 << 20, ge=1, description="largest attachment upload")
     max_ws_frame_bytes: int = Field(1 << 20, ge=1024, description="largest WebSocket frame")
     max_import_bytes: int = Field(64 << 20, ge=1024, description="largest session import (JSON)")
+    max_concurrent_imports: int = Field(
+        2, ge=1, description="imports parsed at once (each holds its body); others wait"
+    )
     max_search_chars: int = Field(1000, ge=1, description="longest search query")
     # access (SPEC section 7)
     rate_user_per_sec: float = Field(

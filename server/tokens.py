@@ -11,6 +11,9 @@ could time is a match on the digest of their guess, which tells them nothing).
 from __future__ import annotations
 
 import hashlib
+import secrets
+import time
+from collections import OrderedDict
 from pathlib import Path
 
 import orjson
@@ -77,3 +80,47 @@ def load_tokens(path: str | None) -> Tokens | None:
                 f"{MAX_TOKEN_CHARS} characters, without spaces, commas or semicolons"
             )
     return Tokens(data)
+
+
+class Logins:
+    """Server-side logins of the cookie: random id → (user id, expiry).
+
+    Ids come from :func:`secrets.token_urlsafe` (256 bits) and are held as
+    SHA-256 digests, like tokens. At most ``max_logins`` are kept; making one
+    more forgets the oldest. Not thread-safe (the event loop owns it).
+    """
+
+    def __init__(self, max_age: float, max_logins: int = 10_000) -> None:
+        self.max_age = max_age
+        self.max_logins = max_logins
+        self._logins: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._logins)
+
+    def open(self, user: str) -> str:
+        """Make a login for ``user``; return its id (the cookie value)."""
+        login_id = secrets.token_urlsafe(32)
+        self._logins[_digest(login_id)] = (user, time.monotonic() + self.max_age)
+        while len(self._logins) > self.max_logins:
+            self._logins.popitem(last=False)
+        return login_id
+
+    def user_for(self, login_id: str | None) -> str | None:
+        """The user of a live login, or None (unknown, revoked or expired)."""
+        if not login_id or len(login_id) > MAX_TOKEN_CHARS:
+            return None
+        key = _digest(login_id)
+        found = self._logins.get(key)
+        if found is None:
+            return None
+        user, expires = found
+        if time.monotonic() >= expires:
+            del self._logins[key]
+            return None
+        return user
+
+    def revoke(self, login_id: str | None) -> None:
+        """Forget a login; idempotent (an unknown id is fine)."""
+        if login_id and len(login_id) <= MAX_TOKEN_CHARS:
+            self._logins.pop(_digest(login_id), None)

@@ -13,6 +13,7 @@ import base64
 import binascii
 
 from storage.errors import InvalidInput
+from storage.ids import ascii_int
 
 _MAX_INT = 2**62
 
@@ -37,9 +38,10 @@ def decode_int(kind: str, cursor: str) -> int:
     """Decode a cursor made by :func:`encode_int` with the same ``kind``."""
     raw = _decode_raw(cursor)
     prefix, _, num = raw.partition(":")
-    if prefix != kind or not num.isdigit() or len(num) > 19 or int(num) >= _MAX_INT:
+    value = ascii_int(num, 19)
+    if prefix != kind or value is None or value >= _MAX_INT:
         raise InvalidInput("bad cursor: not a cursor for this listing")
-    return int(num)
+    return value
 
 
 def encode_pair(kind: str, ts: str, ident: str) -> str:

@@ -203,7 +203,8 @@ def iter_export(
 
 # ---------------------------------------------------------------------------- import
 
-_TS = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?(Z|[+-]\d\d:\d\d)"
+_TS = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?"  # ASCII digits only
+_TS += r"(Z|[+-][0-9]{2}:[0-9]{2})"
 Ts = Annotated[str, StringConstraints(strict=True, pattern=f"^{_TS}$")]
 MsgId = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=128)]
 ShortText = Annotated[str, StringConstraints(strict=True, max_length=256)]

@@ -15,6 +15,18 @@ _last_ms = 0
 _seq_in_ms = 0
 
 
+def ascii_int(text: str, max_digits: int) -> int | None:
+    """The value of ``text`` if it is 1 to ``max_digits`` ASCII digits, else None.
+
+    ``str.isdigit`` also accepts superscripts ("²", which ``int`` then rejects)
+    and other scripts' digits ("٣", which ``int`` silently reads as 3); numeric
+    inputs of the API are ASCII only, so neither reaches ``int``.
+    """
+    if not 0 < len(text) <= max_digits or not text.isascii() or not text.isdigit():
+        return None
+    return int(text)
+
+
 def validate_session_id(sid: str) -> str:
     """Return ``sid`` if it is a legal session id, else raise :class:`InvalidInput`.
 

@@ -20,16 +20,24 @@ import ctypes
 import errno
 import fcntl
 import hashlib
+import math
 import os
 import resource
 import sqlite3
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
-from storage.errors import StorageError
+from storage.errors import StorageError, StorageFull
 from storage.ids import validate_path_component, validate_session_id
 
 SYNCHRONOUS_LEVELS = ("OFF", "NORMAL", "FULL", "EXTRA")
+# Bytes of the WAL index (``-shm``) allocated on disk before SQLite stores into
+# it: four 32 KiB regions, each indexing 4,096 WAL frames (16 MiB of 4 KiB pages).
+SHM_PREALLOC_BYTES = 4 * 32 * 1024
+# The disk reserve is at most this share of the data dir's file system.
+RESERVE_MAX_FRACTION = 0.05
 
 
 class DataDir:
@@ -67,6 +75,50 @@ class DataDir:
         return self.session_dir(sid) / "attachments" / validate_path_component(name)
 
 
+class Connection(sqlite3.Connection):
+    """A SQLite connection that holds its share of the ``-shm`` descriptor (see
+    :func:`preallocate_shm`); ``close`` releases it after SQLite has closed."""
+
+    shm_key: str | None = None
+
+    def close(self) -> None:
+        """Close the connection (idempotent), then release its ``-shm`` share."""
+        super().close()
+        key, self.shm_key = self.shm_key, None
+        if key is not None:
+            _release_shm(key)
+
+
+# One descriptor per ``-shm`` file this process preallocated, with the number of open
+# connections to that database. POSIX record locks belong to the process and the
+# file: closing ANY descriptor of the -shm drops every lock SQLite holds on it (its
+# "a connection is open" lock among them, after which another process would
+# truncate the file under our mapping). So the descriptor is closed only once no
+# connection of this process has the database open.
+_shm_fds: dict[str, list[int]] = {}  # key -> [fd or -1, open connections]
+_shm_lock = threading.Lock()
+
+
+def _acquire_shm(key: str) -> None:
+    with _shm_lock:
+        entry = _shm_fds.setdefault(key, [-1, 0])
+        entry[1] += 1
+
+
+def _release_shm(key: str) -> None:
+    with _shm_lock:
+        entry = _shm_fds.get(key)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _shm_fds[key]
+        fd = entry[0]
+    if fd >= 0:
+        os.close(fd)
+
+
 def connect(
     path: str | os.PathLike[str],
     *,
@@ -78,24 +130,136 @@ def connect(
 
     The connection may be used from any thread, but never from two at once:
     its owner serializes use. Writers get WAL and the given ``synchronous``
-    level; read-only connections open the file with ``mode=ro``.
+    level and a WAL index without holes (:func:`preallocate_shm`; raises
+    ``OSError`` when the disk has no room for it); read-only connections open
+    the file with ``mode=ro``. Close it with ``close()``.
     """
     if synchronous not in SYNCHRONOUS_LEVELS:
         raise ValueError(f"synchronous must be one of {SYNCHRONOUS_LEVELS}, got {synchronous!r}")
+    key = os.path.realpath(path) + "-shm"
     if readonly:
         uri = Path(path).resolve().as_uri() + "?mode=ro"
         conn = sqlite3.connect(
-            uri, uri=True, isolation_level=None, check_same_thread=False, timeout=5.0
+            uri,
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=5.0,
+            factory=Connection,
         )
     else:
         conn = sqlite3.connect(
-            os.fspath(path), isolation_level=None, check_same_thread=False, timeout=5.0
+            os.fspath(path),
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=5.0,
+            factory=Connection,
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-    conn.execute("PRAGMA foreign_keys=ON")
-    conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+    assert isinstance(conn, Connection)
+    _acquire_shm(key)
+    conn.shm_key = key
+    try:
+        if not readonly:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute(f"PRAGMA cache_size=-{int(cache_kib)}")
+        if not readonly:
+            conn.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()  # maps the -shm
+            preallocate_shm(key)
+    except BaseException:
+        conn.close()
+        raise
     return conn
+
+
+def preallocate_shm(shm: str) -> None:
+    """Give the WAL index file ``shm`` real disk blocks for its first
+    :data:`SHM_PREALLOC_BYTES`; idempotent. Call it only while a connection
+    of this process holds the database open (as :func:`connect` does).
+
+    SQLite memory-maps the ``-shm`` file and grows it by writing one byte per
+    4 KiB page, which on a file system with smaller blocks (ext4 on a small
+    volume uses 1 KiB) or a copy-on-write one leaves holes; the first store
+    through the mapping into a hole must allocate a block, and on a full disk
+    that is SIGBUS, which kills the whole process. ``posix_fallocate`` fills
+    the holes while space remains. SQLite truncates the file whenever a first
+    connection opens it, so this runs after every writer connects (the
+    connection has already mapped the file by then). The descriptor used is
+    kept until the process's last connection to the database closes (see
+    ``_shm_fds``).
+
+    Raises ``OSError`` (``ENOSPC``) when the disk has no room for it: the
+    caller must not use the connection then. Does nothing when the file does
+    not exist (no WAL yet) or the file system cannot allocate (``EOPNOTSUPP``).
+    """
+    with _shm_lock:
+        entry = _shm_fds.get(shm)
+        if entry is None:
+            return
+        if entry[0] < 0:
+            try:
+                entry[0] = os.open(shm, os.O_RDWR | os.O_CLOEXEC)
+            except FileNotFoundError:
+                return
+        fd = entry[0]
+        st = os.fstat(fd)
+        if st.st_size >= SHM_PREALLOC_BYTES and st.st_blocks * 512 >= st.st_size:
+            return
+        try:
+            os.posix_fallocate(fd, 0, max(SHM_PREALLOC_BYTES, st.st_size))
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                raise
+
+
+class DiskReserve:
+    """Free space a data dir keeps in reserve: below it, new writes are refused.
+
+    SQLite must never meet a real ``ENOSPC`` in the middle of a commit (nor a
+    memory-mapped WAL index a hole it cannot fill): refusing new work while
+    some space is still free leaves room for the commits, replies and
+    checkpoints already under way. The reserve is ``reserve`` bytes, but at
+    most :data:`RESERVE_MAX_FRACTION` of the file system (a small volume is
+    not refused from the start). ``check`` is cheap: while the free space is
+    over twice the reserve it is read with ``statvfs`` at most once per
+    ``recheck`` seconds; nearer the reserve, on every call, so writes resume
+    as soon as space is freed.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], reserve: int, recheck: float = 0.05) -> None:
+        self.path = os.fspath(path)
+        self.requested = reserve
+        self.reserve = reserve
+        self.recheck = recheck
+        self._free = -1
+        self._read_at = -math.inf
+
+    def free_bytes(self) -> int:
+        """Bytes an unprivileged writer may still use on the data dir's file system
+        (and, as a side effect, fix the reserve to the volume's size)."""
+        st = os.statvfs(self.path)
+        self.reserve = min(self.requested, int(st.f_blocks * st.f_frsize * RESERVE_MAX_FRACTION))
+        return st.f_bavail * st.f_frsize
+
+    def below(self) -> bool:
+        """Whether the free space is under the reserve (False when the reserve is 0)."""
+        if self.requested <= 0:
+            return False
+        now = time.monotonic()
+        if now - self._read_at >= self.recheck or self._free < 2 * self.reserve:
+            self._free = self.free_bytes()
+            self._read_at = now
+        return self._free < self.reserve
+
+    def check(self) -> None:
+        """Raise :class:`StorageFull` when the free space is under the reserve."""
+        if self.below():
+            raise StorageFull(
+                "the disk is full: the server keeps its last "
+                f"{self.reserve} bytes free and accepts no new writes until space is freed",
+                details={"free_bytes": self._free, "reserve_bytes": self.reserve},
+            )
 
 
 def fsync_path(path: Path) -> None:

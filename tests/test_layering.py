@@ -40,7 +40,7 @@ def test_layering_check_sees_imports() -> None:
 # (no file, no connection, no op). Everything else goes through actors.session.
 SERVER_STORAGE_ALLOWED: dict[str, set[str] | None] = {
     "storage.errors": None,  # the error types (any)
-    "storage.ids": {"validate_session_id"},
+    "storage.ids": {"validate_session_id", "ascii_int"},  # pure parsers
     "storage.layout": {  # app setup, and the data dir's error type
         "DataDir",
         "DataDirError",
