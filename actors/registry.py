@@ -24,6 +24,8 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import orjson
+
 from actors.actor import ActorConfig, SessionActor, State
 from actors.errors import ActorStopped
 from actors.hooks import Hooks
@@ -31,8 +33,16 @@ from actors.pubsub import Frame, Subscription, Topic
 from actors.responders import EchoResponder, Responder
 from actors.session import SessionHandle
 from storage.catalog import Catalog
-from storage.errors import Conflict, NotFound, StorageError, Unavailable
-from storage.export import ImportPlan, populate_import
+from storage.errors import (
+    Conflict,
+    ContentTooLarge,
+    InvalidInput,
+    MalformedJson,
+    NotFound,
+    StorageError,
+    Unavailable,
+)
+from storage.export import ImportPlan, parse_export, populate_import
 from storage.fsync import Syncer
 from storage.ids import now_iso, uuid7, validate_session_id
 from storage.layout import DataDir, DiskReserve, open_data_dir, trim_heap
@@ -50,6 +60,27 @@ def claim_data_dir(root: str) -> DataDirLock:
     ``root`` cannot be used, and ``DataDirInUse`` when another server holds it.
     """
     return open_data_dir(root)
+
+
+def _parse_import(raw: bytearray, max_title_chars: int, max_content_chars: int) -> ImportPlan:
+    """Parse and check a JSON export (see :meth:`ActorRegistry.import_session`)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(f"the body is not valid JSON: {exc}") from exc
+    finally:
+        raw.clear()
+    plan = parse_export(data)
+    doc = plan.doc
+    if doc.session.title is not None and len(doc.session.title) > max_title_chars:
+        raise InvalidInput("the session title is too long")
+    for i, m in enumerate(doc.messages):
+        if len(m.content) > max_content_chars:
+            raise ContentTooLarge(
+                f"message {i} has {len(m.content)} characters; the limit is {max_content_chars}",
+                details={"loc": ["messages", i, "content"]},
+            )
+    return plan
 
 
 class ActorRegistry:
@@ -397,9 +428,26 @@ class ActorRegistry:
             self._deleting.discard(sid)
 
     async def import_session(
-        self, sid: str | None, plan: ImportPlan, *, owner: str = ""
+        self,
+        sid: str | None,
+        raw: bytearray,
+        *,
+        owner: str = "",
+        max_title_chars: int,
+        max_content_chars: int,
     ) -> dict[str, Any]:
-        """Create a session from a parsed export (see :meth:`create_session`)."""
+        """Create a session from a JSON export (``roost.session.v1``) in ``raw``.
+
+        ``raw`` is parsed on the write pool without a copy and emptied once
+        parsed (the caller's buffer is garbage then). Raises ``MalformedJson``
+        for a body that is not JSON, ``InvalidInput`` (with details) for an
+        export that is not valid, ``ContentTooLarge`` for a message over
+        ``max_content_chars``, and what :meth:`create_session` raises.
+        """
+        loop = asyncio.get_running_loop()
+        plan = await loop.run_in_executor(
+            self.write_pool, _parse_import, raw, max_title_chars, max_content_chars
+        )
         return await self.create_session(
             sid,
             owner=owner,

@@ -25,8 +25,9 @@ from actors.actor import SessionActor
 from actors.pubsub import Subscription
 from actors.replies import Reply
 from actors.responders import Responder
-from storage.attachments import BlobWriter, TooLarge, blob_path
-from storage.errors import InvalidInput, NotFound
+from storage.attachments import BlobWriter, blob_path, safe_mime, safe_name
+from storage.errors import InvalidInput, NotFound, TooLarge
+from storage.export import ExportDocument as ExportDocument  # the façade's document type
 from storage.export import iter_export
 from storage.ids import now_iso
 from storage.layout import DataDir
@@ -281,15 +282,26 @@ class SessionHandle:
     # -------------------------------------------------------------- files
 
     async def add_attachment(
-        self, *, name: str, mime: str, chunks: AsyncIterable[bytes], limit: int
+        self,
+        *,
+        filename: str | None,
+        content_type: str | None,
+        chunks: AsyncIterable[bytes],
+        limit: int,
     ) -> dict[str, Any]:
         """Store the bytes of ``chunks`` as an attachment and record it.
+
+        ``filename`` and ``content_type`` are what the client said; the stored
+        name keeps only its last path component without control or format
+        characters, and the MIME type is checked (else guessed from the name).
 
         The file is written while hashed, off the event loop; nothing is kept
         if anything fails. Raises ``TooLarge`` over ``limit`` bytes,
         ``NotFound`` if the session's folder went away, and what iterating
         ``chunks`` raises.
         """
+        name = safe_name(filename)
+        mime = safe_mime(content_type, name)
         registry = self._registry
         loop = asyncio.get_running_loop()
         sid = self.sid

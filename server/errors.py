@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from actors.errors import ActorBroken, ActorStopped, Busy
 from storage.errors import (
     Conflict,
+    ContentTooLarge,
     InvalidInput,
     NotFound,
     PreconditionFailed,
@@ -34,6 +35,7 @@ STATUS_OF: list[tuple[type[StorageError], int]] = [
     (Conflict, 409),
     (PreconditionFailed, 412),
     (StorageFull, 507),
+    (ContentTooLarge, 413),
     (Busy, 503),
     (ActorBroken, 503),
     (ActorStopped, 503),

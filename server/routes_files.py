@@ -14,25 +14,22 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 from collections.abc import AsyncIterator
 from typing import Any, Literal
 from urllib.parse import quote
 
-import orjson
 from aiohttp import BodyPartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from actors.session import ExportDocument
 from server.errors import ApiError
 from server.http import json_response, query_choice, query_int, user_of
 from server.keys import IMPORT_SLOTS, REGISTRY, SETTINGS
 from server.openapi import ANY, JSON, MULTIPART, SESSION_ID, Param, Reply, describe
 from server.responses import Attachment, Error, SearchPage, Session
-from server.settings import Settings
 from server.wire import snippet_html
-from storage.attachments import TooLarge, safe_mime, safe_name
-from storage.export import ExportDocument, ImportPlan, parse_export
+from storage.errors import TooLarge
 from storage.ids import validate_session_id
 
 routes = web.RouteTableDef()  # mounted under /api
@@ -95,10 +92,13 @@ async def upload_attachment(request: web.Request) -> web.Response:
         raise _too_large(limit)
     async with registry.session(sid, user_of(request)) as s:
         part = await _file_part(request)
-        name = safe_name(part.filename)
-        mime = safe_mime(part.headers.get(hdrs.CONTENT_TYPE), name)
         try:
-            doc = await s.add_attachment(name=name, mime=mime, chunks=_chunks(part), limit=limit)
+            doc = await s.add_attachment(
+                filename=part.filename,
+                content_type=part.headers.get(hdrs.CONTENT_TYPE),
+                chunks=_chunks(part),
+                limit=limit,
+            )
         except TooLarge:
             raise _too_large(limit) from None
         except (ValueError, HttpProcessingError) as exc:
@@ -327,27 +327,6 @@ async def export_session(request: web.Request) -> web.StreamResponse:
 # ---------------------------------------------------------------------------- import
 
 
-def _parse_import(raw: bytearray, settings: Settings) -> ImportPlan:
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "malformed_json", f"the body is not valid JSON: {exc}") from exc
-    plan = parse_export(data)
-    doc = plan.doc
-    if doc.session.title is not None and len(doc.session.title) > settings.max_title_chars:
-        raise ApiError(400, "invalid_input", "the session title is too long")
-    for i, m in enumerate(doc.messages):
-        if len(m.content) > settings.max_content_chars:
-            raise ApiError(
-                413,
-                "content_too_large",
-                f"message {i} has {len(m.content)} characters; the limit is "
-                f"{settings.max_content_chars}",
-                {"loc": ["messages", i, "content"]},
-            )
-    return plan
-
-
 @routes.post("/sessions/import")
 @describe(
     body=ExportDocument,
@@ -396,12 +375,14 @@ async def import_session(request: web.Request) -> web.Response:
 
 async def _import(request: web.Request, sid: str | None, buf: bytearray) -> dict[str, Any]:
     """Parse ``buf`` (in place, no copy; emptied once parsed) and create the session."""
-    registry = request.config_dict[REGISTRY]
-    loop = asyncio.get_running_loop()
     settings = request.config_dict[SETTINGS]
-    plan = await loop.run_in_executor(registry.write_pool, _parse_import, buf, settings)
-    buf.clear()
-    return await registry.import_session(sid, plan, owner=user_of(request))
+    return await request.config_dict[REGISTRY].import_session(
+        sid,
+        buf,
+        owner=user_of(request),
+        max_title_chars=settings.max_title_chars,
+        max_content_chars=settings.max_content_chars,
+    )
 
 
 # ---------------------------------------------------------------------------- search

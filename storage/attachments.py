@@ -29,7 +29,7 @@ import uuid
 from pathlib import Path
 from typing import BinaryIO
 
-from storage.errors import InvalidInput
+from storage.errors import InvalidInput, TooLarge
 from storage.layout import DataDir, fsync_path
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -85,14 +85,6 @@ def safe_mime(raw: str | None, name: str) -> str:
         guessed = mimetypes.guess_type(name, strict=False)[0]
         mime = guessed.lower() if guessed and _MIME_RE.fullmatch(guessed.lower()) else ""
     return mime or "application/octet-stream"
-
-
-class TooLarge(Exception):
-    """The upload went over its size limit; the partial file is already gone."""
-
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"the upload is larger than {limit} bytes")
-        self.limit = limit
 
 
 class BlobWriter:

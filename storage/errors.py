@@ -6,12 +6,17 @@ codes to status lines in one place (``server.errors``)::
 
     StorageError
     ├── InvalidInput        bad ids, cursors, parents, field values      (400)
-    │   └── InvalidQuery    a search query the FTS engine cannot parse   (400)
+    │   ├── InvalidQuery    a search query the FTS engine cannot parse   (400)
+    │   └── MalformedJson   an import body that is not JSON              (400)
     ├── NotFound            unknown session, message, attachment          (404)
     ├── Conflict            existing id, client_id reused with other body (409)
     ├── PreconditionFailed  stale If-Match version                        (412)
     ├── Unavailable         a session file that cannot be used right now  (503)
-    └── StorageFull         the disk is full                              (507)
+    ├── StorageFull         the disk is full                              (507)
+    └── ContentTooLarge     an imported message over the content limit    (413)
+
+    TooLarge (not a StorageError): an upload over its byte limit; the caller
+    that set the limit answers for it.
 """
 
 from __future__ import annotations
@@ -60,6 +65,29 @@ class InvalidQuery(InvalidInput):
     """A search query that the full-text engine cannot parse (400)."""
 
     code = "invalid_query"
+
+
+class MalformedJson(InvalidInput):
+    """A body that should be JSON is not (an import)."""
+
+    code = "malformed_json"
+
+
+class ContentTooLarge(StorageError):
+    """A piece of an import is over a limit (413)."""
+
+    code = "content_too_large"
+
+
+class TooLarge(Exception):
+    """An upload went over its size limit; the partial file is already gone.
+
+    Not a :class:`StorageError`: the caller knows the limit and answers for it.
+    """
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the upload is larger than {limit} bytes")
+        self.limit = limit
 
 
 def from_sqlite(exc: sqlite3.Error, what: str = "the session file") -> StorageError:

@@ -47,8 +47,6 @@ SERVER_STORAGE_ALLOWED: dict[str, set[str] | None] = {
         "limit_malloc_arenas",
         "raise_nofile_limit",
     },
-    "storage.attachments": {"TooLarge", "safe_mime", "safe_name"},  # pure upload helpers
-    "storage.export": {"ExportDocument", "ImportPlan", "parse_export"},  # schema, parsing
 }
 
 
