@@ -10,7 +10,7 @@ Where a batch runs: on the event loop, with no thread hand-off, unless it holds
 a :class:`~storage.txn.BulkOp` (search indexing: many rows), which runs
 on the write pool. On a durable file (``synchronous`` FULL/EXTRA) an
 event-loop batch commits without flushing the disk and the actor then
-``fdatasync``s the WAL through the :class:`~storage.fsync.Syncer` (Linux AIO:
+``fdatasync``s the WAL through the :class:`~actors.syncer.Syncer` (Linux AIO:
 no thread at all); a pool batch flushes inside its COMMIT (SQLite FULL).
 
 Output gate: callers are resolved and events published only after the commit
@@ -51,9 +51,9 @@ from actors.hooks import Hooks
 from actors.maintenance import Maintenance
 from actors.pubsub import Frame, Topic
 from actors.replies import Replies
+from actors.syncer import Syncer
 from storage.errors import StorageError, StorageFull, Unavailable
 from storage.file import SessionFile
-from storage.fsync import Syncer
 from storage.ids import now_iso
 from storage.layout import DataDir
 from storage.ops import op_recover_unfinished

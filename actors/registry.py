@@ -29,9 +29,11 @@ import orjson
 from actors.actor import ActorConfig, SessionActor, State
 from actors.errors import ActorStopped
 from actors.hooks import Hooks
+from actors.process import trim_heap
 from actors.pubsub import Frame, Subscription, Topic
 from actors.responders import EchoResponder, Responder
 from actors.session import SessionHandle
+from actors.syncer import Syncer
 from storage.catalog import Catalog
 from storage.errors import (
     Conflict,
@@ -43,9 +45,8 @@ from storage.errors import (
     Unavailable,
 )
 from storage.export import ImportPlan, parse_export, populate_import
-from storage.fsync import Syncer
 from storage.ids import now_iso, uuid7, validate_session_id
-from storage.layout import DataDir, DiskReserve, open_data_dir, trim_heap
+from storage.layout import DataDir, DiskReserve, open_data_dir
 from storage.layout import DataDirLock as DataDirLock  # the claim_data_dir lock type
 from storage.lifecycle import create_session_file, remove_session_files
 

@@ -48,6 +48,7 @@ import aiohttp
 from aiohttp import web
 
 from actors.feed import Feed
+from actors.process import limit_malloc_arenas, raise_nofile_limit
 from actors.pubsub import Subscription
 from actors.registry import ActorRegistry
 from actors.responders import EchoResponder, Responder
@@ -84,7 +85,7 @@ from server.routes_realtime import routes as realtime_routes
 from server.routes_static import setup_static
 from server.settings import Settings
 from server.tokens import Logins, load_tokens
-from storage.layout import DataDir, limit_malloc_arenas, raise_nofile_limit
+from storage.layout import DataDir
 
 log = logging.getLogger("roost.server")
 

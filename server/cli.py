@@ -24,12 +24,13 @@ from typing import Literal, get_args, get_origin
 from aiohttp import web
 from pydantic import ValidationError
 
+from actors.process import raise_nofile_limit
 from actors.registry import DataDirLock, claim_data_dir
 from server.listen import fd_budget, serve
 from server.logs import setup_logging
 from server.settings import Settings, setting_source, settings_from
 from storage.errors import StorageError
-from storage.layout import DataDirError, raise_nofile_limit
+from storage.layout import DataDirError
 
 # young-generation GC threshold of the server process (Python's default is 700)
 GC_THRESHOLD_0 = 20_000

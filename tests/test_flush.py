@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import actors.maintenance
-from storage.fsync import Syncer
+from actors.syncer import Syncer
 from tests.conftest import TIMEOUT, append, eventually, new_session, registry_of
 
 

@@ -106,3 +106,8 @@ def test_replies_and_maintenance_do_not_import_the_actor() -> None:
         tree = ast.parse((ROOT / "actors" / name).read_text())
         modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not modules & {"actors.actor", "actors.registry", "actors.session"}, name
+
+
+def test_storage_is_synchronous() -> None:
+    """storage/ has no event loop: its contract is synchronous calls on some thread."""
+    assert "asyncio" not in _imports("storage")
