@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import re
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from server.logs import JsonFormatter
+from server.logs import BatchingStderrHandler, JsonFormatter
 from tests.conftest import new_session
 
 
@@ -79,3 +82,58 @@ def test_json_formatter_puts_fields_in_the_object() -> None:
     doc = json.loads(JsonFormatter().format(record))
     assert doc["message"] == "GET /x" and doc["status"] == 200
     assert doc["level"] == "info" and doc["logger"] == "roost.access" and doc["ts"].endswith("Z")
+
+
+class _CountingStream:
+    def __init__(self) -> None:
+        self.writes: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.writes.append(text)
+
+    def flush(self) -> None:
+        pass
+
+
+async def test_batching_handler_writes_one_batch_per_loop_iteration() -> None:
+    """INFO lines made in one loop iteration reach stderr in one write, after it;
+    a WARNING is written at once, after what was buffered (order kept)."""
+    handler = BatchingStderrHandler()
+    stream = _CountingStream()
+    handler.setStream(stream)  # type: ignore[arg-type]
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("roost.test.batching")
+    log.propagate, log.level = False, logging.INFO
+    log.addHandler(handler)
+    try:
+        for i in range(50):
+            log.info("line %d", i)
+        assert stream.writes == []
+        await asyncio.sleep(0)
+        assert len(stream.writes) == 1 and stream.writes[0].count("\n") == 50
+        log.info("before")
+        log.warning("now")
+        assert stream.writes[1:] == ["before\nnow\n"]
+    finally:
+        log.removeHandler(handler)
+
+
+def test_fast_access_line_has_the_text_formats_shape(
+    server_process: Any,
+) -> None:
+    """The access log's direct text line (no LogRecord) reads like every other line:
+    ``time LEVEL logger message``."""
+    proc = server_process()
+    proc.wait_ready_blocking()
+    with urllib.request.urlopen(proc.url + "/api/sessions") as r:
+        assert r.status == 200
+    proc.close()
+    lines = [ln for ln in proc.log_text().splitlines() if " roost.access " in ln]
+    assert any(
+        re.fullmatch(
+            r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} INFO roost\.access GET /api/sessions 200 "
+            r"[0-9.]+ms user=- session=-",
+            ln,
+        )
+        for ln in lines
+    ), lines
