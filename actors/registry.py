@@ -52,6 +52,13 @@ from storage.lifecycle import create_session_file, remove_session_files
 
 log = logging.getLogger("roost.actors")
 
+# What the listeners of a reply stopped by shutdown are told before its final message.
+SHUTTING_DOWN: dict[str, Any] = {
+    "code": "shutting_down",
+    "message": "the server is shutting down: the reply stopped here, its text so far kept "
+    "(status interrupted); continue on another server or after the restart",
+}
+
 
 def claim_data_dir(root: str) -> DataDirLock:
     """Check data dir ``root`` for one process's registry and lock it (one server per
@@ -119,6 +126,7 @@ class ActorRegistry:
         self._room = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
+        self._stop_deadline: float | None = None  # loop time: set by stop_replies
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -131,11 +139,45 @@ class ActorRegistry:
             asyncio.create_task(self._catalog_flusher(), name="registry:catalog"),
         ]
 
+    async def stop_replies(self, grace: float | None = None) -> None:
+        """Shutdown, first step: give running replies ``grace`` seconds (default
+        ``config.shutdown_grace``) to finish, then stop them as ``interrupted``
+        with their text kept; their listeners get a :data:`SHUTTING_DOWN`
+        ``error`` frame, then the final ``message`` once its commit is flushed,
+        and the session feeds the ``message.updated`` event.
+
+        Returns once no reply runs, replies started meanwhile included (they get
+        what is left of the grace). Actors stay open: requests still in flight
+        are served. Every call shares the first call's deadline, so a later one
+        (``close`` makes one) waits no longer. Never raises.
+        """
+        loop = asyncio.get_running_loop()
+        if self._stop_deadline is None:
+            wait = self.config.shutdown_grace if grace is None else grace
+            self._stop_deadline = loop.time() + max(0.0, wait)
+        deadline = self._stop_deadline
+        seen: set[str] = set()
+        while True:
+            busy = [
+                a for a in list(self._actors.values()) if not seen.issuperset(a.replies.running)
+            ]
+            if not busy:
+                return
+            for a in busy:
+                seen.update(a.replies.running)
+            left = max(0.0, deadline - loop.time())
+            await asyncio.gather(
+                *(a.replies.stop_all(grace=left, notice=SHUTTING_DOWN) for a in busy),
+                return_exceptions=True,
+            )
+
     async def close(self) -> None:
-        """Close every actor (committing queued work), flush the catalog. Idempotent."""
+        """Stop the replies (see :meth:`stop_replies`), close every actor
+        (committing queued work), flush the catalog. Idempotent."""
         if self._closed:
             return
-        self._closed = True
+        self._closed = True  # no new activations from here on
+        await self.stop_replies()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:

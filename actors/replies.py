@@ -74,6 +74,9 @@ class Reply:
         self.done = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.end_status: str | None = None  # set by cancel/shutdown
+        # why the reply was stopped, told to its listeners as an ``error`` frame
+        # before the final ``message`` (set by :meth:`stop`; not stored)
+        self.end_notice: dict[str, Any] | None = None
         self._pending = ""
         self._pending_since: float | None = None
         self._wakeup = asyncio.Event()
@@ -108,6 +111,8 @@ class Reply:
         frames = []
         if self.final["status"] == "error" and self.final.get("error"):
             frames.append(Frame("error", orjson.dumps(self.final["error"])))
+        elif self.end_notice is not None:
+            frames.append(Frame("error", orjson.dumps(self.end_notice)))
         frames.append(Frame("message", orjson.dumps(self.final)))
         frames.append(Frame("done", orjson.dumps({"message_id": self.message_id})))
         return frames
@@ -244,10 +249,20 @@ class Reply:
         self._on_end(self)
         self.host.on_reply_end()
 
-    def stop(self, status: str) -> None:
-        """End the reply with ``status`` (kept text is committed). Idempotent."""
+    def stop(self, status: str, notice: dict[str, Any] | None = None) -> None:
+        """End the reply with ``status`` (kept text is committed). Idempotent: the
+        first call's status and ``notice`` win.
+
+        ``notice`` (``{code, message}``), if given, reaches every listener as an
+        ``error`` frame just before the final ``message`` (which, like every
+        frame here, leaves only after the end is committed); it is not stored.
+        A reply that has ended already is left as it is.
+        """
+        if self.final is not None:
+            return
         if self.end_status is None:
             self.end_status = status
+            self.end_notice = notice
         if self._producer is not None:
             self._producer.cancel()
 
@@ -341,9 +356,14 @@ class Replies:
         await reply.done.wait()
         return reply.final
 
-    async def stop_all(self, *, grace: float) -> None:
+    async def stop_all(self, *, grace: float, notice: dict[str, Any] | None = None) -> None:
         """Give running replies ``grace`` seconds to finish, then end them as
-        ``interrupted`` with their text kept (as far as the file can still take it)."""
+        ``interrupted`` with their text kept (as far as the file can still take it).
+
+        Those stopped get ``notice`` (see :meth:`Reply.stop`); those that finish
+        within the grace end as they would have. Returns once every reply that
+        was running has ended. Replies started meanwhile are not waited for.
+        """
         replies = list(self.running.values())
         if not replies:
             return
@@ -354,7 +374,7 @@ class Replies:
                 p.cancel()
         for r in replies:
             if not r.done.is_set():
-                r.stop("interrupted")
+                r.stop("interrupted", notice)
         for r in replies:
             if r.task is not None:
                 with contextlib.suppress(BaseException):

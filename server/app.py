@@ -31,9 +31,17 @@ State. Every key (``server.keys``) is on the root; handlers read it with
 ``cleanup_ctx`` (an ``@asynccontextmanager``), in this order (cleanup runs in
 reverse): the HTTP client, the actor registry, the responder, the metrics'
 attachment to the registry, the rate limiter, the open streams. A context's
-cleanup runs if and only if its startup succeeded. Open sockets and feeds are
-also ended by ``on_shutdown`` (``close_realtime``), while connections are still
-up, so clients get a clean 1001 close before the contexts clean up.
+cleanup runs if and only if its startup succeeded.
+
+Shutdown. ``on_shutdown`` (``close_realtime``) starts the drain while
+connections are still up: running replies get ``--shutdown-grace`` and are
+then stopped as ``interrupted`` (their streams get an ``error`` event
+``shutting_down`` and the final ``message``; feeds the ``message.updated``),
+then feeds end and sockets close with 1001. Meanwhile aiohttp waits for the
+handlers in flight (an upload) for the grace and a margin
+(``server.listen.serve``'s ``shutdown_timeout``) and cancels those still
+running; then the contexts clean up, the streams' first (it waits for the
+drain), the registry's after it.
 """
 
 from __future__ import annotations
@@ -55,8 +63,10 @@ from actors.responders import EchoResponder, Responder
 from server.access import cors_headers, gate_middleware, make_limits, rate_middleware
 from server.auth import auth_middleware
 from server.auth import routes as auth_routes
+from server.drain import Drain
 from server.errors import Handler, error_middleware
 from server.keys import (
+    DRAIN,
     HTTP_CLIENT,
     IMPORT_SLOTS,
     LIMITS,
@@ -203,20 +213,24 @@ async def limits_ctx(app: web.Application) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def open_streams_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The registers of open SSE subscriptions, WebSockets and feeds.
+    """The registers of open SSE subscriptions, WebSockets and feeds, and the drain.
 
-    ``close_realtime`` (on_shutdown) ends them gracefully while connections are
-    up, and each handler deregisters its own on the way out; this cleanup ends
-    any subscription or feed still registered (closing is idempotent). Sockets
-    are their handlers' to close: by now their connections are gone.
+    ``close_realtime`` (on_shutdown) starts the drain that ends them gracefully
+    while connections are up, and each handler deregisters its own on the way
+    out; this cleanup waits for the drain, then ends any subscription or feed
+    still registered (closing is idempotent). Sockets are their handlers' to
+    close: by now their connections are gone.
     """
     streams: set[Subscription] = set()
-    sockets: set[web.WebSocketResponse] = set()
+    sockets: dict[web.WebSocketResponse, asyncio.Task[None]] = {}
     feeds: set[Feed] = set()
+    drain = Drain()
     app[OPEN_STREAMS], app[OPEN_SOCKETS], app[OPEN_FEEDS] = streams, sockets, feeds
+    app[DRAIN] = drain
     try:
         yield
     finally:
+        await drain.wait()
         for feed in list(feeds):
             feed.close()
         for sub in list(streams):

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 
 from actors.process import raise_nofile_limit
 from actors.registry import DataDirLock, claim_data_dir
-from server.listen import fd_budget, serve
+from server.listen import SHUTDOWN_MARGIN, fd_budget, serve
 from server.logs import setup_logging
 from server.settings import Settings, setting_source, settings_from
 from storage.errors import StorageError
@@ -259,6 +259,7 @@ def _run(app: web.Application, settings: Settings, lock: DataDirLock) -> int:
                 connections=budget.connections,
                 keepalive_timeout=settings.keepalive_timeout,
                 max_line_size=request_line_limit(settings),
+                shutdown_timeout=settings.shutdown_grace + SHUTDOWN_MARGIN,
             )
         )
     except (StorageError, sqlite3.Error, OSError) as exc:

@@ -13,7 +13,9 @@ Each key says who sets it and when:
   ``METRICS``, ``OPENAPI`` (an empty dict the first ``/openapi.json`` fills),
   ``ASSETS``;
 - set by a ``cleanup_ctx`` at startup, gone after cleanup: ``HTTP_CLIENT``,
-  ``REGISTRY``, ``LIMITS``, ``OPEN_STREAMS``, ``OPEN_SOCKETS``, ``OPEN_FEEDS``;
+  ``REGISTRY``, ``LIMITS``, ``OPEN_STREAMS``, ``OPEN_SOCKETS`` (each socket's
+  feed sender task by socket), ``OPEN_FEEDS``, ``DRAIN`` (started by
+  ``on_shutdown``);
 - per request: ``USER`` (set by ``server.auth``; read it with
   ``server.http.user_of``).
 
@@ -33,6 +35,7 @@ from actors.feed import Feed
 from actors.pubsub import Subscription
 from actors.registry import ActorRegistry
 from server.assets import Asset
+from server.drain import Drain
 from server.metrics import Metrics
 from server.ratelimit import Limits
 from server.settings import Settings
@@ -54,8 +57,11 @@ LIMITS = web.AppKey("limits", Limits)
 LOGINS = web.AppKey("logins", Logins)
 IMPORT_SLOTS = web.AppKey("import_slots", asyncio.Semaphore)
 OPEN_STREAMS: web.AppKey[set[Subscription]] = web.AppKey("open_streams", set)
-OPEN_SOCKETS: web.AppKey[set[web.WebSocketResponse]] = web.AppKey("open_sockets", set)
+OPEN_SOCKETS: web.AppKey[dict[web.WebSocketResponse, asyncio.Task[None]]] = web.AppKey(
+    "open_sockets", dict
+)
 OPEN_FEEDS: web.AppKey[set[Feed]] = web.AppKey("open_feeds", set)
+DRAIN = web.AppKey("drain", Drain)
 
 # ---------------------------------------------------------------- per request
 
@@ -63,6 +69,7 @@ USER = web.RequestKey("user", str)
 
 __all__ = [
     "ASSETS",
+    "DRAIN",
     "HTTP_CLIENT",
     "LIMITS",
     "METRICS",

@@ -30,6 +30,9 @@ FDS_RESERVED = 64  # catalog, thread pools, AIO, logs, the listening socket, DNS
 # their descriptors: the budget keeps that many spare.
 ACCEPT_BATCH = 128
 ACCEPT_LOG_INTERVAL = 60.0
+# At shutdown, requests in flight get the replies' grace and this much more (for the
+# final commits of the replies stopped at the grace) before they are cancelled.
+SHUTDOWN_MARGIN = 0.5
 
 _BUSY_BODY = (
     b'{"error":{"code":"unavailable","message":"the server has as many connections as it '
@@ -181,6 +184,11 @@ async def serve(
     ``socks`` are bound and listening already (so a port in use fails before
     anything starts). At most ``connections`` client connections are open at once; an idle one
     (also a fresh one that sends nothing) is closed after ``keepalive_timeout``.
+
+    Shutdown: the sockets stop accepting, idle connections close, ``on_shutdown``
+    runs, then handlers still in flight get ``shutdown_timeout`` seconds to finish
+    (the server passes its replies' grace plus :data:`SHUTDOWN_MARGIN`) and are
+    cancelled after that; then the app's contexts clean up.
     """
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(AcceptErrorFilter())

@@ -29,8 +29,12 @@ Contract, where the AI SDK leaves it to the server:
   clients accept more, older ones refuse any extra). Roost's facts go in
   ``messageMetadata`` on ``start`` and ``finish``. Text arrives as one text
   part while streaming; tool calls (which providers finish at the end of a
-  reply) follow it as ``tool-input-available`` chunks. A failed reply sends an
-  ``error`` chunk before ``finish``.
+  reply) follow it as ``tool-input-available`` chunks.
+- A failed reply, or one stopped by the server's shutdown (status
+  ``interrupted``), sends an ``error`` chunk before ``finish``. ``useChat``
+  stops reading at ``error``, so a ``message-metadata`` chunk with the final
+  metadata (status, model) comes first: the message's ``metadata.status``
+  is then ``error`` (or ``interrupted``), not the ``pending`` of ``start``.
 """
 
 from __future__ import annotations
@@ -227,16 +231,34 @@ class UIStream:
             ]
         return []
 
-    def end(self, final: dict[str, Any], *, tools: bool = True) -> list[bytes]:
-        """Close the text, add tool chunks, the error if the reply failed, ``finish``."""
-        out = self._close_text()
-        if tools:
-            for part in final.get("parts") or []:
-                out += self.tool(part)
+    def end(
+        self, final: dict[str, Any], *, tools: bool = True, notice: dict[str, Any] | None = None
+    ) -> list[bytes]:
+        """Close the text, add tool chunks, the error if the reply failed, ``finish``.
+
+        An error is the final message's own (status ``error``) or, for a reply
+        that did not fail, ``notice`` (``{code, message}``: why the server
+        stopped it). With an error, ``message-metadata`` (the final metadata)
+        comes first, since the SDK reads nothing after ``error``.
+        """
+        error_text: str | None = None
         if final["status"] == "error":
             error = final.get("error") or {}
             text = error.get("message") if isinstance(error, dict) else None
-            out.append(chunk({"type": "error", "errorText": text or "the reply failed"}))
+            error_text = text or "the reply failed"
+        elif notice is not None:
+            error_text = str(notice.get("message") or notice.get("code") or "the reply stopped")
+        out = []
+        if error_text is not None:
+            out.append(
+                chunk({"type": "message-metadata", "messageMetadata": message_metadata(final)})
+            )
+        out += self._close_text()
+        if tools:
+            for part in final.get("parts") or []:
+                out += self.tool(part)
+        if error_text is not None:
+            out.append(chunk({"type": "error", "errorText": error_text}))
         out.append(chunk({"type": "finish", "messageMetadata": message_metadata(final)}))
         out.append(DONE)
         return out
@@ -282,14 +304,18 @@ async def _send(
 
 
 async def _chunks(ui: UIStream, sub: Subscription | None) -> AsyncIterator[bytes]:
-    """``sub``'s frames as UI Message Stream chunks, up to the reply's ``message``."""
+    """``sub``'s frames as UI Message Stream chunks, up to the reply's ``message``
+    (an ``error`` frame before it, the shutdown's notice, is told as an ``error`` chunk)."""
     if sub is None:
         return
+    notice: dict[str, Any] | None = None
     while (frame := await sub.get()) is not None:
         if frame.type == "delta":
             yield b"".join(ui.text(orjson.loads(frame.data)["text"]))
+        elif frame.type == "error":
+            notice = orjson.loads(frame.data)
         elif frame.type == "message":
-            yield b"".join(ui.end(orjson.loads(frame.data)))
+            yield b"".join(ui.end(orjson.loads(frame.data), notice=notice))
             return
 
 

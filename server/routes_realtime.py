@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -12,11 +13,11 @@ from aiohttp import WSMsgType, web
 from pydantic import ValidationError
 
 from actors.feed import End, Feed
-from actors.pubsub import Frame, Subscription
+from actors.pubsub import Frame
 from server import access, frames
 from server.errors import ApiError, status_of, validation_details
 from server.http import user_of
-from server.keys import OPEN_FEEDS, OPEN_SOCKETS, OPEN_STREAMS, REGISTRY, SETTINGS
+from server.keys import DRAIN, OPEN_FEEDS, OPEN_SOCKETS, OPEN_STREAMS, REGISTRY, SETTINGS
 from server.openapi import FEED_EVENTS, SSE, Param, Reply, describe
 from server.requests import ChatRequest, chat_draft
 from server.sse import open_sse, pump
@@ -24,6 +25,10 @@ from storage.errors import StorageError
 from storage.ids import ascii_int
 
 routes = web.RouteTableDef()  # mounted under /api
+log = logging.getLogger("roost.server")
+
+# Seconds the feeds' senders get at shutdown to send what they hold and close with 1001.
+SOCKET_CLOSE_WAIT = 1.0
 
 
 def origin_allowed(request: web.Request) -> bool:
@@ -78,10 +83,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     except BaseException:
         feed.close()
         raise
-    request.config_dict[OPEN_SOCKETS].add(ws)
     request.config_dict[OPEN_FEEDS].add(feed)
     feed.direct = _direct_writer(request, ws)
     sender = asyncio.create_task(_send_feed(ws, feed))
+    request.config_dict[OPEN_SOCKETS][ws] = sender
+    _stop_if_draining(request, feed)
     try:
         async for msg in ws:
             if msg.type is WSMsgType.TEXT:
@@ -94,8 +100,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             await sender
         feed.close()
         request.config_dict[OPEN_FEEDS].discard(feed)
-        request.config_dict[OPEN_SOCKETS].discard(ws)
+        request.config_dict[OPEN_SOCKETS].pop(ws, None)
     return ws
+
+
+def _stop_if_draining(request: web.Request, feed: Feed) -> None:
+    """A feed registered after the shutdown drain stopped the others ends at once."""
+    if request.config_dict[DRAIN].feeds_stopped:
+        feed.stop()
 
 
 async def _send(ws: web.WebSocketResponse, payload: bytes) -> None:
@@ -239,6 +251,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     settings = request.config_dict[SETTINGS]
     feed = await _open_feed(request, _since(request, "Last-Event-ID"))
     request.config_dict[OPEN_FEEDS].add(feed)
+    _stop_if_draining(request, feed)
     try:
         resp = await open_sse(request)
         await pump(
@@ -259,14 +272,48 @@ async def _feed_events(feed: Feed) -> AsyncIterator[bytes]:
 
 
 async def close_realtime(app: web.Application) -> None:
-    """on_shutdown: end feeds and close sockets with 1001 (going away)."""
-    feeds: set[Feed] = app[OPEN_FEEDS]
-    subs: set[Subscription] = app[OPEN_STREAMS]
-    sockets: set[web.WebSocketResponse] = app[OPEN_SOCKETS]
+    """on_shutdown: start the drain of the real-time side (:func:`drain_realtime`).
+
+    Returns at once: the drain runs while aiohttp waits for the handlers in
+    flight (``serve``'s ``shutdown_timeout`` is the grace and a margin), and
+    the streams' cleanup waits for it. Idempotent.
+    """
+    app[DRAIN].start(drain_realtime(app))
+
+
+async def drain_realtime(app: web.Application) -> None:
+    """Shutdown of replies, streams and sockets, in this order; never raises.
+
+    1. Running replies get ``--shutdown-grace`` to finish, then stop as
+       ``interrupted`` with their text kept (``ActorRegistry.stop_replies``):
+       each reply stream (chat, regenerate, resume, the AI SDK's) gets an
+       ``error`` event ``shutting_down`` and the final ``message`` (sent
+       after its commit is flushed), then ends; the feeds get the
+       ``message.updated`` event.
+    2. Every feed ends: a WebSocket's sender sends what its feed still holds
+       and closes with 1001; an SSE feed ends after what it holds.
+    3. Reply streams still registered end (their subscriptions close).
+    4. Sockets whose sender has not closed them within
+       :data:`SOCKET_CLOSE_WAIT` seconds (a peer that does not read) are
+       closed here with 1001.
+    """
+    drain = app[DRAIN]
+    try:
+        await app[REGISTRY].stop_replies()
+    except Exception:
+        log.exception("stopping the replies at shutdown failed")
+    feeds = app[OPEN_FEEDS]
     for feed in list(feeds):
         feed.stop()
-    for sub in list(subs):
+    drain.feeds_stopped = True
+    streams = app[OPEN_STREAMS]
+    for sub in list(streams):
         sub.close()
-    for ws in list(sockets):
-        code, reason = frames.close_going_away()
-        await ws.close(code=code, message=reason)
+    sockets = app[OPEN_SOCKETS]
+    senders = set(sockets.values())
+    if senders:
+        await asyncio.wait(senders, timeout=SOCKET_CLOSE_WAIT)
+    code, reason = frames.close_going_away()
+    for ws in [ws for ws in list(sockets) if not ws.closed]:
+        with contextlib.suppress(Exception):
+            await ws.close(code=code, message=reason)

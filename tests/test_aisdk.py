@@ -17,8 +17,11 @@ from typing import Any
 
 import orjson
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
 
 from actors.responders import Delta, ReplyInfo, ResponderError
+from server.routes_realtime import close_realtime
 from tests.conftest import ROOT, TIMEOUT, deadline, new_session, registry_of
 
 AISDK = ROOT / "tests" / "aisdk"
@@ -291,6 +294,61 @@ async def test_aisdk_failed_reply_sends_error_chunk(make_client: Any) -> None:
     assert record["chunks"][-2]["errorText"] == "the provider fell over"
     assert record["chunks"][-1]["messageMetadata"]["status"] == "error"
     assert any("the provider fell over" in e for e in res["errors"])
+
+
+async def test_aisdk_use_chat_failed_reply_has_metadata_status_error(make_client: Any) -> None:
+    """useChat's Chat, on a reply whose provider answers 500: the SDK stops at the
+    ``error`` chunk, yet the assistant message's ``metadata.status`` is ``error``
+    (not ``pending``), with the model fields, because ``message-metadata`` came first."""
+    app = web.Application()
+
+    async def refuse(request: web.Request) -> web.Response:
+        return web.json_response({"error": {"message": "upstream broke"}}, status=500)
+
+    app.router.add_post("/v1/chat/completions", refuse)
+    provider = TestServer(app)
+    await provider.start_server()
+    try:
+        client = await make_client(
+            responder="openai",
+            openai_base_url=f"http://127.0.0.1:{provider.port}/v1",
+            openai_model="m",
+            openai_retries=0,
+        )
+        res = await drive(client, op="chat", chatId="c1", text="go")
+    finally:
+        await provider.close()
+    assert res["status"] == "error" and res["chatError"], res
+    message = res["message"]
+    assert message["role"] == "assistant", res["messages"]
+    assert message["metadata"]["status"] == "error", message
+    assert "model" in message["metadata"]  # null: the provider failed before naming one
+    (record,) = res["http"]
+    assert_valid(record)
+    types = [c["type"] for c in record["chunks"]]
+    assert types.index("message-metadata") < types.index("error") < types.index("finish")
+    meta = record["chunks"][types.index("message-metadata")]["messageMetadata"]
+    assert meta == record["chunks"][-1]["messageMetadata"]
+
+
+async def test_aisdk_shutdown_mid_reply_sends_metadata_then_error(make_client: Any) -> None:
+    """A reply stopped by shutdown ends its UI stream with ``message-metadata``
+    (interrupted), ``text-end``, ``error`` (shutting down), ``finish``, ``[DONE]``."""
+    client = await make_client(echo_words_per_second=20, shutdown_grace=0)
+    r = await client.post("/api/ai/chat", json=chat_body("c1", user_msg("u1", WORDS)))
+    assert r.status == 200, await r.text()
+    async with deadline("the first text-delta"):
+        while b"text-delta" not in await r.content.readline():
+            pass
+    await close_realtime(client.server.app)  # on_shutdown
+    rest = await asyncio.wait_for(r.text(), TIMEOUT)
+    chunks = parse_stream(rest.lstrip("\n"))  # the blank line that ended the delta read
+    assert chunks[-1] is None
+    types = [c["type"] for c in chunks[:-1]]
+    assert types[-4:] == ["message-metadata", "text-end", "error", "finish"], types
+    assert chunks[-5]["messageMetadata"]["status"] == "interrupted"
+    assert "shutting down" in chunks[-3]["errorText"]
+    assert chunks[-2]["messageMetadata"]["status"] == "interrupted"
 
 
 # ------------------------------------------------------------------ protocol details

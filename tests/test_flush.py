@@ -19,7 +19,9 @@ import pytest
 
 import actors.maintenance
 from actors.syncer import Syncer
+from server.routes_realtime import close_realtime
 from tests.conftest import TIMEOUT, append, eventually, new_session, registry_of
+from tests.sse import SSEReader
 
 
 class _HeldFlushes:
@@ -203,6 +205,43 @@ async def test_export_waits_for_the_flush_of_what_its_snapshot_holds(
     assert r.status == 200
     doc = await r.json()
     assert "held" in [m["content"] for m in doc["messages"]]
+
+
+async def test_shutdown_sends_the_interrupted_message_only_after_its_flush(
+    make_client: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reply stopped by shutdown: its ``error`` (shutting_down) and ``message``
+    (interrupted) events leave only once the commit of its end is on disk."""
+    client = await make_client(echo_words_per_second=20, shutdown_grace=0)
+    await new_session(client)
+    resp = await client.post("/api/sessions/s1/chat", json={"content": " ".join(["w"] * 200)})
+    sse = SSEReader(resp)
+    ack = await sse.next()
+    assert ack is not None
+    mid = ack.json()["assistant_message_id"]
+    await sse.until("delta")
+    actor = registry_of(client).actor_if_live("s1")
+    reply = actor.replies.get(mid)
+    held = _hold(client, monkeypatch)
+    got: list[tuple[bool, str]] = []  # (flush released when it arrived, event)
+
+    async def collect() -> None:
+        while (ev := await sse.next()) is not None:
+            got.append((held.gate.is_set(), ev.event))
+
+    reader = asyncio.ensure_future(collect())
+    await close_realtime(client.server.app)  # on_shutdown: grace 0, the reply stops now
+    await eventually(lambda: reply.end_status == "interrupted", "the reply to be stopped")
+    await eventually(lambda: held.asked, "a flush to be asked for")
+    await _loop_went_on(client)
+    assert reply.final is None, "the end was recorded before its flush returned"
+    assert not any(name in ("error", "message") for _, name in got), got
+    held.gate.set()
+    await asyncio.wait_for(reader, TIMEOUT)
+    names = [name for _, name in got]
+    assert names[-3:] == ["error", "message", "done"], got
+    assert all(released for released, name in got if name in ("error", "message")), got
+    assert reply.final is not None and reply.final["status"] == "interrupted"
 
 
 async def test_failed_flush_fails_the_batch_and_the_next_request_recovers(

@@ -111,7 +111,6 @@ async def test_failed_final_flush_announces_no_final_status(make_client: Any) ->
 # ---------------------------------------------------------------------------- point 9
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 point 9: not fixed yet")
 async def test_sigterm_stops_running_replies_after_the_grace(tmp_path: Path) -> None:
     """SIGTERM with an upload in flight and a reply streaming: the process exits within
     the grace plus a little, and the reply reads back ``interrupted`` (not ``complete``)."""

@@ -7,12 +7,15 @@
 //   op "send":   {chatId, messages, trigger, messageId?}  one request through DefaultChatTransport
 //   op "resume": {chatId, messages}  sends, drops the connection after the first text-delta,
 //                then resumes with the transport's reconnectToStream (GET .../{id}/stream)
+//   op "chat":   {chatId, text}  one user message through a Chat (AbstractChat, what useChat
+//                runs, with a plain state instead of React's); reports its messages, status, error
 //
 // Every HTTP answer is recorded raw and checked three ways: each chunk against the newest
 // v5 `uiMessageChunkSchema` (parseJsonEventStream), the whole body through ai@5.0.0's own
 // DefaultChatTransport + readUIMessageStream (5.0.0's schema is strict: no extra keys),
 // and the SSE framing (`data: <json>` events, `data: [DONE]` last).
 import {
+  AbstractChat,
   DefaultChatTransport,
   parseJsonEventStream,
   readUIMessageStream,
@@ -106,6 +109,31 @@ async function check(record) {
   return out;
 }
 
+// What useChat keeps in React state, kept in plain fields (the ChatState interface).
+class PlainChatState {
+  constructor() {
+    this.messages = [];
+    this.status = "ready";
+    this.error = undefined;
+  }
+  pushMessage = (message) => {
+    this.messages = this.messages.concat(message);
+  };
+  popMessage = () => {
+    this.messages = this.messages.slice(0, -1);
+  };
+  replaceMessage = (index, message) => {
+    this.messages = [...this.messages.slice(0, index), this.snapshot(message), ...this.messages.slice(index + 1)];
+  };
+  snapshot = (value) => structuredClone(value);
+}
+
+class PlainChat extends AbstractChat {
+  constructor(init) {
+    super({ ...init, state: new PlainChatState() });
+  }
+}
+
 function textOf(message) {
   return (message?.parts ?? []).filter((p) => p.type === "text").map((p) => p.text).join("");
 }
@@ -154,6 +182,17 @@ if (req.op === "send") {
   if (resumed !== null) {
     result.message = await lastMessage(readUIMessageStream({ stream: resumed, onError }));
   }
+} else if (req.op === "chat") {
+  const chat = new PlainChat({ id: req.chatId, transport, onError });
+  try {
+    await chat.sendMessage({ text: req.text });
+  } catch (err) {
+    result.errors.push(String(err));
+  }
+  result.status = chat.status;
+  result.chatError = chat.error === undefined ? null : String(chat.error);
+  result.messages = chat.messages;
+  result.message = chat.messages.at(-1);
 } else {
   throw new Error(`unknown op ${req.op}`);
 }
