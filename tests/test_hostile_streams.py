@@ -41,7 +41,6 @@ async def _recv_until(ws: Any, kind: str) -> dict[str, Any] | None:
 # ---------------------------------------------------------------------------- point 3
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 point 3: not fixed yet")
 async def test_delete_during_stream_tells_every_subscriber(tmp_path: Path) -> None:
     """A session deleted while a reply streams: its WebSocket and SSE subscribers both get
     ``session.deleted``, and the socket is closed with 4004."""
