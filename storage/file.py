@@ -53,8 +53,6 @@ from storage.txn import (
     session_update_values,
 )
 
-_classify = from_sqlite
-
 
 class SessionFile:
     """An open session database: a writer connection and a reader connection.
@@ -109,7 +107,7 @@ class SessionFile:
                 self.wal_fd()  # here, off the event loop: it fsyncs the folder
         except sqlite3.Error as exc:
             self.close()
-            raise _classify(exc) from exc
+            raise from_sqlite(exc, path=self.path) from exc
         except OSError as exc:
             self.close()
             raise from_os_error(exc) from exc
@@ -222,7 +220,7 @@ class SessionFile:
         try:
             _busy, frames, copied = self.writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:
-            raise _classify(exc) from exc
+            raise from_sqlite(exc, path=self.path) from exc
         return int(frames), int(copied)
 
     def _run_batch(
@@ -283,7 +281,7 @@ class SessionFile:
                 raise
         except sqlite3.Error as exc:
             self._state = None  # the file decides what is true now
-            raise _classify(exc) from exc
+            raise from_sqlite(exc, path=self.path) from exc
         except BaseException:
             self._state = None
             raise

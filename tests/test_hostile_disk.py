@@ -12,6 +12,7 @@ import errno
 import fcntl
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.errors import error_middleware
+from storage.errors import StorageFull, Unavailable, from_sqlite
 from storage.layout import SHM_PREALLOC_BYTES, connect
 from tests.test_hostile_limits import Server
 
@@ -251,7 +253,6 @@ async def test_really_full_disk_keeps_reads_and_answers_507_not_503(small_ext4: 
         s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 point 4: not fixed yet")
 async def test_start_on_a_full_disk_keeps_the_aio_flush(small_ext4: Path) -> None:
     """A server started on a full disk still flushes through AIO (its probe must not
     turn AIO off for the whole run because the probe file met ENOSPC)."""
@@ -264,6 +265,25 @@ async def test_start_on_a_full_disk_keeps_the_aio_flush(small_ext4: Path) -> Non
     finally:
         s.close()
     assert "flushed with aio" in log, log
+
+
+def test_sqlite_io_error_on_a_full_disk_is_storage_full(small_ext4: Path) -> None:
+    """SQLite reports a WAL write that met ENOSPC as "disk I/O error"
+    (``SQLITE_IOERR_WRITE``): on a full disk that is 507 ``storage_full``."""
+    db = small_ext4 / "s.db"
+    db.touch()
+    _fill(small_ext4 / "ballast")
+    exc = sqlite3.OperationalError("disk I/O error")
+    exc.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE  # type: ignore[attr-defined]
+    assert isinstance(from_sqlite(exc, path=db), StorageFull)
+
+
+def test_sqlite_io_error_with_free_space_is_unavailable(tmp_path: Path) -> None:
+    """The same I/O error where the disk has room is a failing disk: 503 ``unavailable``."""
+    exc = sqlite3.OperationalError("disk I/O error")
+    exc.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE  # type: ignore[attr-defined]
+    err = from_sqlite(exc, path=tmp_path / "s.db")
+    assert isinstance(err, Unavailable) and not isinstance(err, StorageFull)
 
 
 # ---------------------------------------------------------------------------- point 7
