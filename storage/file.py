@@ -53,6 +53,11 @@ from storage.txn import (
     session_update_values,
 )
 
+# how long a TRUNCATE checkpoint waits for readers of older snapshots, and the
+# busy timeout it restores (what storage.layout.connect sets)
+TRUNCATE_WAIT_MS = 100
+BUSY_TIMEOUT_MS = 5000
+
 
 class SessionFile:
     """An open session database: a writer connection and a reader connection.
@@ -211,17 +216,41 @@ class SessionFile:
             self._wal_fd = fd
         return self._wal_fd
 
-    def checkpoint(self) -> tuple[int, int]:
-        """Copy committed WAL frames into the database (PASSIVE: never blocks a reader).
+    def checkpoint(self, *, truncate: bool = False) -> tuple[int, int]:
+        """Copy committed WAL frames into the database.
 
+        PASSIVE by default: never waits for a reader, and leaves the WAL file its
+        size (SQLite reuses it from the start). ``truncate=True``: TRUNCATE, which
+        also empties the WAL file, waiting at most :data:`TRUNCATE_WAIT_MS` for
+        readers of older snapshots (if they outlast it, frames are still copied
+        as far as they can be and the file keeps its size: call again later).
         Flushes the disk twice (the WAL, then the database): run it off the
-        event loop, between batches. Returns ``(frames in the WAL, frames copied)``.
+        event loop, between batches. Returns ``(frames in the WAL, frames copied)``;
+        raises storage errors. Idempotent.
         """
+        conn = self.writer
         try:
-            _busy, frames, copied = self.writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not truncate:
+                _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                return int(frames), int(copied)
+            conn.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+            try:
+                _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
             raise from_sqlite(exc, path=self.path) from exc
         return int(frames), int(copied)
+
+    def wal_size(self) -> int:
+        """The WAL file's size in bytes (0 without one): one ``fstat`` of the
+        descriptor a durable file holds, else one ``stat``. Raises nothing."""
+        try:
+            if self._wal_fd is not None:
+                return os.fstat(self._wal_fd).st_size
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
 
     def _run_batch(
         self, ops: Sequence[Callable[[Txn], Any]], now: str, *, safe: bool

@@ -320,7 +320,6 @@ async def test_dead_file_system_answers_503_and_logs_once(small_ext4: Path) -> N
 # ---------------------------------------------------------------------------- point 5
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 point 5: not fixed yet")
 async def test_crash_loop_leaves_the_wal_bounded(tmp_path: Path) -> None:
     """4 activations of 150 commits each (fewer than the per-activation checkpoint
     count), each ended by kill -9: the WAL stays under 8 MiB (twice SQLite's own

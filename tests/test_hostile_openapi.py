@@ -16,7 +16,6 @@ from tests.conftest import TIMEOUT
 from tests.test_openapi import SCHEMATHESIS
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 point 10 (OpenAPI strictness): not fixed yet")
 async def test_schemathesis_all_checks_pass(server_process: Any, tmp_path: Path) -> None:
     """``schemathesis run --checks all`` against a real server: the document is as strict
     as the server (session-id patterns, cursor formats, ...)."""
