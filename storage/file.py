@@ -78,9 +78,11 @@ class SessionFile:
     ) -> None:
         """Open session ``sid``; raise :class:`NotFound` if it does not exist.
 
-        Runs pending migrations. Raises :class:`Unavailable` if the file is
-        damaged or from a newer Roost. ``fsync_dir`` flushes a folder's
-        entries (the seam tests use to see the WAL's folder synced).
+        Runs pending migrations; a durable file's WAL is flushed before it is
+        read. Raises :class:`Unavailable` if the file is damaged or from a newer
+        Roost, or cannot be flushed (:class:`StorageFull` for ENOSPC).
+        ``fsync_dir`` flushes a folder's entries (the seam tests use to see the
+        WAL's folder synced).
         """
         self._fsync_dir = fsync_dir
         self.sid = sid
@@ -109,7 +111,11 @@ class SessionFile:
             self.owner: str = SessionRow._make(raw).owner
             self._reader = connect(self.path, synchronous=synchronous, cache_kib=512)
             if self.durable and os.path.exists(f"{self.path}-wal"):
-                self.wal_fd()  # here, off the event loop: it fsyncs the folder
+                # here, off the event loop: opening it fsyncs the folder. The WAL may
+                # hold a commit whose flush failed in an earlier activation (visible,
+                # perhaps not on disk): flushing it now, before any read, keeps the
+                # output gate's promise for what this activation serves
+                os.fdatasync(self.wal_fd())
         except sqlite3.Error as exc:
             self.close()
             raise from_sqlite(exc, path=self.path) from exc
