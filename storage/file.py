@@ -79,8 +79,8 @@ class SessionFile:
         """Open session ``sid``; raise :class:`NotFound` if it does not exist.
 
         Runs pending migrations; a durable file's WAL is flushed before it is
-        read. Raises :class:`Unavailable` if the file is damaged or from a newer
-        Roost, or cannot be flushed (:class:`StorageFull` for ENOSPC).
+        read (best effort: a failed flush does not stop reads). Raises
+        :class:`Unavailable` if the file is damaged or from a newer Roost.
         ``fsync_dir`` flushes a folder's entries (the seam tests use to see the
         WAL's folder synced).
         """
@@ -114,8 +114,11 @@ class SessionFile:
                 # here, off the event loop: opening it fsyncs the folder. The WAL may
                 # hold a commit whose flush failed in an earlier activation (visible,
                 # perhaps not on disk): flushing it now, before any read, keeps the
-                # output gate's promise for what this activation serves
-                os.fdatasync(self.wal_fd())
+                # output gate's promise for what this activation serves. Best effort:
+                # on a full disk that flush fails again, and reads must still work
+                # (the first commit of this activation flushes it, or fails, anyway)
+                with contextlib.suppress(OSError):
+                    os.fdatasync(self.wal_fd())
         except sqlite3.Error as exc:
             self.close()
             raise from_sqlite(exc, path=self.path) from exc

@@ -26,6 +26,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.errors import error_middleware
 from storage.errors import StorageFull, Unavailable, from_sqlite
 from storage.layout import SHM_PREALLOC_BYTES, connect
+from tests.conftest import TIMEOUT
 from tests.test_hostile_limits import Server
 
 EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
@@ -146,11 +147,27 @@ async def _post(http: aiohttp.ClientSession, url: str, content: str) -> int:
         return r.status
 
 
+async def _ws_replayed_messages(http: aiohttp.ClientSession, url: str) -> list[str]:
+    """Connect to ``url`` (a ``?since=`` replay) and return the contents of the
+    ``message.created`` events replayed up to the ``hello`` seq."""
+    async with http.ws_connect(url) as ws:
+        hello = await ws.receive_json(timeout=TIMEOUT)
+        assert hello["type"] == "hello"
+        contents, seq = [], 0
+        while seq < hello["seq"]:
+            frame = await ws.receive_json(timeout=TIMEOUT)
+            seq = frame.get("seq", seq)
+            if frame["type"] == "message.created":
+                contents.append(frame["message"]["content"])
+        return contents
+
+
 async def test_full_small_disk_refuses_writes_serves_reads_and_resumes(
     small_ext4: Path,
 ) -> None:
-    """Under the disk reserve every write answers 507, reads answer, the process lives,
-    nothing acknowledged is lost, and writes resume once space is freed."""
+    """Under the disk reserve every write answers 507, reads (pages, export, a
+    WebSocket replay with ``?since=``) answer, the process lives, nothing
+    acknowledged is lost, and writes resume once space is freed."""
     s = Server(
         small_ext4 / "data",
         "--disk-reserve",
@@ -190,6 +207,7 @@ async def test_full_small_disk_refuses_writes_serves_reads_and_resumes(
             assert got == acked
             async with http.get(s.url + "/api/sessions/d1/export") as r:
                 assert r.status == 200
+            assert await _ws_replayed_messages(http, s.url + "/api/sessions/d1/ws?since=0") == acked
             assert s.proc.poll() is None
             ballast.unlink()
             assert await _post(http, url, "after") == 201
@@ -241,6 +259,8 @@ async def test_really_full_disk_keeps_reads_and_answers_507_not_503(small_ext4: 
                 assert r.status == 200
             async with http.get(s.url + "/api/sessions/r1/export") as r:
                 assert r.status == 200
+            replayed = await _ws_replayed_messages(http, s.url + "/api/sessions/r1/ws?since=0")
+            assert replayed == ["kept"] + ["x" * 2000] * statuses.count(201)
         s.close()
         s = Server(small_ext4 / "data", env={"ROOST_DISK_RESERVE": "0"}, log_dir=small_ext4.parent)
         async with aiohttp.ClientSession() as http:
