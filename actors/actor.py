@@ -42,9 +42,11 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from actors import maintenance
 from actors.errors import ActorBroken, ActorStopped, Busy
 from actors.gate import OutputGate
 from actors.hooks import Hooks
@@ -181,12 +183,19 @@ class SessionActor:
         self._ready.set_result(None)
 
     def _open(self) -> SessionFile:
-        return SessionFile(
+        """Open the file (on the write pool); a WAL a crash left over
+        ``WAL_LIMIT_BYTES`` is checkpointed and truncated before serving."""
+        f = SessionFile(
             self.datadir,
             self.sid,
             synchronous=self.config.synchronous,
             event_retention=self.config.event_retention,
         )
+        if f.wal_size() > maintenance.WAL_LIMIT_BYTES:
+            # on failure the data is safe in the WAL; the size check retries later
+            with contextlib.suppress(StorageError):
+                f.checkpoint(truncate=True)
+        return f
 
     async def wait_ready(self) -> None:
         await asyncio.shield(self._ready)
@@ -327,6 +336,10 @@ class SessionActor:
                 self._on_commit(self, session)
             if self.maintenance.committed(n, bool(events)):
                 await self._checkpoint()
+            elif self.maintenance.size_check_due():
+                f = self._file
+                if f is not None and f.wal_size() > maintenance.WAL_LIMIT_BYTES:
+                    await self._checkpoint(truncate=True)
 
     async def _commit(self, batch: list[Envelope]) -> Results:
         """Run ``batch`` in one transaction; return once it is on disk.
@@ -362,13 +375,15 @@ class SessionActor:
             raise cls(f"flushing session {self.sid!r} to disk failed: {exc.strerror}") from exc
         self._gate.release(token)
 
-    async def _checkpoint(self) -> None:
+    async def _checkpoint(self, *, truncate: bool = False) -> None:
         f = self._file
         if f is None:
             return
         # on failure the data is still safe in the WAL; the next checkpoint retries
         with contextlib.suppress(StorageError):
-            await asyncio.get_running_loop().run_in_executor(self._write_pool, f.checkpoint)
+            await asyncio.get_running_loop().run_in_executor(
+                self._write_pool, partial(f.checkpoint, truncate=truncate)
+            )
 
     def _break(self, exc: BaseException, batch: list[Envelope]) -> None:
         """A commit failed: fail the batch and the queue, then close."""

@@ -5,6 +5,12 @@ for ``index_delay`` seconds (one timer per actor, re-armed rather than made per
 commit), or at once before a search reads the index (:meth:`catch_up`).
 Checkpoints: after ``CHECKPOINT_EVERY`` commits or ``CHECKPOINT_OPS`` ops,
 whichever comes first; the actor runs them on the write pool between batches.
+
+The WAL is also bounded by its size, whatever the counters say (they restart
+with each activation, so a crash loop never reaches them): every
+``WAL_CHECK_EVERY`` commits the actor reads the WAL's size (one ``fstat``) and
+checkpoints with TRUNCATE when it is over ``WAL_LIMIT_BYTES``; an activation
+does the same before serving, for a WAL a crash left large.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ from storage.txn import BulkOp
 # one-message commit adds ~8 pages; under group commit, a few pages per message)
 CHECKPOINT_EVERY = 200
 CHECKPOINT_OPS = 2000
+# the WAL's size is checked every WAL_CHECK_EVERY commits (and on activation); over
+# WAL_LIMIT_BYTES it is checkpointed and truncated
+WAL_CHECK_EVERY = 16
+WAL_LIMIT_BYTES = 4 << 20
 
 Enqueue = Callable[[BulkOp[bool], "asyncio.Future[bool]"], None]
 
@@ -44,6 +54,7 @@ class Maintenance:
         self._last_write = self._loop.time()
         self._since_checkpoint = 0
         self._ops_since_checkpoint = 0
+        self._since_size_check = 0
         self._stopped = False
 
     def committed(self, ops: int, wrote: bool) -> bool:
@@ -59,6 +70,15 @@ class Maintenance:
             or self._ops_since_checkpoint >= CHECKPOINT_OPS
         ):
             self._since_checkpoint = self._ops_since_checkpoint = 0
+            return True
+        return False
+
+    def size_check_due(self) -> bool:
+        """Whether the actor should read the WAL's size after this commit (every
+        ``WAL_CHECK_EVERY`` calls, one per commit; the count then starts again)."""
+        self._since_size_check += 1
+        if self._since_size_check >= WAL_CHECK_EVERY:
+            self._since_size_check = 0
             return True
         return False
 

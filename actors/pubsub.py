@@ -19,8 +19,6 @@ from storage.txn import Event
 
 log = logging.getLogger("roost.actors")
 
-log = logging.getLogger("roost.actors")
-
 
 class Frame:
     """One outgoing item: a durable event (``seq`` set) or an ephemeral one.
@@ -106,11 +104,17 @@ class Subscription:
 
 
 class Topic:
-    """The subscribers of one session."""
+    """The subscribers of one session.
+
+    ``last_seq`` is the highest event seq published through it (0 before any):
+    a frame the topic sends after the session's last event (``session.deleted``)
+    takes a seq above it, so no feed mistakes it for one it already sent.
+    """
 
     def __init__(self, sid: str, on_drop: Callable[[], None] | None = None) -> None:
         self.sid = sid
         self.subs: set[Subscription] = set()
+        self.last_seq = 0
         self._on_drop = on_drop
 
     def subscribe(self, maxsize: int) -> Subscription:
@@ -130,6 +134,8 @@ class Topic:
         its traceback, as it leaves. The others get the frame all the same, and
         the publisher (the actor, after a commit) never sees the exception.
         """
+        if frame.seq is not None and frame.seq > self.last_seq:
+            self.last_seq = frame.seq
         dropped = []
         for sub in tuple(self.subs):  # a sink may unsubscribe someone meanwhile
             try:

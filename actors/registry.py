@@ -453,10 +453,10 @@ class ActorRegistry:
         """
         async with self.lease(sid, user) as actor:
             self._deleting.add(sid)
-            final_seq = await actor.read(lambda f: f.event_seq()) + 1
+            last_seq = await actor.read(lambda f: f.event_seq())
         try:
             actor.graceful = False
-            await actor.close()
+            await actor.close()  # its replies' last commits take seqs too
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self.write_pool, remove_session_files, self.datadir, sid)
             self._catalog_pending.pop(sid, None)
@@ -464,6 +464,8 @@ class ActorRegistry:
                 await loop.run_in_executor(self.write_pool, self.catalog.delete, sid)
             topic = self._topics.pop(sid, None)
             if topic is not None:
+                # after every event the closing actor committed (and published)
+                final_seq = max(last_seq, topic.last_seq) + 1
                 frame = f'{{"type":"session.deleted","seq":{final_seq},"session_id":"{sid}"}}'
                 topic.publish(Frame("session.deleted", frame.encode(), final_seq))
                 topic.close_all()

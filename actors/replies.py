@@ -28,6 +28,7 @@ import orjson
 
 from actors.pubsub import Frame, Subscription, Topic
 from actors.responders import Delta, ReplyInfo, Responder, ResponderError
+from storage.errors import StorageError, Unavailable
 from storage.file import SessionFile
 from storage.ops import MessageDraft, op_chat, op_regenerate, op_stream
 from storage.reads import read_history
@@ -55,7 +56,14 @@ class ReplyHost(Protocol):
 class Reply:
     """One running reply. Its text so far is ``committed``; listeners get frames
     ``delta`` (id = end offset), then ``message`` (the final message), then ``done``;
-    a failed reply sends ``error`` before ``message``."""
+    a failed reply sends ``error`` before ``message``.
+
+    The output gate holds for the end too: the final ``message`` is what the file
+    holds once its last commit is durable. When that commit fails, ``failure`` is
+    the storage error that says why, the listeners get an ``error`` frame of it,
+    and the final message is ``interrupted`` with the committed text (what the
+    session reads back after a restart), never the status that was meant.
+    """
 
     def __init__(
         self,
@@ -82,6 +90,7 @@ class Reply:
         self._wakeup = asyncio.Event()
         self._producer: asyncio.Task[None] | None = None
         self._error: dict[str, Any] | None = None
+        self.failure: StorageError | None = None  # the final commit failed (see above)
         self._on_end = on_end
 
     def subscribe(self, maxsize: int, since: int = 0) -> Subscription:
@@ -109,7 +118,10 @@ class Reply:
     def _end_frames(self) -> list[Frame]:
         assert self.final is not None
         frames = []
-        if self.final["status"] == "error" and self.final.get("error"):
+        if self.failure is not None:
+            failure = {"code": self.failure.code, "message": self.failure.message}
+            frames.append(Frame("error", orjson.dumps(failure)))
+        elif self.final["status"] == "error" and self.final.get("error"):
             frames.append(Frame("error", orjson.dumps(self.final["error"])))
         elif self.end_notice is not None:
             frames.append(Frame("error", orjson.dumps(self.end_notice)))
@@ -234,13 +246,28 @@ class Reply:
             await self._finish(status)
 
     async def _finish(self, status: str) -> None:
+        """Commit the end (``status``), then tell the listeners; never raises.
+
+        If the commit fails (or the actor broke or closed first), nothing of
+        ``status`` is announced: ``failure`` is set and the final message is the
+        last committed one as a restart recovers it (``interrupted``).
+        """
         error = self._error if status == "error" else None
         try:
             await self._flush(status, error)
             final = self.message
         except Exception as exc:  # the actor broke or closed: the file says what it says
             log.warning("could not record the end of reply %s: %r", self.message_id, exc)
-            final = {**self.message, "status": status, "content": self.committed}
+            if isinstance(exc, StorageError):
+                self.failure = exc
+            else:
+                self.failure = Unavailable(f"the end of reply {self.message_id!r} was not saved")
+            final = {
+                **self.message,
+                "status": "interrupted",
+                "content": self.committed,
+                "error": None,
+            }
         self.final = final
         for sub in list(self.listeners.subs):
             self._push_end(sub)
@@ -347,13 +374,17 @@ class Replies:
     async def cancel(self, mid: str) -> dict[str, Any] | None:
         """Stop reply ``mid`` if it is running; return its final message, or None.
 
-        Idempotent: cancelling an ended reply returns None.
+        Idempotent: cancelling an ended reply returns None. Raises the reply's
+        ``failure`` (a storage error: 503 ``unavailable``, 507 ``storage_full``)
+        when its final commit failed: then it was not cancelled but interrupted.
         """
         reply = self.running.get(mid)
         if reply is None:
             return None
         reply.stop("cancelled")
         await reply.done.wait()
+        if reply.failure is not None:
+            raise reply.failure
         return reply.final
 
     async def stop_all(self, *, grace: float, notice: dict[str, Any] | None = None) -> None:

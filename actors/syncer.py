@@ -226,20 +226,38 @@ class Syncer:
         return "aio" if self._aio is not None and self._pool is None else "threads"
 
     def _probe(self, where: str | None) -> None:
-        """Sync a scratch file through AIO and wait for it: proves the kernel path works."""
+        """Sync a scratch file through AIO and wait for it: proves the kernel path works.
+
+        The scratch file is empty (an unnamed temporary file where the OS has them):
+        the probe needs no free space, so a server started on a full disk still
+        flushes through AIO. ENOSPC met anyway (a file system that must allocate
+        to create a file) says nothing against AIO: it is kept, and a file system
+        that cannot sync through AIO is still caught at the first real sync (EINVAL
+        moves that sync and all later ones to threads; any other error, ENOSPC
+        included, fails only that sync).
+        """
+        try:
+            with tempfile.TemporaryFile(dir=where) as tmp:
+                self._probe_fd(tmp.fileno())
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return
+            raise
+
+    def _probe_fd(self, fd: int) -> None:
+        """One AIO ``fdatasync`` of ``fd``, waited for; raises ``OSError`` unless it worked."""
         assert self._aio is not None
-        with tempfile.TemporaryFile(dir=where) as tmp:
-            tmp.write(b"roost")
-            tmp.flush()
-            if self._aio.submit([(0, tmp.fileno())]) != 1:
-                raise OSError(errno.EAGAIN, "io_submit took nothing")
-            with select.epoll() as ep:
-                ep.register(self._aio.efd, select.EPOLLIN)
-                if not ep.poll(5.0):
-                    raise OSError(errno.ETIMEDOUT, "AIO fdatasync did not complete")
-            done = self._aio.reap()
-            if done != [(0, 0)]:
-                raise OSError(errno.EIO, f"AIO fdatasync probe answered {done!r}")
+        if self._aio.submit([(0, fd)]) != 1:
+            raise OSError(errno.EAGAIN, "io_submit took nothing")
+        with select.epoll() as ep:
+            ep.register(self._aio.efd, select.EPOLLIN)
+            if not ep.poll(5.0):
+                raise OSError(errno.ETIMEDOUT, "AIO fdatasync did not complete")
+        done = self._aio.reap()
+        if done in ([(0, -errno.ENOSPC)], [(0, -errno.EDQUOT)]):
+            raise OSError(-done[0][1], "AIO fdatasync probe: no space (AIO itself works)")
+        if done != [(0, 0)]:
+            raise OSError(errno.EIO, f"AIO fdatasync probe answered {done!r}")
 
     def fdatasync(self, fd: int) -> asyncio.Future[None]:
         """A future that resolves once ``fd``'s data is on stable storage."""

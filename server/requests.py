@@ -71,6 +71,9 @@ class SessionCreate(Strict):
 
 
 class SessionPatch(Strict):
+    # an empty patch is refused (400 "nothing to change"): say so in the schema
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})
+
     title: Str | None = None
     metadata: dict[str, Any] | None = None
     active_leaf_id: Id | None = None
@@ -90,7 +93,23 @@ class MessageCreate(Strict):
 
 
 class MessagePatch(Strict):
-    content: Str | None = None
+    # what counts as a change (see routes_core.patch_message): non-empty content,
+    # parts (even null: that clears them) or metadata that is not null
+    model_config = ConfigDict(
+        json_schema_extra={
+            "anyOf": [
+                {
+                    "required": ["content"],
+                    "properties": {"content": {"type": "string", "pattern": r"\S"}},
+                },
+                {"required": ["parts"]},
+                {"required": ["metadata"], "properties": {"metadata": {"type": "object"}}},
+            ]
+        }
+    )
+
+    # blank content is refused (400): "pattern" binds only the string branch
+    content: Str | None = Field(default=None, json_schema_extra={"pattern": r"\S"})
     parts: list[Part] | None = None
     metadata: dict[str, Any] | None = None
 

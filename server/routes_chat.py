@@ -149,13 +149,23 @@ async def cancel(request: web.Request) -> web.Response:
 
 
 def _last_event_id(request: web.Request) -> int:
-    raw = request.headers.get("Last-Event-ID", request.query.get("offset", "0")).strip() or "0"
+    """The text offset to resume from: ``Last-Event-ID`` if given (and not blank),
+    else ``?offset=``, else 0. Either one, when given, must be an integer (400)."""
+    offset = _offset(request.query.get("offset", ""), "offset")
+    header = _offset(request.headers.get("Last-Event-ID", ""), "Last-Event-ID")
+    return header if header is not None else offset or 0
+
+
+def _offset(raw: str, name: str) -> int | None:
+    raw = raw.strip()
+    if not raw:
+        return None
     value = ascii_int(raw, 12)
     if value is None:
         raise ApiError(
             400,
             "invalid_input",
-            f"Last-Event-ID must be a text offset (an integer), got {raw[:40]!r}",
+            f"{name} must be a text offset (an integer), got {raw[:40]!r}",
         )
     return value
 
@@ -169,7 +179,12 @@ def _last_event_id(request: web.Request) -> int:
             {"type": "string", "pattern": r"^\s*[0-9]{0,12}\s*$"},
             "text offset to resume from",
         ),
-        Param("offset", "query", {"type": "string"}, "the same, for clients without headers"),
+        Param(
+            "offset",
+            "query",
+            {"type": "string", "pattern": r"^\s*[0-9]{0,12}\s*$"},
+            "the same, for clients without headers",
+        ),
     ),
     responses={200: Reply("the reply from the offset on, as SSE", None, (SSE,))},
 )

@@ -1,6 +1,6 @@
 """Attachments, export / import and search (SPEC section 4).
 
-- ``POST /api/sessions/{sid}/attachments``: multipart upload (field ``file``),
+- ``POST /api/sessions/{sid}/attachments``: multipart upload (one field, ``file``),
   streamed to disk while hashed; 413 over ``max_attachment_bytes`` with no file
   left behind.
 - ``GET /api/sessions/{sid}/attachments/{aid}``: the bytes, with ``ETag`` (the
@@ -19,7 +19,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 from urllib.parse import quote
 
-from aiohttp import BodyPartReader, hdrs, web
+from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from actors.session import ExportDocument
@@ -60,7 +60,8 @@ UPLOAD_BODY = {
                 }
             },
             "required": ["file"],
-            "description": "the first part must be file; parts after it are ignored",
+            "additionalProperties": False,
+            "description": "one part, named file (no other fields)",
         },
         "encoding": {"file": {"contentType": "*/*"}},
     }
@@ -91,12 +92,12 @@ async def upload_attachment(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit + UPLOAD_SLACK:
         raise _too_large(limit)
     async with registry.session(sid, user_of(request)) as s:
-        part = await _file_part(request)
+        reader, part = await _file_part(request)
         try:
             doc = await s.add_attachment(
                 filename=part.filename,
                 content_type=part.headers.get(hdrs.CONTENT_TYPE),
-                chunks=_chunks(part),
+                chunks=_chunks(reader, part),
                 limit=limit,
             )
         except TooLarge:
@@ -106,13 +107,17 @@ async def upload_attachment(request: web.Request) -> web.Response:
     return json_response(doc, 201, {"Location": doc["url"]})
 
 
-async def _chunks(part: BodyPartReader) -> AsyncIterator[bytes]:
+async def _chunks(reader: MultipartReader, part: BodyPartReader) -> AsyncIterator[bytes]:
+    """The file's bytes; then ``ValueError`` if another part follows (unknown fields
+    are refused, as in JSON bodies), before anything is kept."""
     while chunk := await part.read_chunk(READ_CHUNK):
         yield chunk
+    if await reader.next() is not None:
+        raise ValueError("a part follows 'file'; send the file alone")
 
 
-async def _file_part(request: web.Request) -> BodyPartReader:
-    """The ``file`` part of a multipart body; 400 when there is none."""
+async def _file_part(request: web.Request) -> tuple[MultipartReader, BodyPartReader]:
+    """The reader and its first part, which must be named ``file``; 400 otherwise."""
     try:
         reader = await request.multipart()
         part = await reader.next()
@@ -125,7 +130,7 @@ async def _file_part(request: web.Request) -> BodyPartReader:
             "the multipart body must start with a part named 'file'",
             {"loc": ["body", "file"]},
         )
-    return part
+    return reader, part
 
 
 def _malformed(exc: Exception) -> ApiError:

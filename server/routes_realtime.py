@@ -85,7 +85,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         raise
     request.config_dict[OPEN_FEEDS].add(feed)
     feed.direct = _direct_writer(request, ws)
-    sender = asyncio.create_task(_send_feed(ws, feed))
+    closing = asyncio.Event()
+    sender = asyncio.create_task(_send_feed(ws, feed, closing))
     request.config_dict[OPEN_SOCKETS][ws] = sender
     _stop_if_draining(request, feed)
     try:
@@ -95,7 +96,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             elif msg.type is WSMsgType.BINARY:
                 await _send(ws, frames.binary_refused())
     finally:
-        sender.cancel()
+        try:
+            if closing.is_set():
+                # the feed ended and the sender is closing the socket: let it finish
+                # the handshake (bounded by the socket's close timeout), so the client
+                # reads our close code and a clean close rather than a dropped link
+                await asyncio.wait({sender})
+        finally:
+            sender.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await sender
         feed.close()
@@ -142,7 +150,12 @@ def _direct_writer(request: web.Request, ws: web.WebSocketResponse) -> Callable[
     return write
 
 
-async def _send_feed(ws: web.WebSocketResponse, feed: Feed) -> None:
+async def _send_feed(ws: web.WebSocketResponse, feed: Feed, closing: asyncio.Event) -> None:
+    """Send the feed's frames, then close the socket with the code its end calls for.
+
+    Sets ``closing`` before the close: from then on the handler waits for this task
+    (the handshake reads the client's close reply) instead of cancelling it.
+    """
     try:
         async for frame in feed.frames():
             if ws.closed:
@@ -159,6 +172,7 @@ async def _send_feed(ws: web.WebSocketResponse, feed: Feed) -> None:
             code, reason = frames.close_deleted()
         else:
             code, reason = frames.close_going_away()
+    closing.set()
     await ws.close(code=code, message=reason)
 
 

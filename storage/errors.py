@@ -22,6 +22,7 @@ codes to status lines in one place (``server.errors``)::
 from __future__ import annotations
 
 import errno
+import os
 import sqlite3
 from typing import Any
 
@@ -90,11 +91,46 @@ class TooLarge(Exception):
         self.limit = limit
 
 
-def from_sqlite(exc: sqlite3.Error, what: str = "the session file") -> StorageError:
-    """The storage error that explains a SQLite failure on ``what`` (one place for this)."""
+# below this much free space, a SQLite I/O error on a file there is taken for ENOSPC
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def disk_nearly_full(path: str | os.PathLike[str]) -> bool:
+    """Whether the file system holding ``path`` has (almost) no free space left.
+
+    One ``statvfs``; False when it fails (an unknown disk is not called full).
+    Used on error paths only.
+    """
+    try:
+        st = os.statvfs(os.path.dirname(os.fspath(path)) or ".")
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize < NEARLY_FULL_BYTES
+
+
+def from_sqlite(
+    exc: sqlite3.Error,
+    what: str = "the session file",
+    *,
+    path: str | os.PathLike[str] | None = None,
+) -> StorageError:
+    """The storage error that explains a SQLite failure on ``what`` (one place for this).
+
+    ``SQLITE_FULL`` is :class:`StorageFull` (507). So is an I/O error
+    (``SQLITE_IOERR_*``, "disk I/O error": SQLite reports a failed ``write`` or
+    ``fallocate`` of the WAL, even one that met ENOSPC, as that) on ``path``'s
+    file system when it has under :data:`NEARLY_FULL_BYTES` free: SQLite does not
+    keep the errno, the free space says what it was. Other I/O errors, and any
+    with no ``path`` given, are :class:`Unavailable` (503).
+    """
     text = str(exc).lower()
     code = getattr(exc, "sqlite_errorcode", None)
     if code == sqlite3.SQLITE_FULL or "database or disk is full" in text:
+        return StorageFull("the disk is full: the change was not saved")
+    io_error = (code is not None and code & 0xFF == sqlite3.SQLITE_IOERR) or (
+        "disk i/o error" in text
+    )
+    if io_error and path is not None and disk_nearly_full(path):
         return StorageFull("the disk is full: the change was not saved")
     if isinstance(exc, sqlite3.DatabaseError) and (
         "malformed" in text

@@ -53,7 +53,10 @@ from storage.txn import (
     session_update_values,
 )
 
-_classify = from_sqlite
+# how long a TRUNCATE checkpoint waits for readers of older snapshots, and the
+# busy timeout it restores (what storage.layout.connect sets)
+TRUNCATE_WAIT_MS = 100
+BUSY_TIMEOUT_MS = 5000
 
 
 class SessionFile:
@@ -75,9 +78,11 @@ class SessionFile:
     ) -> None:
         """Open session ``sid``; raise :class:`NotFound` if it does not exist.
 
-        Runs pending migrations. Raises :class:`Unavailable` if the file is
-        damaged or from a newer Roost. ``fsync_dir`` flushes a folder's
-        entries (the seam tests use to see the WAL's folder synced).
+        Runs pending migrations; a durable file's WAL is flushed before it is
+        read (best effort: a failed flush does not stop reads). Raises
+        :class:`Unavailable` if the file is damaged or from a newer Roost.
+        ``fsync_dir`` flushes a folder's entries (the seam tests use to see the
+        WAL's folder synced).
         """
         self._fsync_dir = fsync_dir
         self.sid = sid
@@ -106,10 +111,17 @@ class SessionFile:
             self.owner: str = SessionRow._make(raw).owner
             self._reader = connect(self.path, synchronous=synchronous, cache_kib=512)
             if self.durable and os.path.exists(f"{self.path}-wal"):
-                self.wal_fd()  # here, off the event loop: it fsyncs the folder
+                # here, off the event loop: opening it fsyncs the folder. The WAL may
+                # hold a commit whose flush failed in an earlier activation (visible,
+                # perhaps not on disk): flushing it now, before any read, keeps the
+                # output gate's promise for what this activation serves. Best effort:
+                # on a full disk that flush fails again, and reads must still work
+                # (the first commit of this activation flushes it, or fails, anyway)
+                with contextlib.suppress(OSError):
+                    os.fdatasync(self.wal_fd())
         except sqlite3.Error as exc:
             self.close()
-            raise _classify(exc) from exc
+            raise from_sqlite(exc, path=self.path) from exc
         except OSError as exc:
             self.close()
             raise from_os_error(exc) from exc
@@ -213,17 +225,41 @@ class SessionFile:
             self._wal_fd = fd
         return self._wal_fd
 
-    def checkpoint(self) -> tuple[int, int]:
-        """Copy committed WAL frames into the database (PASSIVE: never blocks a reader).
+    def checkpoint(self, *, truncate: bool = False) -> tuple[int, int]:
+        """Copy committed WAL frames into the database.
 
+        PASSIVE by default: never waits for a reader, and leaves the WAL file its
+        size (SQLite reuses it from the start). ``truncate=True``: TRUNCATE, which
+        also empties the WAL file, waiting at most :data:`TRUNCATE_WAIT_MS` for
+        readers of older snapshots (if they outlast it, frames are still copied
+        as far as they can be and the file keeps its size: call again later).
         Flushes the disk twice (the WAL, then the database): run it off the
-        event loop, between batches. Returns ``(frames in the WAL, frames copied)``.
+        event loop, between batches. Returns ``(frames in the WAL, frames copied)``;
+        raises storage errors. Idempotent.
         """
+        conn = self.writer
         try:
-            _busy, frames, copied = self.writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+            if not truncate:
+                _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                return int(frames), int(copied)
+            conn.execute(f"PRAGMA busy_timeout={TRUNCATE_WAIT_MS}")
+            try:
+                _busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         except sqlite3.Error as exc:
-            raise _classify(exc) from exc
+            raise from_sqlite(exc, path=self.path) from exc
         return int(frames), int(copied)
+
+    def wal_size(self) -> int:
+        """The WAL file's size in bytes (0 without one): one ``fstat`` of the
+        descriptor a durable file holds, else one ``stat``. Raises nothing."""
+        try:
+            if self._wal_fd is not None:
+                return os.fstat(self._wal_fd).st_size
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
 
     def _run_batch(
         self, ops: Sequence[Callable[[Txn], Any]], now: str, *, safe: bool
@@ -283,7 +319,7 @@ class SessionFile:
                 raise
         except sqlite3.Error as exc:
             self._state = None  # the file decides what is true now
-            raise _classify(exc) from exc
+            raise from_sqlite(exc, path=self.path) from exc
         except BaseException:
             self._state = None
             raise

@@ -60,7 +60,7 @@ def create_session_file(
             fsync_dir=fsync_dir,
         )
     except sqlite3.Error as exc:
-        raise from_sqlite(exc) from exc
+        raise from_sqlite(exc, path=datadir.catalog_path) from exc
     except OSError as exc:
         raise from_os_error(exc) from exc
 

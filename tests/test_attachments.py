@@ -204,6 +204,19 @@ async def test_upload_without_file_field_returns_400(client: Any) -> None:
     assert r.status == 400 and stored_files(client, "s1") == []
 
 
+async def test_upload_with_a_part_after_file_returns_400(client: Any) -> None:
+    """Unknown fields are refused (as in JSON bodies, and as the document says):
+    a part after 'file' answers 400 and nothing is kept."""
+    await new_session(client)
+    form = aiohttp.FormData()
+    form.add_field("file", b"abc", filename="x.bin")
+    form.add_field("note", "hi")
+    r = await client.post("/api/sessions/s1/attachments", data=form)
+    assert r.status == 400 and stored_files(client, "s1") == []
+    r = await client.get("/api/sessions/s1")
+    assert r.status == 200
+
+
 async def test_upload_not_multipart_returns_415(client: Any) -> None:
     """A JSON body is not an upload."""
     await new_session(client)

@@ -12,6 +12,7 @@ import errno
 import fcntl
 import logging
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +24,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from server.errors import error_middleware
+from storage.errors import StorageFull, Unavailable, from_sqlite
 from storage.layout import SHM_PREALLOC_BYTES, connect
+from tests.conftest import TIMEOUT
 from tests.test_hostile_limits import Server
 
 EXT4_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
@@ -144,11 +147,27 @@ async def _post(http: aiohttp.ClientSession, url: str, content: str) -> int:
         return r.status
 
 
+async def _ws_replayed_messages(http: aiohttp.ClientSession, url: str) -> list[str]:
+    """Connect to ``url`` (a ``?since=`` replay) and return the contents of the
+    ``message.created`` events replayed up to the ``hello`` seq."""
+    async with http.ws_connect(url) as ws:
+        hello = await ws.receive_json(timeout=TIMEOUT)
+        assert hello["type"] == "hello"
+        contents, seq = [], 0
+        while seq < hello["seq"]:
+            frame = await ws.receive_json(timeout=TIMEOUT)
+            seq = frame.get("seq", seq)
+            if frame["type"] == "message.created":
+                contents.append(frame["message"]["content"])
+        return contents
+
+
 async def test_full_small_disk_refuses_writes_serves_reads_and_resumes(
     small_ext4: Path,
 ) -> None:
-    """Under the disk reserve every write answers 507, reads answer, the process lives,
-    nothing acknowledged is lost, and writes resume once space is freed."""
+    """Under the disk reserve every write answers 507, reads (pages, export, a
+    WebSocket replay with ``?since=``) answer, the process lives, nothing
+    acknowledged is lost, and writes resume once space is freed."""
     s = Server(
         small_ext4 / "data",
         "--disk-reserve",
@@ -188,6 +207,7 @@ async def test_full_small_disk_refuses_writes_serves_reads_and_resumes(
             assert got == acked
             async with http.get(s.url + "/api/sessions/d1/export") as r:
                 assert r.status == 200
+            assert await _ws_replayed_messages(http, s.url + "/api/sessions/d1/ws?since=0") == acked
             assert s.proc.poll() is None
             ballast.unlink()
             assert await _post(http, url, "after") == 201
@@ -239,6 +259,8 @@ async def test_really_full_disk_keeps_reads_and_answers_507_not_503(small_ext4: 
                 assert r.status == 200
             async with http.get(s.url + "/api/sessions/r1/export") as r:
                 assert r.status == 200
+            replayed = await _ws_replayed_messages(http, s.url + "/api/sessions/r1/ws?since=0")
+            assert replayed == ["kept"] + ["x" * 2000] * statuses.count(201)
         s.close()
         s = Server(small_ext4 / "data", env={"ROOST_DISK_RESERVE": "0"}, log_dir=small_ext4.parent)
         async with aiohttp.ClientSession() as http:
@@ -251,7 +273,6 @@ async def test_really_full_disk_keeps_reads_and_answers_507_not_503(small_ext4: 
         s.close()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 point 4: not fixed yet")
 async def test_start_on_a_full_disk_keeps_the_aio_flush(small_ext4: Path) -> None:
     """A server started on a full disk still flushes through AIO (its probe must not
     turn AIO off for the whole run because the probe file met ENOSPC)."""
@@ -264,6 +285,25 @@ async def test_start_on_a_full_disk_keeps_the_aio_flush(small_ext4: Path) -> Non
     finally:
         s.close()
     assert "flushed with aio" in log, log
+
+
+def test_sqlite_io_error_on_a_full_disk_is_storage_full(small_ext4: Path) -> None:
+    """SQLite reports a WAL write that met ENOSPC as "disk I/O error"
+    (``SQLITE_IOERR_WRITE``): on a full disk that is 507 ``storage_full``."""
+    db = small_ext4 / "s.db"
+    db.touch()
+    _fill(small_ext4 / "ballast")
+    exc = sqlite3.OperationalError("disk I/O error")
+    exc.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE  # type: ignore[attr-defined]
+    assert isinstance(from_sqlite(exc, path=db), StorageFull)
+
+
+def test_sqlite_io_error_with_free_space_is_unavailable(tmp_path: Path) -> None:
+    """The same I/O error where the disk has room is a failing disk: 503 ``unavailable``."""
+    exc = sqlite3.OperationalError("disk I/O error")
+    exc.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE  # type: ignore[attr-defined]
+    err = from_sqlite(exc, path=tmp_path / "s.db")
+    assert isinstance(err, Unavailable) and not isinstance(err, StorageFull)
 
 
 # ---------------------------------------------------------------------------- point 7
@@ -300,7 +340,6 @@ async def test_dead_file_system_answers_503_and_logs_once(small_ext4: Path) -> N
 # ---------------------------------------------------------------------------- point 5
 
 
-@pytest.mark.xfail(strict=True, reason="issue 16 point 5: not fixed yet")
 async def test_crash_loop_leaves_the_wal_bounded(tmp_path: Path) -> None:
     """4 activations of 150 commits each (fewer than the per-activation checkpoint
     count), each ended by kill -9: the WAL stays under 8 MiB (twice SQLite's own

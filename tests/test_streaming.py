@@ -222,6 +222,24 @@ async def test_resume_with_last_event_id_gives_exact_remainder(make_client: Any)
     assert r4.status == 400
 
 
+async def test_resume_with_a_bad_offset_returns_400_even_beside_a_blank_header(
+    client: Any,
+) -> None:
+    """``?offset=`` must be an integer whenever it is given, also when a blank
+    ``Last-Event-ID`` header (which would otherwise win) comes with it."""
+    await new_session(client)
+    r = await client.post("/api/sessions/s1/messages", json={"role": "user", "content": "hi"})
+    mid = (await r.json())["id"]
+    url = f"/api/sessions/s1/messages/{mid}/stream"
+    r = await client.get(url, params={"offset": "x1"}, headers={"Last-Event-ID": " "})
+    assert r.status == 400
+    assert (await r.json())["error"]["code"] == "invalid_input"
+    r = await client.get(url, params={"offset": "1"}, headers={"Last-Event-ID": ""})
+    assert r.status == 200
+    deltas = [e.json() for e in await SSEReader(r).all() if e.event == "delta"]
+    assert deltas[0]["offset"] == 1 and deltas[0]["text"] == "i"
+
+
 async def test_streamed_text_is_committed_before_it_is_sent(make_client: Any) -> None:
     """Every delta a client sees is already in the file (status streaming meanwhile)."""
     client = await make_client(echo_words_per_second=30)
