@@ -19,6 +19,7 @@ import orjson
 from actors.pubsub import Frame, Subscription, Topic
 from actors.registry import ActorRegistry
 from storage.file import SessionFile
+from storage.txn import feed_delta
 
 
 class End(enum.Enum):
@@ -54,14 +55,7 @@ class Feed:
             self._current = await actor.read(lambda f: f.event_seq())
             for gen in actor.replies.running.values():
                 if gen.committed:
-                    data = orjson.dumps(
-                        {
-                            "type": "message.delta",
-                            "message_id": gen.message_id,
-                            "offset": 0,
-                            "text": gen.committed,
-                        }
-                    )
+                    data = feed_delta(gen.message_id, 0, gen.committed)
                     self._catchup.append(Frame("message.delta", data))
         self.last_seq = self._current
 

@@ -53,6 +53,13 @@ class ReplyHost(Protocol):
     def on_reply_end(self) -> None: ...
 
 
+def reply_delta(message_id: str, offset: int, text: str) -> bytes:
+    """The data of a reply stream's ``delta`` event (chat, regenerate, resume): ``text``
+    of ``message_id`` from code point ``offset``; its SSE id is the end offset. The one
+    builder of it (the event feed's ``message.delta`` is ``storage.txn.feed_delta``)."""
+    return orjson.dumps({"message_id": message_id, "offset": offset, "text": text})
+
+
 class Reply:
     """One running reply. Its text so far is ``committed``; listeners get frames
     ``delta`` (id = end offset), then ``message`` (the final message), then ``done``;
@@ -107,8 +114,7 @@ class Reply:
         return sub
 
     def _delta_frame(self, offset: int, text: str) -> Frame:
-        data = orjson.dumps({"message_id": self.message_id, "offset": offset, "text": text})
-        return Frame("delta", data, offset + len(text))
+        return Frame("delta", reply_delta(self.message_id, offset, text), offset + len(text))
 
     def _push_end(self, sub: Subscription) -> None:
         for frame in self._end_frames():

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from actors.replies import reply_delta
 from actors.session import ReplyStream
 from server import frames
 from server.errors import ApiError
@@ -31,8 +32,7 @@ def _finished_frames(msg: dict[str, Any], since: int) -> list[bytes]:
     out = []
     text = msg["content"]
     if since < len(text):
-        data = orjson.dumps({"message_id": msg["id"], "offset": since, "text": text[since:]})
-        out.append(encode("delta", data, len(text)))
+        out.append(encode("delta", reply_delta(msg["id"], since, text[since:]), len(text)))
     if msg["status"] == "error" and msg.get("error"):
         out.append(encode("error", orjson.dumps(msg["error"])))
     out.append(encode("message", orjson.dumps(msg)))

@@ -14,8 +14,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
 from storage.errors import Conflict, InvalidInput, PreconditionFailed
 from storage.ids import uuid7
 from storage.rows import (
@@ -30,7 +28,7 @@ from storage.rows import (
     message_doc,
     scalar,
 )
-from storage.txn import BulkOp, Txn
+from storage.txn import BulkOp, Txn, feed_delta
 
 
 @dataclass(slots=True)
@@ -440,13 +438,7 @@ def op_stream(
         args.append(row.seq)
         txn.conn.execute(f"UPDATE messages SET {', '.join(sets)} WHERE seq = ?", args)
         if text:
-            delta = {
-                "type": "message.delta",
-                "message_id": mid,
-                "offset": len(row.content),
-                "text": text,
-            }
-            txn.ephemeral("message.delta", orjson.dumps(delta))
+            txn.ephemeral("message.delta", feed_delta(mid, len(row.content), text))
         if row.status == status:
             return None
         if status not in UNFINISHED:

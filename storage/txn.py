@@ -67,6 +67,14 @@ class BulkOp(Generic[T]):
         return self.fn(txn)
 
 
+def feed_delta(message_id: str, offset: int, text: str) -> bytes:
+    """The ``message.delta`` frame of the event feed (ephemeral: no ``seq``): ``text``
+    of reply ``message_id`` starting at code point ``offset``. The one builder of it."""
+    return orjson.dumps(
+        {"type": "message.delta", "message_id": message_id, "offset": offset, "text": text}
+    )
+
+
 @dataclass(slots=True)
 class SessionState:
     """The session row, plus the active leaf's depth and child count.
