@@ -33,7 +33,7 @@ from aiohttp import web
 
 from server.errors import ApiError, Handler, error_response
 from server.http import user_of
-from server.keys import LIMITS, SETTINGS, TOKENS
+from server.keys import IDENTITY, LIMITS, SETTINGS
 from server.ratelimit import Limits, RateLimiter, retry_after
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -48,7 +48,7 @@ def make_limits(app: web.Application) -> Limits:
     return Limits(
         RateLimiter(settings.rate_user_per_sec, settings.rate_user_burst),
         RateLimiter(settings.rate_session_per_sec, settings.rate_session_burst),
-        active=app[TOKENS] is not None or settings.insecure,
+        active=app[IDENTITY].enabled or settings.insecure,
     )
 
 
@@ -97,7 +97,7 @@ def is_loopback_host(host: str) -> bool:
 async def gate_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Loopback hosts, CORS preflights and foreign origins, before anything else."""
     if (
-        request.config_dict[TOKENS] is None
+        not request.config_dict[IDENTITY].enabled
         and not request.config_dict[SETTINGS].insecure
         and not is_loopback_host(request.host)
     ):
@@ -151,7 +151,7 @@ async def cors_headers(request: web.BaseRequest, response: web.StreamResponse) -
 def caller_key(request: web.Request) -> str:
     """Who the rate limits count: the signed-in user, else the peer address."""
     user = user_of(request)
-    if request.config_dict[TOKENS] is not None and user:
+    if request.config_dict[IDENTITY].enabled and user:
         return "u:" + user
     return "a:" + (request.remote or "")
 

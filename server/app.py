@@ -29,7 +29,8 @@ headers (CSP, nosniff) come with it from ``server.routes_static``. At the root,
 State. Every key (``server.keys``) is on the root; handlers read it with
 ``request.config_dict[KEY]``. Long-lived resources each open in their own
 ``cleanup_ctx`` (an ``@asynccontextmanager``), in this order (cleanup runs in
-reverse): the HTTP client, the actor registry, the responder, the metrics'
+reverse): the HTTP client, the actor registry, the signing key of scoped
+tokens, the responder, the metrics'
 attachment to the registry, the rate limiter, the open streams. A context's
 cleanup runs if and only if its startup succeeded. Open sockets and feeds are
 also ended by ``on_shutdown`` (``close_realtime``), while connections are still
@@ -55,8 +56,10 @@ from server.access import cors_headers, gate_middleware, make_limits, rate_middl
 from server.auth import auth_middleware
 from server.auth import routes as auth_routes
 from server.errors import Handler, error_middleware
+from server.identity import Identity, load_signing_key
 from server.keys import (
     HTTP_CLIENT,
+    IDENTITY,
     IMPORT_SLOTS,
     LIMITS,
     LOGINS,
@@ -67,7 +70,6 @@ from server.keys import (
     OPENAPI,
     REGISTRY,
     SETTINGS,
-    TOKENS,
 )
 from server.listen import fd_budget
 from server.logs import access_middlewares
@@ -175,6 +177,15 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
+async def signing_key_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The key of Roost-signed tokens, from the settings or the (now claimed) data dir."""
+    identity = app[IDENTITY]
+    if identity.signing_key is None:
+        identity.signing_key = load_signing_key(app[SETTINGS].data_dir)
+    yield
+
+
+@asynccontextmanager
 async def responder_ctx(app: web.Application) -> AsyncIterator[None]:
     """The responder that writes replies, handed to the registry."""
     registry = app[REGISTRY]
@@ -247,7 +258,8 @@ def make_api() -> web.Application:
 def make_app(settings: Settings) -> web.Application:
     """Build the application; resources open in ``cleanup_ctx`` when it starts.
 
-    Raises ``server.tokens.TokensError`` if the tokens file cannot be used.
+    Raises ``server.tokens.TokensError`` if the tokens file cannot be used, and
+    its subclass ``server.identity.IdentityError`` for a JWT key that cannot.
     """
     app = web.Application(
         middlewares=[
@@ -259,7 +271,7 @@ def make_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
-    app[TOKENS] = load_tokens(settings.tokens_file)
+    app[IDENTITY] = Identity(settings, load_tokens(settings.tokens_file))
     app[METRICS] = Metrics()
     app[LOGINS] = Logins(settings.login_cookie_max_age)
     app[IMPORT_SLOTS] = asyncio.Semaphore(settings.max_concurrent_imports)
@@ -267,7 +279,15 @@ def make_app(settings: Settings) -> web.Application:
     app[OPENAPI] = {}
     app.on_response_prepare.append(cors_headers)
     app.cleanup_ctx.extend(
-        [http_client_ctx, registry_ctx, responder_ctx, metrics_ctx, limits_ctx, open_streams_ctx]
+        [
+            http_client_ctx,
+            registry_ctx,
+            signing_key_ctx,
+            responder_ctx,
+            metrics_ctx,
+            limits_ctx,
+            open_streams_ctx,
+        ]
     )
     app.on_shutdown.append(close_realtime)
     add_ops_routes(app)

@@ -9,13 +9,14 @@ matched app and its parents), which finds the root's value from any app;
 
 Each key says who sets it and when:
 
-- set when the app is built (``make_app``): ``SETTINGS``, ``TOKENS``,
+- set when the app is built (``make_app``): ``SETTINGS``, ``IDENTITY`` (its
+  signing key is loaded by a ``cleanup_ctx`` once the data dir is claimed),
   ``METRICS``, ``OPENAPI`` (an empty dict the first ``/openapi.json`` fills),
   ``ASSETS``;
 - set by a ``cleanup_ctx`` at startup, gone after cleanup: ``HTTP_CLIENT``,
   ``REGISTRY``, ``LIMITS``, ``OPEN_STREAMS``, ``OPEN_SOCKETS``, ``OPEN_FEEDS``;
-- per request: ``USER`` (set by ``server.auth``; read it with
-  ``server.http.user_of``).
+- per request: ``USER`` and ``PRINCIPAL`` (set by ``server.auth``; read the
+  user with ``server.http.user_of``).
 
 This module imports only the modules that define the values' types, none of
 which imports it, so any module may import it without making a cycle.
@@ -33,15 +34,16 @@ from actors.feed import Feed
 from actors.pubsub import Subscription
 from actors.registry import ActorRegistry
 from server.assets import Asset
+from server.identity import Identity
 from server.metrics import Metrics
 from server.ratelimit import Limits
 from server.settings import Settings
-from server.tokens import Logins, Tokens
+from server.tokens import Logins, Principal
 
 # ---------------------------------------------------------------- set when the app is built
 
 SETTINGS = web.AppKey("settings", Settings)
-TOKENS: web.AppKey[Tokens | None] = web.AppKey("tokens", Tokens | None)  # type: ignore[arg-type]
+IDENTITY = web.AppKey("identity", Identity)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
 ASSETS: web.AppKey[dict[str, Asset]] = web.AppKey("static_assets", dict)
@@ -60,18 +62,20 @@ OPEN_FEEDS: web.AppKey[set[Feed]] = web.AppKey("open_feeds", set)
 # ---------------------------------------------------------------- per request
 
 USER = web.RequestKey("user", str)
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 __all__ = [
     "ASSETS",
     "HTTP_CLIENT",
+    "IDENTITY",
     "LIMITS",
     "METRICS",
     "OPENAPI",
     "OPEN_FEEDS",
     "OPEN_SOCKETS",
     "OPEN_STREAMS",
+    "PRINCIPAL",
     "REGISTRY",
     "SETTINGS",
-    "TOKENS",
     "USER",
 ]

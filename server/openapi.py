@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from server.http import json_response
-from server.keys import OPENAPI, SETTINGS, TOKENS
+from server.keys import IDENTITY, OPENAPI, SETTINGS
 from server.responses import Error
 from server.settings import Settings
 
@@ -184,7 +184,7 @@ def _schema(schema: Schema, settings: Settings) -> dict[str, Any]:
 def build_openapi(app: web.Application) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``app``'s routes, for its settings."""
     settings = app[SETTINGS]
-    secured = app[TOKENS] is not None
+    secured = app[IDENTITY].enabled
     entries: list[tuple[str, str, str, Any, Doc]] = []
     models: set[type[BaseModel]] = {Error}
     for route in app.router.routes():

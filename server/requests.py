@@ -19,7 +19,7 @@ from actors.session import NewMessage
 from server.errors import ApiError
 from server.http import request_hash
 from server.settings import Settings
-from server.tokens import MAX_TOKEN_CHARS
+from server.tokens import MAX_JWT_CHARS
 
 Str = Annotated[str, StringConstraints(strict=True)]
 Id = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=128)]
@@ -159,7 +159,7 @@ def check_parts(parts: list[Any] | None, settings: Settings) -> None:
 
 # ---------------------------------------------------------------------------- sign-in
 
-Token = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_TOKEN_CHARS)]
+Token = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_JWT_CHARS)]
 
 
 class LoginRequest(Strict):
