@@ -79,6 +79,7 @@ from server.routes_aisdk import routes as aisdk_routes
 from server.routes_chat import routes as chat_routes
 from server.routes_core import routes as core_routes
 from server.routes_files import routes as files_routes
+from server.routes_identity import routes as identity_routes
 from server.routes_meta import routes as meta_routes
 from server.routes_ops import add_ops_routes, metrics_middleware
 from server.routes_realtime import close_realtime
@@ -249,6 +250,7 @@ def make_api() -> web.Application:
         files_routes,
         aisdk_routes,
         auth_routes,
+        identity_routes,
         meta_routes,
     ):
         api.router.add_routes(routes)

@@ -107,7 +107,9 @@ def _scope_of(claims: dict[str, Any]) -> tuple[str | None, Scope | None]:
 def _claim_str(claims: dict[str, Any], name: str) -> str:
     value = claims.get(name)
     if not isinstance(value, str) or not value or len(value) > MAX_CLAIM_CHARS:
-        raise InvalidToken(f"the token has no {name} claim (a non-empty string) naming the user")
+        raise InvalidToken(
+            f"the token has no {name} claim (a non-empty string of at most {MAX_CLAIM_CHARS})"
+        )
     return value
 
 

@@ -203,3 +203,15 @@ def chat_draft(body: ChatRequest, settings: Settings) -> NewMessage:
         request_hash=request_hash(body) if body.client_id is not None else None,
         explicit_parent="parent_id" in body.model_fields_set,
     )
+
+
+# ---------------------------------------------------------------------------- identity
+
+
+class ScopedTokenCreate(Strict):
+    scope: Literal["read", "write"] = Field(
+        "read", description="read: reads only; write: reads and changes this session"
+    )
+    expires_in: int = Field(
+        3600, ge=60, description="seconds the token lasts (at most --max-scoped-token-ttl)"
+    )

@@ -141,3 +141,10 @@ class SiblingItem(Shape):
 
 class SiblingsPage(Shape):
     items: list[SiblingItem] = Field(description="items[i] is the sibling whose index is i")
+
+
+class ScopedToken(Shape):
+    token: str = Field(description="a Roost-signed JWT; send it as Authorization: Bearer")
+    session_id: str
+    scope: Literal["read", "write"]
+    expires_at: int = Field(description="UNIX seconds")
