@@ -149,7 +149,9 @@ def _enforce_scope(request: web.Request) -> None:
     if principal is None or principal.sid is None or is_public(request):
         return
     resource = request.match_info.route.resource
-    path = resource.canonical if resource is not None else ""
+    if resource is None:
+        return  # no route: the 404 or 405 follows
+    path = resource.canonical
     sid = next((request.match_info[p] for p in SESSION_PARAMS if p in request.match_info), None)
     if sid is not None and not path.endswith(("/tokens", "/shares")):
         check_scope(request, sid)
