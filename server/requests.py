@@ -215,3 +215,12 @@ class ScopedTokenCreate(Strict):
     expires_in: int = Field(
         3600, ge=60, description="seconds the token lasts (at most --max-scoped-token-ttl)"
     )
+
+
+class ShareCreate(Strict):
+    branch: Literal["active", "all"] = Field(
+        "active", description="active: the active branch only; all: every branch"
+    )
+    expires_in: int | None = Field(
+        None, ge=60, description="seconds the link lasts (default: until revoked)"
+    )
