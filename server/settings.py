@@ -143,6 +143,12 @@ class Settings(BaseModel):
     rate_session_burst: int = Field(
         100, ge=1, description="changes one user may make to one session in a burst"
     )
+    rate_tenant_per_sec: float = Field(
+        100.0, ge=0, description="changes all users of one tenant may make per second (0 = off)"
+    )
+    rate_tenant_burst: int = Field(
+        1000, ge=1, description="changes all users of one tenant may make in a burst"
+    )
     login_cookie_max_age: int = Field(
         30 * 86400, ge=60, description="seconds the login cookie of POST /api/login lasts"
     )

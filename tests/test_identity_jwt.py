@@ -379,3 +379,19 @@ def test_cli_bad_public_key_exits_2(tmp_path: Path, capsys: pytest.CaptureFixtur
     )
     assert code == 2
     assert "--jwt-public-key" in capsys.readouterr().err
+
+
+async def test_tenant_rate_limit_counts_all_its_users(make_client: Any) -> None:
+    """The users of one tenant share the tenant's bucket; another tenant has its own."""
+    client = await make_client(
+        jwt_secret=SECRET, jwt_tenant_claim="org", rate_tenant_per_sec=0.001, rate_tenant_burst=2
+    )
+
+    async def create(sub: str, org: str, sid: str) -> int:
+        h = bearer(sign(SECRET, "HS256", sub=sub, org=org))
+        r = await client.post("/api/sessions", json={"id": sid}, headers=h)
+        return int(r.status)
+
+    assert [await create("alice", "acme", "a1"), await create("alice", "acme", "a2")] == [201, 201]
+    assert await create("bob", "acme", "b1") == 429
+    assert await create("bob", "globex", "g1") == 201
