@@ -29,8 +29,7 @@ headers (CSP, nosniff) come with it from ``server.routes_static``. At the root,
 State. Every key (``server.keys``) is on the root; handlers read it with
 ``request.config_dict[KEY]``. Long-lived resources each open in their own
 ``cleanup_ctx`` (an ``@asynccontextmanager``), in this order (cleanup runs in
-reverse): the HTTP client, the actor registry, the signing key of scoped
-tokens, the responder, the metrics'
+reverse): the HTTP client, the actor registry, the responder, the metrics'
 attachment to the registry, the rate limiter, the open streams. A context's
 cleanup runs if and only if its startup succeeded. Open sockets and feeds are
 also ended by ``on_shutdown`` (``close_realtime``), while connections are still
@@ -56,7 +55,7 @@ from server.access import cors_headers, gate_middleware, make_limits, rate_middl
 from server.auth import auth_middleware
 from server.auth import routes as auth_routes
 from server.errors import Handler, error_middleware
-from server.identity import Identity, load_signing_key
+from server.identity import Identity
 from server.keys import (
     HTTP_CLIENT,
     IDENTITY,
@@ -178,15 +177,6 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
-async def signing_key_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The key of Roost-signed tokens, from the settings or the (now claimed) data dir."""
-    identity = app[IDENTITY]
-    if identity.signing_key is None:
-        identity.signing_key = load_signing_key(app[SETTINGS].data_dir)
-    yield
-
-
-@asynccontextmanager
 async def responder_ctx(app: web.Application) -> AsyncIterator[None]:
     """The responder that writes replies, handed to the registry."""
     registry = app[REGISTRY]
@@ -284,7 +274,6 @@ def make_app(settings: Settings) -> web.Application:
         [
             http_client_ctx,
             registry_ctx,
-            signing_key_ctx,
             responder_ctx,
             metrics_ctx,
             limits_ctx,

@@ -10,8 +10,9 @@ Three kinds of token are accepted, tried in this order:
 
 1. an opaque token of the tokens file (``--tokens-file``);
 2. a **Roost-signed** JWT (``iss`` = :data:`ROOST_ISSUER`, HS256 with the
-   server's signing key: ``--token-signing-key``, or a random key kept in
-   ``<data dir>/token-signing.key``, mode 0600, so tokens survive a restart).
+   server's signing key: ``--token-signing-key``, or a random key made when
+   the first token is minted and kept in ``<data dir>/token-signing.key``, mode
+   0600, so tokens survive a restart).
    ``POST /api/sessions/{sid}/tokens`` makes them; they always name one session;
 3. the **app's JWT**: verified with ``--jwt-secret`` (HS256/384/512),
    ``--jwt-public-key`` (a PEM file: RSA → RS256, EC → ES256/384/512, Ed25519 →
@@ -192,9 +193,11 @@ class JwksCache:
             ) as resp:
                 if resp.status != 200:
                     raise ValueError(f"HTTP {resp.status}")
-                raw = await resp.content.read(MAX_JWKS_BYTES + 1)
-                if len(raw) > MAX_JWKS_BYTES:
-                    raise ValueError(f"over {MAX_JWKS_BYTES} bytes")
+                raw = bytearray()
+                async for chunk in resp.content.iter_chunked(1 << 16):
+                    raw += chunk
+                    if len(raw) > MAX_JWKS_BYTES:
+                        raise ValueError(f"over {MAX_JWKS_BYTES} bytes")
             data = orjson.loads(raw)
             keys = data.get("keys") if isinstance(data, dict) else None
             if not isinstance(keys, list):
@@ -250,14 +253,16 @@ def load_public_key(path: str) -> tuple[Any, list[str]]:
     return key, _public_key_algorithms(key)
 
 
-def load_signing_key(data_dir: str) -> bytes:
-    """The key in ``<data_dir>/token-signing.key``, made (32 random bytes as hex,
-    mode 0600, fsynced) the first time. Call it once the data dir is claimed.
+def load_signing_key(data_dir: str, *, create: bool) -> bytes | None:
+    """The key in ``<data_dir>/token-signing.key``; with ``create``, made (32 random
+    bytes as hex, mode 0600, fsynced) if there is none, else None when there is none.
 
     Raises OSError (its message names the file) when the file cannot be read
     or made, or holds fewer than 32 characters.
     """
     path = Path(data_dir) / SIGNING_KEY_FILE
+    if not create and not path.exists():
+        return None
     try:
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -293,7 +298,7 @@ class Identity:
         self.settings = settings
         self.tokens = tokens
         given = settings.token_signing_key
-        # set by server.app once the data dir is claimed, unless given
+        # read (or made) from the data dir on first use, unless given
         self.signing_key: bytes | None = given.encode() if given is not None else None
         self.jwks: JwksCache | None = None
         self._key: Any = None
@@ -337,15 +342,20 @@ class Identity:
             raise InvalidToken("the token is not valid")
         return await self._app_principal(token, http)
 
-    def _key_to_sign(self) -> bytes:
+    def _key_to_sign(self, *, create: bool) -> bytes | None:
+        """The signing key; the data dir's file is read (or, to sign, made) on first
+        use, so a server that never mints a token keeps no key file."""
         if self.signing_key is None:
-            raise RuntimeError("the signing key is not loaded yet (the app has not started)")
+            self.signing_key = load_signing_key(self.settings.data_dir, create=create)
         return self.signing_key
 
     def _roost_principal(self, token: str) -> Principal:
+        key = self._key_to_sign(create=False)
+        if key is None:
+            raise InvalidToken("the token's signature is not valid (this server signed none)")
         claims = _decode(
             token,
-            self._key_to_sign(),
+            key,
             ["HS256"],
             issuer=ROOST_ISSUER,
             audience=ROOST_AUDIENCE,
@@ -414,5 +424,7 @@ class Identity:
         }
         if principal.tenant is not None:
             claims["roost_tenant"] = principal.tenant
-        token = jwt.encode(claims, self._key_to_sign(), algorithm="HS256")
+        key = self._key_to_sign(create=True)
+        assert key is not None  # made if missing
+        token = jwt.encode(claims, key, algorithm="HS256")
         return MintedToken(token, now + expires_in)

@@ -9,8 +9,7 @@ matched app and its parents), which finds the root's value from any app;
 
 Each key says who sets it and when:
 
-- set when the app is built (``make_app``): ``SETTINGS``, ``IDENTITY`` (its
-  signing key is loaded by a ``cleanup_ctx`` once the data dir is claimed),
+- set when the app is built (``make_app``): ``SETTINGS``, ``IDENTITY``,
   ``METRICS``, ``OPENAPI`` (an empty dict the first ``/openapi.json`` fills),
   ``ASSETS``;
 - set by a ``cleanup_ctx`` at startup, gone after cleanup: ``HTTP_CLIENT``,
