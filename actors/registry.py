@@ -45,7 +45,7 @@ from storage.errors import (
     Unavailable,
 )
 from storage.export import ImportPlan, parse_export, populate_import
-from storage.ids import now_iso, uuid7, validate_session_id
+from storage.ids import format_ts, now_iso, uuid7, validate_session_id
 from storage.layout import DataDir, DiskReserve, open_data_dir
 from storage.layout import DataDirLock as DataDirLock  # the claim_data_dir lock type
 from storage.lifecycle import create_session_file, remove_session_files
@@ -493,6 +493,10 @@ class ActorRegistry:
         plan = await loop.run_in_executor(
             self.write_pool, _parse_import, raw, max_title_chars, max_content_chars
         )
+        return await self._create_from(sid, plan, owner)
+
+    async def _create_from(self, sid: str | None, plan: ImportPlan, owner: str) -> dict[str, Any]:
+        """Create a session holding a parsed export (import, a share's copy)."""
         return await self.create_session(
             sid,
             owner=owner,
@@ -500,6 +504,73 @@ class ActorRegistry:
             metadata=plan.doc.session.metadata,
             populate=lambda conn, new_sid, now: populate_import(conn, new_sid, plan, now),
         )
+
+    # ------------------------------------------------------------------ shares
+
+    async def create_share(
+        self,
+        share_id: str,
+        *,
+        owner: str,
+        sid: str,
+        branch: str,
+        expires_in: float | None,
+        snapshot: bytes,
+    ) -> dict[str, Any]:
+        """Store a share link and its snapshot durably (see ``Catalog.insert_share``)
+        and return it: ``{id, owner, session_id, branch, created_at, expires_at}``."""
+        now = time.time()
+        share = {
+            "id": share_id,
+            "owner": owner,
+            "session_id": sid,
+            "branch": branch,
+            "created_at": format_ts(now),
+            "expires_at": None if expires_in is None else format_ts(now + expires_in),
+        }
+        loop = asyncio.get_running_loop()
+        async with self._catalog_lock:
+            await loop.run_in_executor(self.write_pool, self.catalog.insert_share, share, snapshot)
+        return share
+
+    def get_share(self, share_id: str) -> tuple[dict[str, Any], bytes] | None:
+        """A share and its snapshot, or None when there is none or it expired
+        (whoever asks: a share is public)."""
+        found = self.catalog.get_share(share_id)
+        expires = found[0]["expires_at"] if found is not None else None
+        if expires is not None and expires <= now_iso():
+            return None
+        return found
+
+    def list_shares(self, owner: str, session_id: str | None = None) -> list[dict[str, Any]]:
+        """The shares ``owner`` made (of one session if given), newest first."""
+        return self.catalog.list_shares(owner, session_id)
+
+    async def delete_share(self, share_id: str, owner: str) -> None:
+        """Delete ``owner``'s share; ``NotFound`` if there is none (or it is another's)."""
+        loop = asyncio.get_running_loop()
+        async with self._catalog_lock:
+            found = await loop.run_in_executor(
+                self.write_pool, self.catalog.delete_share, share_id, owner
+            )
+        if not found:
+            raise NotFound(f"share {share_id!r} not found", details={"share_id": share_id})
+
+    async def copy_share(self, share_id: str, owner: str) -> dict[str, Any]:
+        """Import share ``share_id``'s snapshot as a new session of ``owner``; its doc.
+
+        ``NotFound`` when there is no such share (or it expired).
+        Not idempotent: each call makes a new session.
+        """
+        found = self.get_share(share_id)
+        if found is None:
+            raise NotFound(f"share {share_id!r} not found", details={"share_id": share_id})
+        _share, snapshot = found
+        loop = asyncio.get_running_loop()
+        plan = await loop.run_in_executor(
+            self.write_pool, lambda: parse_export(orjson.loads(snapshot))
+        )
+        return await self._create_from(None, plan, owner)
 
     def check_disk(self) -> None:
         """Raise ``StorageFull`` while the data dir's disk is under its reserve (cheap)."""

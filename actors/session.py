@@ -21,6 +21,8 @@ from collections.abc import AsyncIterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any, Literal, Protocol
 
+import orjson
+
 from actors.actor import SessionActor
 from actors.pubsub import Subscription
 from actors.replies import Reply
@@ -28,7 +30,7 @@ from actors.responders import Responder
 from storage.attachments import BlobWriter, blob_path, safe_mime, safe_name
 from storage.errors import InvalidInput, NotFound, TooLarge
 from storage.export import ExportDocument as ExportDocument  # the façade's document type
-from storage.export import iter_export
+from storage.export import active_path_only, iter_export
 from storage.ids import now_iso
 from storage.layout import DataDir
 from storage.ops import (
@@ -337,6 +339,24 @@ class SessionHandle:
         path = blob_path(registry.datadir, self.sid, sha256)
         f = await asyncio.get_running_loop().run_in_executor(registry.read_pool, open, path, "rb")
         return Blob(f, registry.read_pool)
+
+    async def snapshot(self, branch: Literal["active", "all"], *, max_bytes: int) -> bytes | None:
+        """The session as it is now, as a JSON export (``roost.session.v1``): every
+        branch, or (``active``) the active path's live messages only. None when the
+        export is over ``max_bytes``. Reads only; safe to call concurrently.
+        """
+        stream = await self.export("json")
+        buf = bytearray()
+        try:
+            async for chunk in stream:
+                buf += chunk
+                if len(buf) > max_bytes:
+                    return None
+        finally:
+            stream.close()
+        if branch == "all":
+            return bytes(buf)
+        return orjson.dumps(active_path_only(orjson.loads(buf)))
 
     async def export(self, fmt: Literal["json", "markdown"]) -> ExportStream:
         """The whole session as one consistent snapshot, streamed (see ``iter_export``).

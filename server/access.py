@@ -16,7 +16,8 @@
   ``127.0.0.1``, ``[::1]``): a DNS-rebinding page that points its own name at
   127.0.0.1 gets 403 ``forbidden_host``.
 - **Rate limits.** Changes (POST, PUT, PATCH, DELETE, and chat frames on a
-  WebSocket) take a token from the caller's bucket and from the bucket of the
+  WebSocket) take a token from the caller's bucket, from its tenant's bucket
+  (when its JWT names a tenant: ``--rate-tenant-*``) and from the bucket of the
   (caller, session) pair; an empty bucket answers 429 ``rate_limited`` with
   ``Retry-After``. Limits apply whenever the server is reachable by more than
   one party (tokens configured, or ``--insecure``); a loopback server without
@@ -33,7 +34,7 @@ from aiohttp import web
 
 from server.errors import ApiError, Handler, error_response
 from server.http import user_of
-from server.keys import LIMITS, SETTINGS, TOKENS
+from server.keys import IDENTITY, LIMITS, PRINCIPAL, SETTINGS
 from server.ratelimit import Limits, RateLimiter, retry_after
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -48,7 +49,8 @@ def make_limits(app: web.Application) -> Limits:
     return Limits(
         RateLimiter(settings.rate_user_per_sec, settings.rate_user_burst),
         RateLimiter(settings.rate_session_per_sec, settings.rate_session_burst),
-        active=app[TOKENS] is not None or settings.insecure,
+        active=app[IDENTITY].enabled or settings.insecure,
+        tenant=RateLimiter(settings.rate_tenant_per_sec, settings.rate_tenant_burst),
     )
 
 
@@ -97,7 +99,7 @@ def is_loopback_host(host: str) -> bool:
 async def gate_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Loopback hosts, CORS preflights and foreign origins, before anything else."""
     if (
-        request.config_dict[TOKENS] is None
+        not request.config_dict[IDENTITY].enabled
         and not request.config_dict[SETTINGS].insecure
         and not is_loopback_host(request.host)
     ):
@@ -151,7 +153,7 @@ async def cors_headers(request: web.BaseRequest, response: web.StreamResponse) -
 def caller_key(request: web.Request) -> str:
     """Who the rate limits count: the signed-in user, else the peer address."""
     user = user_of(request)
-    if request.config_dict[TOKENS] is not None and user:
+    if request.config_dict[IDENTITY].enabled and user:
         return "u:" + user
     return "a:" + (request.remote or "")
 
@@ -163,6 +165,9 @@ def check_rate(request: web.Request, sid: str | None) -> None:
         return
     who = caller_key(request)
     wait = limits.user.take(who)
+    principal = request.get(PRINCIPAL)
+    if wait <= 0 and principal is not None and principal.tenant is not None:
+        wait = limits.tenant.take(principal.tenant)
     if wait <= 0 and sid is not None:
         wait = limits.session.take((who, sid))
     _refuse_if_waiting(wait)

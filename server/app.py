@@ -65,9 +65,11 @@ from server.auth import auth_middleware
 from server.auth import routes as auth_routes
 from server.drain import Drain
 from server.errors import Handler, error_middleware
+from server.identity import Identity
 from server.keys import (
     DRAIN,
     HTTP_CLIENT,
+    IDENTITY,
     IMPORT_SLOTS,
     LIMITS,
     LOGINS,
@@ -78,7 +80,6 @@ from server.keys import (
     OPENAPI,
     REGISTRY,
     SETTINGS,
-    TOKENS,
 )
 from server.listen import fd_budget
 from server.logs import access_middlewares
@@ -88,6 +89,7 @@ from server.routes_aisdk import routes as aisdk_routes
 from server.routes_chat import routes as chat_routes
 from server.routes_core import routes as core_routes
 from server.routes_files import routes as files_routes
+from server.routes_identity import routes as identity_routes
 from server.routes_meta import routes as meta_routes
 from server.routes_ops import add_ops_routes, metrics_middleware
 from server.routes_realtime import close_realtime
@@ -253,6 +255,7 @@ def make_api() -> web.Application:
         files_routes,
         aisdk_routes,
         auth_routes,
+        identity_routes,
         meta_routes,
     ):
         api.router.add_routes(routes)
@@ -262,7 +265,8 @@ def make_api() -> web.Application:
 def make_app(settings: Settings) -> web.Application:
     """Build the application; resources open in ``cleanup_ctx`` when it starts.
 
-    Raises ``server.tokens.TokensError`` if the tokens file cannot be used.
+    Raises ``server.tokens.TokensError`` if the tokens file cannot be used, and
+    its subclass ``server.identity.IdentityError`` for a JWT key that cannot.
     """
     app = web.Application(
         middlewares=[
@@ -274,7 +278,7 @@ def make_app(settings: Settings) -> web.Application:
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
-    app[TOKENS] = load_tokens(settings.tokens_file)
+    app[IDENTITY] = Identity(settings, load_tokens(settings.tokens_file))
     app[METRICS] = Metrics()
     app[LOGINS] = Logins(settings.login_cookie_max_age)
     app[IMPORT_SLOTS] = asyncio.Semaphore(settings.max_concurrent_imports)
@@ -282,7 +286,14 @@ def make_app(settings: Settings) -> web.Application:
     app[OPENAPI] = {}
     app.on_response_prepare.append(cors_headers)
     app.cleanup_ctx.extend(
-        [http_client_ctx, registry_ctx, responder_ctx, metrics_ctx, limits_ctx, open_streams_ctx]
+        [
+            http_client_ctx,
+            registry_ctx,
+            responder_ctx,
+            metrics_ctx,
+            limits_ctx,
+            open_streams_ctx,
+        ]
     )
     app.on_shutdown.append(close_realtime)
     add_ops_routes(app)

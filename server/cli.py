@@ -186,10 +186,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"roost: bad value for {what}: {err['msg']}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(settings.log_level, settings.log_format)
-    if settings.tokens_file is None and not _is_loopback(settings.host) and not settings.insecure:
+    if not settings.authenticates() and not _is_loopback(settings.host) and not settings.insecure:
         return fail(
             f"refusing to bind {settings.host} without tokens: anyone who can reach "
-            "it could read every session. Use --tokens-file, or --insecure if you mean it.",
+            "it could read every session. Use --tokens-file or a --jwt-* key, or --insecure "
+            "if you mean it.",
             EXIT_USAGE,
         )
     from server.app import make_app
@@ -219,13 +220,25 @@ def _run(app: web.Application, settings: Settings, lock: DataDirLock) -> int:
 
     async def announce(app: web.Application) -> None:
         # runs after every resource of the app opened (on_startup order)
-        if settings.tokens_file is None:
+        if not settings.authenticates():
             log.info(
                 "no tokens configured: only loopback clients, one user, no rate limits%s",
                 " (--insecure: NOT loopback)" if not _is_loopback(settings.host) else "",
             )
         else:
-            log.info("tokens mode: every request needs a token from %s", settings.tokens_file)
+            log.info(
+                "tokens mode: every request needs a token (%s)",
+                ", ".join(
+                    what
+                    for what, on in (
+                        (f"tokens file {settings.tokens_file}", settings.tokens_file),
+                        (f"JWKS {settings.jwt_jwks_url}", settings.jwt_jwks_url),
+                        ("JWT secret", settings.jwt_secret),
+                        (f"JWT public key {settings.jwt_public_key}", settings.jwt_public_key),
+                    )
+                    if on
+                ),
+            )
         if settings.responder == "openai" and not settings.openai_api_key:
             log.warning(
                 "the openai responder has no API key (--openai-api-key or OPENAI_API_KEY): "

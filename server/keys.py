@@ -9,15 +9,15 @@ matched app and its parents), which finds the root's value from any app;
 
 Each key says who sets it and when:
 
-- set when the app is built (``make_app``): ``SETTINGS``, ``TOKENS``,
+- set when the app is built (``make_app``): ``SETTINGS``, ``IDENTITY``,
   ``METRICS``, ``OPENAPI`` (an empty dict the first ``/openapi.json`` fills),
   ``ASSETS``;
 - set by a ``cleanup_ctx`` at startup, gone after cleanup: ``HTTP_CLIENT``,
   ``REGISTRY``, ``LIMITS``, ``OPEN_STREAMS``, ``OPEN_SOCKETS`` (each socket's
   feed sender task by socket), ``OPEN_FEEDS``, ``DRAIN`` (started by
   ``on_shutdown``);
-- per request: ``USER`` (set by ``server.auth``; read it with
-  ``server.http.user_of``).
+- per request: ``USER`` and ``PRINCIPAL`` (set by ``server.auth``; read the
+  user with ``server.http.user_of``).
 
 This module imports only the modules that define the values' types, none of
 which imports it, so any module may import it without making a cycle.
@@ -36,15 +36,16 @@ from actors.pubsub import Subscription
 from actors.registry import ActorRegistry
 from server.assets import Asset
 from server.drain import Drain
+from server.identity import Identity
 from server.metrics import Metrics
 from server.ratelimit import Limits
 from server.settings import Settings
-from server.tokens import Logins, Tokens
+from server.tokens import Logins, Principal
 
 # ---------------------------------------------------------------- set when the app is built
 
 SETTINGS = web.AppKey("settings", Settings)
-TOKENS: web.AppKey[Tokens | None] = web.AppKey("tokens", Tokens | None)  # type: ignore[arg-type]
+IDENTITY = web.AppKey("identity", Identity)
 METRICS = web.AppKey("metrics", Metrics)
 OPENAPI: web.AppKey[dict[str, Any]] = web.AppKey("openapi", dict)
 ASSETS: web.AppKey[dict[str, Asset]] = web.AppKey("static_assets", dict)
@@ -66,19 +67,21 @@ DRAIN = web.AppKey("drain", Drain)
 # ---------------------------------------------------------------- per request
 
 USER = web.RequestKey("user", str)
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 __all__ = [
     "ASSETS",
     "DRAIN",
     "HTTP_CLIENT",
+    "IDENTITY",
     "LIMITS",
     "METRICS",
     "OPENAPI",
     "OPEN_FEEDS",
     "OPEN_SOCKETS",
     "OPEN_STREAMS",
+    "PRINCIPAL",
     "REGISTRY",
     "SETTINGS",
-    "TOKENS",
     "USER",
 ]

@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from server.http import json_response
-from server.keys import OPENAPI, SETTINGS, TOKENS
+from server.keys import IDENTITY, OPENAPI, SETTINGS
 from server.responses import Error
 from server.settings import Settings
 
@@ -184,7 +184,7 @@ def _schema(schema: Schema, settings: Settings) -> dict[str, Any]:
 def build_openapi(app: web.Application) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``app``'s routes, for its settings."""
     settings = app[SETTINGS]
-    secured = app[TOKENS] is not None
+    secured = app[IDENTITY].enabled
     entries: list[tuple[str, str, str, Any, Doc]] = []
     models: set[type[BaseModel]] = {Error}
     for route in app.router.routes():
@@ -269,13 +269,26 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
         "paths": paths,
         "components": {
             "schemas": components,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "securitySchemes": {"bearer": BEARER_SCHEME},
         },
         "security": [{"bearer": []}] if secured else [{"bearer": []}, {}],
     }
 
 
 NO_BODY = (101, 204, 304)
+BEARER_SCHEME: dict[str, Any] = {
+    "type": "http",
+    "scheme": "bearer",
+    "description": (
+        "A token of the tokens file, the app's own JWT (--jwt-jwks-url, --jwt-secret or "
+        "--jwt-public-key; exp required, iss/aud checked when configured), or a scoped "
+        "token from POST /api/sessions/{sid}/tokens. A refused token answers 401 "
+        "(error=invalid_token, with the reason). A token scoped to one session "
+        "(roost_sid, roost_scope) answers 403 read_only for a change with a read scope, "
+        "403 forbidden_scope on routes about no session, and 404 for any other session, "
+        "exactly as for one that does not exist or is another user's."
+    ),
+}
 
 
 def _media(

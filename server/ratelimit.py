@@ -1,4 +1,4 @@
-"""Token-bucket rate limits per user and per (user, session): pure bookkeeping.
+"""Token-bucket rate limits per user, per (user, session) and per tenant: pure bookkeeping.
 
 A bucket holds up to ``burst`` tokens and refills at ``rate`` tokens a second;
 each request takes one. An empty bucket refuses with the seconds until a token
@@ -62,13 +62,22 @@ def retry_after(wait: float) -> str:
 
 
 class Limits:
-    """The two kinds of bucket of one app: per caller, and per (caller, session).
+    """The kinds of bucket of one app: per caller, per (caller, session), and per
+    tenant (all the users of one tenant together; callers without a tenant take
+    none).
 
     ``active`` is False on a loopback server without tokens (one user, no
     limits); see ``server.access``.
     """
 
-    def __init__(self, user: RateLimiter, session: RateLimiter, active: bool) -> None:
+    def __init__(
+        self,
+        user: RateLimiter,
+        session: RateLimiter,
+        active: bool,
+        tenant: RateLimiter | None = None,
+    ) -> None:
         self.user = user
         self.session = session
         self.active = active
+        self.tenant = tenant if tenant is not None else RateLimiter(0, 1)

@@ -19,7 +19,7 @@ from actors.session import NewMessage
 from server.errors import ApiError
 from server.http import request_hash
 from server.settings import Settings
-from server.tokens import MAX_TOKEN_CHARS
+from server.tokens import MAX_JWT_CHARS
 
 Str = Annotated[str, StringConstraints(strict=True)]
 Id = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=128)]
@@ -178,7 +178,7 @@ def check_parts(parts: list[Any] | None, settings: Settings) -> None:
 
 # ---------------------------------------------------------------------------- sign-in
 
-Token = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_TOKEN_CHARS)]
+Token = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=MAX_JWT_CHARS)]
 
 
 class LoginRequest(Strict):
@@ -221,4 +221,25 @@ def chat_draft(body: ChatRequest, settings: Settings) -> NewMessage:
         metadata=body.metadata,
         request_hash=request_hash(body) if body.client_id is not None else None,
         explicit_parent="parent_id" in body.model_fields_set,
+    )
+
+
+# ---------------------------------------------------------------------------- identity
+
+
+class ScopedTokenCreate(Strict):
+    scope: Literal["read", "write"] = Field(
+        "read", description="read: reads only; write: reads and changes this session"
+    )
+    expires_in: int = Field(
+        3600, ge=60, description="seconds the token lasts (at most --max-scoped-token-ttl)"
+    )
+
+
+class ShareCreate(Strict):
+    branch: Literal["active", "all"] = Field(
+        "active", description="active: the active branch only; all: every branch"
+    )
+    expires_in: int | None = Field(
+        None, ge=60, description="seconds the link lasts (default: until revoked)"
     )

@@ -141,3 +141,46 @@ class SiblingItem(Shape):
 
 class SiblingsPage(Shape):
     items: list[SiblingItem] = Field(description="items[i] is the sibling whose index is i")
+
+
+class ScopedToken(Shape):
+    token: str = Field(description="a Roost-signed JWT; send it as Authorization: Bearer")
+    session_id: str
+    scope: Literal["read", "write"]
+    expires_at: int = Field(description="UNIX seconds")
+
+
+class ShareInfo(Shape):
+    id: str = Field(description="the unguessable share id")
+    session_id: str
+    branch: Literal["active", "all"]
+    created_at: str
+    expires_at: str | None
+    url: str = Field(description="the web page of the share (path)")
+
+
+class ShareList(Shape):
+    items: list[ShareInfo]
+
+
+class SharedMessage(Shape):
+    id: str
+    parent_id: str | None
+    role: str
+    content: str
+    parts: list[Any] | None
+    status: str
+    model_id: str | None
+    created_at: str
+
+
+class SharedChat(Shape):
+    """What anyone with a share id sees: the chat as it was when it was shared."""
+
+    id: str
+    branch: Literal["active", "all"]
+    title: str | None
+    shared_at: str
+    expires_at: str | None
+    active_leaf_id: str | None
+    messages: list[SharedMessage] = Field(description="live messages in log order")

@@ -52,6 +52,7 @@ from actors.pubsub import Subscription
 from actors.registry import ActorRegistry
 from actors.session import NewMessage, SessionHandle
 from server.access import check_session_rate
+from server.auth import check_scope
 from server.errors import ApiError
 from server.http import read_json, user_of
 from server.keys import REGISTRY, SETTINGS
@@ -404,7 +405,8 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
     data, _ = await read_json(request)
     body = AiChatRequest.model_validate(data)
     sid = validate_session_id(body.id)
-    check_session_rate(request, sid)  # the middleware could not see the body's session id
+    check_scope(request, sid)  # the middleware could not see the body's session id
+    check_session_rate(request, sid)  # nor could the rate limiter
     user = user_of(request)
     draft: NewMessage | None = None
     if body.trigger == "submit-message":

@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import Field
 
 from server.http import json_response, user_of
-from server.keys import SETTINGS, TOKENS
+from server.keys import IDENTITY, SETTINGS
 from server.openapi import Reply, describe
 from server.responses import Shape
 from server.settings import Settings
@@ -102,7 +102,7 @@ async def capabilities(request: web.Request) -> web.Response:
     )
     body = Capabilities(
         user=user_of(request),
-        auth="none" if request.config_dict[TOKENS] is None else "tokens",
+        auth="tokens" if request.config_dict[IDENTITY].enabled else "none",
         features=features,
         max_content_chars=settings.max_content_chars,
         max_attachment_bytes=settings.max_attachment_bytes,

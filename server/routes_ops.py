@@ -43,7 +43,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
 @describe(responses={200: Reply("Prometheus text exposition format", None, ("text/plain",))})
 async def metrics_handler(request: web.Request) -> web.Response:
     """The server's metrics (a token is needed when tokens are configured)."""
-    refused = authenticate(request)
+    refused = await authenticate(request)
     if refused is not None:
         return refused
     body = generate_latest(request.config_dict[METRICS].registry)

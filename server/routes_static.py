@@ -17,7 +17,7 @@ from server.errors import ApiError
 from server.keys import ASSETS
 from server.openapi import Param, Reply, describe
 
-__all__ = ["CSP", "STATIC_DIR", "index", "setup_static", "static_file"]
+__all__ = ["CSP", "STATIC_DIR", "index", "setup_static", "share_page", "static_file"]
 
 # The page talks only to its own origin; no inline script or style, nothing fetched elsewhere.
 CSP = (
@@ -96,9 +96,25 @@ async def vendor_file(request: web.Request) -> web.Response:
     return _serve(request, request.match_info["name"], "no-cache", f"{VENDOR}/")
 
 
+@describe(
+    params=(Param("share_id", "path", {"type": "string"}), IF_NONE_MATCH),
+    responses={
+        200: Reply("the page of a share link", None, ("text/html",), headers=ASSET_HEADERS),
+        304: Reply("unchanged: If-None-Match matched", headers={"ETag": "as for 200"}),
+    },
+    public=True,
+)
+async def share_page(request: web.Request) -> web.Response:
+    """The page of a share link: it reads ``GET /api/shares/{id}`` (the same page for
+    every id; an unknown one says so once loaded)."""
+    return _serve(request, "share.html", "no-cache")
+
+
 def setup_static(app: web.Application) -> None:
-    """Load ``server/static``; add ``GET /``, ``/static/{name}``, ``/static/vendor/{name}``."""
+    """Load ``server/static``; add ``GET /``, ``/s/{share_id}``, ``/static/{name}``,
+    ``/static/vendor/{name}``."""
     app[ASSETS] = load_assets()
     app.router.add_get("/", index)
+    app.router.add_get("/s/{share_id}", share_page)
     app.router.add_get("/static/{name}", static_file)
     app.router.add_get(f"/static/{VENDOR}/{{name}}", vendor_file)

@@ -57,6 +57,35 @@ class Settings(BaseModel):
     ws_heartbeat: float = Field(30.0, gt=0, description="seconds between WebSocket pings")
     insecure: bool = Field(False, description="allow a non-loopback bind without tokens")
     tokens_file: str | None = Field(None, description="JSON file mapping tokens to user ids")
+    # identity (README "Identity"; server.identity)
+    jwt_jwks_url: str | None = Field(
+        None, description="JWKS URL of the app's token signer (RS256/ES256/EdDSA JWTs)"
+    )
+    jwt_jwks_min_interval: float = Field(
+        10.0, gt=0, description="least seconds between JWKS refetches on an unknown kid"
+    )
+    jwt_secret: str | None = Field(None, description="HMAC secret of the app's JWTs (HS256)")
+    jwt_public_key: str | None = Field(
+        None, description="PEM file of the public key of the app's JWTs (RSA, EC, Ed25519)"
+    )
+    jwt_issuer: str | None = Field(None, description="required iss of the app's JWTs")
+    jwt_audience: str | None = Field(None, description="required aud of the app's JWTs")
+    jwt_user_claim: str = Field("sub", min_length=1, description="JWT claim naming the user")
+    jwt_tenant_claim: str | None = Field(
+        None, description="JWT claim naming the tenant (sessions belong to tenant and user)"
+    )
+    jwt_leeway: float = Field(
+        30.0, ge=0, le=600, description="seconds of clock skew allowed on exp, nbf and iat"
+    )
+    token_signing_key: str | None = Field(
+        None,
+        min_length=32,
+        description="secret (>= 32 chars) Roost signs scoped tokens with (default: a random "
+        "key kept in the data dir)",
+    )
+    max_scoped_token_ttl: int = Field(
+        30 * 86400, ge=60, description="longest expires_in of a scoped token, in seconds"
+    )
     # replies
     responder: Literal["echo", "openai"] = Field("echo", description="who writes replies")
     echo_words_per_second: float = Field(20.0, ge=0, description="echo pace (0 = no pauses)")
@@ -114,6 +143,12 @@ class Settings(BaseModel):
     rate_session_burst: int = Field(
         100, ge=1, description="changes one user may make to one session in a burst"
     )
+    rate_tenant_per_sec: float = Field(
+        100.0, ge=0, description="changes all users of one tenant may make per second (0 = off)"
+    )
+    rate_tenant_burst: int = Field(
+        1000, ge=1, description="changes all users of one tenant may make in a burst"
+    )
     login_cookie_max_age: int = Field(
         30 * 86400, ge=60, description="seconds the login cookie of POST /api/login lasts"
     )
@@ -134,6 +169,20 @@ class Settings(BaseModel):
             values = dict(values)
             values.setdefault("openai_idle_timeout", values["openai_timeout"])
         return values
+
+    @model_validator(mode="after")
+    def _one_jwt_key(self) -> Settings:
+        given = [
+            f
+            for f in ("jwt_jwks_url", "jwt_secret", "jwt_public_key")
+            if getattr(self, f) is not None
+        ]
+        if len(given) > 1:
+            flags = " and ".join("--" + f.replace("_", "-") for f in given)
+            raise ValueError(f"give one way to verify JWTs, not {flags}")
+        if self.jwt_jwks_url is not None:
+            check_base_url(self.jwt_jwks_url)
+        return self
 
     @field_validator("synchronous", mode="before")
     @classmethod
@@ -158,6 +207,13 @@ class Settings(BaseModel):
             if value not in ("on", "off") and not _SAMPLE.fullmatch(value):
                 raise ValueError("must be on, off or sample:N with N >= 1 (like sample:100)")
         return value
+
+    def authenticates(self) -> bool:
+        """Whether requests must carry a token (a tokens file or a JWT key is set)."""
+        return any(
+            v is not None
+            for v in (self.tokens_file, self.jwt_jwks_url, self.jwt_secret, self.jwt_public_key)
+        )
 
     def access_log_every(self) -> int:
         """Log 1 request in this many (1 = every one, 0 = none)."""

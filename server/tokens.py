@@ -1,7 +1,7 @@
 """Bearer tokens: the tokens file and the digest table that answers "whose token is this?".
 
 Pure: no aiohttp, no app state. ``server.auth`` uses it to authenticate
-requests; ``server.keys`` names its :class:`Tokens` as the type of ``TOKENS``.
+requests through ``server.identity``, which also reads JWTs.
 
 Tokens are held and looked up only as SHA-256 digests, so the time a lookup
 takes says nothing about how much of a guessed token was right (what an attacker
@@ -14,12 +14,33 @@ import hashlib
 import secrets
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import orjson
 
 MAX_TOKEN_CHARS = 512
+MAX_JWT_CHARS = 16_384  # the longest token presented at all (a JWT with many claims)
 MIN_TOKEN_CHARS = 4  # refuses typos like a one-character token; use long random tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who a request is from.
+
+    ``user``: the owner id its sessions are stored under (tenant-qualified when
+    the token names a tenant). ``tenant``: the tenant, if any (rate limits count
+    it too). ``sid``/``scope``: a scoped token opens only session ``sid``,
+    ``read``-only or ``write``. ``expires``: the token's ``exp`` (UNIX seconds),
+    if it has one.
+    """
+
+    user: str
+    tenant: str | None = None
+    sid: str | None = None
+    scope: Literal["read", "write"] | None = None
+    expires: float | None = None
 
 
 class TokensError(ValueError):
@@ -83,7 +104,7 @@ def load_tokens(path: str | None) -> Tokens | None:
 
 
 class Logins:
-    """Server-side logins of the cookie: random id → (user id, expiry).
+    """Server-side logins of the cookie: random id → (principal, expiry).
 
     Ids come from :func:`secrets.token_urlsafe` (256 bits) and are held as
     SHA-256 digests, like tokens. At most ``max_logins`` are kept; making one
@@ -93,32 +114,39 @@ class Logins:
     def __init__(self, max_age: float, max_logins: int = 10_000) -> None:
         self.max_age = max_age
         self.max_logins = max_logins
-        self._logins: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+        self._logins: OrderedDict[bytes, tuple[Principal, float]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._logins)
 
-    def open(self, user: str) -> str:
-        """Make a login for ``user``; return its id (the cookie value)."""
+    def open(self, principal: Principal) -> str:
+        """Make a login for ``principal``; return its id (the cookie value).
+
+        It ends after ``max_age`` seconds, or when the principal's token expires
+        if that is sooner (a login made with a JWT lasts no longer than the JWT).
+        """
         login_id = secrets.token_urlsafe(32)
-        self._logins[_digest(login_id)] = (user, time.monotonic() + self.max_age)
+        expires = time.monotonic() + self.max_age
+        if principal.expires is not None:
+            expires = min(expires, time.monotonic() + principal.expires - time.time())
+        self._logins[_digest(login_id)] = (principal, expires)
         while len(self._logins) > self.max_logins:
             self._logins.popitem(last=False)
         return login_id
 
-    def user_for(self, login_id: str | None) -> str | None:
-        """The user of a live login, or None (unknown, revoked or expired)."""
+    def principal_for(self, login_id: str | None) -> Principal | None:
+        """The principal of a live login, or None (unknown, revoked or expired)."""
         if not login_id or len(login_id) > MAX_TOKEN_CHARS:
             return None
         key = _digest(login_id)
         found = self._logins.get(key)
         if found is None:
             return None
-        user, expires = found
+        principal, expires = found
         if time.monotonic() >= expires:
             del self._logins[key]
             return None
-        return user
+        return principal
 
     def revoke(self, login_id: str | None) -> None:
         """Forget a login; idempotent (an unknown id is fine)."""

@@ -1,10 +1,14 @@
-"""The catalog: one row per session, for listing sessions and finding owners.
+"""The catalog: one row per session, for listing sessions and finding owners; share links.
 
 Each session's own file is the source of truth; the catalog mirrors its
 Session document (``doc``) so the list route never opens session files. It is
 written in batches (:meth:`Catalog.upsert_many`) with ``synchronous=NORMAL``:
 in WAL mode that survives a process crash, and anything lost to a power cut
 is re-mirrored when the session next activates.
+
+Share links (table ``shares``) are not mirrors: a share's row *is* its
+snapshot, so it is written with ``synchronous=FULL`` before its id is handed
+out. Deleting a session deletes its shares.
 """
 
 from __future__ import annotations
@@ -84,8 +88,64 @@ class Catalog:
             self.conn.execute("PRAGMA synchronous=NORMAL")
 
     def delete(self, sid: str) -> None:
+        """Forget session ``sid`` and every share made of it. Idempotent."""
         with _mapped():
             self.conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+            self.conn.execute("DELETE FROM shares WHERE session_id = ?", (sid,))
+
+    # ------------------------------------------------------------------ shares
+
+    def insert_share(self, share: dict[str, Any], snapshot: bytes) -> None:
+        """Store share ``share`` ({id, owner, session_id, branch, created_at,
+        expires_at}) with its snapshot, fsynced before it returns. Raises a
+        storage error (``Conflict`` for a repeated id)."""
+        conn = self.conn
+        with _mapped():
+            conn.execute("PRAGMA synchronous=FULL")
+            try:
+                conn.execute(
+                    "INSERT INTO shares (id, owner, session_id, branch, created_at, expires_at, "
+                    "snapshot) VALUES (:id, :owner, :session_id, :branch, :created_at, "
+                    ":expires_at, :snapshot)",
+                    {**share, "snapshot": snapshot.decode()},
+                )
+            finally:
+                conn.execute("PRAGMA synchronous=NORMAL")
+
+    def get_share(self, share_id: str) -> tuple[dict[str, Any], bytes] | None:
+        """The share ``share_id`` and its snapshot, or None (expired ones too: the
+        caller checks ``expires_at``)."""
+        assert self._reader is not None
+        with _mapped():
+            row = self._reader.execute(
+                f"SELECT {_SHARE_COLUMNS}, snapshot FROM shares WHERE id = ?", (share_id,)
+            ).fetchone()
+        if row is None:
+            return None
+        *fields, snapshot = row
+        return _share(fields), str(snapshot).encode()
+
+    def list_shares(self, owner: str, session_id: str | None = None) -> list[dict[str, Any]]:
+        """Shares of ``owner`` (of one session if given), newest first, without snapshots."""
+        assert self._reader is not None
+        where, args = "owner = ?", [owner]
+        if session_id is not None:
+            where, args = where + " AND session_id = ?", [owner, session_id]
+        with _mapped():
+            rows = self._reader.execute(
+                f"SELECT {_SHARE_COLUMNS} FROM shares WHERE {where} "
+                "ORDER BY created_at DESC, id DESC LIMIT 1000",
+                args,
+            ).fetchall()
+        return [_share(r) for r in rows]
+
+    def delete_share(self, share_id: str, owner: str) -> bool:
+        """Delete ``owner``'s share ``share_id``; whether there was one."""
+        with _mapped():
+            cur = self.conn.execute(
+                "DELETE FROM shares WHERE id = ? AND owner = ?", (share_id, owner)
+            )
+        return cur.rowcount > 0
 
     def owner_of(self, sid: str) -> str | None:
         """The owner the catalog records for ``sid`` (None if it lists no such session)."""
@@ -107,6 +167,21 @@ class Catalog:
 
     def count(self) -> int:
         return int(scalar(self.conn.execute("SELECT COUNT(*) FROM sessions")))
+
+
+_SHARE_COLUMNS = "id, owner, session_id, branch, created_at, expires_at"
+
+
+def _share(row: Any) -> dict[str, Any]:
+    share_id, owner, session_id, branch, created_at, expires_at = row
+    return {
+        "id": share_id,
+        "owner": owner,
+        "session_id": session_id,
+        "branch": branch,
+        "created_at": created_at,
+        "expires_at": expires_at,
+    }
 
 
 def _list(

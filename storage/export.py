@@ -455,3 +455,21 @@ def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: s
 
 def _dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
+
+
+def active_path_only(doc: dict[str, Any]) -> dict[str, Any]:
+    """The JSON export ``doc`` cut to its active path (root to active leaf), live
+    messages only, with the attachment records those messages name. Still a
+    valid ``roost.session.v1`` document (it imports). Pure; ``doc`` is not changed.
+    """
+    messages: list[dict[str, Any]] = doc.get("messages", [])
+    by_id = {m["id"]: m for m in messages}
+    path: set[str] = set()
+    node = by_id.get(doc.get("active_leaf_id") or "")
+    while node is not None and node["id"] not in path:
+        path.add(node["id"])
+        node = by_id.get(node.get("parent_id") or "")
+    kept = [m for m in messages if m["id"] in path and not m.get("deleted")]
+    named = {ref.get("id") for m in kept for ref in m.get("attachments") or []}
+    attachments = [a for a in doc.get("attachments", []) if a.get("id") in named]
+    return {**doc, "messages": kept, "attachments": attachments}

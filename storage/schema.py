@@ -129,6 +129,20 @@ CATALOG_MIGRATIONS: list[str] = [
     );
     CREATE INDEX sessions_recent ON sessions(owner, updated_at DESC, id DESC);
     """,
+    # v2: share links (a snapshot of a session, readable by anyone with the id)
+    """
+    CREATE TABLE shares (
+        id TEXT PRIMARY KEY,
+        owner TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        expires_at TEXT,
+        snapshot TEXT NOT NULL
+    );
+    CREATE INDEX shares_by_owner ON shares(owner, created_at DESC, id DESC);
+    CREATE INDEX shares_by_session ON shares(session_id);
+    """,
 ]
 
 

@@ -559,6 +559,8 @@ async def test_public_routes_are_the_ones_described_public(tclient: Any) -> None
         ("/static/vendor/{name}", "get"),
         ("/api/login", "post"),
         ("/api/logout", "post"),
+        ("/s/{share_id}", "get"),
+        ("/api/shares/{share_id}", "get"),
     }
     for path, method in public:
         if "{" not in path:
