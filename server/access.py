@@ -34,7 +34,7 @@ from aiohttp import web
 
 from server.errors import ApiError, Handler, error_response
 from server.http import user_of
-from server.keys import IDENTITY, LIMITS, PRINCIPAL, SETTINGS
+from server.keys import IDENTITY, LIMITS, PRINCIPAL, SETTINGS, state_of
 from server.ratelimit import Limits, RateLimiter, retry_after
 
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -62,7 +62,7 @@ def listed_origin(request: web.Request) -> bool:
     origin = request.headers.get("Origin")
     if origin is None:
         return False
-    allowed = request.config_dict[SETTINGS].allowed_origin_list()
+    allowed = state_of(request)[SETTINGS].allowed_origin_list()
     return "*" in allowed or origin.rstrip("/") in allowed
 
 
@@ -99,8 +99,8 @@ def is_loopback_host(host: str) -> bool:
 async def gate_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Loopback hosts, CORS preflights and foreign origins, before anything else."""
     if (
-        not request.config_dict[IDENTITY].enabled
-        and not request.config_dict[SETTINGS].insecure
+        not state_of(request)[IDENTITY].enabled
+        and not state_of(request)[SETTINGS].insecure
         and not is_loopback_host(request.host)
     ):
         return error_response(
@@ -153,14 +153,14 @@ async def cors_headers(request: web.BaseRequest, response: web.StreamResponse) -
 def caller_key(request: web.Request) -> str:
     """Who the rate limits count: the signed-in user, else the peer address."""
     user = user_of(request)
-    if request.config_dict[IDENTITY].enabled and user:
+    if state_of(request)[IDENTITY].enabled and user:
         return "u:" + user
     return "a:" + (request.remote or "")
 
 
 def check_rate(request: web.Request, sid: str | None) -> None:
     """Take a token for a change by this caller (to ``sid``); raise 429 if none is left."""
-    limits = request.config_dict[LIMITS]
+    limits = state_of(request)[LIMITS]
     if not limits.active:
         return
     who = caller_key(request)
@@ -180,7 +180,7 @@ def check_session_rate(request: web.Request, sid: str) -> None:
     :func:`rate_middleware` already took the caller's own token but could not
     see the session.
     """
-    limits = request.config_dict[LIMITS]
+    limits = state_of(request)[LIMITS]
     if limits.active:
         _refuse_if_waiting(limits.session.take((caller_key(request), sid)))
 

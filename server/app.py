@@ -27,7 +27,7 @@ headers (CSP, nosniff) come with it from ``server.routes_static``. At the root,
 ``public=True``) and ``/metrics`` authenticates itself (``server.routes_ops``).
 
 State. Every key (``server.keys``) is on the root; handlers read it with
-``request.config_dict[KEY]``. Long-lived resources each open in their own
+``state_of(request)[KEY]``. Long-lived resources each open in their own
 ``cleanup_ctx`` (an ``@asynccontextmanager``), in this order (cleanup runs in
 reverse): the HTTP client, the actor registry, the responder, the metrics'
 attachment to the registry, the rate limiter, the open streams. A context's
@@ -80,6 +80,7 @@ from server.keys import (
     OPENAPI,
     REGISTRY,
     SETTINGS,
+    state_of,
 )
 from server.listen import fd_budget
 from server.logs import access_middlewares
@@ -125,7 +126,7 @@ async def disk_middleware(request: web.Request, handler: Handler) -> web.StreamR
         and request.path not in _REFUSAL_EXEMPT
         and not request.path.endswith("/cancel")
     ):
-        request.config_dict[REGISTRY].check_disk()
+        state_of(request)[REGISTRY].check_disk()
     return await handler(request)
 
 

@@ -48,7 +48,7 @@ from aiohttp import web
 from server.errors import ApiError, Handler, error_response
 from server.http import json_response, parse_body, user_of
 from server.identity import InvalidToken
-from server.keys import HTTP_CLIENT, IDENTITY, LOGINS, PRINCIPAL, SETTINGS, USER
+from server.keys import HTTP_CLIENT, IDENTITY, LOGINS, PRINCIPAL, SETTINGS, USER, state_of
 from server.openapi import Reply, describe, is_public_route
 from server.requests import LoginRequest
 from server.responses import User
@@ -164,8 +164,8 @@ def _enforce_scope(request: web.Request) -> None:
 
 async def resolve(request: web.Request, token: str) -> Principal:
     """The principal ``token`` names; raises :class:`InvalidToken` saying why not."""
-    identity = request.config_dict[IDENTITY]
-    return await identity.principal_for(token, request.config_dict[HTTP_CLIENT])
+    identity = state_of(request)[IDENTITY]
+    return await identity.principal_for(token, state_of(request)[HTTP_CLIENT])
 
 
 async def authenticate(request: web.Request) -> web.Response | None:
@@ -177,7 +177,7 @@ async def authenticate(request: web.Request) -> web.Response | None:
     missing or refused one is refused only where the route is not public. A
     scoped token is held to its session (see the module docstring). Idempotent.
     """
-    if not request.config_dict[IDENTITY].enabled:
+    if not state_of(request)[IDENTITY].enabled:
         request[USER] = ""
         return None
     token = presented_token(request)
@@ -190,7 +190,7 @@ async def authenticate(request: web.Request) -> web.Response | None:
             refusal = exc.message
     elif COOKIE in request.cookies:
         token = request.cookies[COOKIE]
-        principal = request.config_dict[LOGINS].principal_for(token)
+        principal = state_of(request)[LOGINS].principal_for(token)
         refusal = "the login has expired or was revoked; sign in again"
         if principal is not None and _is_change(request) and not _same_origin(request):
             return error_response(
@@ -241,7 +241,7 @@ async def login(request: web.Request) -> web.Response:
     ``{user: ""}`` and sets no cookie. Each call makes a new login (not idempotent).
     """
     body = await parse_body(request, LoginRequest)
-    if not request.config_dict[IDENTITY].enabled:
+    if not state_of(request)[IDENTITY].enabled:
         return json_response({"user": ""})
     try:
         principal = await resolve(request, body.token)
@@ -250,12 +250,12 @@ async def login(request: web.Request) -> web.Response:
     resp = json_response({"user": principal.user})
     resp.set_cookie(
         COOKIE,
-        request.config_dict[LOGINS].open(principal),
+        state_of(request)[LOGINS].open(principal),
         httponly=True,
         samesite="Strict",
         secure=request.secure,
         path="/",
-        max_age=request.config_dict[SETTINGS].login_cookie_max_age,
+        max_age=state_of(request)[SETTINGS].login_cookie_max_age,
     )
     return resp
 
@@ -267,7 +267,7 @@ async def logout(request: web.Request) -> web.Response:
 
     Idempotent. A copy of the cookie kept elsewhere no longer authenticates.
     """
-    request.config_dict[LOGINS].revoke(request.cookies.get(COOKIE))
+    state_of(request)[LOGINS].revoke(request.cookies.get(COOKIE))
     resp = web.Response(status=204)
     resp.del_cookie(COOKIE, path="/")
     return resp

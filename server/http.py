@@ -10,7 +10,7 @@ from aiohttp import web
 from pydantic import BaseModel
 
 from server.errors import ApiError
-from server.keys import SETTINGS, USER
+from server.keys import SETTINGS, USER, state_of
 from storage.ids import ascii_int
 
 M = TypeVar("M", bound=BaseModel)
@@ -36,7 +36,7 @@ async def read_json(request: web.Request) -> tuple[dict[str, Any], bytes]:
             "unsupported_media_type",
             f"expected Content-Type application/json, got {request.content_type or 'none'}",
         )
-    settings = request.config_dict[SETTINGS]
+    settings = state_of(request)[SETTINGS]
     if request.content_length is not None and request.content_length > settings.max_body_bytes:
         raise ApiError(
             413,

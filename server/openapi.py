@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from server.http import json_response
-from server.keys import IDENTITY, OPENAPI, SETTINGS
+from server.keys import IDENTITY, OPENAPI, SETTINGS, state_of
 from server.responses import Error
 from server.settings import Settings
 
@@ -337,7 +337,7 @@ def _summary(handler: Any) -> str:
 @describe(responses={200: Reply("this document (OpenAPI 3.1)")}, public=True)
 async def openapi_json(request: web.Request) -> web.Response:
     """The OpenAPI document of this server (public, made once)."""
-    cache = request.config_dict[OPENAPI]
+    cache = state_of(request)[OPENAPI]
     if not cache:
         cache.update(build_openapi(request.app))
     return json_response(cache)

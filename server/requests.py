@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from actors.session import NewMessage
 from server.errors import ApiError
@@ -227,12 +227,25 @@ def chat_draft(body: ChatRequest, settings: Settings) -> NewMessage:
 # ---------------------------------------------------------------------------- identity
 
 
+def _whole_number(value: Any) -> Any:
+    """A JSON number with no fraction (``3600.0``) as an int: JSON Schema counts it as
+    an integer, so the API takes it; anything else goes on to the strict check."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+#: a lifetime in seconds, at least a minute, as a JSON integer (``3600`` or ``3600.0``,
+#: never ``"3600"`` or ``3600.5``)
+Lifetime = Annotated[int, Field(ge=60), BeforeValidator(_whole_number)]
+
+
 class ScopedTokenCreate(Strict):
     scope: Literal["read", "write"] = Field(
         "read", description="read: reads only; write: reads and changes this session"
     )
-    expires_in: int = Field(
-        3600, ge=60, description="seconds the token lasts (at most --max-scoped-token-ttl)"
+    expires_in: Lifetime = Field(
+        3600, description="seconds the token lasts (at most --max-scoped-token-ttl)"
     )
 
 
@@ -240,6 +253,6 @@ class ShareCreate(Strict):
     branch: Literal["active", "all"] = Field(
         "active", description="active: the active branch only; all: every branch"
     )
-    expires_in: int | None = Field(
-        None, ge=60, description="seconds the link lasts (default: until revoked)"
+    expires_in: Lifetime | None = Field(
+        None, description="seconds the link lasts (default: until revoked)"
     )

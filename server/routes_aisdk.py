@@ -55,7 +55,7 @@ from server.access import check_session_rate
 from server.auth import check_scope
 from server.errors import ApiError
 from server.http import read_json, user_of
-from server.keys import REGISTRY, SETTINGS
+from server.keys import REGISTRY, SETTINGS, state_of
 from server.openapi import SSE, Reply, describe
 from server.requests import SessionId, Strict, check_content
 from server.sse import encode, open_sse, pump
@@ -297,7 +297,7 @@ async def _send(
     subscription ends early (dropped or shutdown: the client may resume).
     """
     resp = await open_sse(request, {**UI_STREAM_HEADERS, **headers})
-    heartbeat = request.config_dict[SETTINGS].sse_heartbeat
+    heartbeat = state_of(request)[SETTINGS].sse_heartbeat
     await pump(
         request, resp, _chunks(ui, sub), heartbeat=heartbeat, first=[b"".join(first)], sub=sub
     )
@@ -401,7 +401,7 @@ STREAM_HEADER = {"x-vercel-ai-ui-message-stream": "v1"}
 )
 async def ai_chat(request: web.Request) -> web.StreamResponse:
     """Take what is new from a ``useChat`` request and stream the reply."""
-    settings = request.config_dict[SETTINGS]
+    settings = state_of(request)[SETTINGS]
     data, _ = await read_json(request)
     body = AiChatRequest.model_validate(data)
     sid = validate_session_id(body.id)
@@ -427,7 +427,7 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
             client_id=client_id,
             request_hash=hashlib.sha256(client_id.encode()).hexdigest(),
         )
-    registry = request.config_dict[REGISTRY]
+    registry = state_of(request)[REGISTRY]
     if draft is not None:  # a regenerate needs a chat to exist
         await _ensure_session(registry, sid, user)
     headers: dict[str, str] = {}
@@ -473,8 +473,8 @@ async def ai_resume(request: web.Request) -> web.StreamResponse:
     reply: 204, so ``useChat({resume: true})`` on a new chat stays quiet.
     """
     sid = validate_session_id(request.match_info["id"])
-    found = await request.config_dict[REGISTRY].resume_reply(
-        sid, user_of(request), maxsize=request.config_dict[SETTINGS].subscriber_queue
+    found = await state_of(request)[REGISTRY].resume_reply(
+        sid, user_of(request), maxsize=state_of(request)[SETTINGS].subscriber_queue
     )
     if found is None:
         return web.Response(status=204)

@@ -12,7 +12,7 @@ from actors.session import ReplyStream
 from server import frames
 from server.errors import ApiError
 from server.http import json_response, read_json, user_of
-from server.keys import REGISTRY, SETTINGS
+from server.keys import REGISTRY, SETTINGS, state_of
 from server.openapi import JSON, SSE, Param, Reply, describe
 from server.requests import ChatRequest, RegenerateRequest, chat_draft
 from server.responses import ChatResult, Message
@@ -58,7 +58,7 @@ async def _answer(
     first = [encode("ack", orjson.dumps(ack))]
     if stream.final is not None:
         first += _finished_frames(stream.final, 0)
-    heartbeat = request.config_dict[SETTINGS].sse_heartbeat
+    heartbeat = state_of(request)[SETTINGS].sse_heartbeat
     sub = stream.subscription
     await pump(request, resp, frames.sse_events(sub), heartbeat=heartbeat, first=first, sub=sub)
     return resp
@@ -74,11 +74,11 @@ async def _answer(
 )
 async def chat(request: web.Request) -> web.StreamResponse:
     """Commit the user message and a pending reply, then stream the reply."""
-    settings = request.config_dict[SETTINGS]
+    settings = state_of(request)[SETTINGS]
     data, _ = await read_json(request)
     body = ChatRequest.model_validate(data)
     draft = chat_draft(body, settings)
-    async with request.config_dict[REGISTRY].session(
+    async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
         user, reply, created, stream = await s.chat(
@@ -112,12 +112,12 @@ async def chat(request: web.Request) -> web.StreamResponse:
 )
 async def regenerate(request: web.Request) -> web.StreamResponse:
     """A new reply: a sibling of an assistant message, or a child of a user message."""
-    settings = request.config_dict[SETTINGS]
+    settings = state_of(request)[SETTINGS]
     model = None
     if request.can_read_body:
         data, _ = await read_json(request)
         model = RegenerateRequest.model_validate(data).model
-    async with request.config_dict[REGISTRY].session(
+    async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
         reply, stream = await s.regenerate(
@@ -141,7 +141,7 @@ async def cancel(request: web.Request) -> web.Response:
     A reply that already ended is returned as it is.
     """
     mid = request.match_info["mid"]
-    async with request.config_dict[REGISTRY].session(
+    async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
         final = await s.cancel(mid)
@@ -191,9 +191,9 @@ def _offset(raw: str, name: str) -> int | None:
 async def resume(request: web.Request) -> web.StreamResponse:
     """Resume a reply: the text after ``Last-Event-ID``, then live deltas, ``message``, ``done``."""
     since = _last_event_id(request)
-    settings = request.config_dict[SETTINGS]
+    settings = state_of(request)[SETTINGS]
     mid = request.match_info["mid"]
-    async with request.config_dict[REGISTRY].session(
+    async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
         stream = await s.stream(mid, since=since, maxsize=settings.subscriber_queue)

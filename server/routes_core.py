@@ -18,7 +18,7 @@ from server.http import (
     request_hash,
     user_of,
 )
-from server.keys import REGISTRY, SETTINGS
+from server.keys import REGISTRY, SETTINGS, state_of
 from server.openapi import Param, Reply, cursor_param, describe, limit_param
 from server.requests import (
     MessageCreate,
@@ -43,7 +43,7 @@ def _meta_size(meta: dict[str, Any] | None) -> int:
 
 
 def _page_params(request: web.Request) -> tuple[int, str | None, str | None]:
-    limit = query_int(request, "limit", 25, 1, request.config_dict[SETTINGS].max_page_limit)
+    limit = query_int(request, "limit", 25, 1, state_of(request)[SETTINGS].max_page_limit)
     return limit, query_str(request, "before"), query_str(request, "after")
 
 
@@ -54,11 +54,11 @@ def _page_params(request: web.Request) -> tuple[int, str | None, str | None]:
 @describe(body=SessionCreate, responses={201: Reply("the new session", Session)})
 async def create_session(request: web.Request) -> web.Response:
     """Create a session: 201 Session; 409 if the id exists."""
-    settings = request.config_dict[SETTINGS]
+    settings = state_of(request)[SETTINGS]
     body = await parse_body(request, SessionCreate)
     check_title(body.title, settings)
     check_metadata(body.metadata, settings, _meta_size(body.metadata))
-    doc = await request.config_dict[REGISTRY].create_session(
+    doc = await state_of(request)[REGISTRY].create_session(
         body.id, owner=user_of(request), title=body.title, metadata=body.metadata
     )
     return json_response(doc, 201)
@@ -71,8 +71,8 @@ async def create_session(request: web.Request) -> web.Response:
 )
 async def list_sessions(request: web.Request) -> web.Response:
     """Sessions, most recently updated first: ``{items, next_cursor}``."""
-    limit = query_int(request, "limit", 25, 1, request.config_dict[SETTINGS].max_page_limit)
-    items, nxt = await request.config_dict[REGISTRY].list_sessions(
+    limit = query_int(request, "limit", 25, 1, state_of(request)[SETTINGS].max_page_limit)
+    items, nxt = await state_of(request)[REGISTRY].list_sessions(
         owner=user_of(request), limit=limit, cursor=query_str(request, "cursor")
     )
     return json_response({"items": items, "next_cursor": nxt})
@@ -85,8 +85,8 @@ async def list_sessions(request: web.Request) -> web.Response:
 )
 async def get_session(request: web.Request) -> web.Response:
     """``{session, messages, before}``: the newest page of the active branch."""
-    limit = query_int(request, "limit", 25, 1, request.config_dict[SETTINGS].max_page_limit)
-    async with request.config_dict[REGISTRY].session(
+    limit = query_int(request, "limit", 25, 1, state_of(request)[SETTINGS].max_page_limit)
+    async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
         session, page = await s.overview(limit=limit)
@@ -97,7 +97,7 @@ async def get_session(request: web.Request) -> web.Response:
 @describe(body=SessionPatch, responses={200: Reply("the changed session", Session)})
 async def patch_session(request: web.Request) -> web.Response:
     """Change title, metadata or the active branch: 200 Session."""
-    settings = request.config_dict[SETTINGS]
+    settings = state_of(request)[SETTINGS]
     data, _ = await _read(request)
     body = SessionPatch.model_validate(data)
     if not data:
@@ -106,7 +106,7 @@ async def patch_session(request: web.Request) -> web.Response:
         )
     check_title(body.title, settings)
     check_metadata(body.metadata, settings, _meta_size(body.metadata))
-    async with request.config_dict[REGISTRY].session(
+    async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
         doc = await s.update_session(
@@ -122,7 +122,7 @@ async def patch_session(request: web.Request) -> web.Response:
 @describe(responses={204: Reply("deleted")})
 async def delete_session(request: web.Request) -> web.Response:
     """Delete a session with its files: 204."""
-    await request.config_dict[REGISTRY].delete_session(request.match_info["sid"], user_of(request))
+    await state_of(request)[REGISTRY].delete_session(request.match_info["sid"], user_of(request))
     return web.Response(status=204)
 
 
@@ -143,7 +143,7 @@ async def list_messages(request: web.Request) -> web.Response:
     """A page of messages: ``{items, before, after}``, items oldest first."""
     limit, before, after = _page_params(request)
     view = query_choice(request, "view", ("active", "all"))
-    async with request.config_dict[REGISTRY].session(
+    async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
         page = await s.page(view=view, limit=limit, before=before, after=after)
@@ -152,7 +152,7 @@ async def list_messages(request: web.Request) -> web.Response:
 
 def draft_from(body: MessageCreate, request: web.Request) -> NewMessage:
     """Check a MessageCreate against the limits and make the actor's NewMessage."""
-    settings = request.config_dict[SETTINGS]
+    settings = state_of(request)[SETTINGS]
     has_payload = bool(body.parts) or body.tool_call is not None or body.tool_result is not None
     check_content(body.content, settings, allow_empty=has_payload)
     check_metadata(body.metadata, settings, _meta_size(body.metadata))
@@ -185,7 +185,7 @@ async def append_message(request: web.Request) -> web.Response:
     """Append a message: 201, or 200 with the stored one for a repeated client_id."""
     body = await parse_body(request, MessageCreate)
     draft = draft_from(body, request)
-    async with request.config_dict[REGISTRY].session(
+    async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
         msg, created = await s.append(draft)
@@ -195,7 +195,7 @@ async def append_message(request: web.Request) -> web.Response:
 @routes.get("/sessions/{sid}/messages/{mid}")
 @describe(responses={200: Reply("the message", Message)})
 async def get_message(request: web.Request) -> web.Response:
-    async with request.config_dict[REGISTRY].session(
+    async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
         msg = await s.get_message(request.match_info["mid"])
@@ -239,7 +239,7 @@ async def _read(request: web.Request) -> tuple[dict[str, Any], bytes]:
 )
 async def patch_message(request: web.Request) -> web.Response:
     """Edit content, parts or metadata in place: 200; a stale If-Match: 412."""
-    settings = request.config_dict[SETTINGS]
+    settings = state_of(request)[SETTINGS]
     data, _ = await _read(request)
     body = MessagePatch.model_validate(data)
     changes: dict[str, Any] = {}
@@ -257,7 +257,7 @@ async def patch_message(request: web.Request) -> web.Response:
     if not changes:
         raise ApiError(400, "invalid_input", "nothing to change: give content, parts or metadata")
     if_match = _if_match(request)
-    async with request.config_dict[REGISTRY].session(
+    async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
         msg = await s.update_message(request.match_info["mid"], changes, if_match=if_match)
@@ -269,7 +269,7 @@ async def patch_message(request: web.Request) -> web.Response:
 async def delete_message(request: web.Request) -> web.Response:
     """Replace a message with a tombstone: 204."""
     mid = request.match_info["mid"]
-    async with request.config_dict[REGISTRY].session(
+    async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
         await s.delete_message(mid)
@@ -295,7 +295,7 @@ async def list_siblings(request: web.Request) -> web.Response:
     sibling whose ``siblings.index`` is ``i``. At most ``limit`` (default 200).
     """
     limit = query_int(request, "limit", 200, 1, SIBLINGS_MAX)
-    async with request.config_dict[REGISTRY].session(
+    async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
         items = await s.siblings(request.match_info["mid"], limit=limit)

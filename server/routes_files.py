@@ -25,7 +25,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from actors.session import ExportDocument
 from server.errors import ApiError
 from server.http import json_response, query_choice, query_int, user_of
-from server.keys import IMPORT_SLOTS, REGISTRY, SETTINGS
+from server.keys import IMPORT_SLOTS, REGISTRY, SETTINGS, state_of
 from server.openapi import ANY, JSON, MULTIPART, SESSION_ID, Param, Reply, describe
 from server.responses import Attachment, Error, SearchPage, Session
 from server.wire import snippet_html
@@ -79,8 +79,8 @@ UPLOAD_BODY = {
 )
 async def upload_attachment(request: web.Request) -> web.Response:
     """Store one uploaded file: 201 ``{id, name, mime, size, sha256, url, created_at}``."""
-    settings = request.config_dict[SETTINGS]
-    registry = request.config_dict[REGISTRY]
+    settings = state_of(request)[SETTINGS]
+    registry = state_of(request)[REGISTRY]
     sid = request.match_info["sid"]
     limit = settings.max_attachment_bytes
     if request.content_type != "multipart/form-data":
@@ -225,7 +225,7 @@ DOWNLOAD_HEADERS = {
 )
 async def download_attachment(request: web.Request) -> web.StreamResponse:
     """The attachment's bytes; 304 on a matching ``If-None-Match``; 206 for a ``Range``."""
-    registry = request.config_dict[REGISTRY]
+    registry = state_of(request)[REGISTRY]
     sid = request.match_info["sid"]
     async with registry.session(sid, user_of(request)) as s:
         att = await s.read_attachment(request.match_info["aid"])
@@ -300,7 +300,7 @@ async def download_attachment(request: web.Request) -> web.StreamResponse:
 )
 async def export_session(request: web.Request) -> web.StreamResponse:
     """The whole session, streamed: JSON (lossless, ``roost.session.v1``) or Markdown."""
-    registry = request.config_dict[REGISTRY]
+    registry = state_of(request)[REGISTRY]
     sid = request.match_info["sid"]
     fmt: Literal["json", "markdown"] = (
         "markdown"
@@ -344,8 +344,8 @@ async def export_session(request: web.Request) -> web.StreamResponse:
 )
 async def import_session(request: web.Request) -> web.Response:
     """A JSON export becomes a new session (201 Session); ``?id=`` names it (409 if taken)."""
-    settings = request.config_dict[SETTINGS]
-    registry = request.config_dict[REGISTRY]
+    settings = state_of(request)[SETTINGS]
+    registry = state_of(request)[REGISTRY]
     if request.content_type != "application/json":
         raise ApiError(
             415,
@@ -360,7 +360,7 @@ async def import_session(request: web.Request) -> web.Response:
         raise ApiError(
             413, "payload_too_large", f"the import is larger than the limit of {limit} bytes"
         )
-    async with request.config_dict[IMPORT_SLOTS]:
+    async with state_of(request)[IMPORT_SLOTS]:
         buf = bytearray()
         async for chunk in request.content.iter_chunked(READ_CHUNK):
             buf += chunk
@@ -380,8 +380,8 @@ async def import_session(request: web.Request) -> web.Response:
 
 async def _import(request: web.Request, sid: str | None, buf: bytearray) -> dict[str, Any]:
     """Parse ``buf`` (in place, no copy; emptied once parsed) and create the session."""
-    settings = request.config_dict[SETTINGS]
-    return await request.config_dict[REGISTRY].import_session(
+    settings = state_of(request)[SETTINGS]
+    return await state_of(request)[REGISTRY].import_session(
         sid,
         buf,
         owner=user_of(request),
@@ -425,7 +425,7 @@ async def search(request: web.Request) -> web.Response:
     for a prefix. ``mode=fts``: ``q`` is SQLite FTS5 query syntax. Either way
     a query the engine cannot parse is 400 ``invalid_query``.
     """
-    settings = request.config_dict[SETTINGS]
+    settings = state_of(request)[SETTINGS]
     q = request.query.get("q")
     if q is None or not q.strip():
         raise ApiError(400, "invalid_query", "give a search query in q", {"loc": ["query", "q"]})
@@ -438,7 +438,7 @@ async def search(request: web.Request) -> web.Response:
         )
     limit = query_int(request, "limit", 20, 1, settings.max_page_limit)
     mode = query_choice(request, "mode", ("words", "fts"))
-    async with request.config_dict[REGISTRY].session(
+    async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
         items = await s.search(q, limit=limit, raw=mode == "fts")

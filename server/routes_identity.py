@@ -26,11 +26,12 @@ from aiohttp import web
 from server.auth import require_unscoped
 from server.errors import ApiError
 from server.http import json_response, parse_body, query_str, user_of
-from server.keys import IDENTITY, PRINCIPAL, REGISTRY, SETTINGS
+from server.keys import IDENTITY, PRINCIPAL, REGISTRY, SETTINGS, state_of
 from server.openapi import SESSION_ID, Param, Reply, describe
 from server.requests import ScopedTokenCreate, ShareCreate
 from server.responses import ScopedToken, Session, SharedChat, SharedMessage, ShareInfo, ShareList
 from server.tokens import Principal
+from storage.ids import validate_session_id
 
 routes = web.RouteTableDef()  # mounted under /api
 
@@ -47,7 +48,7 @@ async def create_scoped_token(request: web.Request) -> web.Response:
     """
     require_unscoped(request)
     body = await parse_body(request, ScopedTokenCreate)
-    ttl = request.config_dict[SETTINGS].max_scoped_token_ttl
+    ttl = state_of(request)[SETTINGS].max_scoped_token_ttl
     if body.expires_in > ttl:
         raise ApiError(
             400,
@@ -56,10 +57,10 @@ async def create_scoped_token(request: web.Request) -> web.Response:
             {"loc": ["body", "expires_in"]},
         )
     sid = request.match_info["sid"]
-    async with request.config_dict[REGISTRY].session(sid, user_of(request)) as s:
+    async with state_of(request)[REGISTRY].session(sid, user_of(request)) as s:
         await s.read_session()  # 404 unless it is the caller's
     principal = request.get(PRINCIPAL) or Principal(user_of(request))
-    minted = request.config_dict[IDENTITY].mint(principal, sid, body.scope, body.expires_in)
+    minted = state_of(request)[IDENTITY].mint(principal, sid, body.scope, body.expires_in)
     return json_response(
         {
             "token": minted.token,
@@ -120,8 +121,8 @@ async def create_share(request: web.Request) -> web.Response:
     """
     require_unscoped(request)
     body = await parse_body(request, ShareCreate)
-    settings = request.config_dict[SETTINGS]
-    registry = request.config_dict[REGISTRY]
+    settings = state_of(request)[SETTINGS]
+    registry = state_of(request)[REGISTRY]
     sid = request.match_info["sid"]
     async with registry.session(sid, user_of(request)) as s:
         snapshot = await s.snapshot(body.branch, max_bytes=settings.max_import_bytes)
@@ -150,9 +151,10 @@ async def create_share(request: web.Request) -> web.Response:
 async def list_shares(request: web.Request) -> web.Response:
     """The share links the caller made (expired ones included), newest first: ``{items}``."""
     require_unscoped(request)
-    items = request.config_dict[REGISTRY].list_shares(
-        user_of(request), query_str(request, "session_id", 128)
-    )
+    sid = query_str(request, "session_id", 128)
+    if sid is not None:
+        validate_session_id(sid)
+    items = state_of(request)[REGISTRY].list_shares(user_of(request), sid)
     return json_response({"items": [_share_info(s) for s in items]})
 
 
@@ -167,7 +169,7 @@ async def get_share(request: web.Request) -> web.Response:
 
     404 for an unknown, revoked or expired share. Reads only.
     """
-    found = request.config_dict[REGISTRY].get_share(_share_id(request))
+    found = state_of(request)[REGISTRY].get_share(_share_id(request))
     if found is None:
         raise ApiError(404, "not_found", "share not found (revoked or expired?)")
     return json_response(shared_chat(*found), headers={"Cache-Control": "no-store"})
@@ -181,7 +183,7 @@ async def get_share(request: web.Request) -> web.Response:
 async def delete_share(request: web.Request) -> web.Response:
     """Revoke one of the caller's shares: 204; 404 when it is not the caller's (or gone)."""
     require_unscoped(request)
-    await request.config_dict[REGISTRY].delete_share(_share_id(request), user_of(request))
+    await state_of(request)[REGISTRY].delete_share(_share_id(request), user_of(request))
     return web.Response(status=204)
 
 
@@ -197,5 +199,5 @@ async def copy_share(request: web.Request) -> web.Response:
     ``forbidden_scope`` for a scoped token. Not idempotent.
     """
     require_unscoped(request)
-    doc = await request.config_dict[REGISTRY].copy_share(_share_id(request), user_of(request))
+    doc = await state_of(request)[REGISTRY].copy_share(_share_id(request), user_of(request))
     return json_response(doc, 201, {"Location": f"/api/sessions/{doc['id']}"})

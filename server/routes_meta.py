@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import Field
 
 from server.http import json_response, user_of
-from server.keys import IDENTITY, SETTINGS
+from server.keys import IDENTITY, SETTINGS, state_of
 from server.openapi import Reply, describe
 from server.responses import Shape
 from server.settings import Settings
@@ -81,7 +81,7 @@ async def models(request: web.Request) -> web.Response:
 
     Always 200; the echo responder lists one model, ``echo``.
     """
-    return json_response(model_list(request.config_dict[SETTINGS]).model_dump())
+    return json_response(model_list(state_of(request)[SETTINGS]).model_dump())
 
 
 @routes.get("/capabilities")
@@ -92,7 +92,7 @@ async def capabilities(request: web.Request) -> web.Response:
     Always 200 for an authenticated caller; the answer only changes when the
     server is rebuilt with other routes or settings.
     """
-    settings = request.config_dict[SETTINGS]
+    settings = state_of(request)[SETTINGS]
     paths = _route_paths(request.app)
     features = Features(
         search=("GET", "/api/sessions/{sid}/search") in paths,
@@ -102,7 +102,7 @@ async def capabilities(request: web.Request) -> web.Response:
     )
     body = Capabilities(
         user=user_of(request),
-        auth="tokens" if request.config_dict[IDENTITY].enabled else "none",
+        auth="tokens" if state_of(request)[IDENTITY].enabled else "none",
         features=features,
         max_content_chars=settings.max_content_chars,
         max_attachment_bytes=settings.max_attachment_bytes,

@@ -18,7 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from server.auth import authenticate
 from server.errors import Handler
 from server.http import json_response
-from server.keys import METRICS, REGISTRY
+from server.keys import METRICS, REGISTRY, state_of
 from server.openapi import Reply, describe
 from server.responses import Health
 
@@ -35,7 +35,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     finally:
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
-        request.config_dict[METRICS].request_timer(request.method, name, status).observe(
+        state_of(request)[METRICS].request_timer(request.method, name, status).observe(
             time.perf_counter() - started
         )
 
@@ -46,14 +46,14 @@ async def metrics_handler(request: web.Request) -> web.Response:
     refused = await authenticate(request)
     if refused is not None:
         return refused
-    body = generate_latest(request.config_dict[METRICS].registry)
+    body = generate_latest(state_of(request)[METRICS].registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 @describe(responses={200: Reply("the server is up", Health)}, public=True)
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: ``{status, live_actors}``."""
-    reg = request.config_dict[REGISTRY]
+    reg = state_of(request)[REGISTRY]
     return json_response({"status": "ok", "live_actors": reg.live})
 
 

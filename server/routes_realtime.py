@@ -17,7 +17,7 @@ from actors.pubsub import Frame
 from server import access, frames
 from server.errors import ApiError, status_of, validation_details
 from server.http import user_of
-from server.keys import DRAIN, OPEN_FEEDS, OPEN_SOCKETS, OPEN_STREAMS, REGISTRY, SETTINGS
+from server.keys import DRAIN, OPEN_FEEDS, OPEN_SOCKETS, OPEN_STREAMS, REGISTRY, SETTINGS, state_of
 from server.openapi import FEED_EVENTS, SSE, Param, Reply, describe
 from server.requests import ChatRequest, chat_draft
 from server.sse import open_sse, pump
@@ -58,7 +58,7 @@ async def _open_feed(request: web.Request, since: int | None) -> Feed:
         raise ApiError(
             403, "forbidden_origin", f"origin {request.headers.get('Origin')!r} is not allowed"
         )
-    feed = Feed(request.config_dict[REGISTRY], request.match_info["sid"], user_of(request), since)
+    feed = Feed(state_of(request)[REGISTRY], request.match_info["sid"], user_of(request), since)
     await feed.open()
     return feed
 
@@ -70,7 +70,7 @@ async def _open_feed(request: web.Request, since: int | None) -> Feed:
 )
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """hello, the events missed since ``since``, then live events; takes chat/cancel/ping."""
-    settings = request.config_dict[SETTINGS]
+    settings = state_of(request)[SETTINGS]
     feed = await _open_feed(request, _since(request))
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_heartbeat,
@@ -83,11 +83,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     except BaseException:
         feed.close()
         raise
-    request.config_dict[OPEN_FEEDS].add(feed)
+    state_of(request)[OPEN_FEEDS].add(feed)
     feed.direct = _direct_writer(request, ws)
     closing = asyncio.Event()
     sender = asyncio.create_task(_send_feed(ws, feed, closing))
-    request.config_dict[OPEN_SOCKETS][ws] = sender
+    state_of(request)[OPEN_SOCKETS][ws] = sender
     _stop_if_draining(request, feed)
     try:
         async for msg in ws:
@@ -107,14 +107,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         with contextlib.suppress(asyncio.CancelledError):
             await sender
         feed.close()
-        request.config_dict[OPEN_FEEDS].discard(feed)
-        request.config_dict[OPEN_SOCKETS].pop(ws, None)
+        state_of(request)[OPEN_FEEDS].discard(feed)
+        state_of(request)[OPEN_SOCKETS].pop(ws, None)
     return ws
 
 
 def _stop_if_draining(request: web.Request, feed: Feed) -> None:
     """A feed registered after the shutdown drain stopped the others ends at once."""
-    if request.config_dict[DRAIN].feeds_stopped:
+    if state_of(request)[DRAIN].feeds_stopped:
         feed.stop()
 
 
@@ -195,13 +195,13 @@ async def _on_client_frame(request: web.Request, ws: web.WebSocketResponse, text
             await _send(ws, frames.pong(ref))
         elif kind == "chat":
             access.check_rate(request, request.match_info["sid"])
-            request.config_dict[REGISTRY].check_disk()
+            state_of(request)[REGISTRY].check_disk()
             await _ws_chat(request, ws, data, ref)
         elif kind == "cancel":
             mid = data.get("message_id")
             if not isinstance(mid, str) or set(data) != {"message_id"}:
                 raise ApiError(400, "invalid_input", "cancel takes exactly a message_id string")
-            async with request.config_dict[REGISTRY].session(
+            async with state_of(request)[REGISTRY].session(
                 request.match_info["sid"], user_of(request)
             ) as s:
                 final = await s.cancel(mid)
@@ -236,10 +236,10 @@ async def _ws_chat(
     request: web.Request, ws: web.WebSocketResponse, data: dict[str, Any], ref: Any
 ) -> None:
     """Chat over the socket: like POST /chat; the reply streams as message.delta events."""
-    settings = request.config_dict[SETTINGS]
+    settings = state_of(request)[SETTINGS]
     body = ChatRequest.model_validate(data)
     draft = chat_draft(body, settings)
-    async with request.config_dict[REGISTRY].session(
+    async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
         # not subscribed: the reply streams as message.delta events of the feed
@@ -262,9 +262,9 @@ async def _ws_chat(
 )
 async def events(request: web.Request) -> web.StreamResponse:
     """The WebSocket's event stream as SSE; resumes from ``Last-Event-ID`` (or ``?since=``)."""
-    settings = request.config_dict[SETTINGS]
+    settings = state_of(request)[SETTINGS]
     feed = await _open_feed(request, _since(request, "Last-Event-ID"))
-    request.config_dict[OPEN_FEEDS].add(feed)
+    state_of(request)[OPEN_FEEDS].add(feed)
     _stop_if_draining(request, feed)
     try:
         resp = await open_sse(request)
@@ -273,7 +273,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         )
     finally:
         feed.close()
-        request.config_dict[OPEN_FEEDS].discard(feed)
+        state_of(request)[OPEN_FEEDS].discard(feed)
     return resp
 
 

@@ -14,7 +14,7 @@ from aiohttp import web
 
 from server.assets import NAME, STATIC_DIR, TYPES, VENDOR, Asset, load_assets
 from server.errors import ApiError
-from server.keys import ASSETS
+from server.keys import ASSETS, state_of
 from server.openapi import Param, Reply, describe
 
 __all__ = ["CSP", "STATIC_DIR", "index", "setup_static", "share_page", "static_file"]
@@ -40,7 +40,7 @@ def _headers(asset: Asset, cache: str) -> dict[str, str]:
 
 
 def _serve(request: web.Request, name: str, cache: str, prefix: str = "") -> web.Response:
-    asset = request.config_dict[ASSETS].get(prefix + name) if NAME.match(name) else None
+    asset = state_of(request)[ASSETS].get(prefix + name) if NAME.match(name) else None
     if asset is None:
         raise ApiError(404, "not_found", f"no static file {name[:80]!r}")
     headers = _headers(asset, cache)

@@ -20,7 +20,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable
 from aiohttp import web
 
 from actors.pubsub import Subscription
-from server.keys import OPEN_STREAMS
+from server.keys import OPEN_STREAMS, state_of
 
 KEEPALIVE = b": keep-alive\n\n"
 
@@ -76,7 +76,7 @@ async def pump(
     are skipped.
     """
     if sub is not None:
-        request.config_dict[OPEN_STREAMS].add(sub)
+        state_of(request)[OPEN_STREAMS].add(sub)
     loop = asyncio.get_running_loop()
     last_write = loop.time()
 
@@ -115,7 +115,7 @@ async def pump(
             await beater
         if sub is not None:
             sub.close()
-            request.config_dict[OPEN_STREAMS].discard(sub)
+            state_of(request)[OPEN_STREAMS].discard(sub)
 
 
 @contextlib.asynccontextmanager
