@@ -184,14 +184,14 @@ class SessionActor:
 
     def _open(self) -> SessionFile:
         """Open the file (on the write pool); a WAL a crash left over
-        ``WAL_LIMIT_BYTES`` is checkpointed and truncated before serving."""
+        ``WAL_OPEN_LIMIT_BYTES`` is checkpointed and truncated before serving."""
         f = SessionFile(
             self.datadir,
             self.sid,
             synchronous=self.config.synchronous,
             event_retention=self.config.event_retention,
         )
-        if f.wal_size() > maintenance.WAL_LIMIT_BYTES:
+        if f.wal_size() > maintenance.WAL_OPEN_LIMIT_BYTES:
             # on failure the data is safe in the WAL; the size check retries later
             with contextlib.suppress(StorageError):
                 f.checkpoint(truncate=True)

@@ -341,13 +341,13 @@ async def test_dead_file_system_answers_503_and_logs_once(small_ext4: Path) -> N
 
 
 async def test_crash_loop_leaves_the_wal_bounded(tmp_path: Path) -> None:
-    """4 activations of 150 commits each (fewer than the per-activation checkpoint
+    """15 activations of 150 commits each (fewer than the per-activation checkpoint
     count), each ended by kill -9: the WAL stays under 8 MiB (twice SQLite's own
-    autocheckpoint size). The issue measured 15 activations growing it to 71 MiB."""
+    autocheckpoint size). The issue measured the same loop growing it to 71 MiB."""
     data = tmp_path / "data"
     wal: Path | None = None
     body = "w" * 8000
-    for round_ in range(4):
+    for round_ in range(15):
         s = Server(data, "--synchronous", "OFF")
         try:
             async with aiohttp.ClientSession() as http:
