@@ -23,7 +23,9 @@ attachments.
 
 Import (:func:`parse_export`, :func:`populate_import`) validates a JSON export
 strictly and writes it into a fresh session file with the same message ids,
-``seq`` numbers, tree and active leaf.
+``seq`` numbers, tree and active leaf. It never holds the decoded tree: the
+body's top level is walked by :mod:`storage.jsonscan`, and the messages are
+decoded one at a time, once to check them and again to write them.
 """
 
 from __future__ import annotations
