@@ -24,11 +24,15 @@ from dataclasses import dataclass, field
 
 import orjson
 
-# a JSON string (escapes skipped whole), or a bracket or comma
-_STRUCT = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{},]', re.DOTALL)
-_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# Runs of anything but brackets (and commas, for _TOP), JSON strings (escapes
+# skipped) included, matched possessively in C: the Python loops below only
+# step on brackets and top-level commas.
+_SKIP = re.compile(rb'(?:[^"\[\]{}]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
+_TOP = re.compile(rb'(?:[^"\[\]{},]++|"[^"\\]*+(?:\\.[^"\\]*+)*+")*+', re.DOTALL)
+_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"', re.DOTALL)
 _WS = re.compile(rb"[ \t\n\r]*")
 _SCALAR = re.compile(rb"[^ \t\n\r,\]}]*")
+MAX_DEPTH = 1024  # orjson's: a document nested deeper is not decoded
 
 
 class ScanError(ValueError):
@@ -61,20 +65,35 @@ def _at(buf: bytes | bytearray, pos: int) -> bytes:
     return bytes(buf[pos : pos + 1])
 
 
-def _value_end(buf: bytes | bytearray, pos: int) -> int:
-    """The end of the value starting at ``pos`` (structure only, not its inside)."""
-    c = _at(buf, pos)
+def _step(buf: bytes | bytearray, pos: int, pattern: re.Pattern[bytes]) -> tuple[int, int]:
+    """The next bracket (or comma) at or after ``pos``: its position and byte."""
+    m = pattern.match(buf, pos)
+    p = pos if m is None else m.end()
+    if p >= len(buf):
+        raise ScanError("unexpected end of the document")
+    t = buf[p]
+    if t == 0x22:  # a string that does not end
+        raise ScanError(f"unterminated string at byte {p}")
+    return p, t
+
+
+def _value_end(buf: bytes | bytearray, pos: int, outer: int) -> int:
+    """The end of the value starting at ``pos``, nested in ``outer`` containers
+    (structure only, not its inside)."""
+    c = buf[pos : pos + 1]
     if c in (b"{", b"["):
-        depth = 0
-        for m in _STRUCT.finditer(buf, pos):
-            t = buf[m.start()]
+        depth, p = 0, pos
+        while True:
+            p, t = _step(buf, p, _SKIP)
             if t in b"{[":
                 depth += 1
-            elif t in b"}]":
+                if outer + depth > MAX_DEPTH:
+                    raise ScanError(f"nested too deeply at byte {p}")
+            else:
                 depth -= 1
                 if depth == 0:
-                    return m.end()
-        raise ScanError(f"unterminated value at byte {pos}")
+                    return p + 1
+            p += 1
     if c == b'"':
         s = _STRING.match(buf, pos)
         if s is None:
@@ -87,31 +106,32 @@ def _value_end(buf: bytes | bytearray, pos: int) -> int:
     return end
 
 
-def _array_elements(buf: bytes | bytearray, pos: int) -> tuple[array[int], int]:
-    """The element spans of the array whose ``[`` is at ``pos``, and the array's end."""
+def _array_elements(buf: bytes | bytearray, pos: int, outer: int) -> tuple[array[int], int]:
+    """The element spans of the array whose ``[`` is at ``pos`` (nested in ``outer``
+    containers), and the array's end."""
     spans: array[int] = array("q")
     start = pos + 1
     after = _ws(buf, start)
-    if _at(buf, after) == b"]":
+    if buf[after : after + 1] == b"]":
         return spans, after + 1
-    depth = 0
-    for m in _STRUCT.finditer(buf, start):
-        t = buf[m.start()]
-        if t == 0x22:  # a string
-            continue
+    depth, p = 0, start
+    while True:
+        p, t = _step(buf, p, _TOP if depth == 0 else _SKIP)
         if t in b"{[":
             depth += 1
+            if outer + 1 + depth > MAX_DEPTH:
+                raise ScanError(f"nested too deeply at byte {p}")
         elif t in b"}]":
             if depth == 0:
                 if t != 0x5D:  # "]"
-                    raise ScanError(f"unexpected '}}' at byte {m.start()}")
-                spans.extend((start, m.start()))
-                return spans, m.end()
+                    raise ScanError(f"unexpected '}}' at byte {p}")
+                spans.extend((start, p))
+                return spans, p + 1
             depth -= 1
-        elif depth == 0:  # a comma between elements
-            spans.extend((start, m.start()))
-            start = m.end()
-    raise ScanError(f"unterminated array at byte {pos}")
+        else:  # a comma between elements
+            spans.extend((start, p))
+            start = p + 1
+        p += 1
 
 
 def scan_object(buf: bytes | bytearray, arrays: frozenset[str] = frozenset()) -> dict[str, Member]:
@@ -140,10 +160,10 @@ def scan_object(buf: bytes | bytearray, arrays: frozenset[str] = frozenset()) ->
                 raise ScanError(f"expected ':' at byte {pos}")
             pos = _ws(buf, pos + 1)
             if name in arrays and _at(buf, pos) == b"[":
-                elements, end = _array_elements(buf, pos)
+                elements, end = _array_elements(buf, pos, 1)
                 member = Member(pos, end, elements)
             else:
-                end = _value_end(buf, pos)
+                end = _value_end(buf, pos, 1)
                 member = Member(pos, end)
             members[name] = member
             pos = _ws(buf, end)
