@@ -459,8 +459,9 @@ class ActorRegistry:
 
         ``raw`` is checked on the write pool without a copy (see ``parse_export``:
         memory is bounded by ``raw`` plus one message), its messages are decoded
-        again one at a time as they are written, and it is emptied at the end,
-        whatever happens (the caller's buffer is garbage then). Raises ``MalformedJson``
+        again one at a time as they are written, and it is emptied at the end
+        (unless a failed write's frames still hold a view of it: then it is left as
+        it is; either way the caller's buffer is garbage then). Raises ``MalformedJson``
         for a body that is not JSON, ``InvalidInput`` (with details) for an
         export that is not valid, ``ContentTooLarge`` for a message over
         ``max_content_chars``, and what :meth:`create_session` raises.
@@ -475,7 +476,10 @@ class ActorRegistry:
             )
             return await self._create_from(sid, plan, owner)
         finally:
-            raw.clear()
+            # still exported while a failed or cancelled write's frames hold a view of it:
+            # then it is garbage as soon as they go
+            with contextlib.suppress(BufferError):
+                raw.clear()
 
     async def _create_from(self, sid: str | None, plan: ImportPlan, owner: str) -> dict[str, Any]:
         """Create a session holding a parsed export (import, a share's copy)."""
