@@ -24,8 +24,6 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import orjson
-
 from actors.actor import ActorConfig, SessionActor, State
 from actors.errors import ActorStopped
 from actors.hooks import Hooks
@@ -37,9 +35,6 @@ from actors.syncer import Syncer
 from storage.catalog import Catalog
 from storage.errors import (
     Conflict,
-    ContentTooLarge,
-    InvalidInput,
-    MalformedJson,
     NotFound,
     StorageError,
     Unavailable,
@@ -68,27 +63,6 @@ def claim_data_dir(root: str) -> DataDirLock:
     ``root`` cannot be used, and ``DataDirInUse`` when another server holds it.
     """
     return open_data_dir(root)
-
-
-def _parse_import(raw: bytearray, max_title_chars: int, max_content_chars: int) -> ImportPlan:
-    """Parse and check a JSON export (see :meth:`ActorRegistry.import_session`)."""
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedJson(f"the body is not valid JSON: {exc}") from exc
-    finally:
-        raw.clear()
-    plan = parse_export(data)
-    doc = plan.doc
-    if doc.session.title is not None and len(doc.session.title) > max_title_chars:
-        raise InvalidInput("the session title is too long")
-    for i, m in enumerate(doc.messages):
-        if len(m.content) > max_content_chars:
-            raise ContentTooLarge(
-                f"message {i} has {len(m.content)} characters; the limit is {max_content_chars}",
-                details={"loc": ["messages", i, "content"]},
-            )
-    return plan
 
 
 class ActorRegistry:
@@ -483,25 +457,37 @@ class ActorRegistry:
     ) -> dict[str, Any]:
         """Create a session from a JSON export (``roost.session.v1``) in ``raw``.
 
-        ``raw`` is parsed on the write pool without a copy and emptied once
-        parsed (the caller's buffer is garbage then). Raises ``MalformedJson``
+        ``raw`` is checked on the write pool without a copy (see ``parse_export``:
+        memory is bounded by ``raw`` plus one message), its messages are decoded
+        again one at a time as they are written, and it is emptied at the end
+        (unless a failed write's frames still hold a view of it: then it is left as
+        it is; either way the caller's buffer is garbage then). Raises ``MalformedJson``
         for a body that is not JSON, ``InvalidInput`` (with details) for an
         export that is not valid, ``ContentTooLarge`` for a message over
         ``max_content_chars``, and what :meth:`create_session` raises.
         """
         loop = asyncio.get_running_loop()
-        plan = await loop.run_in_executor(
-            self.write_pool, _parse_import, raw, max_title_chars, max_content_chars
-        )
-        return await self._create_from(sid, plan, owner)
+        try:
+            plan = await loop.run_in_executor(
+                self.write_pool,
+                lambda: parse_export(
+                    raw, max_title_chars=max_title_chars, max_content_chars=max_content_chars
+                ),
+            )
+            return await self._create_from(sid, plan, owner)
+        finally:
+            # still exported while a failed or cancelled write's frames hold a view of it:
+            # then it is garbage as soon as they go
+            with contextlib.suppress(BufferError):
+                raw.clear()
 
     async def _create_from(self, sid: str | None, plan: ImportPlan, owner: str) -> dict[str, Any]:
         """Create a session holding a parsed export (import, a share's copy)."""
         return await self.create_session(
             sid,
             owner=owner,
-            title=plan.doc.session.title,
-            metadata=plan.doc.session.metadata,
+            title=plan.session.title,
+            metadata=plan.session.metadata,
             populate=lambda conn, new_sid, now: populate_import(conn, new_sid, plan, now),
         )
 
@@ -567,9 +553,7 @@ class ActorRegistry:
             raise NotFound(f"share {share_id!r} not found", details={"share_id": share_id})
         _share, snapshot = found
         loop = asyncio.get_running_loop()
-        plan = await loop.run_in_executor(
-            self.write_pool, lambda: parse_export(orjson.loads(snapshot))
-        )
+        plan = await loop.run_in_executor(self.write_pool, parse_export, snapshot)
         return await self._create_from(None, plan, owner)
 
     def check_disk(self) -> None:

@@ -379,7 +379,7 @@ async def import_session(request: web.Request) -> web.Response:
 
 
 async def _import(request: web.Request, sid: str | None, buf: bytearray) -> dict[str, Any]:
-    """Parse ``buf`` (in place, no copy; emptied once parsed) and create the session."""
+    """Parse ``buf`` (in place, no copy; emptied at the end) and create the session."""
     settings = state_of(request)[SETTINGS]
     return await state_of(request)[REGISTRY].import_session(
         sid,

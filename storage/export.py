@@ -23,13 +23,16 @@ attachments.
 
 Import (:func:`parse_export`, :func:`populate_import`) validates a JSON export
 strictly and writes it into a fresh session file with the same message ids,
-``seq`` numbers, tree and active leaf.
+``seq`` numbers, tree and active leaf. It never holds the decoded tree: the
+body's top level is walked by :mod:`storage.jsonscan`, and the messages are
+decoded one at a time, once to check them and again to write them.
 """
 
 from __future__ import annotations
 
 import re
 import sqlite3
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +42,8 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from storage.attachments import attachment_url
-from storage.errors import InvalidInput
+from storage.errors import ContentTooLarge, InvalidInput, MalformedJson
+from storage.jsonscan import Member, ScanError, scan_object
 from storage.layout import connect
 from storage.rows import (
     ATTACHMENT_INSERT,
@@ -271,73 +275,230 @@ class ExportDocument(_Strict):
     attachments: list[ImportedAttachment] = Field(default_factory=list)
 
 
+class _Head(_Strict):
+    """:class:`ExportDocument` without ``messages`` (validated one at a time)."""
+
+    format: Literal["roost.session.v1"]
+    exported_at: Ts | None = None
+    session: ImportedSession
+    active_leaf_id: MsgId | None
+    attachments: list[ImportedAttachment] = Field(default_factory=list)
+
+
+class _MessagesOnly(_Strict):
+    messages: list[ImportedMessage]
+
+
+_BEFORE_MESSAGES = frozenset({"format", "exported_at", "session", "active_leaf_id"})
+_MAX_PROBLEMS = 20
+
+
 @dataclass(slots=True)
 class ImportPlan:
-    """A validated export, ready for :func:`populate_import`."""
+    """A validated export, ready for :func:`populate_import`.
 
-    doc: ExportDocument
-
-
-def parse_export(data: Any) -> ImportPlan:
-    """Validate a decoded JSON export; raise :class:`InvalidInput` with details if bad.
-
-    Beyond the shape: ``seq`` strictly increasing, message ids and client ids
-    unique, every ``parent_id`` naming an earlier message, the active leaf a
-    live message, every attachment ref naming an attachment record.
+    It holds the export's head (session, active leaf, attachment records) and
+    the byte spans of its messages in ``raw``, not the messages: they are
+    decoded again, one at a time, when the plan is written. ``raw`` must not
+    change until then.
     """
-    if not isinstance(data, dict):
-        raise InvalidInput("an export must be a JSON object")
-    if data.get("format") != EXPORT_FORMAT:
-        raise InvalidInput(
-            f"unsupported export format; expected {EXPORT_FORMAT!r}",
-            details={"format": str(data.get("format"))[:80]},
-        )
+
+    session: ImportedSession
+    active_leaf_id: str | None
+    attachments: list[ImportedAttachment]
+    raw: bytes | bytearray
+    spans: array[int]  # start, end pairs of the messages in ``raw``
+    last_created_at: str | None  # of the last message
+
+    def messages(self) -> Iterator[ImportedMessage]:
+        """The messages, decoded and validated one at a time, in order."""
+        spans = self.spans
+        with memoryview(self.raw) as mv:
+            for i in range(0, len(spans), 2):
+                yield ImportedMessage.model_validate(orjson.loads(mv[spans[i] : spans[i + 1]]))
+
+
+def _errors(exc: ValidationError, prefix: list[str]) -> list[dict[str, Any]]:
+    return [
+        {"loc": [*prefix, *(str(p) for p in e["loc"])], "msg": e["msg"], "type": e["type"]}
+        for e in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+def _decode(mv: memoryview, start: int, end: int) -> Any:
     try:
-        doc = ExportDocument.model_validate(data)
-    except ValidationError as exc:
-        details = [
-            {"loc": [str(p) for p in e["loc"]], "msg": e["msg"], "type": e["type"]}
-            for e in exc.errors(include_url=False, include_input=False)[:20]
-        ]
-        raise InvalidInput("the export does not match roost.session.v1", details=details) from exc
-    problems: list[dict[str, Any]] = []
-    seen: dict[str, bool] = {}  # id -> deleted
-    client_ids: set[str] = set()
-    att_ids = {a.id for a in doc.attachments}
-    if len(att_ids) != len(doc.attachments):
-        problems.append({"loc": ["attachments"], "msg": "attachment ids repeat"})
-    last_seq = 0
-    for i, m in enumerate(doc.messages):
+        return orjson.loads(mv[start:end])
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(f"the body is not valid JSON: {exc} (in bytes {start}-{end})") from exc
+
+
+class _Checks:
+    """The cross-message rules of an export, fed one message at a time: what they
+    need (ids seen and whether deleted, client ids) instead of the messages."""
+
+    def __init__(self, att_ids: set[str]) -> None:
+        self.att_ids = att_ids
+        self.problems: list[dict[str, Any]] = []
+        self.seen: dict[str, bool] = {}  # id -> deleted
+        self.client_ids: set[str] = set()
+        self.last_seq = 0
+
+    def feed(self, i: int, m: ImportedMessage) -> None:
+        problems: list[dict[str, Any]] = []
         loc: list[Any] = ["messages", i]
-        if m.seq <= last_seq:
+        if m.seq <= self.last_seq:
             problems.append({"loc": [*loc, "seq"], "msg": "seq must increase"})
-        last_seq = m.seq
-        if m.id in seen:
+        self.last_seq = m.seq
+        if m.id in self.seen:
             problems.append({"loc": [*loc, "id"], "msg": "message id repeats"})
-        if m.parent_id is not None and m.parent_id not in seen:
+        if m.parent_id is not None and m.parent_id not in self.seen:
             problems.append(
                 {"loc": [*loc, "parent_id"], "msg": "parent_id must name an earlier message"}
             )
         if m.client_id is not None:
-            if m.client_id in client_ids:
+            if m.client_id in self.client_ids:
                 problems.append({"loc": [*loc, "client_id"], "msg": "client_id repeats"})
-            client_ids.add(m.client_id)
+            self.client_ids.add(m.client_id)
         for j, ref in enumerate(m.attachments):
-            if ref.get("id") not in att_ids:
+            if ref.get("id") not in self.att_ids:
                 problems.append(
                     {"loc": [*loc, "attachments", j], "msg": "not an attachment of the export"}
                 )
-        seen[m.id] = m.deleted
-        if len(problems) >= 20:
-            break
-    leaf = doc.active_leaf_id
-    if leaf is not None and seen.get(leaf, True):
+        self.seen[m.id] = m.deleted
+        if len(self.problems) < _MAX_PROBLEMS:
+            self.problems.extend(problems)
+
+
+def parse_export(
+    raw: bytes | bytearray,
+    *,
+    max_title_chars: int | None = None,
+    max_content_chars: int | None = None,
+) -> ImportPlan:
+    """Check the JSON export in ``raw`` (UTF-8 bytes) and plan its import.
+
+    Memory is bounded by ``raw`` plus one message: the top level is walked
+    with :func:`storage.jsonscan.scan_object`, every value but ``messages`` is
+    decoded whole, and the messages are decoded and validated one at a time,
+    keeping only what the cross-message rules need. ``raw`` is not changed and
+    must stay unchanged until the plan is written.
+
+    Raises, in this order of precedence (the first that applies):
+    ``MalformedJson`` when ``raw`` is not one JSON document; ``InvalidInput``
+    when it is not an object, or not ``format`` ``roost.session.v1``, or does
+    not match the document's shape (details: up to 20 of pydantic's errors, in
+    the document's field order), or is not consistent (``seq`` strictly
+    increasing, message ids and client ids unique, every ``parent_id`` naming
+    an earlier message, the active leaf a live message, every attachment ref
+    naming an attachment record; details: up to 20 problems), or its session
+    title is over ``max_title_chars``; ``ContentTooLarge`` for the first
+    message over ``max_content_chars``.
+    """
+    try:
+        members = scan_object(raw, frozenset({"messages"}))
+    except ScanError as exc:
+        if str(exc) != "not a JSON object":
+            raise MalformedJson(f"the body is not valid JSON: {exc}") from exc
+        try:
+            orjson.loads(raw)
+        except orjson.JSONDecodeError as dexc:
+            raise MalformedJson(f"the body is not valid JSON: {dexc}") from dexc
+        raise InvalidInput("an export must be a JSON object") from None
+    except orjson.JSONDecodeError as exc:
+        raise MalformedJson(f"the body is not valid JSON: {exc}") from exc
+    with memoryview(raw) as mv:
+        head = {k: _decode(mv, m.start, m.end) for k, m in members.items() if k != "messages"}
+        return _plan(raw, mv, members, head, max_title_chars, max_content_chars)
+
+
+def _plan(
+    raw: bytes | bytearray,
+    mv: memoryview,
+    members: dict[str, Member],
+    head: dict[str, Any],
+    max_title_chars: int | None,
+    max_content_chars: int | None,
+) -> ImportPlan:
+    msgs = members.get("messages")
+    spans = msgs.elements if msgs is not None else None
+    odd = None  # a ``messages`` that is not an array, decoded whole
+    if msgs is not None and spans is None:
+        odd = _decode(mv, msgs.start, msgs.end)
+    fmt = head.get("format")
+    if fmt != EXPORT_FORMAT:
+        for i in range(0, len(spans or ()), 2):  # the whole body must be JSON first
+            _decode(mv, spans[i], spans[i + 1])  # type: ignore[index]
+        raise InvalidInput(
+            f"unsupported export format; expected {EXPORT_FORMAT!r}",
+            details={"format": str(fmt)[:80]},
+        )
+    before: list[dict[str, Any]] = []
+    after: list[dict[str, Any]] = []
+    shape: list[dict[str, Any]] = []  # of the messages
+    top: _Head | None = None
+    try:
+        top = _Head.model_validate(head)
+    except ValidationError as exc:
+        for e in _errors(exc, []):
+            (before if e["loc"][0] in _BEFORE_MESSAGES else after).append(e)
+    if msgs is None:
+        shape.append({"loc": ["messages"], "msg": "Field required", "type": "missing"})
+    elif spans is None:  # not an array
+        try:
+            _MessagesOnly.model_validate({"messages": odd})
+        except ValidationError as exc:
+            shape.extend(_errors(exc, []))
+    checks = _Checks({a.id for a in top.attachments} if top is not None else set())
+    too_long: tuple[int, int] | None = None  # (index, length) of the first over the limit
+    last_created_at: str | None = None
+    for i in range(len(spans or ()) // 2):
+        data = _decode(mv, spans[2 * i], spans[2 * i + 1])  # type: ignore[index]
+        if len(before) + len(shape) >= _MAX_PROBLEMS:
+            continue  # only JSON validity is left to check
+        try:
+            m = ImportedMessage.model_validate(data)
+        except ValidationError as exc:
+            shape.extend(_errors(exc, ["messages", str(i)]))
+            continue
+        del data
+        checks.feed(i, m)
+        last_created_at = m.created_at
+        limit = max_content_chars
+        if too_long is None and limit is not None and len(m.content) > limit:
+            too_long = (i, len(m.content))
+    errors = [*before, *shape, *after]
+    if errors or top is None:
+        raise InvalidInput(
+            "the export does not match roost.session.v1", details=errors[:_MAX_PROBLEMS]
+        )
+    problems: list[dict[str, Any]] = []
+    if len({a.id for a in top.attachments}) != len(top.attachments):
+        problems.append({"loc": ["attachments"], "msg": "attachment ids repeat"})
+    problems.extend(checks.problems)
+    leaf = top.active_leaf_id
+    if leaf is not None and checks.seen.get(leaf, True):
         problems.append(
             {"loc": ["active_leaf_id"], "msg": "active_leaf_id must name a live message"}
         )
     if problems:
-        raise InvalidInput("the export is not consistent", details=problems[:20])
-    return ImportPlan(doc)
+        raise InvalidInput("the export is not consistent", details=problems[:_MAX_PROBLEMS])
+    title = top.session.title
+    if max_title_chars is not None and title is not None and len(title) > max_title_chars:
+        raise InvalidInput("the session title is too long")
+    if too_long is not None:
+        i, n = too_long
+        raise ContentTooLarge(
+            f"message {i} has {n} characters; the limit is {max_content_chars}",
+            details={"loc": ["messages", i, "content"]},
+        )
+    return ImportPlan(
+        session=top.session,
+        active_leaf_id=top.active_leaf_id,
+        attachments=top.attachments,
+        raw=raw,
+        spans=spans if spans is not None else array("q"),
+        last_created_at=last_created_at,
+    )
 
 
 def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: str) -> None:
@@ -349,9 +510,9 @@ def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: s
     log starts empty; idempotency hashes of ``client_id`` are not part of an
     export, so retrying a pre-export request with its ``client_id`` answers 409.
     Attachment records are imported as metadata; their bytes are not in the
-    export, so downloading them answers 410 until re-uploaded.
+    export, so downloading them answers 410 until re-uploaded. The messages are
+    decoded from the plan's body one at a time, as they are inserted.
     """
-    doc = plan.doc
     conn.executemany(
         f"INSERT INTO attachments ({ATTACHMENT_INSERT}) VALUES (?, ?, ?, ?, ?, ?)",
         [
@@ -363,7 +524,7 @@ def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: s
                 sha256=a.sha256,
                 created_at=a.created_at,
             )
-            for a in doc.attachments
+            for a in plan.attachments
         ],
     )
     info: dict[str, tuple[int, int]] = {}  # id -> (seq, depth)
@@ -374,7 +535,7 @@ def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: s
 
     def rows() -> Iterator[MessageRow]:
         nonlocal roots, live
-        for m in doc.messages:
+        for m in plan.messages():
             if m.parent_id is None:
                 pseq, depth, sib = None, 0, roots
                 roots += 1
@@ -427,27 +588,27 @@ def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: s
     )
     path: list[tuple[int, int]] = []
     leaf_seq = None
-    if doc.active_leaf_id is not None:
-        leaf_seq, depth = info[doc.active_leaf_id]
+    if plan.active_leaf_id is not None:
+        leaf_seq, depth = info[plan.active_leaf_id]
         node: int | None = leaf_seq
         while node is not None:
             path.append((depth, node))
             node, depth = parent_of[node], depth - 1
     conn.executemany("INSERT INTO active_path (depth, seq) VALUES (?, ?)", path)
-    last_at = doc.session.last_message_at or (doc.messages[-1].created_at if doc.messages else None)
+    last_at = plan.session.last_message_at or plan.last_created_at
     conn.execute(
         "UPDATE session SET title = ?, metadata = ?, created_at = ?, updated_at = ?, "
         "message_count = ?, last_message_at = ?, active_leaf_seq = ?, active_leaf_id = ?, "
         "root_count = ?",
         (
-            doc.session.title,
-            _dumps(doc.session.metadata),
-            doc.session.created_at,
+            plan.session.title,
+            _dumps(plan.session.metadata),
+            plan.session.created_at,
             now,
             live,
             last_at,
             leaf_seq,
-            doc.active_leaf_id,
+            plan.active_leaf_id,
             roots,
         ),
     )
