@@ -230,11 +230,13 @@ class SessionActor:
             await self._task
         await self._finish_close()
 
-    async def _finish_close(self) -> None:
+    async def _finish_close(self, *, keep_index: bool = False) -> None:
         self.maintenance.stop()
         if self._file is not None:
             f, self._file = self._file, None
-            await asyncio.get_running_loop().run_in_executor(self._write_pool, f.close)
+            await asyncio.get_running_loop().run_in_executor(
+                self._write_pool, partial(f.close, keep_index=keep_index)
+            )
         self.state = State.CLOSED
         self._closed.set()
         self._on_closed(self)
@@ -410,7 +412,9 @@ class SessionActor:
 
     async def _after_break(self) -> None:
         await self.replies.stop_all(grace=0.0)
-        await self._finish_close()
+        # the next activation reopens at once: keep the WAL index for it (on a full
+        # disk a new one could not be allocated, and reads would answer 507)
+        await self._finish_close(keep_index=True)
 
     # ------------------------------------------------------------------ fan-out and ReplyHost
 

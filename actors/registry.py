@@ -41,7 +41,7 @@ from storage.errors import (
 )
 from storage.export import ImportPlan, parse_export, populate_import
 from storage.ids import format_ts, now_iso, uuid7, validate_session_id
-from storage.layout import DataDir, DiskReserve, open_data_dir
+from storage.layout import DataDir, DiskReserve, open_data_dir, unpark_all
 from storage.layout import DataDirLock as DataDirLock  # the claim_data_dir lock type
 from storage.lifecycle import create_session_file, remove_session_files
 
@@ -158,6 +158,7 @@ class ActorRegistry:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         await asyncio.gather(*(a.close() for a in list(self._actors.values())))
+        unpark_all()  # broken sessions' kept WAL indexes (storage.layout.park)
         for topic in self._topics.values():
             topic.close_all()
         await self.flush_catalog()

@@ -40,7 +40,7 @@ from typing import Any
 
 from storage import reads, search
 from storage.errors import NotFound, Unavailable, from_os_error, from_sqlite
-from storage.layout import DataDir, connect, fsync_path
+from storage.layout import DataDir, connect, fsync_path, park, unpark
 from storage.reads import Page, ReadConnection
 from storage.rows import SESSION_SELECT, SessionRow
 from storage.schema import SESSION_MIGRATIONS, migrate
@@ -110,6 +110,7 @@ class SessionFile:
                 raise Unavailable("session file has no session row")
             self.owner: str = SessionRow._make(raw).owner
             self._reader = connect(self.path, synchronous=synchronous, cache_kib=512)
+            unpark(self.path)  # this activation holds the WAL index now
             if self.durable and os.path.exists(f"{self.path}-wal"):
                 # here, off the event loop: opening it fsyncs the folder. The WAL may
                 # hold a commit whose flush failed in an earlier activation (visible,
@@ -133,12 +134,20 @@ class SessionFile:
     def closed(self) -> bool:
         return self._writer is None
 
-    def close(self) -> None:
-        """Close both connections (the last one checkpoints). Safe to call twice."""
+    def close(self, *, keep_index: bool = False) -> None:
+        """Close both connections (the last one checkpoints). Safe to call twice.
+
+        ``keep_index``: park the (idle) reader instead of closing it
+        (:func:`storage.layout.park`), so the WAL index survives for a reopen
+        that follows at once, as after a commit failed on a full disk.
+        """
         if self._wal_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._wal_fd)
             self._wal_fd = None
+        if keep_index and self._reader is not None and self._snapshot_depth == 0:
+            park(self.path, self._reader)
+            self._reader = None
         for conn in (self._reader, self._writer):
             if conn is not None:
                 with contextlib.suppress(sqlite3.Error):

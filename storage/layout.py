@@ -16,6 +16,7 @@ a few hundred thousand entries. A session id becomes a path only through
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -115,6 +116,56 @@ def _release_shm(key: str) -> None:
         fd = entry[0]
     if fd >= 0:
         os.close(fd)
+
+
+# Idle connections kept so that a database's WAL index outlives a close (see
+# :func:`park`), oldest first; at most PARKED_MAX at once.
+PARKED_MAX = 64
+_parked: dict[str, sqlite3.Connection] = {}
+
+
+def park(path: str | os.PathLike[str], conn: sqlite3.Connection) -> None:
+    """Keep ``conn`` (idle: no open transaction) open until the database at
+    ``path`` is opened again (:func:`unpark`), so its WAL index is not removed.
+
+    When SQLite's last connection to a database closes it checkpoints and
+    deletes the ``-wal`` and ``-shm``; the next open must then allocate a new
+    WAL index, which a full disk cannot place (:func:`preallocate_shm` raises
+    ``ENOSPC``, and the blocks just freed may not be reusable until the file
+    system's journal commits). A session closed because a commit failed on a
+    full disk is reopened at once: parking one of its connections keeps the
+    preallocated index (and the WAL) for that reopen. At most
+    :data:`PARKED_MAX` are kept; the oldest is closed to make room.
+    """
+    key = os.path.realpath(path)
+    with _shm_lock:
+        old = _parked.pop(key, None)
+        _parked[key] = conn
+        evicted = [old] if old is not None else []
+        while len(_parked) > PARKED_MAX:
+            evicted.append(_parked.pop(next(iter(_parked))))
+    for c in evicted:
+        with contextlib.suppress(sqlite3.Error):
+            c.close()
+
+
+def unpark(path: str | os.PathLike[str]) -> None:
+    """Close the connection :func:`park` kept for ``path``, if any."""
+    with _shm_lock:
+        conn = _parked.pop(os.path.realpath(path), None)
+    if conn is not None:
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
+
+
+def unpark_all() -> None:
+    """Close every parked connection (on shutdown)."""
+    with _shm_lock:
+        conns = list(_parked.values())
+        _parked.clear()
+    for conn in conns:
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
 
 def connect(

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from storage.errors import Conflict, from_os_error, from_sqlite
-from storage.layout import DataDir, connect, fsync_path, make_dirs_durable
+from storage.layout import DataDir, connect, fsync_path, make_dirs_durable, unpark
 from storage.rows import SESSION_SELECT, SessionRow, dumps, session_doc
 from storage.schema import SESSION_MIGRATIONS, migrate
 
@@ -118,6 +118,7 @@ def remove_session_files(datadir: DataDir, sid: str) -> bool:
     at once even if removing its files takes a while or is interrupted.
     """
     src = datadir.session_dir(sid)
+    unpark(datadir.session_db(sid))
     dst = datadir.trash / f"{sid}.{uuid.uuid4().hex}"
     try:
         os.rename(src, dst)

@@ -236,12 +236,6 @@ async def test_really_full_small_disk_never_kills_the_server(small_ext4: Path) -
         s.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="issue 16 point 4, open: after a commit failed on a full disk, the session's "
-    "reopen can need a new WAL index that cannot be allocated, and a read then answers 507 "
-    "(about 1 run in 2 under -n 2)",
-)
 async def test_really_full_disk_keeps_reads_and_answers_507_not_503(small_ext4: Path) -> None:
     """A disk full to the last block, met by a fresh session: the process lives (it died
     of SIGBUS before the ``-shm`` was preallocated), every write answers 507 (none 503),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from storage.file import SessionFile
 from storage.layout import DataDir, fsync_path
-from storage.lifecycle import create_session_file
+from storage.lifecycle import create_session_file, remove_session_files
 from storage.ops import MessageDraft, op_append, op_recover_unfinished
 
 
@@ -100,3 +100,27 @@ def test_recover_unfinished_op_twice_changes_nothing(tmp_path: Path) -> None:
     assert (results, events, session) == ([None], [], None)
     assert f.read_session() == before
     f.close()
+
+
+def test_close_keeping_the_index_keeps_the_shm_for_the_reopen(tmp_path: Path) -> None:
+    """A file closed with ``keep_index`` (a broken actor's close) keeps its ``-shm``
+    (the same, preallocated inode) until the next open, which releases it; without
+    it, the last close removes the ``-shm`` and a reopen needs a new one (which a
+    full disk cannot allocate: issue 16)."""
+    dd = DataDir(tmp_path / "d")
+    dd.ensure()
+    create_session_file(dd, "k", owner="", title=None, metadata={}, now="t0")
+    shm = Path(f"{dd.session_db('k')}-shm")
+    f = SessionFile(dd, "k")
+    f.read_session()
+    before = shm.stat().st_ino
+    f.close(keep_index=True)
+    assert shm.exists() and shm.stat().st_ino == before
+    f = SessionFile(dd, "k")
+    assert shm.stat().st_ino == before
+    f.close()  # the parked connection was released by the open: this close is the last
+    assert not shm.exists()
+    f = SessionFile(dd, "k")
+    f.close(keep_index=True)
+    remove_session_files(dd, "k")  # a delete releases what was parked
+    assert not dd.session_db("k").exists()
