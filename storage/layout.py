@@ -144,18 +144,17 @@ def park(path: str | os.PathLike[str], conn: sqlite3.Connection) -> None:
         evicted = [old] if old is not None else []
         while len(_parked) > PARKED_MAX:
             evicted.append(_parked.pop(next(iter(_parked))))
-    for c in evicted:
-        with contextlib.suppress(sqlite3.Error):
-            c.close()
+    _close_quietly(evicted)
 
 
 def unpark(path: str | os.PathLike[str]) -> None:
-    """Close the connection :func:`park` kept for ``path``, if any."""
+    """Close the connection :func:`park` kept for ``path``, if any. Costs nothing
+    (no ``realpath``) while nothing is parked, as on every ordinary activation."""
+    if not _parked:
+        return
     with _shm_lock:
         conn = _parked.pop(os.path.realpath(path), None)
-    if conn is not None:
-        with contextlib.suppress(sqlite3.Error):
-            conn.close()
+    _close_quietly([conn] if conn is not None else [])
 
 
 def unpark_all() -> None:
@@ -163,6 +162,10 @@ def unpark_all() -> None:
     with _shm_lock:
         conns = list(_parked.values())
         _parked.clear()
+    _close_quietly(conns)
+
+
+def _close_quietly(conns: list[sqlite3.Connection]) -> None:
     for conn in conns:
         with contextlib.suppress(sqlite3.Error):
             conn.close()
