@@ -64,10 +64,41 @@ Part = Annotated[
 ]
 
 
+# organisation (issue 23): a folder is a path of 1-8 names joined by "/", each 1-64
+# characters without "/" or control characters, not "." or ".."; a tag is 1-64
+# characters without control characters; at most 32 tags
+_SEGMENT = (
+    r"(?:[^/.\x00-\x1f\x7f][^/\x00-\x1f\x7f]{0,63}|\.[^/.\x00-\x1f\x7f][^/\x00-\x1f\x7f]{0,62}"
+    r"|\.\.[^/\x00-\x1f\x7f]{1,62})"
+)
+FOLDER_PATTERN = rf"^{_SEGMENT}(?:/{_SEGMENT}){{0,7}}$"
+Folder = Annotated[str, StringConstraints(strict=True, max_length=200, pattern=FOLDER_PATTERN)]
+Tag = Annotated[
+    str, StringConstraints(strict=True, min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+Tags = Annotated[list[Tag], Field(max_length=32)]
+# RFC 3339 with a zone (normalized to UTC with milliseconds by check_expires_at)
+Timestamp = Annotated[
+    str,
+    StringConstraints(
+        strict=True,
+        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})$",
+    ),
+]
+
+
 class SessionCreate(Strict):
     id: SessionId | None = None
     title: Str | None = None
     metadata: dict[str, Any] | None = None
+    pinned: bool = False
+    archived: bool = False
+    folder: Folder | None = None
+    tags: Tags | None = None
+    temporary: bool = Field(
+        False, description="expire after --temporary-ttl s of inactivity; hidden from the list"
+    )
+    expires_at: Timestamp | None = Field(None, description="delete the session at this time")
 
 
 class SessionPatch(Strict):
@@ -77,6 +108,36 @@ class SessionPatch(Strict):
     title: Str | None = None
     metadata: dict[str, Any] | None = None
     active_leaf_id: Id | None = None
+    pinned: bool | None = None
+    archived: bool | None = None
+    folder: Folder | None = Field(None, description="null takes the session out of its folder")
+    tags: Tags | None = None
+    expires_at: Timestamp | None = Field(None, description="null: no fixed expiry")
+
+
+class FeedbackPut(Strict):
+    rating: Literal[1, -1]
+    tags: Tags | None = None
+    comment: Annotated[str, StringConstraints(strict=True, max_length=2000)] | None = None
+
+
+def check_expires_at(value: str | None) -> str | None:
+    """``value`` (RFC 3339) as Roost's UTC form with milliseconds; 400 if it is no date."""
+    if value is None:
+        return None
+    from datetime import datetime
+
+    from storage.ids import format_ts
+
+    try:
+        return format_ts(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+    except (ValueError, OverflowError, OSError) as exc:
+        raise ApiError(
+            400,
+            "invalid_input",
+            f"expires_at is not a valid time: {value[:40]!r}",
+            {"loc": ["expires_at"]},
+        ) from exc
 
 
 class MessageCreate(Strict):
