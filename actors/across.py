@@ -8,6 +8,7 @@ uses of the registry is declared below.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,10 +19,19 @@ from actors.responders import Responder
 from actors.userlog import UserLog, UserLogs
 from actors.usersearch import UserSearch
 from storage.catalog import Catalog
-from storage.errors import NotFound, StorageError
-from storage.ids import format_ts
+from storage.cursors import decode_pair, encode_pair
+from storage.errors import InvalidInput, NotFound, StorageError
+from storage.ids import ascii_int, format_ts
+from storage.ops import op_auto_title
 
 log = logging.getLogger("roost.actors")
+
+# a search cursor pages at most this deep (offset paging over the BM25 order)
+MAX_SEARCH_OFFSET = 10_000
+
+
+def _query_key(q: str, raw: bool) -> str:
+    return hashlib.sha256(f"{raw}\x00{q}".encode()).hexdigest()[:16]
 
 
 class AcrossSessions:
@@ -55,20 +65,37 @@ class AcrossSessions:
         return self.user_logs.get(owner)
 
     async def search_sessions(
-        self, owner: str, q: str, *, limit: int, offset: int, raw: bool
-    ) -> list[dict[str, Any]]:
-        """``owner``'s messages matching ``q`` in every session, best first, each hit
-        with its session's document (``session``); hits of sessions the catalog no
-        longer lists are left out. Raises ``InvalidQuery``."""
-        hits = await self.user_search.search(owner, q, limit=limit, offset=offset, raw=raw)
+        self, owner: str, q: str, *, limit: int, cursor: str | None, raw: bool
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """``owner``'s messages matching ``q`` in every session, best first:
+        ``(hits, next_cursor)``. Each hit carries its session's document
+        (``session``) and its ``rank`` in the whole answer; hits of sessions the
+        catalog no longer lists are left out. A cursor belongs to its query
+        (``InvalidInput`` otherwise) and reaches at most ``MAX_SEARCH_OFFSET``
+        deep. Raises ``InvalidQuery``.
+        """
+        key = _query_key(q, raw)
+        offset = 0
+        if cursor is not None:
+            got, pos = decode_pair("q", cursor)
+            n = ascii_int(pos, 6)
+            if got != key or n is None or n > MAX_SEARCH_OFFSET:
+                raise InvalidInput("bad cursor: not a cursor of this query")
+            offset = n
+        hits = await self.user_search.search(owner, q, limit=limit + 1, offset=offset, raw=raw)
+        more = len(hits) > limit
+        hits = hits[:limit]
         await self.flush_catalog()
         docs = self.catalog.docs(owner, (h["session_id"] for h in hits))
         out = []
-        for h in hits:
+        for rank, h in enumerate(hits, offset + 1):
             doc = docs.get(h["session_id"])
             if doc is not None:
-                out.append({**h, "session": doc})
-        return out
+                out.append({**h, "session": doc, "rank": rank})
+        nxt = None
+        if more and offset + limit <= MAX_SEARCH_OFFSET:
+            nxt = encode_pair("q", key, str(offset + limit))
+        return out, nxt
 
     # ------------------------------------------------------------------ retention
 
@@ -133,8 +160,6 @@ class AcrossSessions:
     async def auto_title(self, actor: SessionActor, user_text: str, reply_text: str) -> None:
         """After a first reply: give the session a title if it has none (see
         ``op_auto_title``). Never raises."""
-        from storage.ops import op_auto_title
-
         try:
             session = await actor.read(lambda f: f.read_session())
             if session.get("title_source") is not None or session.get("title") is not None:
@@ -144,4 +169,3 @@ class AcrossSessions:
                 await actor.submit(op_auto_title(title))
         except Exception as exc:
             log.warning("could not title session %s: %r", actor.sid, exc)
-

@@ -125,12 +125,11 @@ def check_expires_at(value: str | None) -> str | None:
     """``value`` (RFC 3339) as Roost's UTC form with milliseconds; 400 if it is no date."""
     if value is None:
         return None
-    from datetime import datetime
-
-    from storage.ids import format_ts
+    from datetime import UTC, datetime
 
     try:
-        return format_ts(datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp())
+        t = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
+        return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
     except (ValueError, OverflowError, OSError) as exc:
         raise ApiError(
             400,

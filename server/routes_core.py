@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from actors.registry import ListFilters
 from actors.session import NewMessage
 from server.errors import ApiError
 from server.http import (
@@ -32,7 +33,6 @@ from server.requests import (
     check_title,
 )
 from server.responses import Message, MessagePage, Session, SessionList, SessionView, SiblingsPage
-from actors.registry import ListFilters
 from storage.ids import ascii_int
 
 routes = web.RouteTableDef()  # mounted under /api

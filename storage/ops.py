@@ -356,7 +356,8 @@ def op_auto_title(title: str) -> Callable[[Txn], dict[str, Any] | None]:
 
 def op_set_feedback(mid: str, feedback: dict[str, Any] | None) -> Callable[[Txn], dict[str, Any]]:
     """Set (or, with None, remove) the feedback on live message ``mid``; one per
-    message, replaced by the next. Bumps the version; a ``message.updated``
+    message, replaced by the next; its ``updated_at`` is the commit's time.
+    Bumps the version; a ``message.updated``
     event carries it. Returns the message."""
 
     def run(txn: Txn) -> dict[str, Any]:
