@@ -207,47 +207,16 @@ class Catalog:
     def expired(
         self, *, now: str, session_cutoff: str | None, temporary_cutoff: str | None, limit: int
     ) -> builtins.list[dict[str, Any]]:
-        """Sessions due to go, at most ``limit``: ``[{id, owner, reason}]``.
-
-        ``reason`` is ``expires_at`` (its ``expires_at`` is at or before ``now``),
-        ``temporary`` (a temporary session last updated at or before
-        ``temporary_cutoff``) or ``ttl`` (any session last updated at or before
-        ``session_cutoff``). Each is one range scan of an index: the cost is the
-        number of expired sessions, not of all of them.
-        """
+        """Sessions due to go (:func:`expired_sessions` on the reader)."""
         assert self._reader is not None
-        out: dict[str, dict[str, Any]] = {}
-        queries: builtins.list[tuple[str, str, tuple[Any, ...]]] = [
-            (
-                "expires_at",
-                "SELECT id, owner FROM sessions WHERE expires_at IS NOT NULL "
-                "AND expires_at <= ? ORDER BY expires_at LIMIT ?",
-                (now, limit),
-            )
-        ]
-        if temporary_cutoff is not None:
-            queries.append(
-                (
-                    "temporary",
-                    "SELECT id, owner FROM sessions WHERE temporary = 1 AND updated_at <= ? "
-                    "ORDER BY updated_at LIMIT ?",
-                    (temporary_cutoff, limit),
-                )
-            )
-        if session_cutoff is not None:
-            queries.append(
-                (
-                    "ttl",
-                    "SELECT id, owner FROM sessions WHERE temporary IN (0, 1) "
-                    "AND updated_at <= ? LIMIT ?",
-                    (session_cutoff, limit),
-                )
-            )
         with _mapped():
-            for reason, sql, args in queries:
-                for sid, owner in self._reader.execute(sql, args).fetchall():
-                    out.setdefault(sid, {"id": sid, "owner": owner, "reason": reason})
-        return list(out.values())[:limit]
+            return expired_sessions(
+                self._reader,
+                now=now,
+                session_cutoff=session_cutoff,
+                temporary_cutoff=temporary_cutoff,
+                limit=limit,
+            )
 
     def docs(self, owner: str, sids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The mirrored Session documents of ``owner``'s sessions among ``sids``."""
@@ -295,6 +264,55 @@ def _share(row: Any) -> dict[str, Any]:
         "created_at": created_at,
         "expires_at": expires_at,
     }
+
+
+def expired_sessions(
+    reader: sqlite3.Connection,
+    *,
+    now: str,
+    session_cutoff: str | None,
+    temporary_cutoff: str | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Sessions due to go, at most ``limit``: ``[{id, owner, reason}]``.
+
+    ``reason`` is ``expires_at`` (its ``expires_at`` is at or before ``now``),
+    ``temporary`` (a temporary session last updated at or before
+    ``temporary_cutoff``) or ``ttl`` (any session last updated at or before
+    ``session_cutoff``). Each is one range scan of an index: the cost is the
+    number of expired sessions, not of all of them.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    queries: list[tuple[str, str, tuple[Any, ...]]] = [
+        (
+            "expires_at",
+            "SELECT id, owner FROM sessions WHERE expires_at IS NOT NULL "
+            "AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+            (now, limit),
+        )
+    ]
+    if temporary_cutoff is not None:
+        queries.append(
+            (
+                "temporary",
+                "SELECT id, owner FROM sessions WHERE temporary = 1 AND updated_at <= ? "
+                "ORDER BY updated_at LIMIT ?",
+                (temporary_cutoff, limit),
+            )
+        )
+    if session_cutoff is not None:
+        queries.append(
+            (
+                "ttl",
+                "SELECT id, owner FROM sessions WHERE temporary IN (0, 1) "
+                "AND updated_at <= ? LIMIT ?",
+                (session_cutoff, limit),
+            )
+        )
+    for reason, sql, args in queries:
+        for sid, owner in reader.execute(sql, args).fetchall():
+            out.setdefault(sid, {"id": sid, "owner": owner, "reason": reason})
+    return list(out.values())[:limit]
 
 
 @dataclass(frozen=True, slots=True)

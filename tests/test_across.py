@@ -417,3 +417,42 @@ async def test_feedback_is_set_replaced_exported_counted_and_removed(client: Any
     assert (await r.json())["feedback"] is None
     r = await client.put(url, json={"rating": 2})
     assert r.status == 400
+
+
+# ---------------------------------------------------------------------------- admin
+
+
+async def test_admin_reindex_rebuilds_from_the_session_files(client: Any, tmp_path: Path) -> None:
+    """``roost-admin reindex`` rebuilds the users' search files from the session files."""
+    from scripts.admin import main
+    from storage.layout import DataDir
+    from storage.usersearch import UserIndex, user_index_path
+
+    await new_session(client, "a")
+    await append(client, "a", "a quokka smiles")
+    await append(client, "a", "the second message")
+    assert len((await _search(client, "quokka"))["items"]) == 1
+    dd = DataDir(tmp_path / "data")
+    path = user_index_path(dd, "")
+    assert main(["--data-dir", str(dd.root), "reindex"]) == 0
+    idx = UserIndex(path)
+    try:
+        assert idx.count() == 2
+        assert [h["session_id"] for h in idx.search("quokka", limit=5)] == ["a"]
+    finally:
+        idx.close()
+
+
+async def test_admin_sweep_dry_run_lists_expired(client: Any, tmp_path: Path, capsys: Any) -> None:
+    """``roost-admin sweep --dry-run`` lists sessions past expires_at, and no others."""
+    from scripts.admin import main
+
+    await new_session(client, "old", expires_at="2001-01-01T00:00:00Z")
+    await new_session(client, "new")
+    await client.get("/api/sessions")  # the catalog mirror is written
+    capsys.readouterr()
+    code = main(["--data-dir", str(tmp_path / "data"), "--json", "sweep", "--dry-run"])
+    assert code == 0
+    out = orjson.loads(capsys.readouterr().out)
+    assert out["items"] == [{"id": "old", "owner": "", "reason": "expires_at"}]
+    assert main(["--data-dir", str(tmp_path / "data"), "sweep"]) == 2
