@@ -10,7 +10,9 @@ every change acknowledged before it, edits and deletes included.
 
 A session the index has never seen (an import, a session older than the
 index) or whose events were pruned past the index's mark is rebuilt from its
-messages. Work on one user's index is serialized by a lock per user; open
+messages. A session no actor has open is read from its file directly
+(all its commits are flushed), so indexing never activates an actor. Work
+on one user's index is serialized by a lock per user; open
 index files are kept in a small LRU.
 """
 
@@ -31,6 +33,7 @@ from storage.errors import NotFound, StorageError
 from storage.layout import DataDir
 from storage.usersearch import (
     UserIndex,
+    catch_up_file,
     changes_from_events,
     session_docs,
     user_index_path,
@@ -58,6 +61,8 @@ class SearchHost(Protocol):
     def write_pool(self) -> Executor: ...
 
     def lease(self, sid: str, user: str = "") -> AbstractAsyncContextManager[SessionActor]: ...
+
+    def actor_if_live(self, sid: str) -> SessionActor | None: ...
 
 
 class UserSearch:
@@ -165,6 +170,13 @@ class UserSearch:
 
     async def _index(self, owner: str, sid: str) -> None:
         idx = await self._index_of(owner)
+        live = self.host.actor_if_live(sid)
+        if live is None or live.owner != owner:
+            # no actor has it open (so everything committed is on disk): read the file
+            # directly rather than activate it (and evict another) for indexing
+            path = self.host.datadir.session_db(sid)
+            await self._pool(partial(catch_up_file, idx, path, sid, batch=EVENTS_BATCH))
+            return
         mark = await self._pool(lambda: idx.watermark(sid))
         async with self.host.lease(sid, owner) as actor:
             while True:

@@ -10,10 +10,11 @@ WebSocket ``chat`` frame alike).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from actors.session import NewMessage
 from server.errors import ApiError
@@ -77,13 +78,19 @@ Tag = Annotated[
     str, StringConstraints(strict=True, min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
 ]
 Tags = Annotated[list[Tag], Field(max_length=32)]
+
+
 # RFC 3339 with a zone (normalized to UTC with milliseconds by check_expires_at)
+def _text_only(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("a time is an RFC 3339 string")
+    return value
+
+
 Timestamp = Annotated[
-    str,
-    StringConstraints(
-        strict=True,
-        pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})$",
-    ),
+    AwareDatetime,
+    Field(strict=False, json_schema_extra={"format": "date-time"}),
+    BeforeValidator(_text_only),
 ]
 
 
@@ -121,22 +128,15 @@ class FeedbackPut(Strict):
     comment: Annotated[str, StringConstraints(strict=True, max_length=2000)] | None = None
 
 
-def check_expires_at(value: str | None) -> str | None:
-    """``value`` (RFC 3339) as Roost's UTC form with milliseconds; 400 if it is no date."""
+def check_expires_at(value: datetime | None) -> str | None:
+    """``value`` as Roost's timestamp form: UTC, milliseconds, ``Z``."""
     if value is None:
         return None
-    from datetime import UTC, datetime
-
-    try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00")).astimezone(UTC)
-        return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
-    except (ValueError, OverflowError, OSError) as exc:
-        raise ApiError(
-            400,
-            "invalid_input",
-            f"expires_at is not a valid time: {value[:40]!r}",
-            {"loc": ["expires_at"]},
-        ) from exc
+    t = value.astimezone(UTC)
+    return (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
+        f"{t.second:02d}.{t.microsecond // 1000:03d}Z"
+    )
 
 
 class MessageCreate(Strict):

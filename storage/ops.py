@@ -362,9 +362,10 @@ def op_set_feedback(mid: str, feedback: dict[str, Any] | None) -> Callable[[Txn]
 
     def run(txn: Txn) -> dict[str, Any]:
         row = txn.message_row(mid)
+        value = None if feedback is None else dumps({**feedback, "updated_at": txn.now})
         txn.conn.execute(
             "UPDATE messages SET feedback = ?, version = version + 1, updated_at = ? WHERE seq = ?",
-            (None if feedback is None else dumps(feedback), txn.now, row.seq),
+            (value, txn.now, row.seq),
         )
         msg = txn.message_by_seq(row.seq)
         txn.emit("message.updated", {"message": msg})

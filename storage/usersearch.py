@@ -22,6 +22,7 @@ Storage returns data: a hit's snippet is ``{"text", "spans"}`` as in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -31,9 +32,10 @@ from typing import Any
 
 import orjson
 
-from storage.errors import InvalidQuery, from_sqlite
+from storage import reads
+from storage.errors import InvalidQuery, NotFound, from_sqlite
 from storage.layout import DataDir, connect, make_dirs_durable
-from storage.reads import ReadSource
+from storage.reads import ReadConnection, ReadSource
 from storage.rows import UNFINISHED, scalar
 from storage.schema import USER_SEARCH_MIGRATIONS, migrate
 from storage.search import SNIPPET_CLOSE, SNIPPET_OPEN, fts_query, snippet_spans
@@ -265,3 +267,65 @@ def _mark(conn: sqlite3.Connection, sid: str, event_seq: int) -> None:
         "ON CONFLICT(session_id) DO UPDATE SET event_seq = excluded.event_seq",
         (sid, event_seq),
     )
+
+
+class _FileSource:
+    """A :class:`storage.reads.ReadSource` over a read-only connection of a session
+    file no actor has open."""
+
+    def __init__(self, sid: str, conn: sqlite3.Connection) -> None:
+        self.sid = sid
+        self._conn = conn
+
+    @property
+    def reader(self) -> ReadConnection:
+        return ReadConnection(self._conn)
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("COMMIT")
+
+
+def catch_up_file(idx: UserIndex, path: Path, sid: str, *, batch: int = 500) -> None:
+    """Bring ``idx`` up to date with session ``sid``'s file at ``path``, read
+    directly (for a session no actor has open: all its commits are on disk).
+    Raises ``NotFound`` when the file is gone, storage errors otherwise."""
+    if not path.exists():
+        raise NotFound(f"session {sid!r} not found", details={"session_id": sid})
+    try:
+        conn = connect(path, readonly=True, cache_kib=512)
+    except sqlite3.Error as exc:
+        raise from_sqlite(exc, path=path) from exc
+    try:
+        src = _FileSource(sid, conn)
+        mark = idx.watermark(sid)
+        while True:
+            if mark is not None:
+                events = reads.events_since(src, mark, batch)
+                if events is not None:
+                    if not events:
+                        return
+                    upto = events[-1].seq or mark
+                    idx.apply(sid, changes_from_events(events), upto)
+                    mark = upto
+                    if len(events) < batch:
+                        return
+                    continue
+            with src.snapshot():
+                upto = int(scalar(src.reader.execute("SELECT event_seq FROM session")))
+                after, first = 0, True
+                while True:
+                    docs = session_docs(src, after, 2000)
+                    idx.rebuild_session(sid, docs, upto, first=first)
+                    first = False
+                    if len(docs) < 2000:
+                        return
+                    after = docs[-1].seq
+    except sqlite3.Error as exc:
+        raise from_sqlite(exc, path=path) from exc
+    finally:
+        conn.close()
