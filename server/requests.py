@@ -309,10 +309,14 @@ class ScopedTokenCreate(Strict):
     )
 
 
+MAX_SHARE_SECONDS = 100 * 365 * 86400
+ShareLifetime = Annotated[int, Field(ge=60, le=MAX_SHARE_SECONDS), BeforeValidator(_whole_number)]
+
+
 class ShareCreate(Strict):
     branch: Literal["active", "all"] = Field(
         "active", description="active: the active branch only; all: every branch"
     )
-    expires_in: Lifetime | None = Field(
-        None, description="seconds the link lasts (default: until revoked)"
+    expires_in: ShareLifetime | None = Field(
+        None, description="seconds the link lasts (default: until revoked; at most 100 years)"
     )
