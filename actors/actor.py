@@ -39,7 +39,7 @@ import errno
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from functools import partial
@@ -64,6 +64,8 @@ from storage.txn import BulkOp, Event, Txn
 T = TypeVar("T")
 log = logging.getLogger("roost.actors")
 
+# what the registry does after a reply completed (actor, final message, history)
+ReplyDone = Callable[["SessionActor", dict[str, Any], list[dict[str, Any]]], Awaitable[None]]
 Results = tuple[list[Any], list[Event], dict[str, Any] | None]
 
 
@@ -81,6 +83,11 @@ class ActorConfig:
     flush_interval: float = 0.05
     index_delay: float = 0.25
     shutdown_grace: float = 2.0
+    # retention (issue 23): seconds of inactivity before a session (0: never) or a
+    # temporary session is deleted, and how often the sweep looks
+    session_ttl: float = 0.0
+    temporary_ttl: float = 3600.0
+    sweep_interval: float = 60.0
 
 
 class State(enum.Enum):
@@ -120,6 +127,7 @@ class SessionActor:
         on_closed: Callable[[SessionActor], None],
         on_idle: Callable[[SessionActor], None] | None = None,
         hooks: Hooks | None = None,
+        on_reply_done: ReplyDone | None = None,
     ) -> None:
         self.sid = sid
         self.datadir = datadir
@@ -145,6 +153,7 @@ class SessionActor:
         self._on_commit = on_commit
         self._on_closed = on_closed
         self._on_idle = on_idle or (lambda actor: None)
+        self._on_reply_done = on_reply_done
         self._file: SessionFile | None = None
         self._mailbox: deque[Envelope] = deque()
         self._wakeup = asyncio.Event()
@@ -425,6 +434,14 @@ class SessionActor:
     def on_stream_lag(self, seconds: float) -> None:
         """ReplyHost: streamed text waited ``seconds`` between generation and commit."""
         self.hooks.on_stream_lag(seconds)
+
+    async def after_reply(self, final: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """ReplyHost: a reply completed (the registry titles a new chat). Never raises."""
+        if self._on_reply_done is not None:
+            try:
+                await self._on_reply_done(self, final, history)
+            except Exception as exc:
+                log.warning("after the reply %s: %r", final.get("id"), exc)
 
     def on_reply_end(self) -> None:
         """ReplyHost: a reply ended; the actor may now be idle."""

@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from actors.across import AcrossSessions
 from actors.actor import ActorConfig, SessionActor, State
 from actors.errors import ActorStopped
 from actors.hooks import Hooks
@@ -32,7 +33,11 @@ from actors.pubsub import Frame, Subscription, Topic
 from actors.responders import EchoResponder, Responder
 from actors.session import SessionHandle
 from actors.syncer import Syncer
+from actors.titles import make_title
+from actors.userlog import UserLogs, listed
+from actors.usersearch import UserSearch
 from storage.catalog import Catalog
+from storage.catalog import ListFilters as ListFilters  # the list filters type (server)
 from storage.errors import (
     Conflict,
     NotFound,
@@ -65,7 +70,7 @@ def claim_data_dir(root: str) -> DataDirLock:
     return open_data_dir(root)
 
 
-class ActorRegistry:
+class ActorRegistry(AcrossSessions):
     """All live actors of one data dir. ``start`` once, ``close`` idempotently."""
 
     def __init__(
@@ -101,6 +106,12 @@ class ActorRegistry:
         self._tasks: list[asyncio.Task[None]] = []
         self._closed = False
         self._stop_deadline: float | None = None  # loop time: set by stop_replies
+        # issue 23: the users' list feeds, cross-session search, what each list shows
+        self.user_logs = UserLogs()
+        self.user_search = UserSearch(self, delay=config.index_delay)
+        self._listed: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
+        self.expired_total = 0
+        self.make_title = make_title
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -112,6 +123,9 @@ class ActorRegistry:
             asyncio.create_task(self._sweep(), name="registry:sweep"),
             asyncio.create_task(self._catalog_flusher(), name="registry:catalog"),
         ]
+        if self.config.sweep_interval > 0:
+            self._tasks.append(asyncio.create_task(self._expiry_sweep(), name="registry:expiry"))
+        self.user_search.start()
 
     async def stop_replies(self, grace: float | None = None) -> None:
         """Shutdown, first step: give running replies ``grace`` seconds (default
@@ -157,10 +171,13 @@ class ActorRegistry:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        await self.user_search.close()
         await asyncio.gather(*(a.close() for a in list(self._actors.values())))
         unpark_all()  # broken sessions' kept WAL indexes (storage.layout.park)
         for topic in self._topics.values():
             topic.close_all()
+        for owner_log in list(self.user_logs._logs.values()):
+            owner_log.topic.close_all()
         await self.flush_catalog()
         if self._catalog is not None:
             self._catalog.close()
@@ -312,6 +329,7 @@ class ActorRegistry:
             on_closed=self._on_closed,
             on_idle=lambda actor: self._room.set(),
             hooks=self.hooks,
+            on_reply_done=self._after_reply,
         )
         return actor
 
@@ -388,12 +406,15 @@ class ActorRegistry:
         title: str | None = None,
         metadata: dict[str, Any] | None = None,
         populate: Callable[[sqlite3.Connection, str, str], None] | None = None,
+        extra: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Create a session (durably, catalog included) and return it.
 
         ``populate(conn, sid, now)`` fills the new file before it is published
-        (see ``create_session_file``); it runs on the write pool. Raises
-        ``Conflict`` if ``sid`` exists, ``InvalidInput`` if it is not a legal id.
+        (see ``create_session_file``); it runs on the write pool. ``extra`` sets
+        organisation and retention columns (``storage.lifecycle.CREATE_COLUMNS``).
+        The owner's list feed gets ``session.created``. Raises ``Conflict`` if
+        ``sid`` exists, ``InvalidInput`` if it is not a legal id.
         """
         sid = validate_session_id(sid) if sid is not None else uuid7()
         if sid in self._deleting or sid in self._actors:
@@ -410,6 +431,7 @@ class ActorRegistry:
                 now=now_iso(),
                 synchronous=self.config.synchronous,
                 populate=populate,
+                extra=extra,
             ),
         )
         try:
@@ -419,6 +441,9 @@ class ActorRegistry:
             # not acknowledged: take the new file away again so a retry can succeed
             await loop.run_in_executor(self.write_pool, remove_session_files, self.datadir, sid)
             raise
+        self._remember_listed(sid, doc)
+        self.user_logs.get(owner).publish("session.created", {"session": doc})
+        self.user_search.note(sid, owner)  # an import's messages are searchable too
         return doc
 
     async def delete_session(self, sid: str, user: str = "") -> None:
@@ -429,6 +454,7 @@ class ActorRegistry:
         async with self.lease(sid, user) as actor:
             self._deleting.add(sid)
             last_seq = await actor.read(lambda f: f.event_seq())
+        owner = actor.owner
         try:
             actor.graceful = False
             await actor.close()  # its replies' last commits take seqs too
@@ -444,6 +470,9 @@ class ActorRegistry:
                 frame = f'{{"type":"session.deleted","seq":{final_seq},"session_id":"{sid}"}}'
                 topic.publish(Frame("session.deleted", frame.encode(), final_seq))
                 topic.close_all()
+            self._listed.pop(sid, None)
+            self.user_logs.get(owner).publish("session.deleted", {"session_id": sid})
+            await self.user_search.drop(owner, sid)
         finally:
             self._deleting.discard(sid)
 
@@ -566,11 +595,17 @@ class ActorRegistry:
         await asyncio.get_running_loop().run_in_executor(self.write_pool, trim_heap)
 
     async def list_sessions(
-        self, *, owner: str = "", limit: int = 25, cursor: str | None = None
+        self,
+        *,
+        owner: str = "",
+        limit: int = 25,
+        cursor: str | None = None,
+        filters: ListFilters | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Sessions of ``owner``, most recently updated first."""
+        """Sessions of ``owner``: pinned first, then most recently updated first
+        (archived and temporary ones hidden unless ``filters`` ask for them)."""
         await self.flush_catalog()
-        return self.catalog.list(owner=owner, limit=limit, cursor=cursor)
+        return self.catalog.list(owner=owner, limit=limit, cursor=cursor, filters=filters)
 
     # ------------------------------------------------------------------ catalog mirror
 
@@ -586,6 +621,18 @@ class ActorRegistry:
         self._catalog_pending[actor.sid] = (actor.owner, session)
         self._catalog_wakeup.set()
         self.hooks.on_session_changed(actor.sid, actor.owner, session)
+        self.user_search.note(actor.sid, actor.owner)
+        if self._remember_listed(actor.sid, session):
+            self.user_logs.get(actor.owner).publish("session.updated", {"session": session})
+
+    def _remember_listed(self, sid: str, session: dict[str, Any]) -> bool:
+        """Note what the list shows of ``sid``; whether that changed (news for the feed)."""
+        now = listed(session)
+        before = self._listed.pop(sid, None)
+        self._listed[sid] = now
+        if len(self._listed) > 50_000:
+            self._listed.popitem(last=False)
+        return before != now
 
     async def flush_catalog(self) -> bool:
         """Write the pending catalog updates now; return whether that worked.

@@ -52,6 +52,9 @@ class ReplyHost(Protocol):
 
     def on_reply_end(self) -> None: ...
 
+    async def after_reply(self, final: dict[str, Any], history: list[dict[str, Any]]) -> None:
+        """A reply ended (``final``), answering ``history``; never raises."""
+
 
 def reply_delta(message_id: str, offset: int, text: str) -> bytes:
     """The data of a reply stream's ``delta`` event (chat, regenerate, resume): ``text``
@@ -352,6 +355,8 @@ class Replies:
             reply.end_status = reply.end_status or "interrupted"
             history = []
         await reply.run(responder, history, model, self.flush_interval)
+        if reply.final is not None and reply.final["status"] == "complete":
+            await self.host.after_reply(reply.final, history)
 
     def _ended(self, reply: Reply) -> None:
         self.running.pop(reply.message_id, None)

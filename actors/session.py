@@ -38,6 +38,7 @@ from storage.ops import (
     op_add_attachment,
     op_append,
     op_delete_message,
+    op_set_feedback,
     op_update_message,
     op_update_session,
 )
@@ -219,13 +220,23 @@ class SessionHandle:
         set_title: bool = False,
         metadata: dict[str, Any] | None = None,
         active_leaf_id: str | None = None,
+        organisation: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Change title (when ``set_title``), metadata or the active leaf."""
+        """Change title (when ``set_title``), metadata, the active leaf, or
+        ``organisation`` (pinned, archived, folder, tags, expires_at)."""
         return await self._actor.submit(
             op_update_session(
-                title=title, set_title=set_title, metadata=metadata, active_leaf_id=active_leaf_id
+                title=title,
+                set_title=set_title,
+                metadata=metadata,
+                active_leaf_id=active_leaf_id,
+                organisation=organisation,
             )
         )
+
+    async def set_feedback(self, mid: str, feedback: dict[str, Any] | None) -> dict[str, Any]:
+        """Set (None: remove) the feedback on message ``mid``; the message as it is now."""
+        return await self._actor.submit(op_set_feedback(mid, feedback))
 
     # -------------------------------------------------------------- replies
 

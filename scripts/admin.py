@@ -26,6 +26,7 @@ from typing import Any, NamedTuple, TextIO
 
 import orjson
 
+from scripts._admin_across import add_parsers as add_across_parsers
 from scripts._admin_db import (
     EXIT_OK,
     EXIT_PROBLEM,
@@ -1057,6 +1058,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rename", action="store_true", help="restore under SID a backup of another id")
     p.add_argument("--force", action="store_true", help="even while the session is live (unsafe)")
     p.set_defaults(func=cmd_restore)
+
+    add_across_parsers(sub, common)
     return parser
 
 

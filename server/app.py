@@ -86,6 +86,7 @@ from server.listen import fd_budget
 from server.logs import access_middlewares
 from server.metrics import Metrics
 from server.openapi import openapi_json
+from server.routes_across import routes as across_routes
 from server.routes_aisdk import routes as aisdk_routes
 from server.routes_chat import routes as chat_routes
 from server.routes_core import routes as core_routes
@@ -258,6 +259,7 @@ def make_api() -> web.Application:
         auth_routes,
         identity_routes,
         meta_routes,
+        across_routes,
     ):
         api.router.add_routes(routes)
     return api

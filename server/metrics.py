@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -67,6 +67,12 @@ class Metrics:
             "time from a reply's text being generated to it being committed",
             registry=self.registry,
             buckets=_LATENCY_BUCKETS,
+        )
+        self.feedback = Counter(
+            "roost_feedback",
+            "message feedback given (rating 1 or -1) or removed (rating removed)",
+            ["rating"],
+            registry=self.registry,
         )
 
     def request_timer(self, method: str, route: str, status: int) -> Histogram:
@@ -141,4 +147,12 @@ class _RegistryCollector(Collector):
         )
         yield GaugeMetricFamily(
             "roost_running_replies", "replies being generated", a.running_replies()
+        )
+        yield CounterMetricFamily(
+            "roost_expired_sessions", "sessions deleted by the expiry sweep", a.expired_total
+        )
+        yield GaugeMetricFamily(
+            "roost_user_feed_subscribers",
+            "subscribers of the users' list feeds (GET /api/events)",
+            a.user_logs.subscribers(),
         )

@@ -315,6 +315,10 @@ def _limit_components(defs: dict[str, Any], settings: Settings) -> dict[str, Any
             for alt in props["parts"].get("anyOf", [props["parts"]]):
                 if alt.get("type") == "array":
                     alt["maxItems"] = settings.max_parts
+    # a scoped token lives at most --max-scoped-token-ttl seconds
+    token_ttl = defs.get("ScopedTokenCreate", {}).get("properties", {}).get("expires_in")
+    if token_ttl is not None:
+        token_ttl["maximum"] = int(settings.max_scoped_token_ttl)
     return defs
 
 

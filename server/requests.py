@@ -10,10 +10,11 @@ WebSocket ``chat`` frame alike).
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from actors.session import NewMessage
 from server.errors import ApiError
@@ -64,10 +65,47 @@ Part = Annotated[
 ]
 
 
+# organisation (issue 23): a folder is a path of 1-8 names joined by "/", each 1-64
+# characters without "/" or control characters, not "." or ".."; a tag is 1-64
+# characters without control characters; at most 32 tags
+_SEGMENT = (
+    r"(?:[^/.\x00-\x1f\x7f][^/\x00-\x1f\x7f]{0,63}|\.[^/.\x00-\x1f\x7f][^/\x00-\x1f\x7f]{0,62}"
+    r"|\.\.[^/\x00-\x1f\x7f]{1,62})"
+)
+FOLDER_PATTERN = rf"^{_SEGMENT}(?:/{_SEGMENT}){{0,7}}$"
+Folder = Annotated[str, StringConstraints(strict=True, max_length=200, pattern=FOLDER_PATTERN)]
+Tag = Annotated[
+    str, StringConstraints(strict=True, min_length=1, max_length=64, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+Tags = Annotated[list[Tag], Field(max_length=32)]
+
+
+# RFC 3339 with a zone (normalized to UTC with milliseconds by check_expires_at)
+def _text_only(value: Any) -> Any:
+    if not isinstance(value, str):
+        raise ValueError("a time is an RFC 3339 string")
+    return value
+
+
+Timestamp = Annotated[
+    AwareDatetime,
+    Field(strict=False, json_schema_extra={"format": "date-time"}),
+    BeforeValidator(_text_only),
+]
+
+
 class SessionCreate(Strict):
     id: SessionId | None = None
     title: Str | None = None
     metadata: dict[str, Any] | None = None
+    pinned: bool = False
+    archived: bool = False
+    folder: Folder | None = None
+    tags: Tags | None = None
+    temporary: bool = Field(
+        False, description="expire after --temporary-ttl s of inactivity; hidden from the list"
+    )
+    expires_at: Timestamp | None = Field(None, description="delete the session at this time")
 
 
 class SessionPatch(Strict):
@@ -77,6 +115,28 @@ class SessionPatch(Strict):
     title: Str | None = None
     metadata: dict[str, Any] | None = None
     active_leaf_id: Id | None = None
+    pinned: bool | None = None
+    archived: bool | None = None
+    folder: Folder | None = Field(None, description="null takes the session out of its folder")
+    tags: Tags | None = None
+    expires_at: Timestamp | None = Field(None, description="null: no fixed expiry")
+
+
+class FeedbackPut(Strict):
+    rating: Literal[1, -1]
+    tags: Tags | None = None
+    comment: Annotated[str, StringConstraints(strict=True, max_length=2000)] | None = None
+
+
+def check_expires_at(value: datetime | None) -> str | None:
+    """``value`` as Roost's timestamp form: UTC, milliseconds, ``Z``."""
+    if value is None:
+        return None
+    t = value.astimezone(UTC)
+    return (
+        f"{t.year:04d}-{t.month:02d}-{t.day:02d}T{t.hour:02d}:{t.minute:02d}:"
+        f"{t.second:02d}.{t.microsecond // 1000:03d}Z"
+    )
 
 
 class MessageCreate(Strict):
@@ -249,10 +309,14 @@ class ScopedTokenCreate(Strict):
     )
 
 
+MAX_SHARE_SECONDS = 100 * 365 * 86400
+ShareLifetime = Annotated[int, Field(ge=60, le=MAX_SHARE_SECONDS), BeforeValidator(_whole_number)]
+
+
 class ShareCreate(Strict):
     branch: Literal["active", "all"] = Field(
         "active", description="active: the active branch only; all: every branch"
     )
-    expires_in: Lifetime | None = Field(
-        None, description="seconds the link lasts (default: until revoked)"
+    expires_in: ShareLifetime | None = Field(
+        None, description="seconds the link lasts (default: until revoked; at most 100 years)"
     )

@@ -27,6 +27,25 @@ class Session(Shape):
     message_count: int
     last_message_at: str | None
     active_leaf_id: str | None
+    pinned: bool = Field(description="listed first")
+    archived: bool = Field(description="hidden from the list unless asked for")
+    folder: str | None = Field(description="one path-like folder (a/b/c), or null")
+    tags: list[str] = Field(description="a set of tags, sorted")
+    title_source: Literal["user", "auto"] | None = Field(
+        description="who set the title: the user, or made after the first reply (auto)"
+    )
+    temporary: bool = Field(
+        description="expires after --temporary-ttl seconds of inactivity; hidden from the list"
+    )
+    expires_at: str | None = Field(description="when the session is deleted, or null")
+
+
+class Feedback(Shape):
+    rating: Literal[1, -1]
+    tags: list[str]
+    comment: str | None
+    user: str
+    updated_at: str
 
 
 class Siblings(Shape):
@@ -57,6 +76,7 @@ class Message(Shape):
     updated_at: str
     version: int = Field(description="bumped on every change; use it in If-Match")
     deleted: bool = Field(description="a tombstone that keeps the tree whole")
+    feedback: Feedback | None = Field(None, description="the owner's rating of the message")
     siblings: Siblings | None = Field(
         None, description="only in view=active pages: where this message is among its siblings"
     )
@@ -129,6 +149,35 @@ class SearchPage(Shape):
     items: list[SearchHit]
     q: str
     mode: Literal["words", "fts"]
+
+
+class CrossSearchHit(Shape):
+    session_id: str
+    session_title: str | None
+    message_id: str
+    seq: int
+    role: Literal["user", "assistant", "system", "tool"]
+    created_at: str
+    snippet: str = Field(description="HTML: the matches in <mark>, everything else escaped")
+    score: float = Field(description="BM25 relevance, higher is better")
+    rank: int = Field(description="position in the whole answer, from 1")
+
+
+class CrossSearchPage(Shape):
+    items: list[CrossSearchHit]
+    next_cursor: str | None
+    q: str
+    mode: Literal["words", "fts"]
+
+
+class Folder(Shape):
+    folder: str
+    count: int = Field(description="sessions listed by default (not archived)")
+    archived: int = Field(description="archived sessions in it")
+
+
+class FolderList(Shape):
+    items: list[Folder]
 
 
 class SiblingItem(Shape):

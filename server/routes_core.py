@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from actors.registry import ListFilters
 from actors.session import NewMessage
 from server.errors import ApiError
 from server.http import (
@@ -26,6 +27,7 @@ from server.requests import (
     SessionCreate,
     SessionPatch,
     check_content,
+    check_expires_at,
     check_metadata,
     check_parts,
     check_title,
@@ -58,22 +60,93 @@ async def create_session(request: web.Request) -> web.Response:
     body = await parse_body(request, SessionCreate)
     check_title(body.title, settings)
     check_metadata(body.metadata, settings, _meta_size(body.metadata))
+    extra: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "pinned": body.pinned,
+            "archived": body.archived,
+            "temporary": body.temporary,
+            "folder": body.folder,
+            "tags": None if body.tags is None else sorted(set(body.tags)),
+            "expires_at": check_expires_at(body.expires_at),
+        }.items()
+        if v not in (None, False)
+    }
     doc = await state_of(request)[REGISTRY].create_session(
-        body.id, owner=user_of(request), title=body.title, metadata=body.metadata
+        body.id, owner=user_of(request), title=body.title, metadata=body.metadata, extra=extra
     )
     return json_response(doc, 201)
 
 
+def _query_bool(request: web.Request, name: str, default: bool | None) -> bool | None:
+    """``true``/``false`` (``1``/``0``) in the query, ``any`` for no condition."""
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    value = {"true": True, "1": True, "false": False, "0": False, "any": None}.get(raw.lower())
+    if value is None and raw.lower() != "any":
+        raise ApiError(
+            400,
+            "invalid_input",
+            f"{name} must be true, false or any, got {raw[:40]!r}",
+            {"loc": ["query", name]},
+        )
+    return value
+
+
+def _bool_param(name: str, what: str) -> Param:
+    return Param(name, "query", {"enum": ["true", "false", "1", "0", "any"]}, what)
+
+
+def _text_param(name: str, what: str) -> Param:
+    return Param(name, "query", {"type": "string", "minLength": 1, "maxLength": 200}, what)
+
+
+def _query_text(request: web.Request, name: str) -> str | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    if not raw or len(raw) > 200 or "\x00" in raw:
+        raise ApiError(
+            400,
+            "invalid_input",
+            f"{name} must be 1-200 characters without NUL",
+            {"loc": ["query", name]},
+        )
+    return raw
+
+
 @routes.get("/sessions")
 @describe(
-    params=(limit_param(), cursor_param("cursor")),
-    responses={200: Reply("sessions, most recently updated first", SessionList)},
+    params=(
+        limit_param(),
+        cursor_param("cursor"),
+        _bool_param("pinned", "only pinned (true) or unpinned (false) sessions; default any"),
+        _bool_param("archived", "archived sessions (true), or not (false, the default), or any"),
+        _bool_param("temporary", "temporary sessions (true), or not (false, the default), or any"),
+        _text_param("folder", "only the sessions in this folder"),
+        _text_param("tag", "only the sessions with this tag"),
+        _text_param("q", "only the sessions whose title holds this text"),
+    ),
+    responses={200: Reply("sessions: pinned first, then most recently updated", SessionList)},
 )
 async def list_sessions(request: web.Request) -> web.Response:
-    """Sessions, most recently updated first: ``{items, next_cursor}``."""
+    """Sessions, pinned first, then most recently updated first: ``{items, next_cursor}``.
+
+    Archived and temporary sessions are hidden unless ``archived`` /
+    ``temporary`` ask for them; a cursor pages the same filters on.
+    """
     limit = query_int(request, "limit", 25, 1, state_of(request)[SETTINGS].max_page_limit)
+    filters = ListFilters(
+        pinned=_query_bool(request, "pinned", None),
+        archived=_query_bool(request, "archived", False),
+        temporary=_query_bool(request, "temporary", False),
+        folder=_query_text(request, "folder"),
+        tag=_query_text(request, "tag"),
+        q=_query_text(request, "q"),
+    )
     items, nxt = await state_of(request)[REGISTRY].list_sessions(
-        owner=user_of(request), limit=limit, cursor=query_str(request, "cursor")
+        owner=user_of(request), limit=limit, cursor=query_str(request, "cursor"), filters=filters
     )
     return json_response({"items": items, "next_cursor": nxt})
 
@@ -102,10 +175,22 @@ async def patch_session(request: web.Request) -> web.Response:
     body = SessionPatch.model_validate(data)
     if not data:
         raise ApiError(
-            400, "invalid_input", "nothing to change: give title, metadata or active_leaf_id"
+            400,
+            "invalid_input",
+            "nothing to change: give title, metadata, active_leaf_id, pinned, archived, "
+            "folder, tags or expires_at",
         )
     check_title(body.title, settings)
     check_metadata(body.metadata, settings, _meta_size(body.metadata))
+    organisation: dict[str, Any] = {}
+    for key in ("pinned", "archived", "tags"):
+        if data.get(key) is not None:
+            organisation[key] = getattr(body, key)
+    for key in ("folder", "expires_at"):  # null clears them
+        if key in data:
+            organisation[key] = getattr(body, key)
+    if "expires_at" in organisation:
+        organisation["expires_at"] = check_expires_at(body.expires_at)
     async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
@@ -114,6 +199,7 @@ async def patch_session(request: web.Request) -> web.Response:
             set_title="title" in data,
             metadata=body.metadata,
             active_leaf_id=body.active_leaf_id,
+            organisation=organisation,
         )
     return json_response(doc)
 

@@ -45,6 +45,16 @@ class Settings(BaseModel):
         description="bytes kept free on the data dir's disk: below, writes answer 507 (0 = off)",
     )
     event_retention: int = Field(10_000, ge=100, description="events kept per session for replay")
+    # retention (issue 23)
+    session_ttl: float = Field(
+        0.0, ge=0, description="seconds of inactivity before a session is deleted (0 = never)"
+    )
+    temporary_ttl: float = Field(
+        3600.0, ge=0, description="seconds of inactivity before a temporary session is deleted"
+    )
+    sweep_interval: float = Field(
+        60.0, ge=0, description="seconds between two sweeps for expired sessions (0 = no sweep)"
+    )
     subscriber_queue: int = Field(
         1024, ge=8, description="frames queued per subscriber before drop"
     )
@@ -236,6 +246,9 @@ class Settings(BaseModel):
             subscriber_queue=self.subscriber_queue,
             flush_interval=self.flush_interval,
             shutdown_grace=self.shutdown_grace,
+            session_ttl=self.session_ttl,
+            temporary_ttl=self.temporary_ttl,
+            sweep_interval=self.sweep_interval,
         )
 
 

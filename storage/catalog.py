@@ -13,15 +13,17 @@ out. Deleting a session deletes its shares.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import sqlite3
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from storage.cursors import decode_pair, encode_pair
-from storage.errors import from_sqlite
+from storage.errors import InvalidInput, from_sqlite
 from storage.layout import DataDir, connect
 from storage.rows import scalar
 from storage.schema import CATALOG_MIGRATIONS, migrate
@@ -59,8 +61,10 @@ class Catalog:
         self._conn = self._reader = None
 
     def upsert_many(self, docs: Iterable[tuple[str, dict[str, Any]]]) -> None:
-        """Insert or replace the mirrored Session documents ``(owner, doc)``."""
-        rows = [(d["id"], owner, d["updated_at"], orjson.dumps(d).decode()) for owner, d in docs]
+        """Insert or replace the mirrored Session documents ``(owner, doc)``, with
+        the columns the list filters on (and the tags table) taken from them."""
+        items = list(docs)
+        rows = [_catalog_row(owner, d) for owner, d in items]
         if not rows:
             return
         conn = self.conn
@@ -68,10 +72,20 @@ class Catalog:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executemany(
-                    "INSERT INTO sessions (id, owner, updated_at, doc) VALUES (?, ?, ?, ?) "
+                    "INSERT INTO sessions (id, owner, updated_at, doc, pinned, archived, "
+                    "temporary, folder, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at, "
-                    "doc = excluded.doc",
+                    "doc = excluded.doc, pinned = excluded.pinned, archived = excluded.archived, "
+                    "temporary = excluded.temporary, folder = excluded.folder, "
+                    "expires_at = excluded.expires_at",
                     rows,
+                )
+                conn.executemany(
+                    "DELETE FROM session_tags WHERE session_id = ?", [(d["id"],) for _, d in items]
+                )
+                conn.executemany(
+                    "INSERT OR IGNORE INTO session_tags (owner, tag, session_id) VALUES (?, ?, ?)",
+                    [(owner, tag, d["id"]) for owner, d in items for tag in d.get("tags") or ()],
                 )
                 conn.execute("COMMIT")
             except BaseException:
@@ -91,6 +105,7 @@ class Catalog:
         """Forget session ``sid`` and every share made of it. Idempotent."""
         with _mapped():
             self.conn.execute("DELETE FROM sessions WHERE id = ?", (sid,))
+            self.conn.execute("DELETE FROM session_tags WHERE session_id = ?", (sid,))
             self.conn.execute("DELETE FROM shares WHERE session_id = ?", (sid,))
 
     # ------------------------------------------------------------------ shares
@@ -158,12 +173,79 @@ class Catalog:
         return str(owner)
 
     def list(
-        self, *, owner: str, limit: int, cursor: str | None
+        self,
+        *,
+        owner: str,
+        limit: int,
+        cursor: str | None,
+        filters: ListFilters | None = None,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Sessions of ``owner``, most recently updated first; (items, next_cursor)."""
+        """Sessions of ``owner``: pinned first, then most recently updated first;
+        (items, next_cursor). ``filters`` (default: archived and temporary ones
+        hidden) narrow it; keyset paging holds with them (a cursor is only
+        good for the filters it came with). ``InvalidInput`` for a bad cursor."""
         assert self._reader is not None
         with _mapped():
-            return _list(self._reader, owner, limit, cursor)
+            return _list(self._reader, owner, limit, cursor, filters or ListFilters())
+
+    def folders(self, owner: str) -> builtins.list[dict[str, Any]]:
+        """``owner``'s folders with their counts: ``[{folder, count, archived}]`` by
+        name (``count``: sessions listed by default; ``archived``: archived ones)."""
+        assert self._reader is not None
+        with _mapped():
+            rows = self._reader.execute(
+                "SELECT folder, SUM(archived = 0), SUM(archived) FROM sessions "
+                "WHERE owner = ? AND folder IS NOT NULL AND temporary = 0 "
+                "GROUP BY folder ORDER BY folder",
+                (owner,),
+            ).fetchall()
+        return [
+            {"folder": folder, "count": int(count), "archived": int(archived)}
+            for folder, count, archived in rows
+        ]
+
+    def expired(
+        self, *, now: str, session_cutoff: str | None, temporary_cutoff: str | None, limit: int
+    ) -> builtins.list[dict[str, Any]]:
+        """Sessions due to go (:func:`expired_sessions` on the reader)."""
+        assert self._reader is not None
+        with _mapped():
+            return expired_sessions(
+                self._reader,
+                now=now,
+                session_cutoff=session_cutoff,
+                temporary_cutoff=temporary_cutoff,
+                limit=limit,
+            )
+
+    def docs(self, owner: str, sids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The mirrored Session documents of ``owner``'s sessions among ``sids``."""
+        assert self._reader is not None
+        wanted = list(dict.fromkeys(sids))
+        out: dict[str, dict[str, Any]] = {}
+        with _mapped():
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i : i + 500]
+                rows = self._reader.execute(
+                    f"SELECT id, doc FROM sessions WHERE owner = ? AND id IN "
+                    f"({', '.join('?' * len(chunk))})",
+                    (owner, *chunk),
+                ).fetchall()
+                for sid, doc in rows:
+                    out[sid] = orjson.loads(doc)
+        return out
+
+    def all_sessions(self, owner: str | None = None) -> builtins.list[tuple[str, str]]:
+        """``(id, owner)`` of every session (of ``owner`` if given), for maintenance."""
+        assert self._reader is not None
+        with _mapped():
+            if owner is None:
+                rows = self._reader.execute("SELECT id, owner FROM sessions ORDER BY id")
+            else:
+                rows = self._reader.execute(
+                    "SELECT id, owner FROM sessions WHERE owner = ? ORDER BY id", (owner,)
+                )
+            return [(str(sid), str(o)) for sid, o in rows.fetchall()]
 
     def count(self) -> int:
         return int(scalar(self.conn.execute("SELECT COUNT(*) FROM sessions")))
@@ -184,27 +266,132 @@ def _share(row: Any) -> dict[str, Any]:
     }
 
 
+def expired_sessions(
+    reader: sqlite3.Connection,
+    *,
+    now: str,
+    session_cutoff: str | None,
+    temporary_cutoff: str | None,
+    limit: int,
+) -> list[dict[str, Any]]:
+    """Sessions due to go, at most ``limit``: ``[{id, owner, reason}]``.
+
+    ``reason`` is ``expires_at`` (its ``expires_at`` is at or before ``now``),
+    ``temporary`` (a temporary session last updated at or before
+    ``temporary_cutoff``) or ``ttl`` (any session last updated at or before
+    ``session_cutoff``). Each is one range scan of an index: the cost is the
+    number of expired sessions, not of all of them.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    queries: list[tuple[str, str, tuple[Any, ...]]] = [
+        (
+            "expires_at",
+            "SELECT id, owner FROM sessions WHERE expires_at IS NOT NULL "
+            "AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+            (now, limit),
+        )
+    ]
+    if temporary_cutoff is not None:
+        queries.append(
+            (
+                "temporary",
+                "SELECT id, owner FROM sessions WHERE temporary = 1 AND updated_at <= ? "
+                "ORDER BY updated_at LIMIT ?",
+                (temporary_cutoff, limit),
+            )
+        )
+    if session_cutoff is not None:
+        queries.append(
+            (
+                "ttl",
+                "SELECT id, owner FROM sessions WHERE temporary IN (0, 1) "
+                "AND updated_at <= ? LIMIT ?",
+                (session_cutoff, limit),
+            )
+        )
+    for reason, sql, args in queries:
+        for sid, owner in reader.execute(sql, args).fetchall():
+            out.setdefault(sid, {"id": sid, "owner": owner, "reason": reason})
+    return list(out.values())[:limit]
+
+
+@dataclass(frozen=True, slots=True)
+class ListFilters:
+    """What ``GET /sessions`` narrows the list to. ``None``: no condition, except
+    ``archived`` and ``temporary``, which default to False (hidden)."""
+
+    pinned: bool | None = None
+    archived: bool | None = False
+    temporary: bool | None = False
+    folder: str | None = None
+    tag: str | None = None
+    q: str | None = None
+
+
+def _catalog_row(owner: str, d: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        d["id"],
+        owner,
+        d["updated_at"],
+        orjson.dumps(d).decode(),
+        int(bool(d.get("pinned"))),
+        int(bool(d.get("archived"))),
+        int(bool(d.get("temporary"))),
+        d.get("folder"),
+        d.get("expires_at"),
+    )
+
+
+def _like(text: str) -> str:
+    return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+
+
 def _list(
-    reader: sqlite3.Connection, owner: str, limit: int, cursor: str | None
+    reader: sqlite3.Connection,
+    owner: str,
+    limit: int,
+    cursor: str | None,
+    f: ListFilters,
 ) -> tuple[list[dict[str, Any]], str | None]:
-    if cursor is None:
-        rows = reader.execute(
-            "SELECT id, updated_at, doc FROM sessions WHERE owner = ? "
-            "ORDER BY updated_at DESC, id DESC LIMIT ?",
-            (owner, limit + 1),
-        ).fetchall()
-    else:
-        ts, ident = decode_pair("u", cursor)
-        rows = reader.execute(
-            "SELECT id, updated_at, doc FROM sessions WHERE owner = ? "
-            "AND (updated_at, id) < (?, ?) ORDER BY updated_at DESC, id DESC LIMIT ?",
-            (owner, ts, ident, limit + 1),
-        ).fetchall()
+    where = ["owner = ?"]
+    args: list[Any] = [owner]
+    for col in ("temporary", "archived", "pinned"):
+        value = getattr(f, col)
+        if value is not None:
+            where.append(f"{col} = ?")
+            args.append(int(value))
+    if f.folder is not None:
+        where.append("folder = ?")
+        args.append(f.folder)
+    if f.tag is not None:
+        where.append("id IN (SELECT session_id FROM session_tags WHERE owner = ? AND tag = ?)")
+        args += [owner, f.tag]
+    if f.q is not None:
+        where.append("json_extract(doc, '$.title') LIKE ? ESCAPE '\\'")
+        args.append(_like(f.q))
+    if cursor is not None:
+        pinned, ts, ident = _decode_list_cursor(cursor)
+        where.append("(pinned, updated_at, id) < (?, ?, ?)")
+        args += [pinned, ts, ident]
+    rows = reader.execute(
+        f"SELECT id, pinned, updated_at, doc FROM sessions WHERE {' AND '.join(where)} "
+        "ORDER BY pinned DESC, updated_at DESC, id DESC LIMIT ?",
+        (*args, limit + 1),
+    ).fetchall()
     more = len(rows) > limit
     rows = rows[:limit]
-    items = [orjson.loads(doc) for _id, _updated_at, doc in rows]
+    items = [orjson.loads(doc) for _id, _pinned, _updated_at, doc in rows]
     nxt = None
     if more and rows:
-        last_id, last_updated_at, _doc = rows[-1]
-        nxt = encode_pair("u", last_updated_at, last_id)
+        last_id, last_pinned, last_updated_at, _doc = rows[-1]
+        nxt = encode_pair("l", str(int(last_pinned)), f"{last_updated_at}|{last_id}")
     return items, nxt
+
+
+def _decode_list_cursor(cursor: str) -> tuple[int, str, str]:
+    """(pinned, updated_at, id) of a list cursor; ``InvalidInput`` when it is not one."""
+    pinned, rest = decode_pair("l", cursor)
+    ts, sep, ident = rest.partition("|")
+    if not sep or not ts or not ident or pinned not in ("0", "1"):
+        raise InvalidInput("cursor is not valid", details={"cursor": cursor[:80]})
+    return int(pinned), ts, ident

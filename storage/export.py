@@ -229,6 +229,17 @@ class ImportedSession(_Strict):
     message_count: int | None = None
     last_message_at: Ts | None = None
     active_leaf_id: MsgId | None = None
+    # v3 (issue 23): organisation is kept by an import; title_source, temporary and
+    # expires_at are accepted and not kept (an import is a new, permanent session)
+    pinned: bool = False
+    archived: bool = False
+    folder: Annotated[str, StringConstraints(strict=True, max_length=200)] | None = None
+    tags: list[Annotated[str, StringConstraints(strict=True, max_length=64)]] = Field(
+        default_factory=list, max_length=32
+    )
+    title_source: Literal["user", "auto"] | None = None
+    temporary: bool = False
+    expires_at: Ts | None = None
 
 
 class ImportedMessage(_Strict):
@@ -254,6 +265,7 @@ class ImportedMessage(_Strict):
     updated_at: Ts
     version: Annotated[int, Field(ge=1, le=2**62)] = 1
     deleted: bool = False
+    feedback: dict[str, Any] | None = None  # v3 (issue 23)
 
 
 class ImportedAttachment(_Strict):
@@ -575,6 +587,7 @@ def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: s
                 updated_at=m.updated_at,
                 version=m.version,
                 deleted_at=m.updated_at if m.deleted else None,
+                feedback=None if m.feedback is None or m.deleted else _dumps(m.feedback),
             )
 
     conn.executemany(
@@ -599,7 +612,7 @@ def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: s
     conn.execute(
         "UPDATE session SET title = ?, metadata = ?, created_at = ?, updated_at = ?, "
         "message_count = ?, last_message_at = ?, active_leaf_seq = ?, active_leaf_id = ?, "
-        "root_count = ?",
+        "root_count = ?, pinned = ?, archived = ?, folder = ?, tags = ?, title_source = ?",
         (
             plan.session.title,
             _dumps(plan.session.metadata),
@@ -610,6 +623,11 @@ def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: s
             leaf_seq,
             plan.active_leaf_id,
             roots,
+            int(plan.session.pinned),
+            int(plan.session.archived),
+            plan.session.folder,
+            _dumps(sorted(set(plan.session.tags))),
+            None if plan.session.title is None else (plan.session.title_source or "user"),
         ),
     )
 

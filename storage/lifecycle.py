@@ -23,6 +23,9 @@ from storage.layout import DataDir, connect, fsync_path, make_dirs_durable, unpa
 from storage.rows import SESSION_SELECT, SessionRow, dumps, session_doc
 from storage.schema import SESSION_MIGRATIONS, migrate
 
+# the session columns a create may set besides title and metadata (issue 23)
+CREATE_COLUMNS = frozenset({"pinned", "archived", "folder", "tags", "temporary", "expires_at"})
+
 
 def create_session_file(
     datadir: DataDir,
@@ -35,6 +38,7 @@ def create_session_file(
     synchronous: str = "FULL",
     populate: Callable[[sqlite3.Connection, str, str], None] | None = None,
     fsync_dir: Callable[[Path], None] = fsync_path,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Create session ``sid`` atomically and return its Session document.
 
@@ -45,7 +49,9 @@ def create_session_file(
     session exists, :class:`StorageFull` when the disk is full (nothing is left
     behind), :class:`Unavailable` for other file-system failures. Folders
     created on the way are made durable (``fsync_dir`` of each one's parent,
-    the seam tests use to watch it).
+    the seam tests use to watch it). ``extra`` sets more columns of the session
+    row (:data:`CREATE_COLUMNS`: organisation and retention); a title given
+    here is the user's (``title_source`` "user").
     """
     try:
         return _create_session_file(
@@ -58,6 +64,7 @@ def create_session_file(
             synchronous=synchronous,
             populate=populate,
             fsync_dir=fsync_dir,
+            extra=extra or {},
         )
     except sqlite3.Error as exc:
         raise from_sqlite(exc, path=datadir.catalog_path) from exc
@@ -76,6 +83,7 @@ def _create_session_file(
     synchronous: str,
     populate: Callable[[sqlite3.Connection, str, str], None] | None,
     fsync_dir: Callable[[Path], None],
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
     final = datadir.session_dir(sid)
     if final.exists():
@@ -88,10 +96,22 @@ def _create_session_file(
         try:
             migrate(conn, SESSION_MIGRATIONS, what="session file")
             conn.execute("BEGIN IMMEDIATE")
+            cols = {
+                "id": sid,
+                "owner": owner,
+                "title": title,
+                "title_source": None if title is None else "user",
+                "metadata": dumps(metadata),
+                "created_at": now,
+                "updated_at": now,
+            }
+            for key, value in extra.items():
+                if key not in CREATE_COLUMNS:
+                    raise ValueError(f"session column {key!r} cannot be set on create")
+                cols[key] = dumps(value) if key == "tags" else value
             conn.execute(
-                "INSERT INTO session (id, owner, title, metadata, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (sid, owner, title, dumps(metadata), now, now),
+                f"INSERT INTO session ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})",
+                tuple(cols.values()),
             )
             if populate is not None:
                 populate(conn, sid, now)

@@ -166,6 +166,7 @@ def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool
             updated_at=txn.now,
             version=1,
             deleted_at=None,
+            feedback=None,
         )
         txn.add_message_row(row)
         if parent_seq is None:
@@ -245,6 +246,7 @@ def op_delete_message(mid: str) -> Callable[[Txn], None]:
         txn.conn.execute(
             "UPDATE messages SET content = '', parts = NULL, tool_call = NULL, "
             "tool_result = NULL, attachments = NULL, metadata = '{}', error = NULL, "
+            "feedback = NULL, "
             "deleted_at = ?, updated_at = ?, version = version + 1 WHERE seq = ?",
             (txn.now, txn.now, seq),
         )
@@ -275,17 +277,33 @@ def op_update_session(
     set_title: bool = False,
     metadata: dict[str, Any] | None = None,
     active_leaf_id: str | None = None,
+    organisation: dict[str, Any] | None = None,
 ) -> Callable[[Txn], dict[str, Any]]:
     """Change a session's title, metadata or active branch; return the Session.
 
     ``active_leaf_id`` may name any live message: the path then follows the
     most recent live children below it down to a leaf, so naming a sibling
-    switches to that branch as it was last left.
+    switches to that branch as it was last left. A title set here is the
+    user's (``title_source`` "user"; null when the title is cleared).
+    ``organisation`` may hold ``pinned``, ``archived``, ``folder``, ``tags``
+    (a list, stored sorted without repeats), ``temporary`` and ``expires_at``
+    (checked by the caller).
     """
 
     def run(txn: Txn) -> dict[str, Any]:
+        st = txn.state
+        for key, value in (organisation or {}).items():
+            if key in ("pinned", "archived", "temporary"):
+                setattr(st, key, int(bool(value)))
+            elif key == "tags":
+                st.tags = dumps(sorted(set(value)))
+            elif key in ("folder", "expires_at"):
+                setattr(st, key, value)
+            else:
+                raise InvalidInput(f"field {key!r} cannot be changed")
         if set_title:
             txn.state.title = title
+            txn.state.title_source = None if title is None else "user"
         if metadata is not None:
             txn.state.metadata = dumps(metadata)
         if active_leaf_id is not None:
@@ -312,6 +330,46 @@ def op_update_session(
         doc = txn.session_doc()
         txn.emit("session.updated", {"session": doc})
         return doc
+
+    return run
+
+
+def op_auto_title(title: str) -> Callable[[Txn], dict[str, Any] | None]:
+    """Give the session the title ``title`` made for it (``title_source`` "auto"),
+    unless it has a title source already (a user's title, or an earlier auto
+    one): then nothing changes and the result is None. Otherwise the Session,
+    with a ``session.updated`` event. Idempotent.
+    """
+
+    def run(txn: Txn) -> dict[str, Any] | None:
+        st = txn.state
+        if st.title_source is not None or st.title is not None:
+            return None
+        st.title, st.title_source = title, "auto"
+        txn.session_changed = True
+        doc = txn.session_doc()
+        txn.emit("session.updated", {"session": doc})
+        return doc
+
+    return run
+
+
+def op_set_feedback(mid: str, feedback: dict[str, Any] | None) -> Callable[[Txn], dict[str, Any]]:
+    """Set (or, with None, remove) the feedback on live message ``mid``; one per
+    message, replaced by the next; its ``updated_at`` is the commit's time.
+    Bumps the version; a ``message.updated``
+    event carries it. Returns the message."""
+
+    def run(txn: Txn) -> dict[str, Any]:
+        row = txn.message_row(mid)
+        value = None if feedback is None else dumps({**feedback, "updated_at": txn.now})
+        txn.conn.execute(
+            "UPDATE messages SET feedback = ?, version = version + 1, updated_at = ? WHERE seq = ?",
+            (value, txn.now, row.seq),
+        )
+        msg = txn.message_by_seq(row.seq)
+        txn.emit("message.updated", {"message": msg})
+        return msg
 
     return run
 

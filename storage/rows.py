@@ -70,6 +70,7 @@ class MessageRow(NamedTuple):
     updated_at: str
     version: int
     deleted_at: str | None
+    feedback: str | None  # v3 (issue 23): the owner's rating, JSON {rating, tags, comment, ...}
 
 
 class SessionRow(NamedTuple):
@@ -87,6 +88,14 @@ class SessionRow(NamedTuple):
     active_leaf_id: str | None
     root_count: int
     event_seq: int
+    # v3 (issue 23): organisation, title source, retention
+    pinned: int
+    archived: int
+    folder: str | None
+    tags: str
+    title_source: str | None
+    temporary: int
+    expires_at: str | None
 
 
 class AttachmentRow(NamedTuple):
@@ -118,6 +127,7 @@ NEW_MESSAGE_DEFAULTS: dict[str, Any] = {
     "error": None,
     "version": 1,
     "deleted_at": None,
+    "feedback": None,
 }
 NEW_MESSAGE_COLUMNS: tuple[str, ...] = tuple(
     c for c in MESSAGE_COLUMNS if c not in NEW_MESSAGE_DEFAULTS
@@ -194,6 +204,7 @@ def message_doc(row: MessageRow, session_id: str) -> dict[str, Any]:
         "updated_at": row.updated_at,
         "version": row.version,
         "deleted": row.deleted_at is not None,
+        "feedback": None if row.feedback is None else _json(row.feedback),
     }
 
 
@@ -216,6 +227,20 @@ class SessionFields(Protocol):
     def last_message_at(self) -> str | None: ...
     @property
     def active_leaf_id(self) -> str | None: ...
+    @property
+    def pinned(self) -> int: ...
+    @property
+    def archived(self) -> int: ...
+    @property
+    def folder(self) -> str | None: ...
+    @property
+    def tags(self) -> str: ...
+    @property
+    def title_source(self) -> str | None: ...
+    @property
+    def temporary(self) -> int: ...
+    @property
+    def expires_at(self) -> str | None: ...
 
 
 def session_doc(row: SessionFields) -> dict[str, Any]:
@@ -229,6 +254,13 @@ def session_doc(row: SessionFields) -> dict[str, Any]:
         "message_count": row.message_count,
         "last_message_at": row.last_message_at,
         "active_leaf_id": row.active_leaf_id,
+        "pinned": bool(row.pinned),
+        "archived": bool(row.archived),
+        "folder": row.folder,
+        "tags": loads(row.tags) or [],
+        "title_source": row.title_source,
+        "temporary": bool(row.temporary),
+        "expires_at": row.expires_at,
     }
 
 

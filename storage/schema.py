@@ -116,6 +116,20 @@ SESSION_MIGRATIONS: list[str] = [
     WHERE deleted_at IS NULL AND status NOT IN ('pending', 'streaming');
     INSERT INTO search_index (indexed_seq) SELECT COALESCE(MAX(seq), 0) FROM messages;
     """,
+    # v3 (issue 23): organisation (pinned, archived, folder, tags), where the title came
+    # from (title_source: user | auto | null), retention (temporary, expires_at) and
+    # message feedback. A title set before v3 counts as the user's.
+    """
+    ALTER TABLE session ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE session ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE session ADD COLUMN folder TEXT;
+    ALTER TABLE session ADD COLUMN tags TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE session ADD COLUMN title_source TEXT;
+    ALTER TABLE session ADD COLUMN temporary INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE session ADD COLUMN expires_at TEXT;
+    ALTER TABLE messages ADD COLUMN feedback TEXT;
+    UPDATE session SET title_source = 'user' WHERE title IS NOT NULL;
+    """,
 ]
 
 CATALOG_MIGRATIONS: list[str] = [
@@ -142,6 +156,65 @@ CATALOG_MIGRATIONS: list[str] = [
     );
     CREATE INDEX shares_by_owner ON shares(owner, created_at DESC, id DESC);
     CREATE INDEX shares_by_session ON shares(session_id);
+    """,
+    # v3 (issue 23): the list's filters (pinned, archived, folder, tags, temporary) as
+    # columns with their indexes, and retention's expiry indexes (the sweep reads
+    # only expired rows, never every session)
+    """
+    ALTER TABLE sessions ADD COLUMN pinned INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN archived INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN temporary INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN folder TEXT;
+    ALTER TABLE sessions ADD COLUMN expires_at TEXT;
+    CREATE TABLE session_tags (
+        owner TEXT NOT NULL,
+        tag TEXT NOT NULL,
+        session_id TEXT NOT NULL,
+        PRIMARY KEY (owner, tag, session_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX session_tags_by_session ON session_tags(session_id);
+    CREATE INDEX sessions_list ON sessions(
+        owner, temporary, archived, pinned DESC, updated_at DESC, id DESC
+    );
+    CREATE INDEX sessions_by_folder ON sessions(owner, folder) WHERE folder IS NOT NULL;
+    CREATE INDEX sessions_expiry ON sessions(expires_at) WHERE expires_at IS NOT NULL;
+    CREATE INDEX sessions_by_age ON sessions(temporary, updated_at);
+    """,
+]
+
+# A user's cross-session search index (issue 23): one file per user
+# (``users/<h>/<hash>/search.db``), fed from the sessions' committed events.
+USER_SEARCH_MIGRATIONS: list[str] = [
+    # v1
+    """
+    CREATE TABLE docs (
+        id INTEGER PRIMARY KEY,
+        session_id TEXT NOT NULL,
+        message_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        role TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        content TEXT NOT NULL,
+        UNIQUE (session_id, message_id)
+    );
+    CREATE VIRTUAL TABLE docs_fts USING fts5(
+        content, content='docs', content_rowid='id',
+        tokenize='unicode61 remove_diacritics 2'
+    );
+    CREATE TRIGGER docs_ai AFTER INSERT ON docs BEGIN
+        INSERT INTO docs_fts (rowid, content) VALUES (new.id, new.content);
+    END;
+    CREATE TRIGGER docs_ad AFTER DELETE ON docs BEGIN
+        INSERT INTO docs_fts (docs_fts, rowid, content) VALUES ('delete', old.id, old.content);
+    END;
+    CREATE TRIGGER docs_au AFTER UPDATE OF content ON docs BEGIN
+        INSERT INTO docs_fts (docs_fts, rowid, content) VALUES ('delete', old.id, old.content);
+        INSERT INTO docs_fts (rowid, content) VALUES (new.id, new.content);
+    END;
+    CREATE TABLE indexed (
+        session_id TEXT PRIMARY KEY,
+        event_seq INTEGER NOT NULL
+    ) WITHOUT ROWID;
     """,
 ]
 

@@ -97,6 +97,13 @@ class SessionState:
     active_leaf_id: str | None
     root_count: int
     event_seq: int
+    pinned: int
+    archived: int
+    folder: str | None
+    tags: str
+    title_source: str | None
+    temporary: int
+    expires_at: str | None
     leaf_depth: int
     leaf_child_count: int
     next_seq: int = 1

@@ -52,6 +52,7 @@ async def test_activate_hibernate_cycles_leak_no_fds_threads_or_tasks(tmp_path: 
             await reg.create_session(f"leak{n}")
         for i in range(4 * SESSIONS):  # warm-up: pools spawn their threads, caches fill
             await _cycle(reg, i)
+        await reg.user_search.catch_up("")  # the user's search index file opens once
         base = _snapshot()
         before = hooks.activations, hooks.evictions
         for i in range(CYCLES):

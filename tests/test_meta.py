@@ -48,7 +48,7 @@ async def test_capabilities_without_tokens(client: Any) -> None:
         "search": True,
         "export": True,
         "attachments": True,
-        "user_events": False,
+        "user_events": True,
     }
     assert body["max_content_chars"] == 100_000
 

@@ -16,6 +16,9 @@ const ui = {
   empty: $('empty-state'), view: $('chat-view'), title: $('chat-title'),
   renameBtn: $('rename'), renameForm: $('rename-form'), renameInput: $('rename-input'),
   renameCancel: $('rename-cancel'), deleteBtn: $('delete'),
+  pinBtn: $('pin'), archiveBtn: $('archive'), folderBtn: $('move-folder'), showArchived: $('show-archived'),
+  allSearchForm: $('all-search-form'), allSearchInput: $('all-search-input'),
+  allResults: $('all-search-results'), allSummary: $('all-search-summary'), allList: $('all-search-list'),
   exportJson: $('export-json'), exportMd: $('export-md'),
   menuButton: $('chat-menu-button'), chatMenu: $('chat-menu'), searchToggle: $('search-toggle'),
   account: $('account'), accountUser: $('account-user'), signOut: $('sign-out'),
@@ -29,7 +32,7 @@ const ui = {
   toast: $('toast'),
 };
 
-const features = { search: null, export: null, attachments: null };
+const features = { search: null, export: null, attachments: null, user_events: null };
 let me = null; // the capabilities answer: {user, auth, features, ...}
 let models = null; // GET /api/models
 const MODEL_KEY = 'roost.model';
@@ -111,19 +114,24 @@ function renderSessions() {
   ui.list.replaceChildren();
   for (const s of sessions.items) {
     const current = view && view.sid === s.id;
-    ui.list.append(el('li', {}, el(
+    const marks = [s.pinned ? 'Pinned' : '', s.archived ? 'Archived' : '', s.folder ? `in ${s.folder}` : '']
+      .filter(Boolean).join(' · ');
+    ui.list.append(el('li', { class: s.pinned ? 'pinned' : null }, el(
       'a',
       { href: `#/s/${encodeURIComponent(s.id)}`, 'aria-current': current ? 'page' : null, dataset: { sid: s.id } },
       el('span', { class: 'title' }, sessionTitle(s)),
-      el('span', { class: 'when' }, `${s.message_count} message${s.message_count === 1 ? '' : 's'} · ${relativeTime(s.updated_at)}`),
+      el('span', { class: 'when' }, `${marks ? `${marks} · ` : ''}${s.message_count} message${s.message_count === 1 ? '' : 's'} · ${relativeTime(s.updated_at)}`),
     )));
   }
   if (!sessions.items.length) ui.list.append(el('li', { class: 'when' }, 'No chats yet.'));
   ui.more.hidden = !sessions.next;
 }
 
+let showArchived = false;
+const listQuery = () => `/api/sessions?limit=50${showArchived ? '&archived=true' : ''}`;
+
 async function loadSessions() {
-  const data = await api('GET', '/api/sessions?limit=50');
+  const data = await api('GET', listQuery());
   // keep chats loaded with "Load more" that are still there
   const known = new Set(data.items.map((s) => s.id));
   const older = data.next_cursor ? sessions.items.filter((s) => !known.has(s.id) && sessions.items.indexOf(s) >= data.items.length) : [];
@@ -144,7 +152,7 @@ function quietFail(err) {
 
 ui.more.addEventListener('click', async () => {
   try {
-    const data = await api('GET', `/api/sessions?limit=50&cursor=${encodeURIComponent(sessions.next)}`);
+    const data = await api('GET', `${listQuery()}&cursor=${encodeURIComponent(sessions.next)}`);
     const known = new Set(sessions.items.map((s) => s.id));
     sessions.items.push(...data.items.filter((s) => !known.has(s.id)));
     sessions.next = data.next_cursor;
@@ -221,6 +229,8 @@ const chatHost = {
   ui, toast, fail, setConn, patchSession, chosenModel,
   actions: messageActions,
   isCurrent: (v) => view === v,
+  // a server with the list feed titles chats itself after the first reply (issue 23)
+  serverTitles: () => Boolean(features.user_events),
   gone(v) {
     sessions.items = sessions.items.filter((s) => s.id !== v.sid);
     closeView();
@@ -273,7 +283,8 @@ async function startChat(text) {
   if (creating) return;
   creating = true;
   try {
-    const s = await api('POST', '/api/sessions', { title: titleFrom(text) });
+    // untitled: the server titles the chat after its first reply (title_source "auto")
+    const s = await api('POST', '/api/sessions', features.user_events ? {} : { title: titleFrom(text) });
     sessions.items.unshift(s);
     history.pushState(null, '', `#/s/${encodeURIComponent(s.id)}`);
     openSession(s.id);
@@ -336,6 +347,7 @@ document.addEventListener('keydown', (ev) => {
 
 // the chat header's overflow menu and the search toggle
 function setMenu(open) {
+  if (open) labelOrganise(view && view.session);
   ui.chatMenu.hidden = !open;
   ui.menuButton.setAttribute('aria-expanded', String(open));
   if (open) ui.chatMenu.querySelector('[role=menuitem]:not([hidden])')?.focus();
@@ -431,6 +443,70 @@ ui.deleteBtn.addEventListener('click', async () => {
   } catch (err) { fail(err); }
 });
 
+// pin, archive, folder
+async function organise(change) {
+  const v = view;
+  if (!v || !v.session) return;
+  setMenu(false);
+  try {
+    const s = await api('PATCH', v.base, change);
+    v.sessionUpdated(s);
+    await loadSessions();
+    feed.announce();
+  } catch (err) { fail(err); }
+}
+ui.pinBtn.addEventListener('click', () => organise({ pinned: !(view && view.session && view.session.pinned) }));
+ui.archiveBtn.addEventListener('click', () => organise({ archived: !(view && view.session && view.session.archived) }));
+ui.folderBtn.addEventListener('click', () => {
+  const current = (view && view.session && view.session.folder) || '';
+  const name = prompt('Folder (like work/2026; empty for none)', current);
+  if (name === null) return;
+  organise({ folder: name.trim() || null });
+});
+ui.showArchived.addEventListener('click', async () => {
+  showArchived = !showArchived;
+  ui.showArchived.setAttribute('aria-pressed', String(showArchived));
+  ui.showArchived.textContent = showArchived ? 'Show chats' : 'Show archived';
+  try { await loadSessions(); } catch (err) { fail(err); }
+});
+/** The menu's words follow the open chat's state. */
+function labelOrganise(s) {
+  ui.pinBtn.textContent = s && s.pinned ? 'Unpin' : 'Pin';
+  ui.archiveBtn.textContent = s && s.archived ? 'Unarchive' : 'Archive';
+}
+
+// search across every chat: a hit opens its chat on the hit's branch
+ui.allSearchForm.addEventListener('submit', async (ev) => {
+  ev.preventDefault();
+  const q = ui.allSearchInput.value.trim();
+  if (!q) { ui.allResults.hidden = true; return; }
+  try {
+    const data = await api('GET', `/api/search?q=${encodeURIComponent(q)}&limit=20`);
+    ui.allList.replaceChildren(...data.items.map((hit) => el('li', {}, el(
+      'button',
+      { type: 'button', class: 'ghost', onclick: () => openHit(hit) },
+      el('span', { class: 'title' }, sessionTitle({ title: hit.session_title })),
+      el('span', { class: 'snippet' }, safeSnippet(String(hit.snippet ?? ''))),
+    ))));
+    ui.allSummary.textContent = `${data.items.length}${data.next_cursor ? '+' : ''} result${data.items.length === 1 ? '' : 's'} for “${q}”`;
+    ui.allResults.hidden = false;
+  } catch (err) { fail(err); }
+});
+
+async function openHit(hit) {
+  try {
+    // make the hit's branch the active one, then open the chat there
+    await api('PATCH', `/api/sessions/${encodeURIComponent(hit.session_id)}`, { active_leaf_id: hit.message_id });
+    setSidebar(false);
+    closeView();
+    history.pushState(null, '', `#/s/${encodeURIComponent(hit.session_id)}`);
+    openSession(hit.session_id);
+    const v = view;
+    await v.whenReady();
+    if (!v.closed) await jumpTo(v, { id: hit.message_id });
+  } catch (err) { fail(err); }
+}
+
 // search
 ui.searchForm.addEventListener('submit', async (ev) => {
   ev.preventDefault();
@@ -471,6 +547,7 @@ async function loadCapabilities() {
   me = await api('GET', '/api/capabilities');
   Object.assign(features, {
     search: me.features.search, export: me.features.export, attachments: me.features.attachments,
+    user_events: me.features.user_events,
   });
   ui.account.hidden = me.auth !== 'tokens';
   ui.accountUser.textContent = me.user ? `Signed in as ${me.user}` : '';
@@ -554,6 +631,7 @@ function route() {
 /** Load what the page needs (after sign-in too); idempotent. */
 async function boot() {
   await loadCapabilities();
+  if (features.user_events) feed.follow('/api/events');
   await Promise.all([loadSessions(), loadModels().catch(fail)]);
   route();
 }

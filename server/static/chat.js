@@ -396,8 +396,8 @@ export class ChatView {
     const body = { content, client_id: newClientId() };
     const model = this.host.chosenModel();
     if (model) body.model = model;
-    if (!this.path.length && parentId === undefined && untitled(this.session)) {
-      // no auto-title on the server yet: name the chat after its first message, once
+    if (!this.path.length && parentId === undefined && untitled(this.session) && !this.host.serverTitles()) {
+      // a server without auto-titles: name the chat after its first message, once
       api('PATCH', this.base, { title: titleFrom(content) }).then((s) => this.sessionUpdated(s)).catch(this.host.fail);
     }
     if (parentId !== undefined) body.parent_id = parentId;

@@ -1,0 +1,238 @@
+"""Keeping each user's cross-session search index up to date, off the write path.
+
+A commit only notes its session as dirty (:meth:`UserSearch.note`: a set
+insert); a background task, ``delay`` seconds later, reads each dirty
+session's new committed events through its actor (after the output gate, so
+nothing unflushed is indexed) and applies them to the owner's index
+(:class:`storage.usersearch.UserIndex`) on the write pool. A search first
+catches its user's dirty sessions up (:meth:`UserSearch.search`), so it sees
+every change acknowledged before it, edits and deletes included.
+
+A session the index has never seen (an import, a session older than the
+index) or whose events were pruned past the index's mark is rebuilt from its
+messages. A session no actor has open is read from its file directly
+(all its commits are flushed), so indexing never activates an actor. Work
+on one user's index is serialized by a lock per user; open
+index files are kept in a small LRU.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Executor
+from contextlib import AbstractAsyncContextManager
+from functools import partial
+from typing import Any, Protocol, TypeVar
+
+from actors.actor import SessionActor
+from storage.errors import NotFound, StorageError
+from storage.layout import DataDir
+from storage.usersearch import (
+    UserIndex,
+    catch_up_file,
+    changes_from_events,
+    session_docs,
+    user_index_path,
+)
+
+log = logging.getLogger("roost.actors")
+T = TypeVar("T")
+
+EVENTS_BATCH = 500
+DOCS_BATCH = 2000
+OPEN_INDEXES = 64
+
+
+def _events_since(f: Any, *, since: int) -> Any:
+    return f.events_since(since, EVENTS_BATCH)
+
+
+class SearchHost(Protocol):
+    """What the indexer needs of the registry (one-way: no import of it)."""
+
+    @property
+    def datadir(self) -> DataDir: ...
+
+    @property
+    def write_pool(self) -> Executor: ...
+
+    def lease(self, sid: str, user: str = "") -> AbstractAsyncContextManager[SessionActor]: ...
+
+    def actor_if_live(self, sid: str) -> SessionActor | None: ...
+
+
+class UserSearch:
+    """The per-user search indexes of one registry. ``start`` once; ``close`` is idempotent."""
+
+    def __init__(self, host: SearchHost, *, delay: float = 0.25) -> None:
+        self.host = host
+        self.delay = delay
+        self._dirty: dict[str, set[str]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._open: OrderedDict[str, UserIndex] = OrderedDict()
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="registry:user-search")
+
+    async def close(self) -> None:
+        """Stop indexing and close the open index files. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for idx in self._open.values():
+            idx.close()
+        self._open.clear()
+
+    # ---------------------------------------------------------------- feeding
+
+    def note(self, sid: str, owner: str) -> None:
+        """Session ``sid`` of ``owner`` committed a change (cheap; on every commit)."""
+        sids = self._dirty.get(owner)
+        if sids is None:
+            sids = self._dirty[owner] = set()
+        if sid not in sids:
+            sids.add(sid)
+            self._wakeup.set()
+
+    async def _run(self) -> None:
+        while True:
+            await self._wakeup.wait()
+            await asyncio.sleep(self.delay)
+            self._wakeup.clear()
+            for owner in list(self._dirty):
+                try:
+                    await self.catch_up(owner)
+                except Exception:  # logged; the sessions stay dirty for the next round
+                    log.exception("indexing the sessions of user %r for search failed", owner)
+                    await asyncio.sleep(1.0)
+                    self._wakeup.set()
+
+    def _lock(self, owner: str) -> asyncio.Lock:
+        lock = self._locks.get(owner)
+        if lock is None:
+            lock = self._locks[owner] = asyncio.Lock()
+        return lock
+
+    async def _pool(self, fn: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self.host.write_pool, fn)
+
+    async def _index_of(self, owner: str) -> UserIndex:
+        idx = self._open.get(owner)
+        if idx is not None:
+            self._open.move_to_end(owner)
+            return idx
+        path = user_index_path(self.host.datadir, owner)
+        idx = await self._pool(lambda: UserIndex(path))
+        self._open[owner] = idx
+        while len(self._open) > OPEN_INDEXES:
+            victim = next(
+                (o for o in self._open if o != owner and not self._lock(o).locked()), None
+            )
+            if victim is None:
+                break
+            old = self._open.pop(victim)
+            await self._pool(old.close)
+        return idx
+
+    async def catch_up(self, owner: str) -> None:
+        """Index every change committed so far to ``owner``'s dirty sessions.
+
+        A session that failed to index stays dirty (for the next round) and its
+        error is raised after the others are done.
+        """
+        async with self._lock(owner):
+            sids = self._dirty.pop(owner, set())
+            if not sids:
+                return
+            failed: Exception | None = None
+            for sid in sorted(sids):
+                try:
+                    await self._index(owner, sid)
+                except NotFound:
+                    idx = await self._index_of(owner)
+                    await self._pool(partial(idx.drop_session, sid))
+                except Exception as exc:
+                    self._dirty.setdefault(owner, set()).add(sid)
+                    failed = exc
+            if failed is not None:
+                raise failed
+
+    async def _index(self, owner: str, sid: str) -> None:
+        idx = await self._index_of(owner)
+        live = self.host.actor_if_live(sid)
+        if live is None or live.owner != owner:
+            # no actor has it open (so everything committed is on disk): read the file
+            # directly rather than activate it (and evict another) for indexing
+            path = self.host.datadir.session_db(sid)
+            await self._pool(partial(catch_up_file, idx, path, sid, batch=EVENTS_BATCH))
+            return
+        mark = await self._pool(lambda: idx.watermark(sid))
+        async with self.host.lease(sid, owner) as actor:
+            while True:
+                if mark is None:
+                    await self._rebuild(idx, actor, sid)
+                    return
+                since = mark
+                events = await actor.read(partial(_events_since, since=since))
+                if events is None:  # pruned past the mark: rebuild from the messages
+                    mark = None
+                    continue
+                if not events:
+                    return
+                changes = changes_from_events(events)
+                upto = events[-1].seq or since
+                await self._pool(partial(idx.apply, sid, changes, upto))
+                mark = upto
+                if len(events) < EVENTS_BATCH:
+                    return
+
+    async def _rebuild(self, idx: UserIndex, actor: SessionActor, sid: str) -> None:
+        # the mark first: changes committed while the batches are read are replayed later
+        upto = await actor.read(lambda f: f.event_seq())
+        after, first = 0, True
+        while True:
+            docs = await actor.read(partial(session_docs, after_seq=after, limit=DOCS_BATCH))
+            await self._pool(partial(idx.rebuild_session, sid, docs, upto, first=first))
+            first = False
+            if len(docs) < DOCS_BATCH:
+                return
+            after = docs[-1].seq
+
+    async def drop(self, owner: str, sid: str) -> None:
+        """Forget deleted session ``sid`` of ``owner``. Idempotent; never raises storage errors."""
+        async with self._lock(owner):
+            sids = self._dirty.get(owner)
+            if sids is not None:
+                sids.discard(sid)
+            try:
+                idx = await self._index_of(owner)
+                await self._pool(lambda: idx.drop_session(sid))
+            except StorageError as exc:
+                log.warning("could not drop session %s from the search index: %s", sid, exc)
+
+    # ---------------------------------------------------------------- searching
+
+    async def search(
+        self, owner: str, q: str, *, limit: int, offset: int, raw: bool
+    ) -> list[dict[str, Any]]:
+        """``owner``'s messages matching ``q`` across sessions, best first, from
+        ``offset`` (see :meth:`UserIndex.search`); changes acknowledged before
+        the call are indexed first. Raises ``InvalidQuery``."""
+        try:
+            await self.catch_up(owner)
+        except StorageError as exc:  # search what is indexed; the rest follows
+            log.warning("search of user %r runs on a partial index: %s", owner, exc)
+        async with self._lock(owner):
+            idx = await self._index_of(owner)
+            return await self._pool(lambda: idx.search(q, limit=limit, offset=offset, raw=raw))

@@ -1,0 +1,331 @@
+"""A user's cross-session search index: one SQLite FTS5 file per user.
+
+Where it lives: ``<data dir>/users/<h>/<hash of the user>/search.db``, one per
+user, so a query reads one user's index only (never another user's messages,
+never a session file) and the index moves with the user (cluster mode's
+per-user directory can own it later). Schema: ``USER_SEARCH_MIGRATIONS``.
+
+What is in it: one row per live, finished message of each of the user's
+sessions (``docs``: session id, message id, seq, role, created_at, content),
+with an external-content FTS5 index over the content kept exact by triggers,
+and per session the event ``seq`` it is up to date with (``indexed``). It is
+fed off the write path from each session's committed event log
+(:func:`changes_from_events`, applied with :meth:`UserIndex.apply`), or
+rebuilt from a session's messages (:func:`session_docs`,
+:meth:`UserIndex.rebuild_session`) when the log no longer reaches back far
+enough, for a session it has never seen (an import), and by
+``roost-admin reindex``. It is a cache: losing it loses nothing.
+
+Storage returns data: a hit's snippet is ``{"text", "spans"}`` as in
+:mod:`storage.search`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from storage import reads
+from storage.errors import InvalidQuery, NotFound, from_sqlite
+from storage.layout import DataDir, connect, make_dirs_durable
+from storage.reads import ReadConnection, ReadSource
+from storage.rows import UNFINISHED, scalar
+from storage.schema import USER_SEARCH_MIGRATIONS, migrate
+from storage.search import SNIPPET_CLOSE, SNIPPET_OPEN, fts_query, snippet_spans
+from storage.txn import Event
+
+
+def user_index_path(datadir: DataDir, user: str) -> Path:
+    """The search file of ``user`` (any string: it is hashed, never a path itself)."""
+    h = hashlib.sha256(user.encode()).hexdigest()[:32]
+    return datadir.root / "users" / h[:2] / h / "search.db"
+
+
+@dataclass(frozen=True, slots=True)
+class Doc:
+    """One searchable message."""
+
+    message_id: str
+    seq: int
+    role: str
+    created_at: str
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """Put ``doc`` in the index (``doc`` set), or take ``message_id`` out (``doc`` None)."""
+
+    message_id: str
+    doc: Doc | None
+
+
+def _doc_of(msg: dict[str, Any]) -> Doc | None:
+    if msg.get("deleted") or msg.get("status") in UNFINISHED:
+        return None
+    return Doc(msg["id"], int(msg["seq"]), msg["role"], msg["created_at"], msg["content"])
+
+
+def changes_from_events(events: Iterable[Event]) -> list[Change]:
+    """What the committed events mean for the index, in order. Pure.
+
+    ``message.created`` / ``message.updated`` put the message in (or take it
+    out while it is unfinished, or once deleted); ``message.deleted`` takes it
+    out; other events change nothing here.
+    """
+    out: list[Change] = []
+    for ev in events:
+        if ev.type in ("message.created", "message.updated"):
+            msg = orjson.loads(ev.frame)["message"]
+            out.append(Change(msg["id"], _doc_of(msg)))
+        elif ev.type == "message.deleted":
+            out.append(Change(orjson.loads(ev.frame)["message_id"], None))
+    return out
+
+
+def session_docs(f: ReadSource, after_seq: int, limit: int) -> list[Doc]:
+    """Live, finished messages of a session with ``seq > after_seq``, in seq order."""
+    rows = f.reader.execute(
+        "SELECT id, seq, role, created_at, content FROM messages WHERE seq > ? "
+        "AND deleted_at IS NULL AND status NOT IN ('pending', 'streaming') "
+        "ORDER BY seq LIMIT ?",
+        (after_seq, limit),
+    ).fetchall()
+    return [Doc(mid, seq, role, at, content) for mid, seq, role, at, content in rows]
+
+
+def iter_session_docs(conn: sqlite3.Connection, batch: int = 1000) -> Iterator[Doc]:
+    """Every live, finished message of the session file open on ``conn`` (admin reindex)."""
+    last = 0
+    while True:
+        rows = conn.execute(
+            "SELECT id, seq, role, created_at, content FROM messages WHERE seq > ? "
+            "AND deleted_at IS NULL AND status NOT IN ('pending', 'streaming') "
+            "ORDER BY seq LIMIT ?",
+            (last, batch),
+        ).fetchall()
+        if not rows:
+            return
+        for mid, seq, role, created_at, content in rows:
+            last = seq
+            yield Doc(mid, seq, role, created_at, content)
+
+
+class UserIndex:
+    """One user's search file. Synchronous; the owner serializes use (one
+    thread at a time). ``close()`` is idempotent. Raises storage errors."""
+
+    def __init__(self, path: Path, *, synchronous: str = "NORMAL") -> None:
+        make_dirs_durable(path.parent)
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        try:
+            self._conn = connect(path, synchronous=synchronous, cache_kib=4096)
+            migrate(self._conn, USER_SEARCH_MIGRATIONS, what="user search index")
+        except sqlite3.Error as exc:
+            self.close()
+            raise from_sqlite(exc, path=path) from exc
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("the user search index is closed")
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def watermark(self, sid: str) -> int | None:
+        """The event seq session ``sid`` is indexed up to; None if it is not indexed."""
+        cur = self.conn.execute("SELECT event_seq FROM indexed WHERE session_id = ?", (sid,))
+        found = cur.fetchone()
+        if found is None:
+            return None
+        (mark,) = found
+        return int(mark)
+
+    def _write(self, fn: Any) -> None:
+        conn = self.conn
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                fn(conn)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise from_sqlite(exc, path=self.path) from exc
+
+    def apply(self, sid: str, changes: Sequence[Change], event_seq: int) -> None:
+        """Apply ``changes`` of session ``sid`` and note it is up to ``event_seq``, atomically."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            for ch in changes:
+                if ch.doc is None:
+                    conn.execute(
+                        "DELETE FROM docs WHERE session_id = ? AND message_id = ?",
+                        (sid, ch.message_id),
+                    )
+                else:
+                    _upsert(conn, sid, ch.doc)
+            _mark(conn, sid, event_seq)
+
+        self._write(run)
+
+    def rebuild_session(
+        self, sid: str, docs: Iterable[Doc], event_seq: int, *, first: bool = True
+    ) -> None:
+        """Replace what the index holds of ``sid`` by ``docs`` (``first``: drop the old
+        rows first; later batches of one rebuild pass False), up to ``event_seq``."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            if first:
+                conn.execute("DELETE FROM docs WHERE session_id = ?", (sid,))
+            for doc in docs:
+                _upsert(conn, sid, doc)
+            _mark(conn, sid, event_seq)
+
+        self._write(run)
+
+    def drop_session(self, sid: str) -> None:
+        """Forget session ``sid`` (deleted). Idempotent."""
+
+        def run(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM docs WHERE session_id = ?", (sid,))
+            conn.execute("DELETE FROM indexed WHERE session_id = ?", (sid,))
+
+        self._write(run)
+
+    def sessions(self) -> list[str]:
+        """The sessions the index knows."""
+        return [str(s) for (s,) in self.conn.execute("SELECT session_id FROM indexed")]
+
+    def count(self) -> int:
+        return int(scalar(self.conn.execute("SELECT COUNT(*) FROM docs")))
+
+    def search(
+        self, q: str, *, limit: int, offset: int = 0, raw: bool = False
+    ) -> list[dict[str, Any]]:
+        """Messages matching ``q`` (:func:`storage.search.fts_query`), best first (BM25),
+        from position ``offset``: ``[{session_id, message_id, seq, role, created_at,
+        snippet: {text, spans}, score}]``. ``InvalidQuery`` for a query that is not valid.
+        """
+        expr = fts_query(q, raw=raw)
+        sql = (
+            "SELECT d.session_id, d.message_id, d.seq, d.role, d.created_at, "
+            f"snippet(docs_fts, 0, '{SNIPPET_OPEN}', '{SNIPPET_CLOSE}', '…', 24), "
+            "docs_fts.rank FROM docs_fts JOIN docs d ON d.id = docs_fts.rowid "
+            "WHERE docs_fts MATCH ? ORDER BY docs_fts.rank, d.id LIMIT ? OFFSET ?"
+        )
+        try:
+            rows = self.conn.execute(sql, (expr, limit, offset)).fetchall()
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR:
+                raise InvalidQuery(
+                    f"the search query is not valid: {exc}", details={"query": q[:200]}
+                ) from exc
+            raise from_sqlite(exc, path=self.path) from exc
+        except sqlite3.Error as exc:
+            raise from_sqlite(exc, path=self.path) from exc
+        return [
+            {
+                "session_id": sid,
+                "message_id": mid,
+                "seq": seq,
+                "role": role,
+                "created_at": created_at,
+                "snippet": snippet_spans(snippet),
+                "score": -float(rank),
+            }
+            for sid, mid, seq, role, created_at, snippet, rank in rows
+        ]
+
+
+def _upsert(conn: sqlite3.Connection, sid: str, doc: Doc) -> None:
+    conn.execute(
+        "INSERT INTO docs (session_id, message_id, seq, role, created_at, content) "
+        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(session_id, message_id) DO UPDATE SET "
+        "content = excluded.content WHERE content IS NOT excluded.content",
+        (sid, doc.message_id, doc.seq, doc.role, doc.created_at, doc.content),
+    )
+
+
+def _mark(conn: sqlite3.Connection, sid: str, event_seq: int) -> None:
+    conn.execute(
+        "INSERT INTO indexed (session_id, event_seq) VALUES (?, ?) "
+        "ON CONFLICT(session_id) DO UPDATE SET event_seq = excluded.event_seq",
+        (sid, event_seq),
+    )
+
+
+class _FileSource:
+    """A :class:`storage.reads.ReadSource` over a read-only connection of a session
+    file no actor has open."""
+
+    def __init__(self, sid: str, conn: sqlite3.Connection) -> None:
+        self.sid = sid
+        self._conn = conn
+
+    @property
+    def reader(self) -> ReadConnection:
+        return ReadConnection(self._conn)
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[None]:
+        self._conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._conn.execute("COMMIT")
+
+
+def catch_up_file(idx: UserIndex, path: Path, sid: str, *, batch: int = 500) -> None:
+    """Bring ``idx`` up to date with session ``sid``'s file at ``path``, read
+    directly (for a session no actor has open: all its commits are on disk).
+    Raises ``NotFound`` when the file is gone, storage errors otherwise."""
+    if not path.exists():
+        raise NotFound(f"session {sid!r} not found", details={"session_id": sid})
+    try:
+        conn = connect(path, readonly=True, cache_kib=512)
+    except sqlite3.Error as exc:
+        raise from_sqlite(exc, path=path) from exc
+    try:
+        src = _FileSource(sid, conn)
+        mark = idx.watermark(sid)
+        while True:
+            if mark is not None:
+                events = reads.events_since(src, mark, batch)
+                if events is not None:
+                    if not events:
+                        return
+                    upto = events[-1].seq or mark
+                    idx.apply(sid, changes_from_events(events), upto)
+                    mark = upto
+                    if len(events) < batch:
+                        return
+                    continue
+            with src.snapshot():
+                upto = int(scalar(src.reader.execute("SELECT event_seq FROM session")))
+                after, first = 0, True
+                while True:
+                    docs = session_docs(src, after, 2000)
+                    idx.rebuild_session(sid, docs, upto, first=first)
+                    first = False
+                    if len(docs) < 2000:
+                        return
+                    after = docs[-1].seq
+    except sqlite3.Error as exc:
+        raise from_sqlite(exc, path=path) from exc
+    finally:
+        conn.close()
