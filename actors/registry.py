@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
@@ -40,10 +41,12 @@ from storage.errors import (
     Unavailable,
 )
 from storage.export import ImportPlan, parse_export, populate_import
+from storage.file import SessionFile
 from storage.ids import format_ts, now_iso, uuid7, validate_session_id
 from storage.layout import DataDir, DiskReserve, open_data_dir
 from storage.layout import DataDirLock as DataDirLock  # the claim_data_dir lock type
 from storage.lifecycle import create_session_file, remove_session_files
+from storage.txn import feed_delta
 
 log = logging.getLogger("roost.actors")
 
@@ -356,6 +359,37 @@ class ActorRegistry:
             if idle:
                 trim_heap()
 
+    # ------------------------------------------------------------------ feeds
+
+    async def feed_open(self, sid: str, user: str) -> tuple[Topic, Subscription, int, list[Frame]]:
+        """Subscribe to ``sid``'s events for ``user`` (a queue of ``subscriber_queue``
+        frames), then note the current event seq: ``(topic, subscription, seq,
+        catch-up deltas of the replies running now)``. Nothing committed after the
+        seq can be missed. Raises like :meth:`lease`."""
+        async with self.lease(sid, user) as actor:
+            topic = actor.topic
+            sub = topic.subscribe(self.config.subscriber_queue)
+            try:
+                current: int = await actor.read(lambda f: f.event_seq())
+            except BaseException:
+                topic.unsubscribe(sub)
+                raise
+            catchup = [
+                Frame("message.delta", feed_delta(gen.message_id, 0, gen.committed))
+                for gen in actor.replies.running.values()
+                if gen.committed
+            ]
+        return topic, sub, current, catchup
+
+    async def feed_events(self, sid: str, user: str, since: int, limit: int) -> list[Frame] | None:
+        """Up to ``limit`` durable events of ``sid`` after seq ``since`` as frames, in
+        seq order; None when ``since`` is older than what is kept (resync)."""
+        async with self.lease(sid, user) as actor:
+            events = await actor.read(
+                functools.partial(SessionFile.events_since, since=since, limit=limit)
+            )
+        return None if events is None else [Frame.of(ev) for ev in events]
+
     # ------------------------------------------------------------------ topics
 
     def topic(self, sid: str) -> Topic:
@@ -570,6 +604,26 @@ class ActorRegistry:
         """Sessions of ``owner``, most recently updated first."""
         await self.flush_catalog()
         return self.catalog.list(owner=owner, limit=limit, cursor=cursor)
+
+    # ------------------------------------------------------------------ directory
+
+    async def mirror_sessions(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Record ``(owner, session)`` rows of sessions that may live elsewhere in
+        this registry's catalog, so :meth:`list_sessions` lists them (cluster
+        mode: the owner's directory). Insert or replace: idempotent."""
+        if not items:
+            return
+        async with self._catalog_lock:
+            await asyncio.get_running_loop().run_in_executor(
+                self.write_pool, self.catalog.upsert_many, items
+            )
+
+    async def unmirror_session(self, sid: str) -> None:
+        """Forget a mirrored session's row (see :meth:`mirror_sessions`). Idempotent."""
+        async with self._catalog_lock:
+            await asyncio.get_running_loop().run_in_executor(
+                self.write_pool, self.catalog.delete, sid
+            )
 
     # ------------------------------------------------------------------ catalog mirror
 
