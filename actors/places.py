@@ -74,6 +74,9 @@ class Places(Protocol):
 
     async def trim_heap(self) -> None: ...
 
+    async def cluster_info(self) -> dict[str, Any] | None:
+        """What ``/healthz`` says of the cluster (None: single node)."""
+
     # feeds (actors.feed.Feed)
     async def feed_open(
         self, sid: str, user: str

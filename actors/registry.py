@@ -175,6 +175,10 @@ class ActorRegistry:
     def live(self) -> int:
         return len(self._actors)
 
+    async def cluster_info(self) -> dict[str, Any] | None:
+        """None: single node has no cluster to report (see ``actors.places``)."""
+        return None
+
     def subscriber_count(self) -> int:
         """Subscribers of all sessions' event feeds (WebSocket and SSE)."""
         return sum(len(t.subs) for t in self._topics.values())

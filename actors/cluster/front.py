@@ -57,6 +57,9 @@ from storage.reads import Page
 
 log = logging.getLogger("roost.cluster")
 
+# how long a joining front waits for the cluster's roost-meta actor (its first start
+# makes a worker process)
+META_WAIT = 60.0
 NO_SHARES = "share links are not available in cluster mode yet (they need a cluster-wide store)"
 
 
@@ -88,10 +91,11 @@ def connect(address: str, namespace: str, shards: int, timeout: float) -> None:
                 "nodes) or fix --cluster"
             ) from exc
     try:
-        recorded = int(ray.get(meta_handle(namespace, shards).shards.remote(), timeout=timeout))
+        recorded = int(ray.get(meta_handle(namespace, shards).shards.remote(), timeout=META_WAIT))
     except Exception as exc:
         raise ClusterError(
-            f"the Ray cluster at {address} did not say its shard count within {timeout} s: {exc}"
+            f"the Ray cluster at {address} did not say its shard count within "
+            f"{META_WAIT:g} s: {exc}"
         ) from exc
     if recorded != shards:
         raise ClusterError(
@@ -456,16 +460,17 @@ class ClusterRegistry:
 
     async def cluster_info(self) -> dict[str, Any]:
         """Shards placed, the nodes they run on, and the Ray nodes alive."""
-        from ray.util.state import list_actors
 
         def look() -> dict[str, Any]:
-            actors = list_actors(
-                filters=[("state", "=", "ALIVE"), ("ray_namespace", "=", self.spec.namespace)],
-                raise_on_missing_output=False,
-            )
-            placed = [a for a in actors if (a.name or "").startswith("roost-shard-")]
+            names = ray.util.list_named_actors(all_namespaces=True)
+            placed = [
+                n
+                for n in names
+                if n["namespace"] == self.spec.namespace and n["name"].startswith("roost-shard-")
+            ]
             nodes = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
             return {
+                "namespace": self.spec.namespace,
                 "shards": self.shards,
                 "shards_placed": len(placed),
                 "nodes_alive": len(nodes),

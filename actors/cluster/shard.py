@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -466,6 +467,7 @@ class Shard:
         return {
             "shard": self.k,
             "node_id": self.node_id,
+            "pid": os.getpid(),
             "live_actors": 0 if reg is None else reg.live,
             "subscribers": 0 if reg is None else reg.subscriber_count(),
             "running_replies": 0 if reg is None else reg.running_replies(),
