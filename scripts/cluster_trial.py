@@ -147,6 +147,10 @@ class LocalRayCluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=grace)
+            # whatever of that node's own process group is left (each node was
+            # started in a session of its own, so this reaches nothing else)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 class Front:
