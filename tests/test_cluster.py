@@ -25,9 +25,9 @@ import pytest
 
 pytest.importorskip("ray", reason="cluster mode needs ray: pip install -e '.[cluster]'")
 
-from actors.cluster.placement import shard_of  # noqa: E402
-from scripts.cluster_trial import Front, LocalRayCluster  # noqa: E402
-from tests.harness import ROOT, TIMEOUT  # noqa: E402
+from actors.cluster.placement import shard_of
+from scripts.cluster_trial import Front, LocalRayCluster
+from tests.harness import ROOT, TIMEOUT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -195,7 +195,7 @@ async def test_cluster_client_id_retry_on_other_front(
     status, again = await append(http, b, "c-retry", "once", client_id="k-1")
     assert status == 200
     assert again == first
-    status, clash = await append(http, b, "c-retry", "other text", client_id="k-1")
+    status, _ = await append(http, b, "c-retry", "other text", client_id="k-1")
     assert status == 409
 
 
@@ -287,9 +287,8 @@ async def test_cluster_stream_resumes_on_b_from_last_event_id(
     ) as r:
         assert r.status == 200
         body = (await r.read()).decode()
-    deltas = [
-        line[len("data: ") :] for line in body.splitlines() if line.startswith('data: {"message_id"')
-    ]
+    data = [line[len("data: ") :] for line in body.splitlines() if line.startswith("data: ")]
+    deltas = [d for d in data if d.startswith('{"message_id"')]
     texts = [json.loads(d) for d in deltas if '"offset"' in d]
     assert texts[0]["offset"] == 2
     assert "".join(t["text"] for t in texts) == words[2:]
