@@ -42,6 +42,8 @@ class AcrossSessions:
     user_logs: UserLogs
     user_search: UserSearch
     expired_total: int
+    # cluster mode: whether a catalog row's session lives here (None: all of them)
+    hosted: Callable[[str], bool] | None = None
     make_title: Callable[[Responder, str, str], Awaitable[str]]
     _closed: bool
 
@@ -131,6 +133,8 @@ class AcrossSessions:
         for item in due:
             if self._closed:
                 break
+            if self.hosted is not None and not self.hosted(item["id"]):
+                continue  # a directory row of a session another shard hosts (and sweeps)
             try:
                 await self.delete_session(item["id"], item["owner"])
             except NotFound:

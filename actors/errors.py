@@ -5,7 +5,8 @@
     ActorError                 (503 unless said otherwise)
     ├── ActorStopped           the actor closed (shutdown, deletion) before the work ran
     ├── ActorBroken            a commit failed; the work was not saved; retry starts afresh
-    └── Busy                   too much queued work; retry later (429/503)
+    ├── Busy                   too much queued work; retry later (429/503)
+    └── Unsupported            not available in this mode (cluster mode: share links)  (501)
 """
 
 from __future__ import annotations
@@ -27,3 +28,7 @@ class ActorBroken(ActorError):
 
 class Busy(ActorError):
     code = "busy"
+
+
+class Unsupported(ActorError):
+    code = "not_implemented"

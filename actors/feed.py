@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import enum
 from collections.abc import AsyncIterator, Callable
-from functools import partial
+from typing import TYPE_CHECKING
 
 import orjson
 
 from actors.pubsub import Frame, Subscription, Topic
-from actors.registry import ActorRegistry
-from storage.file import SessionFile
-from storage.txn import feed_delta
+
+if TYPE_CHECKING:
+    from actors.places import Places
 
 
 class End(enum.Enum):
@@ -32,7 +32,7 @@ class End(enum.Enum):
 class Feed:
     """Frames for one subscriber. Use ``open()`` once, iterate ``frames()``, ``close()``."""
 
-    def __init__(self, registry: ActorRegistry, sid: str, user: str, since: int | None) -> None:
+    def __init__(self, registry: Places, sid: str, user: str, since: int | None) -> None:
         self.registry = registry
         self.sid = sid
         self.user = user
@@ -49,14 +49,9 @@ class Feed:
 
     async def open(self) -> None:
         """Subscribe and take the snapshot. Raises ``NotFound`` like any route."""
-        async with self.registry.lease(self.sid, self.user) as actor:
-            self._topic = actor.topic
-            self._sub = actor.topic.subscribe(self.registry.config.subscriber_queue)
-            self._current = await actor.read(lambda f: f.event_seq())
-            for gen in actor.replies.running.values():
-                if gen.committed:
-                    data = feed_delta(gen.message_id, 0, gen.committed)
-                    self._catchup.append(Frame("message.delta", data))
+        self._topic, self._sub, self._current, self._catchup = await self.registry.feed_open(
+            self.sid, self.user
+        )
         self.last_seq = self._current
 
     @property
@@ -74,10 +69,7 @@ class Feed:
         if self.since is not None and self.since != self._current:
             pos = self.since
             while pos < self._current:
-                async with self.registry.lease(self.sid, self.user) as actor:
-                    events = await actor.read(
-                        partial(SessionFile.events_since, since=pos, limit=500)
-                    )
+                events = await self.registry.feed_events(self.sid, self.user, pos, 500)
                 if events is None:
                     yield Frame("resync", orjson.dumps({"type": "resync", "seq": self._current}))
                     break
@@ -87,7 +79,7 @@ class Feed:
                     assert ev.seq is not None  # logged events always have one
                     if ev.seq > self._current:
                         break
-                    yield Frame.of(ev)
+                    yield ev
                 pos = events[-1].seq or pos
         for frame in self._catchup:
             yield frame

@@ -23,6 +23,9 @@ class Hooks:
     def on_session_changed(self, sid: str, owner: str, session: dict[str, Any]) -> None:
         """Session ``sid`` committed a change; ``session`` is its document now."""
 
+    def on_session_deleted(self, sid: str, owner: str) -> None:
+        """Session ``sid`` of ``owner`` was deleted (by a request or the expiry sweep)."""
+
     def on_activation(self, sid: str, live: int) -> None:
         """An actor for ``sid`` started; ``live`` actors are now live."""
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import sqlite3
 import time
@@ -32,6 +33,7 @@ from actors.process import trim_heap
 from actors.pubsub import Frame, Subscription, Topic
 from actors.responders import EchoResponder, Responder
 from actors.session import SessionHandle
+from actors.shares import ShareLinks
 from actors.syncer import Syncer
 from actors.titles import make_title
 from actors.userlog import UserLogs, listed
@@ -45,10 +47,12 @@ from storage.errors import (
     Unavailable,
 )
 from storage.export import ImportPlan, parse_export, populate_import
-from storage.ids import format_ts, now_iso, uuid7, validate_session_id
+from storage.file import SessionFile
+from storage.ids import now_iso, uuid7, validate_session_id
 from storage.layout import DataDir, DiskReserve, open_data_dir, unpark_all
 from storage.layout import DataDirLock as DataDirLock  # the claim_data_dir lock type
 from storage.lifecycle import create_session_file, remove_session_files
+from storage.txn import feed_delta
 
 log = logging.getLogger("roost.actors")
 
@@ -70,7 +74,7 @@ def claim_data_dir(root: str) -> DataDirLock:
     return open_data_dir(root)
 
 
-class ActorRegistry(AcrossSessions):
+class ActorRegistry(AcrossSessions, ShareLinks):
     """All live actors of one data dir. ``start`` once, ``close`` idempotently."""
 
     def __init__(
@@ -189,6 +193,10 @@ class ActorRegistry(AcrossSessions):
     @property
     def live(self) -> int:
         return len(self._actors)
+
+    async def cluster_info(self) -> dict[str, Any] | None:
+        """None: single node has no cluster to report (see ``actors.places``)."""
+        return None
 
     def subscriber_count(self) -> int:
         """Subscribers of all sessions' event feeds (WebSocket and SSE)."""
@@ -375,6 +383,37 @@ class ActorRegistry(AcrossSessions):
             if idle:
                 trim_heap()
 
+    # ------------------------------------------------------------------ feeds
+
+    async def feed_open(self, sid: str, user: str) -> tuple[Topic, Subscription, int, list[Frame]]:
+        """Subscribe to ``sid``'s events for ``user`` (a queue of ``subscriber_queue``
+        frames), then note the current event seq: ``(topic, subscription, seq,
+        catch-up deltas of the replies running now)``. Nothing committed after the
+        seq can be missed. Raises like :meth:`lease`."""
+        async with self.lease(sid, user) as actor:
+            topic = actor.topic
+            sub = topic.subscribe(self.config.subscriber_queue)
+            try:
+                current: int = await actor.read(lambda f: f.event_seq())
+            except BaseException:
+                topic.unsubscribe(sub)
+                raise
+            catchup = [
+                Frame("message.delta", feed_delta(gen.message_id, 0, gen.committed))
+                for gen in actor.replies.running.values()
+                if gen.committed
+            ]
+        return topic, sub, current, catchup
+
+    async def feed_events(self, sid: str, user: str, since: int, limit: int) -> list[Frame] | None:
+        """Up to ``limit`` durable events of ``sid`` after seq ``since`` as frames, in
+        seq order; None when ``since`` is older than what is kept (resync)."""
+        async with self.lease(sid, user) as actor:
+            events = await actor.read(
+                functools.partial(SessionFile.events_since, since=since, limit=limit)
+            )
+        return None if events is None else [Frame.of(ev) for ev in events]
+
     # ------------------------------------------------------------------ topics
 
     def topic(self, sid: str) -> Topic:
@@ -471,6 +510,7 @@ class ActorRegistry(AcrossSessions):
                 topic.publish(Frame("session.deleted", frame.encode(), final_seq))
                 topic.close_all()
             self._listed.pop(sid, None)
+            self.hooks.on_session_deleted(sid, owner)
             self.user_logs.get(owner).publish("session.deleted", {"session_id": sid})
             await self.user_search.drop(owner, sid)
         finally:
@@ -521,71 +561,6 @@ class ActorRegistry(AcrossSessions):
             populate=lambda conn, new_sid, now: populate_import(conn, new_sid, plan, now),
         )
 
-    # ------------------------------------------------------------------ shares
-
-    async def create_share(
-        self,
-        share_id: str,
-        *,
-        owner: str,
-        sid: str,
-        branch: str,
-        expires_in: float | None,
-        snapshot: bytes,
-    ) -> dict[str, Any]:
-        """Store a share link and its snapshot durably (see ``Catalog.insert_share``)
-        and return it: ``{id, owner, session_id, branch, created_at, expires_at}``."""
-        now = time.time()
-        share = {
-            "id": share_id,
-            "owner": owner,
-            "session_id": sid,
-            "branch": branch,
-            "created_at": format_ts(now),
-            "expires_at": None if expires_in is None else format_ts(now + expires_in),
-        }
-        loop = asyncio.get_running_loop()
-        async with self._catalog_lock:
-            await loop.run_in_executor(self.write_pool, self.catalog.insert_share, share, snapshot)
-        return share
-
-    def get_share(self, share_id: str) -> tuple[dict[str, Any], bytes] | None:
-        """A share and its snapshot, or None when there is none or it expired
-        (whoever asks: a share is public)."""
-        found = self.catalog.get_share(share_id)
-        expires = found[0]["expires_at"] if found is not None else None
-        if expires is not None and expires <= now_iso():
-            return None
-        return found
-
-    def list_shares(self, owner: str, session_id: str | None = None) -> list[dict[str, Any]]:
-        """The shares ``owner`` made (of one session if given), newest first."""
-        return self.catalog.list_shares(owner, session_id)
-
-    async def delete_share(self, share_id: str, owner: str) -> None:
-        """Delete ``owner``'s share; ``NotFound`` if there is none (or it is another's)."""
-        loop = asyncio.get_running_loop()
-        async with self._catalog_lock:
-            found = await loop.run_in_executor(
-                self.write_pool, self.catalog.delete_share, share_id, owner
-            )
-        if not found:
-            raise NotFound(f"share {share_id!r} not found", details={"share_id": share_id})
-
-    async def copy_share(self, share_id: str, owner: str) -> dict[str, Any]:
-        """Import share ``share_id``'s snapshot as a new session of ``owner``; its doc.
-
-        ``NotFound`` when there is no such share (or it expired).
-        Not idempotent: each call makes a new session.
-        """
-        found = self.get_share(share_id)
-        if found is None:
-            raise NotFound(f"share {share_id!r} not found", details={"share_id": share_id})
-        _share, snapshot = found
-        loop = asyncio.get_running_loop()
-        plan = await loop.run_in_executor(self.write_pool, parse_export, snapshot)
-        return await self._create_from(None, plan, owner)
-
     def check_disk(self) -> None:
         """Raise ``StorageFull`` while the data dir's disk is under its reserve (cheap)."""
         self.disk.check()
@@ -606,6 +581,26 @@ class ActorRegistry(AcrossSessions):
         (archived and temporary ones hidden unless ``filters`` ask for them)."""
         await self.flush_catalog()
         return self.catalog.list(owner=owner, limit=limit, cursor=cursor, filters=filters)
+
+    # ------------------------------------------------------------------ directory
+
+    async def mirror_sessions(self, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Record ``(owner, session)`` rows of sessions that may live elsewhere in
+        this registry's catalog, so :meth:`list_sessions` lists them (cluster
+        mode: the owner's directory). Insert or replace: idempotent."""
+        if not items:
+            return
+        async with self._catalog_lock:
+            await asyncio.get_running_loop().run_in_executor(
+                self.write_pool, self.catalog.upsert_many, items
+            )
+
+    async def unmirror_session(self, sid: str) -> None:
+        """Forget a mirrored session's row (see :meth:`mirror_sessions`). Idempotent."""
+        async with self._catalog_lock:
+            await asyncio.get_running_loop().run_in_executor(
+                self.write_pool, self.catalog.delete, sid
+            )
 
     # ------------------------------------------------------------------ catalog mirror
 

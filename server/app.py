@@ -48,9 +48,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
@@ -100,6 +103,9 @@ from server.routes_static import setup_static
 from server.settings import Settings
 from server.tokens import Logins, load_tokens
 from storage.layout import DataDir
+
+if TYPE_CHECKING:
+    from actors.cluster.placement import ShardSpec
 
 log = logging.getLogger("roost.server")
 
@@ -157,8 +163,16 @@ async def http_client_ctx(app: web.Application) -> AsyncIterator[None]:
 @asynccontextmanager
 async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
     """The actor registry over the data directory; closing it ends every actor
-    (their replies and commits) before the resources opened earlier go."""
+    (their replies and commits) before the resources opened earlier go.
+
+    With ``--cluster`` it is the cluster's remote façade instead (the one
+    choice between single node and cluster mode; the routes do not know).
+    """
     settings = app[SETTINGS]
+    if settings.cluster is not None:
+        async with cluster_ctx(app):
+            yield
+        return
     soft, _ = raise_nofile_limit()
     budget = fd_budget(soft, settings.max_live_actors)
     log.info(
@@ -190,10 +204,67 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 @asynccontextmanager
+async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Cluster mode: join the Ray cluster (``--cluster``) and serve through its shards."""
+    from actors.cluster.front import ClusterRegistry, connect
+
+    settings = app[SETTINGS]
+    assert settings.cluster is not None
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(
+        None,
+        connect,
+        settings.cluster,
+        settings.cluster_name,
+        settings.shards,
+        settings.request_timeout,
+    )
+    spec = shard_spec(settings)
+    registry = ClusterRegistry(
+        spec, request_timeout=settings.request_timeout, subscriber_queue=settings.subscriber_queue
+    )
+    log.info(
+        "cluster mode: front of Ray cluster %s (namespace %s, %d shards)",
+        settings.cluster,
+        settings.cluster_name,
+        settings.shards,
+    )
+    app[REGISTRY] = registry
+    try:
+        yield
+    finally:
+        await registry.close()
+
+
+def shard_spec(settings: Settings) -> ShardSpec:
+    """What this front's settings make a cluster's shards with (the first front wins)."""
+    from actors.cluster.placement import ShardSpec
+
+    return ShardSpec(
+        data_dir=os.path.abspath(settings.data_dir),
+        shards=settings.shards,
+        namespace=settings.cluster_name,
+        config=dataclasses.asdict(settings.actor_config()),
+        write_threads=settings.write_threads,
+        fsync=settings.fsync,
+        disk_reserve=settings.disk_reserve,
+        responder=functools.partial(shard_responder, settings.model_dump()),
+    )
+
+
+def shard_responder(settings: dict[str, Any]) -> Responder:
+    """The responder of a shard (cluster mode), made in the shard's event loop from
+    the front's settings; its HTTP client lives as long as the shard."""
+    return make_responder(Settings(**settings), aiohttp.ClientSession())
+
+
+@asynccontextmanager
 async def responder_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The responder that writes replies, handed to the registry."""
+    """The responder that writes replies, handed to the registry (a cluster's shards
+    make their own)."""
     registry = app[REGISTRY]
-    registry.responder = make_responder(app[SETTINGS], app[HTTP_CLIENT])
+    if isinstance(registry, ActorRegistry):
+        registry.responder = make_responder(app[SETTINGS], app[HTTP_CLIENT])
     yield
 
 

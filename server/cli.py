@@ -200,6 +200,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = make_app(settings)
     except TokensError as exc:
         return fail(str(exc), EXIT_USAGE)
+    if settings.cluster is not None:
+        # a front is stateless: no data dir of its own to lock; join the cluster now,
+        # so that a wrong one (or another --shards) stops it before it listens
+        from actors.cluster.front import ClusterError, connect
+
+        try:
+            connect(
+                settings.cluster, settings.cluster_name, settings.shards, settings.request_timeout
+            )
+        except ClusterError as exc:
+            return fail(exc.message, EXIT_CANNOT_START)
+        return _run(app, settings, None)
     try:
         lock = claim_data_dir(settings.data_dir)
     except DataDirError as exc:
@@ -210,7 +222,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lock.release()
 
 
-def _run(app: web.Application, settings: Settings, lock: DataDirLock) -> int:
+def _run(app: web.Application, settings: Settings, lock: DataDirLock | None) -> int:
     try:
         socks = bind_sockets(settings.host, settings.port)
     except OSError as exc:
@@ -248,7 +260,7 @@ def _run(app: web.Application, settings: Settings, lock: DataDirLock) -> int:
             "serving http://%s:%s data dir %s synchronous=%s responder=%s",
             host,
             port,
-            lock.path.parent,
+            settings.data_dir if lock is None else lock.path.parent,
             settings.synchronous,
             settings.responder,
         )

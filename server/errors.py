@@ -14,7 +14,7 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
-from actors.errors import ActorBroken, ActorStopped, Busy
+from actors.errors import ActorBroken, ActorStopped, Busy, Unsupported
 from storage.errors import (
     Conflict,
     ContentTooLarge,
@@ -36,6 +36,7 @@ STATUS_OF: list[tuple[type[StorageError], int]] = [
     (PreconditionFailed, 412),
     (StorageFull, 507),
     (ContentTooLarge, 413),
+    (Unsupported, 501),
     (Busy, 503),
     (ActorBroken, 503),
     (ActorStopped, 503),

@@ -32,8 +32,8 @@ import aiohttp
 from aiohttp import web
 
 from actors.feed import Feed
+from actors.places import Places
 from actors.pubsub import Subscription
-from actors.registry import ActorRegistry
 from server.assets import Asset
 from server.drain import Drain
 from server.identity import Identity
@@ -53,7 +53,8 @@ ASSETS: web.AppKey[dict[str, Asset]] = web.AppKey("static_assets", dict)
 # ---------------------------------------------------------------- set by a cleanup_ctx
 
 HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
-REGISTRY = web.AppKey("registry", ActorRegistry)
+# the place that owns each session: in-process (ActorRegistry) or a cluster's shards
+REGISTRY: web.AppKey[Places] = web.AppKey("registry")
 LIMITS = web.AppKey("limits", Limits)
 LOGINS = web.AppKey("logins", Logins)
 IMPORT_SLOTS = web.AppKey("import_slots", asyncio.Semaphore)

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from actors.hooks import CountingHooks
-from actors.registry import ActorRegistry
+from actors.places import Places
 
 _LATENCY_BUCKETS = (
     0.0005,
@@ -85,7 +85,7 @@ class Metrics:
                 self._request_children[key] = child
         return child
 
-    def attach(self, actors: ActorRegistry) -> None:
+    def attach(self, actors: Places) -> None:
         """Observe ``actors`` (before it makes any actor): its hooks become ours.
 
         Call once per registry; undo with :meth:`detach`.
@@ -95,7 +95,7 @@ class Metrics:
         self._collector = _RegistryCollector(actors, hooks)
         self.registry.register(self._collector)
 
-    def detach(self, actors: ActorRegistry) -> None:
+    def detach(self, actors: Places) -> None:
         """Stop reading ``actors``' gauges at scrape time (idempotent). Its hooks stay
         (they only count and feed this app's own histograms)."""
         collector, self._collector = self._collector, None
@@ -122,7 +122,7 @@ class MetricsHooks(CountingHooks):
 
 
 class _RegistryCollector(Collector):
-    def __init__(self, actors: ActorRegistry, hooks: CountingHooks) -> None:
+    def __init__(self, actors: Places, hooks: CountingHooks) -> None:
         self.actors = actors
         self.hooks = hooks
 

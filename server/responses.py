@@ -114,6 +114,7 @@ class User(Shape):
 class Health(Shape):
     status: str
     live_actors: int
+    cluster: dict[str, Any] | None = None
 
 
 class ErrorDetail(Shape):

@@ -48,8 +48,8 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
+from actors.places import Places
 from actors.pubsub import Subscription
-from actors.registry import ActorRegistry
 from actors.session import NewMessage, SessionHandle
 from server.access import check_session_rate
 from server.auth import check_scope
@@ -320,7 +320,7 @@ async def _chunks(ui: UIStream, sub: Subscription | None) -> AsyncIterator[bytes
             return
 
 
-async def _ensure_session(registry: ActorRegistry, sid: str, user: str) -> None:
+async def _ensure_session(registry: Places, sid: str, user: str) -> None:
     """Create session ``sid`` for ``user`` unless it exists (a race is fine)."""
     try:
         async with registry.session(sid, user):

@@ -38,7 +38,12 @@ class Features(Shape):
     search: bool = Field(description="GET /api/sessions/{sid}/search exists")
     export: bool = Field(description="GET /api/sessions/{sid}/export exists")
     attachments: bool = Field(description="POST /api/sessions/{sid}/attachments exists")
-    user_events: bool = Field(description="GET /api/events (the user's list feed) exists")
+    user_events: bool = Field(
+        description="GET /api/events (the user's list feed) answers (not yet in cluster mode)"
+    )
+    search_all: bool = Field(
+        description="GET /api/search (search across sessions) answers (not yet in cluster mode)"
+    )
 
 
 class Capabilities(Shape):
@@ -98,7 +103,8 @@ async def capabilities(request: web.Request) -> web.Response:
         search=("GET", "/api/sessions/{sid}/search") in paths,
         export=("GET", "/api/sessions/{sid}/export") in paths,
         attachments=("POST", "/api/sessions/{sid}/attachments") in paths,
-        user_events=("GET", "/api/events") in paths,
+        user_events=("GET", "/api/events") in paths and settings.cluster is None,
+        search_all=("GET", "/api/search") in paths and settings.cluster is None,
     )
     body = Capabilities(
         user=user_of(request),

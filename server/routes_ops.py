@@ -11,6 +11,7 @@ root's outermost middleware and times every request by its route template
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -52,9 +53,14 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 @describe(responses={200: Reply("the server is up", Health)}, public=True)
 async def healthz(request: web.Request) -> web.Response:
-    """Liveness: ``{status, live_actors}``."""
+    """Liveness: ``{status, live_actors}``, and in cluster mode ``cluster``
+    (``{namespace, shards, shards_placed, nodes_alive}``)."""
     reg = state_of(request)[REGISTRY]
-    return json_response({"status": "ok", "live_actors": reg.live})
+    body: dict[str, Any] = {"status": "ok", "live_actors": reg.live}
+    cluster = await reg.cluster_info()
+    if cluster is not None:
+        body["cluster"] = cluster
+    return json_response(body)
 
 
 def add_ops_routes(app: web.Application) -> None:

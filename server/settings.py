@@ -170,6 +170,22 @@ class Settings(BaseModel):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="least severe level logged"
     )
+    # cluster mode (README "Cluster mode"; actors.cluster)
+    cluster: str | None = Field(
+        None, description="Ray address (HOST:PORT): run as a stateless front of that cluster"
+    )
+    cluster_name: str = Field(
+        "roost",
+        min_length=1,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$",
+        description="the cluster's Ray namespace (its shards' names live there)",
+    )
+    shards: int = Field(
+        64, ge=1, le=4096, description="shards of the cluster (every front must agree)"
+    )
+    request_timeout: float = Field(
+        30.0, gt=0, description="seconds a front waits for a shard before answering 503"
+    )
 
     @model_validator(mode="before")
     @classmethod

@@ -49,6 +49,7 @@ async def test_capabilities_without_tokens(client: Any) -> None:
         "export": True,
         "attachments": True,
         "user_events": True,
+        "search_all": True,
     }
     assert body["max_content_chars"] == 100_000
 

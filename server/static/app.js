@@ -32,7 +32,7 @@ const ui = {
   toast: $('toast'),
 };
 
-const features = { search: null, export: null, attachments: null, user_events: null };
+const features = { search: null, export: null, attachments: null, user_events: null, search_all: null };
 let me = null; // the capabilities answer: {user, auth, features, ...}
 let models = null; // GET /api/models
 const MODEL_KEY = 'roost.model';
@@ -547,7 +547,7 @@ async function loadCapabilities() {
   me = await api('GET', '/api/capabilities');
   Object.assign(features, {
     search: me.features.search, export: me.features.export, attachments: me.features.attachments,
-    user_events: me.features.user_events,
+    user_events: me.features.user_events, search_all: me.features.search_all,
   });
   ui.account.hidden = me.auth !== 'tokens';
   ui.accountUser.textContent = me.user ? `Signed in as ${me.user}` : '';
@@ -556,6 +556,7 @@ async function loadCapabilities() {
 
 function applyFeatures() {
   ui.searchToggle.hidden = !features.search;
+  ui.allSearchForm.hidden = !features.search_all; // not yet in cluster mode
   if (!features.search) ui.searchForm.hidden = true;
   ui.exportJson.hidden = ui.exportMd.hidden = !features.export;
   ui.attachLabel.hidden = !features.attachments || !view; // files belong to a chat

@@ -1,0 +1,457 @@
+"""Cluster mode on a real multi-node Ray cluster on loopback (SPEC section 10).
+
+One module fixture starts a Ray head on 127.0.0.2 (no ``roost_shard``) and two
+worker nodes on 127.0.0.3/4, each a separate ``ray start --block`` process
+(``scripts/cluster_trial.LocalRayCluster``), and two fronts (``roost serve
+--cluster``) as real processes; everything is stopped by PID. Skipped only
+when ``ray`` is not installed (``pip install -e '.[cluster]'``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+pytest.importorskip("ray", reason="cluster mode needs ray: pip install -e '.[cluster]'")
+
+from actors.cluster.placement import shard_of
+from scripts.cluster_trial import Front, LocalRayCluster
+from tests.harness import ROOT, TIMEOUT
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+
+SHARDS = 4
+# cluster waits: a shard's first start makes a Ray worker process (seconds on 2 cores)
+WAIT = max(TIMEOUT, 60.0)
+JSON = {"Content-Type": "application/json"}
+
+
+class Cluster:
+    def __init__(self, ray: LocalRayCluster, a: Front, b: Front, data: Path) -> None:
+        self.ray = ray
+        self.a = a
+        self.b = b
+        self.data = data
+
+    def api(self, front: Front) -> str:
+        return front.url + "/api"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    base = tmp_path_factory.mktemp("cluster")
+    ray = LocalRayCluster(base, workers=2)
+    fronts: list[Front] = []
+    try:
+        ray.start(timeout=WAIT)
+        data = base / "data"
+        extra = ("--shards", str(SHARDS), "--echo-words-per-second", "20")
+        fronts.append(Front(ray, data, *extra))
+        fronts[0].wait_ready(WAIT)
+        fronts.append(Front(ray, data, *extra))
+        fronts[1].wait_ready(WAIT)
+        c = Cluster(ray, fronts[0], fronts[1], data)
+        asyncio.run(_warm(c))
+        yield c
+    finally:
+        for f in fronts:
+            f.stop()
+        ray.stop()
+
+
+async def _warm(c: Cluster) -> None:
+    """Start every shard at once (each makes a worker process) before the tests time."""
+    ids: dict[int, str] = {}
+    n = 0
+    while len(ids) < SHARDS:
+        ids.setdefault(shard_of(f"warm-{n}", SHARDS), f"warm-{n}")
+        n += 1
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT * 2)) as s:
+
+        async def one(sid: str) -> None:
+            async with s.post(c.api(c.a) + "/sessions", json={"id": sid}) as r:
+                assert r.status == 201, await r.text()
+            async with s.delete(c.api(c.b) + f"/sessions/{sid}") as r:
+                assert r.status == 204, await r.text()
+
+        await asyncio.gather(*(one(sid) for sid in ids.values()))
+
+
+@pytest.fixture
+async def http() -> Any:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=WAIT)) as s:
+        yield s
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def create(http: aiohttp.ClientSession, front: str, sid: str) -> dict[str, Any]:
+    async with http.post(front + "/sessions", json={"id": sid}) as r:
+        assert r.status == 201, await r.text()
+        doc: dict[str, Any] = await r.json()
+        return doc
+
+
+async def append(
+    http: aiohttp.ClientSession, front: str, sid: str, text: str, **kw: Any
+) -> tuple[int, dict[str, Any]]:
+    body = {"role": "user", "content": text, **kw}
+    async with http.post(front + f"/sessions/{sid}/messages", json=body) as r:
+        return r.status, await r.json()
+
+
+async def all_messages(http: aiohttp.ClientSession, front: str, sid: str) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    after = None
+    while True:
+        q = f"?view=all&limit=200{'&after=' + after if after else ''}"
+        async with http.get(front + f"/sessions/{sid}/messages{q}") as r:
+            assert r.status == 200, await r.text()
+            page = await r.json()
+        out += page["items"]
+        after = page["after"]
+        if not after or not page["items"]:
+            return out
+
+
+async def ws_frames(ws: aiohttp.ClientWebSocketResponse, n: int, kind: str) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    while len(got) < n:
+        f = await asyncio.wait_for(ws.receive_json(), WAIT)
+        if f["type"] == kind:
+            got.append(f)
+    return got
+
+
+def ws_url(front: str, sid: str, since: int | None = None) -> str:
+    q = "" if since is None else f"?since={since}"
+    return front.replace("http://", "ws://") + f"/sessions/{sid}/ws{q}"
+
+
+# ---------------------------------------------------------------------------- the tests
+
+
+async def test_cluster_create_on_a_read_on_b(cluster: Cluster, http: aiohttp.ClientSession) -> None:
+    """A session made through front A is there, with its messages, through front B."""
+    a, b = cluster.api(cluster.a), cluster.api(cluster.b)
+    await create(http, a, "c-read")
+    status, msg = await append(http, a, "c-read", "hello")
+    assert status == 201
+    async with http.get(b + "/sessions/c-read") as r:
+        assert r.status == 200
+        view = await r.json()
+    assert [m["id"] for m in view["messages"]] == [msg["id"]]
+    async with http.get(b + "/sessions/no-such-session") as r:
+        assert r.status == 404
+        assert (await r.json())["error"]["code"] == "not_found"
+
+
+async def test_cluster_concurrent_appends_over_both_fronts_make_one_chain(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """64 concurrent appends split over both fronts: all acknowledged, one chain."""
+    a, b = cluster.api(cluster.a), cluster.api(cluster.b)
+    await create(http, a, "c-chain")
+    results = await asyncio.gather(
+        *(append(http, a if i % 2 else b, "c-chain", f"m{i}") for i in range(64))
+    )
+    assert all(status == 201 for status, _ in results)
+    seqs = [m["seq"] for _, m in results]
+    assert len(set(seqs)) == 64
+    stored = await all_messages(http, b, "c-chain")
+    assert sorted(m["id"] for m in stored) == sorted(m["id"] for _, m in results)
+    assert [m["seq"] for m in stored] == sorted(seqs)
+    parent = None
+    for m in stored:  # each is the child of the one before it: one line
+        assert m["parent_id"] == parent
+        parent = m["id"]
+
+
+async def test_cluster_client_id_retry_on_other_front(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """The same client_id sent again through the other front answers 200 with the stored one."""
+    a, b = cluster.api(cluster.a), cluster.api(cluster.b)
+    await create(http, a, "c-retry")
+    status, first = await append(http, a, "c-retry", "once", client_id="k-1")
+    assert status == 201
+    status, again = await append(http, b, "c-retry", "once", client_id="k-1")
+    assert status == 200
+    assert again == first
+    status, _ = await append(http, b, "c-retry", "other text", client_id="k-1")
+    assert status == 409
+
+
+async def test_cluster_listing_reads_your_writes_on_any_front(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """A new session is in the list at once through the other front, and a delete is too."""
+    a, b = cluster.api(cluster.a), cluster.api(cluster.b)
+    sids = [f"c-list-{i}" for i in range(6)]  # spread over the shards
+    for sid in sids:
+        await create(http, a, sid)
+        async with http.get(b + "/sessions?limit=200") as r:
+            listed = {s["id"] for s in (await r.json())["items"]}
+        assert sid in listed
+    async with http.delete(b + f"/sessions/{sids[0]}") as r:
+        assert r.status == 204
+    async with http.get(a + "/sessions?limit=200") as r:
+        listed = {s["id"] for s in (await r.json())["items"]}
+    assert sids[0] not in listed and set(sids[1:]) <= listed
+
+
+async def test_cluster_organisation_filters_and_folders_through_any_front(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """Pinned/archived/folder/tags set through A filter the list and count the folders
+    through B (the owner's directory shard), and the not-yet-clustered routes say so."""
+    a, b = cluster.api(cluster.a), cluster.api(cluster.b)
+    body = {"id": "c-org-0", "folder": "work/roost", "tags": ["x"], "pinned": True}
+    async with http.post(a + "/sessions", json=body) as r:
+        assert r.status == 201, await r.text()
+    for i in (1, 2):
+        await create(http, a, f"c-org-{i}")
+    async with http.patch(a + "/sessions/c-org-1", json={"archived": True}) as r:
+        assert r.status == 200, await r.text()
+
+    async def listed(q: str) -> list[str]:
+        async with http.get(b + "/sessions?limit=200" + q) as r:
+            assert r.status == 200, await r.text()
+            return [s["id"] for s in (await r.json())["items"] if s["id"].startswith("c-org")]
+
+    assert await listed("&folder=work/roost") == ["c-org-0"]
+    assert await listed("&tag=x") == ["c-org-0"]
+    assert (await listed(""))[0] == "c-org-0"  # pinned first
+    await until(
+        lambda: _eq(listed("&archived=true"), ["c-org-1"]), "the archive reaching the directory"
+    )
+    assert "c-org-1" not in await listed("")
+    async with http.get(b + "/folders") as r:
+        assert r.status == 200
+        folders = {f["folder"]: f["count"] for f in (await r.json())["items"]}
+    assert folders.get("work/roost") == 1
+    async with http.get(b + "/capabilities") as r:
+        features = (await r.json())["features"]
+    assert features["search_all"] is False and features["user_events"] is False
+    async with http.get(b + "/search?q=hello") as r:
+        assert r.status == 501
+        assert (await r.json())["error"]["code"] == "not_implemented"
+
+
+async def _eq(got: Awaitable[list[str]], want: list[str]) -> bool:
+    return await got == want
+
+
+async def test_cluster_ws_on_b_sees_a_in_order_and_since_replays_on_a(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """A socket on B gets every message.created made through A in seq order; a
+    reconnect to A with since replays exactly what was missed."""
+    a, b = cluster.api(cluster.a), cluster.api(cluster.b)
+    await create(http, a, "c-ws")
+    ws = await http.ws_connect(ws_url(b, "c-ws", 0), protocols=["roost.v1"])
+    assert (await ws.receive_json())["type"] == "hello"
+    made = [(await append(http, a, "c-ws", f"live {i}"))[1] for i in range(10)]
+    seen = await ws_frames(ws, 10, "message.created")
+    assert [f["message"]["id"] for f in seen] == [m["id"] for m in made]
+    assert [f["seq"] for f in seen] == sorted(f["seq"] for f in seen)
+    last = seen[-1]["seq"]
+    await ws.close()
+    missed = [(await append(http, b, "c-ws", f"missed {i}"))[1] for i in range(5)]
+    ws = await http.ws_connect(ws_url(a, "c-ws", last), protocols=["roost.v1"])
+    hello = await ws.receive_json()
+    assert hello["seq"] > last
+    replay = await ws_frames(ws, 5, "message.created")
+    assert [f["message"]["id"] for f in replay] == [m["id"] for m in missed]
+    assert replay[0]["seq"] == last + 1
+    await ws.close()
+
+
+async def test_cluster_chat_on_a_streams_deltas_on_b(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """A chat POSTed on A streams message.delta frames to a socket on B and ends complete."""
+    a, b = cluster.api(cluster.a), cluster.api(cluster.b)
+    await create(http, a, "c-chat")
+    ws = await http.ws_connect(ws_url(b, "c-chat", 0), protocols=["roost.v1"])
+    assert (await ws.receive_json())["type"] == "hello"
+    words = "one two three four five six"
+    async with http.post(
+        a + "/sessions/c-chat/chat", json={"content": words}, headers={"Accept": "application/json"}
+    ) as r:
+        assert r.status == 201
+        reply = (await r.json())["assistant_message"]
+    assert reply["status"] == "complete" and reply["content"] == words
+    text = ""
+    while True:
+        f = await asyncio.wait_for(ws.receive_json(), WAIT)
+        if f["type"] == "message.delta" and f["message_id"] == reply["id"]:
+            assert f["offset"] == len(text)
+            text += f["text"]
+        if f["type"] == "message.updated" and f["message"]["status"] == "complete":
+            break
+    assert text == words
+    await ws.close()
+
+
+async def test_cluster_stream_resumes_on_b_from_last_event_id(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """A reply started on A resumes on B from Last-Event-ID: the rest of the text, then done."""
+    a, b = cluster.api(cluster.a), cluster.api(cluster.b)
+    await create(http, a, "c-resume")
+    words = " ".join(f"w{i}" for i in range(30))  # 1.5 s at 20 words a second
+    async with http.post(a + "/sessions/c-resume/chat", json={"content": words}) as r:
+        assert r.status == 200
+        mid = r.headers["X-Assistant-Message-Id"]
+        async for line in r.content:  # read up to the first delta, then leave
+            if line.startswith(b"event: delta"):
+                break
+    async with http.get(
+        b + f"/sessions/c-resume/messages/{mid}/stream", headers={"Last-Event-ID": "2"}
+    ) as r:
+        assert r.status == 200
+        body = (await r.read()).decode()
+    data = [line[len("data: ") :] for line in body.splitlines() if line.startswith("data: ")]
+    deltas = [d for d in data if d.startswith('{"message_id"')]
+    texts = [json.loads(d) for d in deltas if '"offset"' in d]
+    assert texts[0]["offset"] == 2
+    assert "".join(t["text"] for t in texts) == words[2:]
+    assert "event: done" in body
+
+
+async def test_cluster_front_killed_loses_nothing(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """SIGKILL of a front loses nothing; its socket clients resume on B with since."""
+    b = cluster.api(cluster.b)
+    c = Front(cluster.ray, cluster.data, "--shards", str(SHARDS))
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, c.wait_ready, WAIT)
+        capi = c.url + "/api"
+        await create(http, capi, "c-front")
+        ws = await http.ws_connect(ws_url(capi, "c-front", 0), protocols=["roost.v1"])
+        assert (await ws.receive_json())["type"] == "hello"
+        acked = [(await append(http, capi, "c-front", f"m{i}"))[1] for i in range(10)]
+        seen = await ws_frames(ws, 5, "message.created")
+        c.proc.send_signal(signal.SIGKILL)
+        c.proc.wait(timeout=WAIT)
+        await ws.close()
+        stored = await all_messages(http, b, "c-front")
+        assert [m["id"] for m in stored] == [m["id"] for m in acked]
+        ws = await http.ws_connect(ws_url(b, "c-front", seen[-1]["seq"]), protocols=["roost.v1"])
+        assert (await ws.receive_json())["type"] == "hello"
+        rest = await ws_frames(ws, 5, "message.created")
+        assert [f["message"]["id"] for f in rest] == [m["id"] for m in acked[5:]]
+        await ws.close()
+    finally:
+        c.stop()
+
+
+def _shard_pid(data: Path, k: int) -> int:
+    """The pid of shard ``k``'s process, from the lock file of its newest data dir."""
+    locks = sorted(
+        data.glob(f"nodes/*/shard-{k}/roost.lock"), key=lambda p: p.stat().st_mtime, reverse=True
+    )
+    assert locks, f"no data dir of shard {k}"
+    return int(locks[0].read_text().strip())
+
+
+async def test_cluster_shard_process_killed_is_survived(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """Killing a shard's worker process: Ray restarts it and every acknowledged message is there."""
+    a, b = cluster.api(cluster.a), cluster.api(cluster.b)
+    sid = "c-shard-kill"
+    await create(http, a, sid)
+    acked = [(await append(http, a, sid, f"m{i}"))[1] for i in range(20)]
+    pid = _shard_pid(cluster.data, shard_of(sid, SHARDS))
+    os.kill(pid, signal.SIGKILL)
+
+    async def back() -> bool:
+        async with http.get(b + f"/sessions/{sid}/messages?view=all&limit=200") as r:
+            if r.status == 503:
+                assert "Retry-After" in r.headers
+                return False
+            assert r.status == 200, await r.text()
+            items = (await r.json())["items"]
+            assert [m["id"] for m in items] == [m["id"] for m in acked]
+            return True
+
+    await until(back, "the shard to come back with every message")
+    assert _shard_pid(cluster.data, shard_of(sid, SHARDS)) != pid
+    status, _ = await append(http, b, sid, "after the restart")
+    assert status == 201
+
+
+async def test_cluster_front_with_other_shard_count_refuses_to_start(cluster: Cluster) -> None:
+    """A front whose --shards differs from the cluster's exits 1 with one roost: line."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "server.cli",
+        "serve",
+        "--port",
+        "0",
+        "--data-dir",
+        str(cluster.data),
+        "--cluster",
+        cluster.ray.address,
+        "--shards",
+        str(SHARDS + 1),
+        cwd=ROOT,
+        env=cluster.ray.env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), WAIT)
+    assert proc.returncode == 1
+    lines = [line for line in err.decode().splitlines() if line.startswith("roost:")]
+    assert len(lines) == 1, err.decode()
+    assert f"has {SHARDS} shards" in lines[0] and f"--shards {SHARDS + 1}" in lines[0]
+
+
+async def test_cluster_unreachable_shard_answers_503_within_the_timeout(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """A shard that does not answer within --request-timeout gives 503 with Retry-After."""
+    # a new cluster name: its shards do not exist yet, and the first one's start
+    # (a new worker process) takes longer than the 0.2 s allowed
+    c = Front(
+        cluster.ray,
+        cluster.data,
+        "--shards",
+        "2",
+        "--cluster-name",
+        "slowstart",
+        "--request-timeout",
+        "0.2",
+    )
+    try:
+        await asyncio.get_running_loop().run_in_executor(None, c.wait_ready, WAIT)
+        started = time.monotonic()
+        async with http.get(c.url + "/api/sessions/anything") as r:
+            elapsed = time.monotonic() - started
+            assert r.status == 503, await r.text()
+            assert r.headers["Retry-After"] == "1"
+            assert (await r.json())["error"]["code"] == "unavailable"
+        assert elapsed < 5
+    finally:
+        c.stop()
