@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -32,6 +33,8 @@ ROOT = Path(__file__).resolve().parent.parent
 HEAD_IP = "127.0.0.2"
 READY_LINE = "Ray runtime started"
 OBJECT_STORE_BYTES = 80 * 1024 * 1024
+# the longest temp dir whose Ray socket paths stay within the 107 bytes of AF_UNIX
+RAY_TEMP_MAX_CHARS = 40
 
 
 def _ray_bin() -> str:
@@ -58,7 +61,13 @@ class LocalRayCluster:
         self.base = base
         self.workers = workers
         self.num_cpus = num_cpus
+        # Ray puts its sockets ~64 characters under the temp dir, and a socket
+        # path may have at most 107: a deep ``base`` (pytest-xdist's) gets a short
+        # temp dir of its own, removed by ``stop``.
         self.temp_dir = base / "ray"
+        self._own_temp: Path | None = None
+        if len(str(self.temp_dir)) > RAY_TEMP_MAX_CHARS:
+            self.temp_dir = self._own_temp = Path(tempfile.mkdtemp(prefix="roost-ray-"))
         self.port = _free_port(HEAD_IP)
         self.address = f"{HEAD_IP}:{self.port}"
         self.procs: list[subprocess.Popen[bytes]] = []
@@ -151,6 +160,8 @@ class LocalRayCluster:
             # started in a session of its own, so this reaches nothing else)
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        if self._own_temp is not None:
+            shutil.rmtree(self._own_temp, ignore_errors=True)
 
 
 class Front:

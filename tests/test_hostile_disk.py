@@ -25,7 +25,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from server.errors import error_middleware
 from storage.errors import StorageFull, Unavailable, from_sqlite
-from storage.layout import SHM_PREALLOC_BYTES, connect
+from storage.layout import SHM_PREALLOC_BYTES, connect, needs_shm_preallocation
 from tests.conftest import TIMEOUT
 from tests.test_hostile_limits import Server
 
@@ -116,12 +116,39 @@ def test_writer_connection_leaves_no_hole_in_the_wal_index(small_ext4: Path) -> 
         conn.close()
 
 
-def test_preallocation_keeps_sqlites_locks_on_the_wal_index(tmp_path: Path) -> None:
+def test_big_blocks_need_no_preallocation_and_leave_no_hole(tmp_path: Path) -> None:
+    """Where blocks are 4 KiB (this machine's disk), the ``-shm`` is not preallocated
+    (a cold activation saves the ``posix_fallocate``) and SQLite's own page writes leave
+    no hole in it, even after the WAL grows past one index region."""
+    if os.statvfs(tmp_path).f_frsize < 4096:
+        pytest.skip("the temporary directory's file system has small blocks")
+    assert not needs_shm_preallocation(str(tmp_path))
+    db = tmp_path / "s.db"
+    conn = connect(db)
+    try:
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        conn.execute("CREATE TABLE t (v)")
+        shm = str(db) + "-shm"
+        assert os.stat(shm).st_size < SHM_PREALLOC_BYTES  # SQLite's first region only
+        for i in range(5_000):  # > 4,062 frames: a second 32 KiB region
+            conn.execute("INSERT INTO t VALUES (?)", (os.urandom(3000),))
+        st = os.stat(shm)
+        assert st.st_size >= 2 * 32 * 1024
+        assert st.st_blocks * 512 >= st.st_size, "the -shm has holes"
+    finally:
+        conn.close()
+
+
+def test_small_blocks_need_preallocation(small_ext4: Path) -> None:
+    assert needs_shm_preallocation(str(small_ext4))
+
+
+def test_preallocation_keeps_sqlites_locks_on_the_wal_index(small_ext4: Path) -> None:
     """Preallocating must not close a descriptor of the ``-shm`` while SQLite holds
     locks on it (POSIX locks die with any close): another process opening the database
     must still see this one's connection and not truncate the index under its mapping
     (which is SIGBUS for this process)."""
-    db = tmp_path / "s.db"
+    db = small_ext4 / "s.db"
     conn = connect(db)
     reader = connect(db, readonly=True)
     try:
