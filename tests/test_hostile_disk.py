@@ -130,7 +130,7 @@ def test_big_blocks_need_no_preallocation_and_leave_no_hole(tmp_path: Path) -> N
         conn.execute("CREATE TABLE t (v)")
         shm = str(db) + "-shm"
         assert os.stat(shm).st_size < SHM_PREALLOC_BYTES  # SQLite's first region only
-        for i in range(5_000):  # > 4,062 frames: a second 32 KiB region
+        for _ in range(5_000):  # > 4,062 frames: a second 32 KiB region
             conn.execute("INSERT INTO t VALUES (?)", (os.urandom(3000),))
         st = os.stat(shm)
         assert st.st_size >= 2 * 32 * 1024
