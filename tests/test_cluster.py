@@ -259,6 +259,36 @@ async def _eq(got: Awaitable[list[str]], want: list[str]) -> bool:
     return await got == want
 
 
+async def test_cluster_ai_sdk_route_and_web_page_through_a_front(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """The AI SDK route (SPEC section 8) answers its UI message stream through front A
+    (the chat id names a session made on first use) and front B has both messages;
+    the web page and its scripts are served by a front."""
+    a, b = cluster.api(cluster.a), cluster.api(cluster.b)
+    body = {
+        "id": "c-ai",
+        "trigger": "submit-message",
+        "messages": [{"id": "u1", "role": "user", "parts": [{"type": "text", "text": "hi ai"}]}],
+    }
+    async with http.post(a + "/ai/chat", json=body) as r:
+        assert r.status == 200, await r.text()
+        assert r.headers["x-vercel-ai-ui-message-stream"] == "v1"
+        text = await r.text()
+    chunks = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+    assert chunks[-1] == "[DONE]"
+    kinds = [json.loads(c)["type"] for c in chunks[:-1]]
+    assert kinds[0] == "start" and kinds[-1] == "finish" and "text-delta" in kinds
+    items = await all_messages(http, b, "c-ai")
+    assert [(m["role"], m["content"], m["status"]) for m in items] == [
+        ("user", "hi ai", "complete"),
+        ("assistant", "hi ai", "complete"),
+    ]
+    for path in ("/", "/static/app.js"):
+        async with http.get(cluster.b.url + path) as r:
+            assert r.status == 200, path
+
+
 async def test_cluster_ws_on_b_sees_a_in_order_and_since_replays_on_a(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
