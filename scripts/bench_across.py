@@ -281,6 +281,7 @@ async def search_run(ctx: Ctx, t: Tgt, rnd: int) -> Metrics:
         out.update(latency_summary(latencies, f"{label} "))
     return {
         **latency_summary(every, "all queries "),
+        **out,
         **first,
         "messages": float(n_sessions * n_messages),
     }
