@@ -23,7 +23,7 @@ import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any, Protocol, TypeVar
@@ -76,6 +76,7 @@ class UserSearch:
         self._open: OrderedDict[str, UserIndex] = OrderedDict()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._jobs: set[Future[Any]] = set()  # on the write pool now
         self._closed = False
 
     def start(self) -> None:
@@ -90,6 +91,11 @@ class UserSearch:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        # a cancelled step's job may still run on the write pool: let the jobs end
+        # before closing the files they use (closing one under a running job crashed
+        # the process)
+        while self._jobs:
+            await asyncio.wait([asyncio.wrap_future(job) for job in list(self._jobs)])
         for idx in self._open.values():
             idx.close()
         self._open.clear()
@@ -125,7 +131,10 @@ class UserSearch:
         return lock
 
     async def _pool(self, fn: Callable[[], T]) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self.host.write_pool, fn)
+        job = self.host.write_pool.submit(fn)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        return await asyncio.wrap_future(job)
 
     async def _index_of(self, owner: str) -> UserIndex:
         idx = self._open.get(owner)

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import bench_across
 import orjson
 from _benchlib_client import (
     AppendJob,
@@ -679,6 +680,7 @@ WORKLOADS: tuple[Workload, ...] = (
         cold_run,
         roost_only=True,
     ),
+    *(Workload(n, d, run, roost_only=True) for n, d, run in bench_across.WORKLOADS),
 )
 
 
@@ -1043,6 +1045,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--big-messages", type=int, default=None, help="messages for history-1m (default 1000000)"
     )
+    bench_across.add_arguments(p)
     p.add_argument("--keep", action="store_true", help="keep the temp dir with logs and data")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = p.parse_args(argv)

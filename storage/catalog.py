@@ -73,11 +73,12 @@ class Catalog:
             try:
                 conn.executemany(
                     "INSERT INTO sessions (id, owner, updated_at, doc, pinned, archived, "
-                    "temporary, folder, expires_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "temporary, folder, expires_at, title) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                     "ON CONFLICT(id) DO UPDATE SET updated_at = excluded.updated_at, "
                     "doc = excluded.doc, pinned = excluded.pinned, archived = excluded.archived, "
                     "temporary = excluded.temporary, folder = excluded.folder, "
-                    "expires_at = excluded.expires_at",
+                    "expires_at = excluded.expires_at, title = excluded.title",
                     rows,
                 )
                 conn.executemany(
@@ -339,6 +340,7 @@ def _catalog_row(owner: str, d: dict[str, Any]) -> tuple[Any, ...]:
         int(bool(d.get("temporary"))),
         d.get("folder"),
         d.get("expires_at"),
+        d.get("title"),
     )
 
 
@@ -367,12 +369,18 @@ def _list(
         where.append("id IN (SELECT session_id FROM session_tags WHERE owner = ? AND tag = ?)")
         args += [owner, f.tag]
     if f.q is not None:
-        where.append("json_extract(doc, '$.title') LIKE ? ESCAPE '\\'")
+        where.append("title LIKE ? ESCAPE '\\'")
         args.append(_like(f.q))
     if cursor is not None:
         pinned, ts, ident = _decode_list_cursor(cursor)
-        where.append("(pinned, updated_at, id) < (?, ?, ?)")
-        args += [pinned, ts, ident]
+        if f.pinned is not None and pinned == int(f.pinned):
+            # pinned is fixed: a range on the rest reads the index in order (with
+            # pinned in the range SQLite sorted the rest of the list: 1 ms at page 5)
+            where.append("(updated_at, id) < (?, ?)")
+            args += [ts, ident]
+        else:
+            where.append("(pinned, updated_at, id) < (?, ?, ?)")
+            args += [pinned, ts, ident]
     rows = reader.execute(
         f"SELECT id, pinned, updated_at, doc FROM sessions WHERE {' AND '.join(where)} "
         "ORDER BY pinned DESC, updated_at DESC, id DESC LIMIT ?",

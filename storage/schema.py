@@ -180,6 +180,23 @@ CATALOG_MIGRATIONS: list[str] = [
     CREATE INDEX sessions_expiry ON sessions(expires_at) WHERE expires_at IS NOT NULL;
     CREATE INDEX sessions_by_age ON sessions(temporary, updated_at);
     """,
+    # v4 (issue 23, bench): a folder's list is read in list order from its own index
+    # (it used to walk the whole list, fetching each row to check its folder: 5 ms for
+    # an empty folder of 10,000 sessions); the title as a column at the end of the list
+    # index, so ``q=`` scans the index, not every row's JSON (18 ms -> ~2 ms for a title
+    # no session has, at 10,000 sessions)
+    """
+    DROP INDEX sessions_by_folder;
+    CREATE INDEX sessions_by_folder ON sessions(
+        owner, folder, temporary, archived, pinned DESC, updated_at DESC, id DESC
+    ) WHERE folder IS NOT NULL;
+    ALTER TABLE sessions ADD COLUMN title TEXT;
+    UPDATE sessions SET title = json_extract(doc, '$.title');
+    DROP INDEX sessions_list;
+    CREATE INDEX sessions_list ON sessions(
+        owner, temporary, archived, pinned DESC, updated_at DESC, id DESC, title
+    );
+    """,
 ]
 
 # A user's cross-session search index (issue 23): one file per user

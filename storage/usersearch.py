@@ -220,16 +220,18 @@ class UserIndex:
         """Messages matching ``q`` (:func:`storage.search.fts_query`), best first (BM25),
         from position ``offset``: ``[{session_id, message_id, seq, role, created_at,
         snippet: {text, spans}, score}]``. ``InvalidQuery`` for a query that is not valid.
+
+        The ranking covers at most the ``RANK_WINDOW`` newest matches (by when they were
+        indexed): a query matching more (a common word) returns the best of those, so
+        its cost stays bounded however many messages the user has; a query matching
+        fewer is ranked over all of them. Paging (``offset``) stays within that window.
+        Snippets and rows are made for the returned hits only.
         """
         expr = fts_query(q, raw=raw)
-        sql = (
-            "SELECT d.session_id, d.message_id, d.seq, d.role, d.created_at, "
-            f"snippet(docs_fts, 0, '{SNIPPET_OPEN}', '{SNIPPET_CLOSE}', '…', 24), "
-            "docs_fts.rank FROM docs_fts JOIN docs d ON d.id = docs_fts.rowid "
-            "WHERE docs_fts MATCH ? ORDER BY docs_fts.rank, d.id LIMIT ? OFFSET ?"
-        )
         try:
-            rows = self.conn.execute(sql, (expr, limit, offset)).fetchall()
+            floor = self.conn.execute(_WINDOW_FLOOR, (expr, RANK_WINDOW - 1)).fetchone()
+            rows = self.conn.execute(_TOP_HITS, (expr, floor[0] if floor else 0, limit, offset))
+            found = rows.fetchall()
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR:
                 raise InvalidQuery(
@@ -248,8 +250,31 @@ class UserIndex:
                 "snippet": snippet_spans(snippet),
                 "score": -float(rank),
             }
-            for sid, mid, seq, role, created_at, snippet, rank in rows
+            for sid, mid, seq, role, created_at, snippet, rank in found
         ]
+
+
+# A search ranks at most this many of its newest matches (see UserIndex.search): BM25
+# costs a few microseconds per match, so ranking all 500,000 matches of a common word
+# in 1M messages would take seconds; this keeps every query at milliseconds.
+RANK_WINDOW = 2000
+
+# the rowid of the RANK_WINDOW-th newest match (none: fewer matches, rank them all);
+# FTS5 walks its doclist from the end and stops there, without ranking
+_WINDOW_FLOOR = (
+    "SELECT rowid FROM docs_fts WHERE docs_fts MATCH ? ORDER BY rowid DESC LIMIT 1 OFFSET ?"
+)
+
+# rank the matches at or above the floor (FTS5 takes the rowid bound); ``ORDER BY rank``
+# alone lets FTS5 sort them itself, so the join and the snippet are made for the
+# returned page only (a second sort key made SQLite sort every match, each with its
+# row and snippet: 150 ms for a common word in 100,000 messages)
+_TOP_HITS = (
+    "SELECT d.session_id, d.message_id, d.seq, d.role, d.created_at, "
+    f"snippet(docs_fts, 0, '{SNIPPET_OPEN}', '{SNIPPET_CLOSE}', '…', 24), docs_fts.rank "
+    "FROM docs_fts JOIN docs d ON d.id = docs_fts.rowid "
+    "WHERE docs_fts MATCH ?1 AND docs_fts.rowid >= ?2 ORDER BY docs_fts.rank LIMIT ?3 OFFSET ?4"
+)
 
 
 def _upsert(conn: sqlite3.Connection, sid: str, doc: Doc) -> None:
