@@ -172,13 +172,9 @@ class SessionActor:
         """
         loop = asyncio.get_running_loop()
         try:
-            f = self._file = await loop.run_in_executor(self._write_pool, self._open)
+            f, events = await loop.run_in_executor(self._write_pool, self._open_and_recover)
+            self._file = f
             self.owner = f.owner
-            results, events, _ = await loop.run_in_executor(
-                self._write_pool, f.run_batch, [op_recover_unfinished()], now_iso()
-            )
-            if isinstance(results[0], Exception):
-                raise results[0]
         except BaseException as exc:
             await self._finish_close()
             if not self._ready.done():
@@ -190,6 +186,22 @@ class SessionActor:
         self._publish(events)
         self._on_commit(self, f.read_session())
         self._ready.set_result(None)
+
+    def _open_and_recover(self) -> tuple[SessionFile, list[Event]]:
+        """Open the file and run :func:`op_recover_unfinished` when a reply was left
+        unfinished (on the write pool: one hop per activation); the file is closed
+        again if that fails."""
+        f = self._open()
+        try:
+            if not f.has_unfinished():  # the usual case: no write transaction at all
+                return f, []
+            results, events, _ = f.run_batch([op_recover_unfinished()], now_iso())
+            if isinstance(results[0], Exception):
+                raise results[0]
+            return f, events
+        except BaseException:
+            f.close()
+            raise
 
     def _open(self) -> SessionFile:
         """Open the file (on the write pool); a WAL a crash left over

@@ -188,6 +188,8 @@ class UserSearch:
             return
         mark = await self._pool(lambda: idx.watermark(sid))
         async with self.host.lease(sid, owner) as actor:
+            if mark is not None and await actor.read(lambda f: f.event_seq()) <= mark:
+                return  # indexed up to its last event (an activation changes nothing)
             while True:
                 if mark is None:
                     await self._rebuild(idx, actor, sid)

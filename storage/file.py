@@ -111,7 +111,7 @@ class SessionFile:
             self.owner: str = SessionRow._make(raw).owner
             self._reader = connect(self.path, synchronous=synchronous, cache_kib=512)
             unpark(self.path)  # this activation holds the WAL index now
-            if self.durable and os.path.exists(f"{self.path}-wal"):
+            if self.durable and _nonempty(f"{self.path}-wal"):
                 # here, off the event loop: opening it fsyncs the folder. The WAL may
                 # hold a commit whose flush failed in an earlier activation (visible,
                 # perhaps not on disk): flushing it now, before any read, keeps the
@@ -120,6 +120,9 @@ class SessionFile:
                 # (the first commit of this activation flushes it, or fails, anyway)
                 with contextlib.suppress(OSError):
                     os.fdatasync(self.wal_fd())
+            # an empty WAL (the usual case: SQLite made it for this open) holds
+            # nothing to flush; its folder is synced by the first commit's
+            # ``wal_fd``, so an activation that only reads syncs nothing
         except sqlite3.Error as exc:
             self.close()
             raise from_sqlite(exc, path=self.path) from exc
@@ -335,6 +338,15 @@ class SessionFile:
         self._state = txn.state
         return results, txn.events, sess
 
+    def has_unfinished(self) -> bool:
+        """Whether a reply was left ``pending``/``streaming`` (by a crash, when the
+        owner asks on activation): a cheap partial-index probe, so that an
+        activation with nothing to recover opens no write transaction."""
+        row = self.writer.execute(
+            "SELECT 1 FROM messages WHERE status IN ('pending', 'streaming') LIMIT 1"
+        ).fetchone()
+        return row is not None
+
     # -- reads (committed state): one home each, in storage.reads / storage.search
 
     def read_session(self) -> dict[str, Any]:
@@ -371,3 +383,11 @@ class SessionFile:
     def search(self, q: str, *, limit: int = 20, raw: bool = False) -> list[dict[str, Any]]:
         """Messages matching ``q``, best first (:func:`storage.search.search`)."""
         return search.search(self, q, limit=limit, raw=raw)
+
+
+def _nonempty(path: str) -> bool:
+    """Whether the file at ``path`` exists and holds at least one byte."""
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:
+        return False
