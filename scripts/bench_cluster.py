@@ -346,8 +346,8 @@ async def amain(args: argparse.Namespace) -> int:
         bench.progress(f"error: {e}")
     finally:
         await asyncio.to_thread(pool.close)
-        for server in started:
-            await asyncio.to_thread(server.stop)
+        for launched in started:
+            await asyncio.to_thread(launched.stop)
     text, doc = report(ctx, workloads, outcomes, memory, errors, placement)
     print(text)
     doc["meta"] = {
