@@ -111,6 +111,16 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def base_urls(self) -> list[str]:
+        """Every URL that serves the same sessions (a cluster's fronts; here just one)."""
+        return [self.base_url]
+
+    @property
+    def listen_url(self) -> str:
+        """Where WebSocket listeners connect (a cluster: another front than the posts')."""
+        return self.base_url
+
+    @property
     def data_dir(self) -> Path:
         """The server's (fresh, bench-owned) data directory."""
         return self.workdir / "data"

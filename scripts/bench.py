@@ -300,9 +300,12 @@ def append_workload(many_clients: bool, many_sessions: bool) -> RunFn:
         sids = [ctx.sid("append", n_clients, n_sessions, rnd, i) for i in range(n_sessions)]
         await create_sessions(t, sids)
         per_client = [sids[i % n_sessions] for i in range(n_clients)]
+        bases = t.server.base_urls  # cluster mode: the fronts, one job each in turn
         jobs = [
-            AppendJob(t.base, part, ctx.sizes.append_duration_s, 1_000_000, MESSAGE_TEXT)
-            for part in split(per_client, ctx.pool.size)
+            AppendJob(
+                bases[i % len(bases)], part, ctx.sizes.append_duration_s, 1_000_000, MESSAGE_TEXT
+            )
+            for i, part in enumerate(split(per_client, ctx.pool.size))
         ]
         results = await run_pool(ctx, jobs, ctx.sizes.append_duration_s + 60)
         latencies, wall = merge_appends(results, f"{n_clients} clients")
@@ -456,7 +459,9 @@ def fanout_workload(wide: bool) -> RunFn:
         await create_sessions(t, sids)
         sockets = [sid for sid in sids for _ in range(per_session)]
         timeout = 30.0 + posts * (z.fanout_gap_s + 0.5)
-        jobs = [WsListenJob(t.base, part, posts, timeout) for part in split(sockets, ctx.pool.size)]
+        # cluster mode: the sockets listen on another front than the posts go through
+        listen = t.server.listen_url
+        jobs = [WsListenJob(listen, part, posts, timeout) for part in split(sockets, ctx.pool.size)]
         # Warm-up, untimed, before the sockets connect (as for the append workloads): one
         # keep-alive connection per poster and one append per session, so the first timed
         # wave measures neither 100 TCP handshakes nor each session's first write.
@@ -1047,6 +1052,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     bench_across.add_arguments(p)
     p.add_argument("--keep", action="store_true", help="keep the temp dir with logs and data")
+    p.add_argument(
+        "--cluster",
+        action="store_true",
+        help="cluster mode (scripts/bench_cluster.py): single node vs a loopback Ray cluster",
+    )
+    p.add_argument("--cluster-shards", type=int, default=4, help="--shards in cluster mode (4)")
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = p.parse_args(argv)
     if args.list:
@@ -1068,6 +1079,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse arguments and run the bench; returns the exit status."""
     args = parse_args(argv)
+    if args.cluster:
+        import bench_cluster
+
+        return asyncio.run(bench_cluster.amain(args))
     return asyncio.run(amain(args))
 
 
