@@ -78,6 +78,9 @@ class UserSearch:
         self._task: asyncio.Task[None] | None = None
         self._jobs: set[Future[Any]] = set()  # on the write pool now
         self._closed = False
+        # cluster mode has no search across sessions yet (it answers 501): a shard
+        # turns the indexer off rather than index for nobody
+        self.enabled = True
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="registry:user-search")
@@ -104,6 +107,8 @@ class UserSearch:
 
     def note(self, sid: str, owner: str) -> None:
         """Session ``sid`` of ``owner`` committed a change (cheap; on every commit)."""
+        if not self.enabled:
+            return
         sids = self._dirty.get(owner)
         if sids is None:
             sids = self._dirty[owner] = set()

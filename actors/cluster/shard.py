@@ -221,6 +221,7 @@ class Shard:
             disk_reserve=spec.disk_reserve,
         )
         registry.hooks = ShardHooks(self)
+        registry.user_search.enabled = False  # no /api/search in cluster mode yet
         shards, k = spec.shards, self.k
         registry.hosted = lambda sid: shard_of(sid, shards) == k  # the sweep skips the rest
         await registry.start()
