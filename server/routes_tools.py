@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
+import orjson
 from aiohttp import web
 from pydantic import ConfigDict, Field, StringConstraints
 
@@ -20,7 +21,6 @@ from server.keys import REGISTRY, SETTINGS, state_of
 from server.openapi import Reply, describe
 from server.requests import Id, Strict, check_content
 from server.responses import Message, Shape
-from storage.turns import tool_content
 
 routes = web.RouteTableDef()  # mounted under /api
 
@@ -78,9 +78,8 @@ async def post_tool_result(request: web.Request) -> web.Response:
         raise ApiError(
             400, "invalid_input", "give exactly one of output or error", {"loc": ["output"]}
         )
-    check_content(
-        tool_content(body.output, body.error), state_of(request)[SETTINGS], allow_empty=True
-    )
+    text = body.error if body.error is not None else orjson.dumps(body.output).decode()
+    check_content(text, state_of(request)[SETTINGS], allow_empty=True)
     async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
