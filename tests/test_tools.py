@@ -420,3 +420,48 @@ async def test_chat_while_awaiting_tool_is_queued(make_client: Any, provider: An
         )
 
     await until(answered, "the queued turn answered")
+
+
+async def test_crash_while_awaiting_writes_error_results(
+    server_process: Any, provider: Any
+) -> None:
+    """kill -9 while a call waits: after the restart the reply is `interrupted` and the
+    open call has an error result, so the session has no orphan."""
+    env = {
+        "ROOST_RESPONDER": "openai",
+        "ROOST_OPENAI_BASE_URL": provider.url,
+        "ROOST_OPENAI_MODEL": "m",
+        "ROOST_OPENAI_API_KEY": "sk-test",
+    }
+    srv = server_process(env=env)
+    await srv.wait_ready()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{srv.url}/api/sessions", json={"id": "s1"}) as r:
+            assert r.status == 201
+        async with http.patch(
+            f"{srv.url}/api/sessions/s1", json={"settings": {"tools": [WEATHER]}}
+        ) as r:
+            assert r.status == 200
+        async with http.post(
+            f"{srv.url}/api/sessions/s1/chat",
+            json={"content": "weather?"},
+            headers={"Accept": "application/json"},
+        ) as r:
+            a1 = (await r.json())["assistant_message"]
+    assert a1["status"] == "awaiting_tool"
+    srv.kill9()
+    srv2 = server_process(env=env)
+    await srv2.wait_ready()
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{srv2.url}/api/sessions/s1/messages?view=all") as r:
+            items = (await r.json())["items"]
+    assert [(m["role"], m["status"]) for m in items] == [
+        ("user", "complete"),
+        ("assistant", "interrupted"),
+        ("tool", "complete"),
+    ]
+    assert items[2]["tool_result"] == {
+        "tool_call_id": "call_1",
+        "is_error": True,
+        "error": "the server restarted while this call waited",
+    }
