@@ -175,22 +175,29 @@ class UIStream:
     with the final message; or :meth:`replay` for a reply that has ended.
     """
 
-    def __init__(self, message_id: str, version: int = 5) -> None:
+    def __init__(self, message_id: str, version: int = 5, *, continues: str | None = None) -> None:
         self.message_id = message_id
+        # a continuation (issue 19) goes on in the UI message it continues: ``start``
+        # names that one, and a ``start-step`` opens the new step (so the SDK's
+        # lastAssistantMessageIsCompleteWithToolCalls sees no finished calls in it)
+        self.continues = continues
         self.version = version  # the ai major the client accepts (approval chunks: 6+)
         self._texts = 0
         self._open: str | None = None
 
     def start(self, msg: dict[str, Any]) -> list[bytes]:
-        return [
+        out = [
             chunk(
                 {
                     "type": "start",
-                    "messageId": self.message_id,
+                    "messageId": self.continues or self.message_id,
                     "messageMetadata": message_metadata(msg),
                 }
             )
         ]
+        if self.continues is not None:
+            out.append(chunk({"type": "start-step"}))
+        return out
 
     def text(self, delta: str) -> list[bytes]:
         if not delta:
@@ -442,7 +449,7 @@ async def _tool_continue(
         else:
             reply = await s.get_message(waiting["id"])
     headers = {"X-Assistant-Message-Id": reply["id"]}
-    ui = UIStream(reply["id"], version)
+    ui = UIStream(reply["id"], version, continues=body.messages[-1].id)
     if cont is None:  # still waiting: the approved calls may run now
         first = ui.start(reply)
         for p in reply.get("parts") or []:
