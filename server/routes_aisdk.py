@@ -552,7 +552,12 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
     user = user_of(request)
     version = ui_version(request, body)
     draft: NewMessage | None = None
-    if body.trigger == "submit-message" and body.messages and body.messages[-1].role == "assistant":
+    if (
+        body.trigger == "submit-message"
+        and body.messages
+        and body.messages[-1].role == "assistant"
+        and _tool_parts(body.messages[-1])
+    ):
         return await _tool_continue(request, body, sid, user, version)
     if body.trigger == "submit-message":
         if not body.messages or body.messages[-1].role != "user":
