@@ -150,14 +150,15 @@ class Turns:
         return out
 
     async def cancel_waiting(self, mid: str) -> dict[str, Any] | None:
-        """Cancel reply ``mid`` if it waits for tools: error results for its open
-        calls, status ``cancelled``; None if it waits for nothing."""
+        """Cancel reply ``mid`` if it waits for tools (error results for its open
+        calls), or queued message ``mid``: status ``cancelled``; None if it waits
+        for nothing."""
         out: ToolOutcome | None = await self.host.submit_nowait(
             op_close_calls(mid, "the reply was cancelled", status="cancelled")
         )
         if out is None:
             return None
-        self._unwait(mid)
+        self.forget(mid)
         self.kick()
         return out.assistant
 

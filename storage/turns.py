@@ -459,10 +459,13 @@ def op_close_calls(
 ) -> Callable[[Txn], ToolOutcome | None]:
     """Give the open calls of waiting message ``mid`` error results ``why``; then
     set ``status`` (``cancelled``), or with None continue as when every result
-    came (a timeout). None if the message waits for nothing (idempotent)."""
+    came (a timeout). A ``queued`` message becomes ``cancelled`` (it never
+    starts). None if the message waits for nothing (idempotent)."""
 
     def run(txn: Txn) -> ToolOutcome | None:
         row = txn.message_row(mid)
+        if row.status == "queued":  # a queued turn cancelled before it started
+            return ToolOutcome(op_update_message(mid, {"status": "cancelled"})(txn), None, True)
         if row.status not in WAITING:
             return None
         _close_calls(txn, row, why)

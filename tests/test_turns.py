@@ -305,3 +305,28 @@ async def test_queued_turn_survives_kill9_and_runs_after_restart(server_process:
         ("assistant", "complete"),
     ]
     assert items[2]["id"] == qid and items[3]["content"] == "queued one"
+
+
+async def test_queued_message_can_be_cancelled(make_client: Any) -> None:
+    """Cancel on a queued message: `cancelled`, and its turn never starts."""
+    client = await make_client(echo_words_per_second=40)
+    await new_session(client)
+    await _start_reply(client, "first " + LONG)
+    _, b2, _ = await _chat_json(client, "second")
+    qid = b2["user_message"]["id"]
+    r = await client.post(f"/api/sessions/s1/messages/{qid}/cancel")
+    assert r.status == 200 and (await r.json())["status"] == "cancelled"
+
+    async def first_done() -> bool:
+        items = await _active(client)
+        return len(items) == 2 and items[1]["status"] == "complete"
+
+    await until(first_done, "the first reply done")
+    status, body, _ = await _chat_json(client, "third")
+    assert status == 201 and body["assistant_message"]["content"] == "third"
+    assert [m["content"].split()[0] for m in await _active(client)] == [
+        "first",
+        "first",
+        "third",
+        "third",
+    ]
