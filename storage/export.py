@@ -244,6 +244,9 @@ class ImportedSession(_Strict):
     title_source: Literal["user", "auto"] | None = None
     temporary: bool = False
     expires_at: Ts | None = None
+    # v4 (issue 19): settings are accepted and not kept (the copy starts without
+    # tools or a system prompt; PATCH them again, they are checked there)
+    settings: dict[str, Any] | None = None
 
 
 class ImportedMessage(_Strict):

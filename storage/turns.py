@@ -296,6 +296,8 @@ def op_turn(
                 user, reply, created = op_chat(draft, model_id=model_id)(txn)
                 return TurnOutcome(user, reply, created)
         policy = on_busy or session_settings(txn).get("on_busy") or default_on_busy
+        if policy not in ON_BUSY:
+            policy = default_on_busy
         rows = turn_rows(txn)
         busy = [r for r in rows if r.status in BUSY]
         if rows and policy == "reject":
