@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import orjson
 from aiohttp import web
-from pydantic import ConfigDict, Field, StringConstraints
+from pydantic import ConfigDict, Field, StringConstraints, WithJsonSchema
 
 from server.errors import ApiError
 from server.http import json_response, read_json, user_of
@@ -39,7 +39,11 @@ class ToolResultRequest(Strict):
 
     tool_call_id: Id
     output: Any = None
-    error: ErrorText | None = None
+    # null is refused (400): the schema says a string
+    error: Annotated[
+        ErrorText | None,
+        WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 10_000}),
+    ] = None
 
 
 class ToolApprovalRequest(Strict):
