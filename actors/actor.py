@@ -203,7 +203,7 @@ class SessionActor:
         self._on_commit(self, f.read_session())
         self._ready.set_result(None)
         if results[1] is True:  # a turn queued before a crash or restart starts now
-            self.turns.kick()
+            self.turns.kick(queued=True)
 
     def _open(self) -> SessionFile:
         """Open the file (on the write pool); a WAL a crash left over

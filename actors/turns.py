@@ -87,6 +87,9 @@ class Turns:
         self.waiting: dict[str, asyncio.TimerHandle] = {}
         self._started: dict[str, list[asyncio.Future[TurnStart | None]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        # whether a queued message may exist: only chats of this actor queue (and the
+        # activation finds those of before), so a reply's end costs no op otherwise
+        self.maybe_queued = False
         replies.on_end = self._reply_ended
 
     # ------------------------------------------------------------------ chats
@@ -106,6 +109,8 @@ class Turns:
             running = self.replies.get(mid)
             if running is not None:
                 running.stop("interrupted")
+        if out.queued:
+            self.maybe_queued = True
         if out.queued or out.reply is None:
             return TurnStart(out.user, out.reply, out.created, None, queued=out.queued)
         running = self.replies.get(out.reply["id"])
@@ -211,9 +216,12 @@ class Turns:
         if out is not None and out.reply is not None:
             self._start(out.reply)
 
-    def kick(self) -> None:
-        """Start the oldest queued turn if nothing is busy (asynchronously; idempotent)."""
-        self._spawn(self._start_queued)
+    def kick(self, *, queued: bool = False) -> None:
+        """Start the oldest queued turn if nothing is busy (asynchronously; idempotent).
+        ``queued``: a queued message is known to exist (activation)."""
+        self.maybe_queued = self.maybe_queued or queued
+        if self.maybe_queued:
+            self._spawn(self._start_queued)
 
     async def _start_queued(self) -> None:
         try:
@@ -221,8 +229,10 @@ class Turns:
         except Exception as exc:  # the actor stopped: the queue waits for its next activation
             log.debug("queued turn not started: %r", exc)
             return
-        if started is None:
+        if isinstance(started, bool):
+            self.maybe_queued = started
             return
+        self.maybe_queued = True  # there may be more behind it
         user, reply = started
         running = self._start(reply)
         turn = TurnStart(user, reply, True, running)

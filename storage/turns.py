@@ -318,15 +318,16 @@ def op_turn(
     return run
 
 
-def op_start_queued() -> Callable[[Txn], tuple[dict[str, Any], dict[str, Any]] | None]:
+def op_start_queued() -> Callable[[Txn], tuple[dict[str, Any], dict[str, Any]] | bool]:
     """Start the oldest queued turn if nothing is busy: place its user message
     below the active leaf (it becomes the leaf) and add its pending reply.
-    ``(user, reply)``, or None when there is nothing to start. Idempotent."""
+    ``(user, reply)``; else whether a queued message waits (True: something is
+    busy). Idempotent."""
 
-    def run(txn: Txn) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def run(txn: Txn) -> tuple[dict[str, Any], dict[str, Any]] | bool:
         rows = turn_rows(txn)
         if not rows or any(r.status in BUSY for r in rows):
-            return None
+            return any(r.status == "queued" for r in rows)
         row = rows[0]  # only queued ones are left, oldest first
         st = txn.state
         if st.active_leaf_seq is not None:
