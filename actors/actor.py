@@ -54,11 +54,13 @@ from actors.maintenance import Maintenance
 from actors.pubsub import Frame, Topic
 from actors.replies import Replies
 from actors.syncer import Syncer
+from actors.turns import Turns
 from storage.errors import StorageError, StorageFull, Unavailable
 from storage.file import SessionFile
 from storage.ids import now_iso
 from storage.layout import DataDir
 from storage.ops import op_recover_unfinished
+from storage.turns import op_recover_turns
 from storage.txn import BulkOp, Event, Txn
 
 T = TypeVar("T")
@@ -88,6 +90,9 @@ class ActorConfig:
     session_ttl: float = 0.0
     temporary_ttl: float = 3600.0
     sweep_interval: float = 60.0
+    # turns (issue 19): what a chat does while a reply runs; how long a tool call waits
+    on_busy: str = "queue"
+    tool_timeout: float = 600.0
 
 
 class State(enum.Enum):
@@ -142,6 +147,9 @@ class SessionActor:
         self.committed_ops = 0
         self.graceful = True
         self.replies = Replies(self, flush_interval=config.flush_interval)
+        self.turns = Turns(
+            self, self.replies, on_busy=config.on_busy, tool_timeout=config.tool_timeout
+        )
         self.maintenance = Maintenance(
             index_delay=config.index_delay,
             enqueue=self._enqueue,
@@ -172,7 +180,7 @@ class SessionActor:
         """
         loop = asyncio.get_running_loop()
         try:
-            f, events = await loop.run_in_executor(self._write_pool, self._open_and_recover)
+            f, events, queued = await loop.run_in_executor(self._write_pool, self._open_and_recover)
             self._file = f
             self.owner = f.owner
         except BaseException as exc:
@@ -186,19 +194,26 @@ class SessionActor:
         self._publish(events)
         self._on_commit(self, f.read_session())
         self._ready.set_result(None)
+        if queued:  # a turn queued before a crash or restart starts now
+            self.turns.kick(queued=True)
 
-    def _open_and_recover(self) -> tuple[SessionFile, list[Event]]:
-        """Open the file and run :func:`op_recover_unfinished` when a reply was left
-        unfinished (on the write pool: one hop per activation); the file is closed
-        again if that fails."""
+    def _open_and_recover(self) -> tuple[SessionFile, list[Event], bool]:
+        """Open the file and, when a turn was left running, waiting or queued, run
+        :func:`op_recover_unfinished` and :func:`op_recover_turns` (on the write
+        pool: one hop per activation). Returns the file, the recovery's events
+        and whether a queued turn should start; the file is closed again if
+        recovery fails."""
         f = self._open()
         try:
             if not f.has_unfinished():  # the usual case: no write transaction at all
-                return f, []
-            results, events, _ = f.run_batch([op_recover_unfinished()], now_iso())
-            if isinstance(results[0], Exception):
-                raise results[0]
-            return f, events
+                return f, [], False
+            results, events, _ = f.run_batch(
+                [op_recover_unfinished(), op_recover_turns()], now_iso()
+            )
+            for res in results:
+                if isinstance(res, Exception):
+                    raise res
+            return f, events, results[1] is True
         except BaseException:
             f.close()
             raise
@@ -227,7 +242,7 @@ class SessionActor:
     @property
     def busy(self) -> bool:
         """Whether the actor holds work that hibernation must not cut short."""
-        return bool(self.leases or self._mailbox or self.replies)
+        return bool(self.leases or self._mailbox or self.replies or self.turns.waiting)
 
     async def close(self) -> None:
         """Stop taking work, commit what is queued, close the file. Idempotent."""
@@ -253,6 +268,7 @@ class SessionActor:
 
     async def _finish_close(self, *, keep_index: bool = False) -> None:
         self.maintenance.stop()
+        self.turns.stop()
         if self._file is not None:
             f, self._file = self._file, None
             await asyncio.get_running_loop().run_in_executor(

@@ -339,6 +339,7 @@ class ActorRegistry(AcrossSessions, ShareLinks):
             hooks=self.hooks,
             on_reply_done=self._after_reply,
         )
+        actor.turns.responder_of = lambda: self.responder  # replies it starts itself
         return actor
 
     async def _make_room(self) -> None:

@@ -27,11 +27,12 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from actors.pubsub import Frame, Subscription, Topic
-from actors.responders import Delta, ReplyInfo, Responder, ResponderError
+from actors.responders import Delta, ReplyInfo, ReplyOptions, Responder, ResponderError
 from storage.errors import StorageError, Unavailable
 from storage.file import SessionFile
 from storage.ops import MessageDraft, op_chat, op_regenerate, op_stream
 from storage.reads import read_history
+from storage.turns import read_settings
 from storage.txn import Txn
 
 T = TypeVar("T")
@@ -102,6 +103,7 @@ class Reply:
         self._error: dict[str, Any] | None = None
         self.failure: StorageError | None = None  # the final commit failed (see above)
         self._on_end = on_end
+        self.options: ReplyOptions | None = None  # the session's settings (issue 19)
 
     def subscribe(self, maxsize: int, since: int = 0) -> Subscription:
         """Listen from offset ``since``: a catch-up delta of committed text, then live.
@@ -153,7 +155,10 @@ class Reply:
         if delta.tool_call is not None:
             if not self.parts and (self.committed or self._pending):
                 self.parts.append({"type": "text", "text": self.committed + self._pending})
-            self.parts.append({"type": "tool-call", **delta.tool_call})
+            part = {"type": "tool-call", **delta.tool_call}
+            if self.options is not None and part.get("tool_name") in self.options.approval:
+                part["needs_approval"] = True
+            self.parts.append(part)
         if self._pending_since is None:
             self._pending_since = time.monotonic()
         self._wakeup.set()
@@ -161,8 +166,9 @@ class Reply:
     async def _produce(
         self, responder: Responder, history: list[dict[str, Any]], model: str | None
     ) -> None:
+        kw: dict[str, Any] = {} if self.options is None else {"options": self.options}
         try:
-            async for item in responder.stream(history, model=model):
+            async for item in responder.stream(history, model=model, **kw):
                 if isinstance(item, ReplyInfo):
                     self.info = item
                     self._pending_since = self._pending_since or time.monotonic()
@@ -245,6 +251,8 @@ class Reply:
                 status = self.end_status or "cancelled"
             elif self._error is not None:
                 status = "error"
+            else:
+                status = self._tool_status()
         except BaseException as exc:
             producer.cancel()
             status = self.end_status or "interrupted"
@@ -253,6 +261,16 @@ class Reply:
             log.warning("reply %s stopped: %r", self.message_id, exc)
         finally:
             await self._finish(status)
+
+    def _tool_status(self) -> str:
+        """``complete``, or (the session declares tools and the model called some)
+        ``awaiting_approval`` / ``awaiting_tool`` (issue 19)."""
+        calls = [p for p in self.parts if p["type"] == "tool-call"]
+        if not calls or self.options is None or not self.options.tools:
+            return "complete"
+        if any(p.get("needs_approval") for p in calls):
+            return "awaiting_approval"
+        return "awaiting_tool"
 
     async def _finish(self, status: str) -> None:
         """Commit the end (``status``), then tell the listeners; never raises.
@@ -315,6 +333,8 @@ class Replies:
         self.host = host
         self.flush_interval = flush_interval
         self.running: dict[str, Reply] = {}
+        # told of every reply's end, after its listeners (the turns, issue 19)
+        self.on_end: Callable[[Reply], None] = lambda reply: None
 
     def __len__(self) -> int:
         return len(self.running)
@@ -348,18 +368,27 @@ class Replies:
 
     async def _run(self, reply: Reply, responder: Responder, model: str | None) -> None:
         parent = reply.message["parent_id"]
+        settings: dict[str, Any] = {}
         try:
-            history = await self.host.read(lambda f: read_history(f, parent, HISTORY_LIMIT))
+            history, settings = await self.host.read(
+                lambda f: (read_history(f, parent, HISTORY_LIMIT), read_settings(f))
+            )
         except Exception as exc:  # the actor stopped: the reply ends as it stands
             log.warning("reply %s could not read its history: %r", reply.message_id, exc)
             reply.end_status = reply.end_status or "interrupted"
             history = []
+        reply.options = ReplyOptions.of(settings)
+        model = model or settings.get("model")
         await reply.run(responder, history, model, self.flush_interval)
         if reply.final is not None and reply.final["status"] == "complete":
             await self.host.after_reply(reply.final, history)
 
     def _ended(self, reply: Reply) -> None:
         self.running.pop(reply.message_id, None)
+        try:
+            self.on_end(reply)
+        except Exception:
+            log.exception("after the end of reply %s", reply.message_id)
 
     async def chat(
         self, draft: MessageDraft, responder: Responder, *, model: str | None

@@ -34,6 +34,35 @@ class ReplyInfo:
     fallback_notice: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyOptions:
+    """What a session's settings ask of its replies (issue 19): a system prompt, a
+    temperature, the tools the model may call (``{name, description, parameters}``)
+    and the names of those whose calls wait for an approval."""
+
+    system_prompt: str | None = None
+    temperature: float | None = None
+    tools: tuple[dict[str, Any], ...] = ()
+    approval: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, settings: dict[str, Any]) -> ReplyOptions | None:
+        """The options of a session's ``settings`` (None when they ask for nothing)."""
+        tools = tuple(
+            {k: t[k] for k in ("name", "description", "parameters") if k in t}
+            for t in settings.get("tools") or []
+        )
+        out = cls(
+            system_prompt=settings.get("system_prompt"),
+            temperature=settings.get("temperature"),
+            tools=tools,
+            approval=frozenset(
+                t["name"] for t in settings.get("tools") or [] if t.get("needs_approval")
+            ),
+        )
+        return None if out == cls() else out
+
+
 class ResponderError(Exception):
     """The reply failed; ``code`` and ``message`` go to the client as they are."""
 
@@ -44,6 +73,9 @@ class ResponderError(Exception):
 
 
 class Responder(Protocol):
+    """``stream`` is called with ``options`` only when the session has settings
+    (issue 19), so a responder that knows none still works for the others."""
+
     name: str
 
     def stream(
@@ -72,7 +104,11 @@ class EchoResponder:
         self.delay = 1.0 / words_per_second if words_per_second > 0 else 0.0
 
     async def stream(
-        self, history: Sequence[dict[str, Any]], *, model: str | None = None
+        self,
+        history: Sequence[dict[str, Any]],
+        *,
+        model: str | None = None,
+        options: ReplyOptions | None = None,
     ) -> AsyncIterator[Delta | ReplyInfo]:
         yield ReplyInfo(model_id=model or "echo", provider_id="roost")
         last = next((m for m in reversed(history) if m["role"] == "user"), None)

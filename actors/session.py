@@ -43,6 +43,7 @@ from storage.ops import (
     op_update_session,
 )
 from storage.reads import Page, read_by_client_id_prefix, read_siblings
+from storage.turns import read_waiting
 
 WRITE_BATCH = 1024 * 1024
 
@@ -211,7 +212,9 @@ class SessionHandle:
     async def delete_message(self, mid: str) -> None:
         """Stop the message's reply if it runs, then replace it with a tombstone."""
         await self._actor.replies.cancel(mid)
+        await self._actor.turns.cancel_waiting(mid)
         await self._actor.submit(op_delete_message(mid))
+        self._actor.turns.forget(mid)
 
     async def update_session(
         self,
@@ -241,19 +244,68 @@ class SessionHandle:
     # -------------------------------------------------------------- replies
 
     async def chat(
-        self, message: NewMessage, *, model: str | None, maxsize: int | None
-    ) -> tuple[dict[str, Any], dict[str, Any], bool, ReplyStream]:
-        """Commit a user message and a pending reply, start the reply.
+        self,
+        message: NewMessage,
+        *,
+        model: str | None,
+        maxsize: int | None,
+        on_busy: str | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None, bool, ReplyStream | None]:
+        """Commit a user message and a pending reply, start the reply, under the
+        turn policy ``on_busy`` (None: the session's, else the server's; issue 19).
 
         Returns ``(user_message, reply_message, created, stream)``; the stream
         is live (subscribed with a queue of ``maxsize`` frames; None: not
         subscribed), or (a retried ``client_id`` whose reply ended) replays it.
-        Not idempotent but through ``client_id``.
+        A queued turn has no reply yet: ``reply_message`` and ``stream`` are
+        None and the user message's status is ``queued`` (see :meth:`started`).
+        Raises ``SessionBusy`` under ``reject``. Not idempotent but through
+        ``client_id``.
         """
-        user, reply, created, running = await self._actor.replies.chat(
-            message.draft(), self._registry.responder, model=model
+        turn = await self._actor.turns.chat(
+            message.draft(), self._registry.responder, model=model, on_busy=on_busy
         )
-        return user, reply, created, _stream(reply, running, maxsize)
+        if turn.reply is None:
+            return turn.user, None, turn.created, None
+        return turn.user, turn.reply, turn.created, _stream(turn.reply, turn.running, maxsize)
+
+    async def started(
+        self, user_mid: str, *, maxsize: int
+    ) -> tuple[dict[str, Any], ReplyStream] | None:
+        """Wait until queued message ``user_mid`` starts: ``(reply, stream)``; None
+        when it will not (deleted, or the actor stopped). Returns at once for a
+        message that is not queued (its reply, if it has one, ended or runs)."""
+        msg = await self.get_message(user_mid)
+        if msg["status"] != "queued":
+            return None
+        turn = await self._actor.turns.when_started(user_mid)
+        if turn is None or turn.reply is None:
+            return None
+        return turn.reply, _stream(turn.reply, turn.running, maxsize)
+
+    async def waiting_reply(self) -> dict[str, Any] | None:
+        """The newest reply waiting for tool results or approvals, or None."""
+        return await self._actor.read(read_waiting)
+
+    async def tool_result(
+        self, mid: str, tool_call_id: str, *, output: Any = None, error: str | None = None
+    ) -> tuple[dict[str, Any], bool, dict[str, Any] | None]:
+        """Store the result of a tool call of reply ``mid`` (idempotent per call id):
+        ``(tool_message, created, continuation)``; the continuation (a new pending
+        reply) starts when this was the last open call."""
+        out = await self._actor.turns.tool_result(mid, tool_call_id, output=output, error=error)
+        assert out.tool_message is not None
+        return out.tool_message, out.created, out.reply
+
+    async def tool_approval(
+        self, mid: str, tool_call_id: str, *, approved: bool, reason: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+        """Approve or deny a call of reply ``mid``: ``(assistant_message,
+        tool_message of a denial, continuation)``."""
+        out = await self._actor.turns.tool_approval(
+            mid, tool_call_id, approved=approved, reason=reason
+        )
+        return out.assistant, out.tool_message, out.reply
 
     async def regenerate(
         self, mid: str, *, model: str | None, maxsize: int
@@ -267,6 +319,8 @@ class SessionHandle:
     async def cancel(self, mid: str) -> dict[str, Any]:
         """Stop reply ``mid`` (text so far kept); an ended one is returned as it is."""
         final = await self._actor.replies.cancel(mid)
+        if final is None:
+            final = await self._actor.turns.cancel_waiting(mid)
         if final is None:
             final = await self.get_message(mid)
         return final

@@ -100,6 +100,7 @@ from server.routes_ops import add_ops_routes, metrics_middleware
 from server.routes_realtime import close_realtime
 from server.routes_realtime import routes as realtime_routes
 from server.routes_static import setup_static
+from server.routes_tools import routes as tools_routes
 from server.settings import Settings
 from server.tokens import Logins, load_tokens
 from storage.layout import DataDir
@@ -331,6 +332,7 @@ def make_api() -> web.Application:
         identity_routes,
         meta_routes,
         across_routes,
+        tools_routes,
     ):
         api.router.add_routes(routes)
     return api

@@ -145,7 +145,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, exc.code, exc.message, exc.details, exc.headers)
     except StorageError as exc:
         status = status_of(exc)
-        headers = {"Retry-After": "1"} if status == 503 else None
+        headers = {"Retry-After": "1"} if status == 503 or exc.code == "session_busy" else None
         return error_response(status, exc.code, exc.message, exc.details, headers)
     except ValidationError as exc:
         return error_response(

@@ -104,9 +104,13 @@ def pong(ref: Any) -> bytes:
 
 
 def chat_ack(
-    ref: Any, client_id: str | None, user_message: dict[str, Any], assistant_message: dict[str, Any]
+    ref: Any,
+    client_id: str | None,
+    user_message: dict[str, Any],
+    assistant_message: dict[str, Any] | None,
 ) -> bytes:
-    """``chat.ack``: the committed user message and the pending reply."""
+    """``chat.ack``: the committed user message and the pending reply (None: the
+    user message is ``queued``; its reply comes as events when it starts)."""
     return orjson.dumps(
         {
             "type": "chat.ack",

@@ -30,8 +30,9 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from actors.responders import Delta, ReplyInfo, ResponderError
+from actors.responders import Delta, ReplyInfo, ReplyOptions, ResponderError
 from server.settings import Settings, check_base_url
+from server.tool_history import provider_messages, request_extras
 
 log = logging.getLogger("roost.openai")
 
@@ -68,20 +69,12 @@ class _ModelFailed(Exception):
         self.failure = failure
 
 
-def to_openai_messages(history: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The chat history in the provider's shape (finished text only)."""
-    out: list[dict[str, Any]] = []
-    for m in history:
-        if m["role"] == "tool":
-            call = m.get("tool_result") or m.get("tool_call") or {}
-            call_id = call.get("tool_call_id") if isinstance(call, dict) else None
-            if call_id:
-                out.append({"role": "tool", "tool_call_id": call_id, "content": m["content"]})
-            continue
-        if m["role"] == "assistant" and not m["content"]:
-            continue
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
+def to_openai_messages(
+    history: Sequence[dict[str, Any]], system_prompt: str | None = None
+) -> list[dict[str, Any]]:
+    """The chat history in the provider's shape, tool calls with their results and
+    never an orphan (``server.tool_history``)."""
+    return provider_messages(history, system_prompt)
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -215,12 +208,21 @@ class OpenAIResponder:
         )
 
     async def stream(
-        self, history: Sequence[dict[str, Any]], *, model: str | None = None
+        self,
+        history: Sequence[dict[str, Any]],
+        *,
+        model: str | None = None,
+        options: ReplyOptions | None = None,
     ) -> AsyncIterator[Delta | ReplyInfo]:
-        """The reply as deltas; raises :class:`ResponderError` (a code of :data:`CODES`)."""
+        """The reply as deltas; raises :class:`ResponderError` (a code of :data:`CODES`).
+
+        ``options`` (a session's settings) add the system prompt, the tools and
+        the temperature to the request.
+        """
         deadline = asyncio.get_running_loop().time() + self.reply_timeout
         models = list(dict.fromkeys([model or self.model, *self.fallbacks]))
-        messages = to_openai_messages(history)
+        messages = to_openai_messages(history, options.system_prompt if options else None)
+        extras = request_extras(options)
         failures: list[ProviderFailure] = []
         for i, m in enumerate(models):
             notice = None
@@ -228,7 +230,7 @@ class OpenAIResponder:
                 notice = f"{models[0]} failed ({failures[0].message}); answered by {m}"
             try:
                 retries = self.retries if i + 1 == len(models) else 0
-                async for item in self._one(m, messages, notice, deadline, retries):
+                async for item in self._one(m, messages, notice, deadline, retries, extras):
                     yield item
                 return
             except _ModelFailed as exc:
@@ -252,10 +254,11 @@ class OpenAIResponder:
         notice: str | None,
         deadline: float,
         retries: int,
+        extras: dict[str, Any],
     ) -> AsyncIterator[Delta | ReplyInfo]:
         produced = False
         calls: dict[int, dict[str, Any]] = {}
-        resp = await self._connect(model, messages, deadline, retries)
+        resp = await self._connect(model, messages, deadline, retries, extras)
         try:
             yield ReplyInfo(model_id=model, provider_id=self.provider_id, fallback_notice=notice)
             while True:
@@ -317,7 +320,12 @@ class OpenAIResponder:
             )
 
     async def _connect(
-        self, model: str, messages: list[dict[str, Any]], deadline: float, retries: int
+        self,
+        model: str,
+        messages: list[dict[str, Any]],
+        deadline: float,
+        retries: int,
+        extras: dict[str, Any] | None = None,
     ) -> aiohttp.ClientResponse:
         """A 200 response with its body unread, after up to ``retries`` retries.
 
@@ -326,7 +334,9 @@ class OpenAIResponder:
         headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        body = orjson.dumps({"model": model, "messages": messages, "stream": True})
+        body = orjson.dumps(
+            {"model": model, "messages": messages, "stream": True, **(extras or {})}
+        )
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.connect_timeout, sock_read=self.idle_timeout
         )

@@ -108,6 +108,58 @@ class SessionCreate(Strict):
     expires_at: Timestamp | None = Field(None, description="delete the session at this time")
 
 
+# session settings (issue 19); the limits are stated in the README
+MAX_SYSTEM_PROMPT_CHARS = 32_000
+MAX_TOOLS = 64
+MAX_TOOL_PARAMETERS_BYTES = 16_384
+ToolName = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+
+
+class ToolSpec(Strict):
+    """A tool the model may call; ``parameters`` is its JSON Schema (an object)."""
+
+    name: ToolName
+    description: Annotated[str, StringConstraints(strict=True, max_length=1024)] | None = None
+    parameters: dict[str, Any] | None = None
+    needs_approval: bool = False
+
+
+class SessionSettings(Strict):
+    """What a session's replies are made with; ``PATCH settings`` replaces them whole."""
+
+    system_prompt: (
+        Annotated[str, StringConstraints(strict=True, max_length=MAX_SYSTEM_PROMPT_CHARS)] | None
+    ) = None
+    model: Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)] | None = (
+        None
+    )
+    temperature: Annotated[float, Field(strict=False, ge=0, le=2)] | None = None
+    tools: Annotated[list[ToolSpec], Field(max_length=MAX_TOOLS)] | None = None
+    on_busy: Literal["reject", "queue", "interrupt", "rollback"] | None = None
+
+
+def check_settings(value: SessionSettings | None) -> dict[str, Any]:
+    """The settings to store (``{}`` for null), or ApiError 400: tool names must be
+    unique, each tool's ``parameters`` at most MAX_TOOL_PARAMETERS_BYTES of JSON."""
+    if value is None:
+        return {}
+    tools = value.tools or []
+    names = [t.name for t in tools]
+    if len(set(names)) != len(names):
+        raise ApiError(
+            400, "invalid_input", "tool names must be unique", {"loc": ["settings", "tools"]}
+        )
+    for i, t in enumerate(tools):
+        if t.parameters is not None and len(orjson.dumps(t.parameters)) > MAX_TOOL_PARAMETERS_BYTES:
+            raise ApiError(
+                400,
+                "invalid_input",
+                f"a tool's parameters are at most {MAX_TOOL_PARAMETERS_BYTES} bytes of JSON",
+                {"loc": ["settings", "tools", i, "parameters"]},
+            )
+    return value.model_dump(exclude_none=True)
+
+
 class SessionPatch(Strict):
     # an empty patch is refused (400 "nothing to change"): say so in the schema
     model_config = ConfigDict(json_schema_extra={"minProperties": 1})
@@ -120,6 +172,9 @@ class SessionPatch(Strict):
     folder: Folder | None = Field(None, description="null takes the session out of its folder")
     tags: Tags | None = None
     expires_at: Timestamp | None = Field(None, description="null: no fixed expiry")
+    settings: SessionSettings | None = Field(
+        None, description="replaces the session's settings; null clears them (issue 19)"
+    )
 
 
 class FeedbackPut(Strict):
@@ -250,6 +305,9 @@ class LoginRequest(Strict):
 Model = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=200)]
 
 
+OnBusy = Literal["reject", "queue", "interrupt", "rollback"]
+
+
 class ChatRequest(Strict):
     content: Str
     client_id: ClientId | None = None
@@ -257,6 +315,11 @@ class ChatRequest(Strict):
     model: Model | None = None
     attachments: list[Id] | None = None
     metadata: dict[str, Any] | None = None
+    on_busy: OnBusy | None = Field(
+        None,
+        description="while a reply runs or waits for a tool: reject (409 session_busy), "
+        "queue, interrupt or rollback; default: the session's settings, else --on-busy",
+    )
 
 
 class RegenerateRequest(Strict):

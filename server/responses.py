@@ -38,6 +38,9 @@ class Session(Shape):
         description="expires after --temporary-ttl seconds of inactivity; hidden from the list"
     )
     expires_at: str | None = Field(description="when the session is deleted, or null")
+    settings: dict[str, Any] = Field(
+        description="system_prompt, model, temperature, tools, on_busy (issue 19)"
+    )
 
 
 class Feedback(Shape):
@@ -60,7 +63,17 @@ class Message(Shape):
     role: Literal["user", "assistant", "system", "tool"]
     content: str
     parts: list[dict[str, Any]] | None
-    status: Literal["pending", "streaming", "complete", "error", "cancelled", "interrupted"]
+    status: Literal[
+        "pending",
+        "streaming",
+        "complete",
+        "error",
+        "cancelled",
+        "interrupted",
+        "queued",
+        "awaiting_tool",
+        "awaiting_approval",
+    ]
     parent_id: str | None
     client_id: str | None
     model_id: str | None
@@ -104,7 +117,8 @@ class ChatResult(Shape):
 
     client_id: str | None = None
     user_message: Message | None = None
-    assistant_message: Message
+    assistant_message: Message | None = Field(description="null while the turn is queued")
+    queued: bool = False
 
 
 class User(Shape):
@@ -184,7 +198,17 @@ class FolderList(Shape):
 class SiblingItem(Shape):
     id: str
     role: Literal["user", "assistant", "system", "tool"]
-    status: Literal["pending", "streaming", "complete", "error", "cancelled", "interrupted"]
+    status: Literal[
+        "pending",
+        "streaming",
+        "complete",
+        "error",
+        "cancelled",
+        "interrupted",
+        "queued",
+        "awaiting_tool",
+        "awaiting_approval",
+    ]
     deleted: bool
     created_at: str
 

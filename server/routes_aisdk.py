@@ -30,6 +30,20 @@ Contract, where the AI SDK leaves it to the server:
   ``messageMetadata`` on ``start`` and ``finish``. Text arrives as one text
   part while streaming; tool calls (which providers finish at the end of a
   reply) follow it as ``tool-input-available`` chunks.
+- Tools (issue 19): a reply that called tools ends ``awaiting_tool`` with a
+  ``tool-input-available`` chunk per call; a submit whose last message is that
+  assistant message with tool outputs (what ``addToolResult``/``addToolOutput``
+  and ``sendAutomaticallyWhen`` send) stores each result (``output-available``,
+  ``output-error``) and, with approvals (``approval-responded``), each decision,
+  then streams the continuation. Stream versions: ``ai`` 6 and 7 have approval
+  chunks (``tool-approval-request``, ``tool-output-denied``), 5 has not (its
+  strict schema refuses them). The version is what the client says it accepts:
+  the ``X-AI-SDK-Version`` request header (``5``, ``6``, ``7`` or a full
+  version; the transport's ``headers`` option), else 6 when a message of the
+  request carries an ``approval`` (only 6 and later make those), else 5. A v5
+  client sees a call that needs approval as ``tool-input-available`` and
+  approves it through ``POST .../tool-approvals``; a denial is
+  ``tool-output-error``.
 - A failed reply, or one stopped by the server's shutdown (status
   ``interrupted``), sends an ``error`` chunk before ``finish``. ``useChat``
   stops reading at ``error``, so a ``message-metadata`` chunk with the final
@@ -96,6 +110,7 @@ class AiChatRequest(Strict):
     trigger: Literal["submit-message", "regenerate-message"]
     messageId: UiId | None = None  # the AI SDK's spelling
     model: Model | None = None
+    on_busy: Literal["reject", "queue", "interrupt", "rollback"] | None = None
 
 
 # ------------------------------------------------------------------ pure parts
@@ -160,21 +175,29 @@ class UIStream:
     with the final message; or :meth:`replay` for a reply that has ended.
     """
 
-    def __init__(self, message_id: str) -> None:
+    def __init__(self, message_id: str, version: int = 5, *, continues: str | None = None) -> None:
         self.message_id = message_id
+        # a continuation (issue 19) goes on in the UI message it continues: ``start``
+        # names that one, and a ``start-step`` opens the new step (so the SDK's
+        # lastAssistantMessageIsCompleteWithToolCalls sees no finished calls in it)
+        self.continues = continues
+        self.version = version  # the ai major the client accepts (approval chunks: 6+)
         self._texts = 0
         self._open: str | None = None
 
     def start(self, msg: dict[str, Any]) -> list[bytes]:
-        return [
+        out = [
             chunk(
                 {
                     "type": "start",
-                    "messageId": self.message_id,
+                    "messageId": self.continues or self.message_id,
                     "messageMetadata": message_metadata(msg),
                 }
             )
         ]
+        if self.continues is not None:
+            out.append(chunk({"type": "start-step"}))
+        return out
 
     def text(self, delta: str) -> list[bytes]:
         if not delta:
@@ -194,11 +217,10 @@ class UIStream:
         self._open = None
         return out
 
-    @staticmethod
-    def tool(part: dict[str, Any]) -> list[bytes]:
+    def tool(self, part: dict[str, Any]) -> list[bytes]:
         """The chunks of a ``tool-call`` or ``tool-result`` part (none for others)."""
         if part.get("type") == "tool-call":
-            return [
+            out = [
                 chunk(
                     {
                         "type": "tool-input-available",
@@ -208,6 +230,33 @@ class UIStream:
                     }
                 )
             ]
+            if part.get("needs_approval") and "approved" not in part and self.version >= 6:
+                out.append(
+                    chunk(
+                        {
+                            "type": "tool-approval-request",
+                            "approvalId": part["tool_call_id"],
+                            "toolCallId": part["tool_call_id"],
+                        }
+                    )
+                )
+            elif part.get("approved") is False:
+                if self.version >= 6:
+                    out.append(
+                        chunk({"type": "tool-output-denied", "toolCallId": part["tool_call_id"]})
+                    )
+                else:
+                    why = "denied" + (f": {part['reason']}" if part.get("reason") else "")
+                    out.append(
+                        chunk(
+                            {
+                                "type": "tool-output-error",
+                                "toolCallId": part["tool_call_id"],
+                                "errorText": why,
+                            }
+                        )
+                    )
+            return out
         if part.get("type") == "tool-result":
             if part.get("is_error"):
                 result = part.get("result")
@@ -320,6 +369,99 @@ async def _chunks(ui: UIStream, sub: Subscription | None) -> AsyncIterator[bytes
             return
 
 
+def ui_version(request: web.Request, body: AiChatRequest | None = None) -> int:
+    """The ``ai`` major whose stream the client accepts (see the module docstring)."""
+    raw = request.headers.get("X-AI-SDK-Version", "").strip()
+    if raw:
+        major = raw.split(".", 1)[0]
+        if not major.isdigit() or not 1 <= len(major) <= 3:
+            raise ApiError(
+                400,
+                "invalid_input",
+                f"X-AI-SDK-Version must be a version like 6 or 6.0.1, got {raw[:40]!r}",
+            )
+        return max(5, int(major))
+    for m in body.messages if body is not None else []:
+        if any(isinstance(p.get("approval"), dict) for p in m.parts):
+            return 6
+    return 5
+
+
+def _tool_parts(message: UIMessage) -> list[dict[str, Any]]:
+    """The tool parts (static ``tool-<name>`` or ``dynamic-tool``) of a UI message."""
+    return [
+        p
+        for p in message.parts
+        if isinstance(p.get("type"), str)
+        and (p["type"].startswith("tool-") or p["type"] == "dynamic-tool")
+        and isinstance(p.get("toolCallId"), str)
+    ]
+
+
+async def _tool_continue(
+    request: web.Request, body: AiChatRequest, sid: str, user: str, version: int
+) -> web.StreamResponse:
+    """A submit ending with the assistant message: store its tool outputs and
+    approvals for the reply that waits, then stream the continuation (or, while
+    calls still wait, the calls that may run now)."""
+    maxsize = state_of(request)[SETTINGS].subscriber_queue
+    parts = _tool_parts(body.messages[-1])
+    async with state_of(request)[REGISTRY].session(sid, user) as s:
+        waiting = await s.waiting_reply()
+        if waiting is None:
+            raise ApiError(
+                409, "conflict", "no reply of this chat waits for tool results or approvals"
+            )
+        calls = {
+            p["tool_call_id"]: p for p in waiting.get("parts") or [] if p.get("type") == "tool-call"
+        }
+        cont: dict[str, Any] | None = None
+        for part in parts:
+            cid, state = part["toolCallId"], part.get("state")
+            if cid not in calls:
+                continue
+            approval = part.get("approval")
+            with contextlib.suppress(Conflict):
+                if (
+                    state == "approval-responded"
+                    and isinstance(approval, dict)
+                    and isinstance(approval.get("approved"), bool)
+                ):
+                    reason = approval.get("reason")
+                    _, _, got = await s.tool_approval(
+                        waiting["id"],
+                        cid,
+                        approved=approval["approved"],
+                        reason=reason if isinstance(reason, str) else None,
+                    )
+                    cont = got or cont
+                elif state == "output-available":
+                    _, _, got = await s.tool_result(waiting["id"], cid, output=part.get("output"))
+                    cont = got or cont
+                elif state == "output-error":
+                    text = part.get("errorText")
+                    error = text if isinstance(text, str) and text else "the tool failed"
+                    _, _, got = await s.tool_result(waiting["id"], cid, error=error[:10_000])
+                    cont = got or cont
+        if cont is not None:
+            stream = await s.stream(cont["id"], since=0, maxsize=maxsize)
+            reply = cont
+        else:
+            reply = await s.get_message(waiting["id"])
+    headers = {"X-Assistant-Message-Id": reply["id"]}
+    ui = UIStream(reply["id"], version, continues=body.messages[-1].id)
+    if cont is None:  # still waiting: the approved calls may run now
+        first = ui.start(reply)
+        for p in reply.get("parts") or []:
+            if p.get("type") == "tool-call" and p.get("approved") is True:
+                plain = {k: v for k, v in p.items() if k not in ("approved", "needs_approval")}
+                first += ui.tool(plain)
+        return await _send(request, ui, first + ui.end(reply, tools=False), None, headers)
+    sub = stream.subscription
+    first = ui.start(reply) if sub is not None else ui.replay(reply)
+    return await _send(request, ui, first, sub, headers)
+
+
 async def _ensure_session(registry: Places, sid: str, user: str) -> None:
     """Create session ``sid`` for ``user`` unless it exists (a race is fine)."""
     try:
@@ -408,7 +550,15 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
     check_scope(request, sid)  # the middleware could not see the body's session id
     check_session_rate(request, sid)  # nor could the rate limiter
     user = user_of(request)
+    version = ui_version(request, body)
     draft: NewMessage | None = None
+    if (
+        body.trigger == "submit-message"
+        and body.messages
+        and body.messages[-1].role == "assistant"
+        and _tool_parts(body.messages[-1])
+    ):
+        return await _tool_continue(request, body, sid, user, version)
     if body.trigger == "submit-message":
         if not body.messages or body.messages[-1].role != "user":
             raise ApiError(
@@ -440,14 +590,24 @@ async def ai_chat(request: web.Request) -> web.StreamResponse:
                 if before is not None and before["client_id"] != draft.client_id:
                     draft.parent_id = before["parent_id"]
                     draft.explicit_parent = True
-            user_msg, reply, _, stream = await s.chat(draft, model=body.model, maxsize=maxsize)
+            user_msg, got, _, got_stream = await s.chat(
+                draft, model=body.model, maxsize=maxsize, on_busy=body.on_busy
+            )
             headers["X-User-Message-Id"] = user_msg["id"]
+            if got is None or got_stream is None:  # queued (issue 19): wait for its turn
+                started = await s.started(user_msg["id"], maxsize=maxsize)
+                if started is None:
+                    raise ApiError(
+                        409, "conflict", "the queued message was removed before its turn came"
+                    )
+                got, got_stream = started
+            reply, stream = got, got_stream
         else:
             target = await _regenerate_target(s, body)
             reply, stream = await s.regenerate(target, model=body.model, maxsize=maxsize)
     sub = stream.subscription
     headers["X-Assistant-Message-Id"] = reply["id"]
-    ui = UIStream(reply["id"])
+    ui = UIStream(reply["id"], version)
     first = ui.start(reply) if sub is not None else ui.replay(reply)
     return await _send(request, ui, first, sub, headers)
 
@@ -479,6 +639,6 @@ async def ai_resume(request: web.Request) -> web.StreamResponse:
     if found is None:
         return web.Response(status=204)
     message, sub = found
-    ui = UIStream(message["id"])
+    ui = UIStream(message["id"], ui_version(request))
     headers = {"X-Assistant-Message-Id": message["id"]}
     return await _send(request, ui, ui.start(message), sub, headers)

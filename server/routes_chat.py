@@ -8,7 +8,7 @@ import orjson
 from aiohttp import web
 
 from actors.replies import reply_delta
-from actors.session import ReplyStream
+from actors.session import ReplyStream, SessionHandle
 from server import frames
 from server.errors import ApiError
 from server.http import json_response, read_json, user_of
@@ -70,10 +70,16 @@ async def _answer(
     responses={
         200: Reply("the reply as SSE, or (a retry) JSON", ChatResult, (SSE, JSON)),
         201: Reply("with Accept: application/json: the finished exchange", ChatResult),
+        202: Reply("with Accept: application/json: the user message, queued", ChatResult),
     },
 )
 async def chat(request: web.Request) -> web.StreamResponse:
-    """Commit the user message and a pending reply, then stream the reply."""
+    """Commit the user message and a pending reply, then stream the reply.
+
+    While another reply of the session runs or waits for a tool, ``on_busy``
+    decides (issue 19); a queued message answers 202 (JSON) or an ``ack`` with
+    ``queued: true``, then, once its turn starts, a second ``ack`` and the reply.
+    """
     settings = state_of(request)[SETTINGS]
     data, _ = await read_json(request)
     body = ChatRequest.model_validate(data)
@@ -82,8 +88,10 @@ async def chat(request: web.Request) -> web.StreamResponse:
         request.match_info["sid"], user_of(request)
     ) as s:
         user, reply, created, stream = await s.chat(
-            draft, model=body.model, maxsize=settings.subscriber_queue
+            draft, model=body.model, maxsize=settings.subscriber_queue, on_busy=body.on_busy
         )
+        if reply is None or stream is None:
+            return await _queued(request, s, body.client_id, user)
     ack = {
         "client_id": body.client_id,
         "user_message_id": user["id"],
@@ -146,6 +154,57 @@ async def cancel(request: web.Request) -> web.Response:
     ) as s:
         final = await s.cancel(mid)
     return json_response(final)
+
+
+async def _queued(
+    request: web.Request, s: SessionHandle, client_id: str | None, user: dict[str, Any]
+) -> web.StreamResponse:
+    """Answer a queued chat: 202 JSON at once, or SSE that waits for its turn."""
+    settings = state_of(request)[SETTINGS]
+    ack: dict[str, Any] = {
+        "client_id": client_id,
+        "user_message_id": user["id"],
+        "assistant_message_id": None,
+        "user_message": user,
+        "assistant_message": None,
+        "queued": True,
+    }
+    headers = {"X-User-Message-Id": user["id"]}
+    if wants_json(request):
+        body = {k: ack[k] for k in ("client_id", "user_message", "assistant_message", "queued")}
+        return json_response(body, 202, headers)
+    resp = await open_sse(request, headers)
+    await resp.write(encode("ack", orjson.dumps(ack)))
+    started = await s.started(user["id"], maxsize=settings.subscriber_queue)
+    if started is None:
+        await resp.write(encode("done", orjson.dumps({"message_id": None})))
+        return resp
+    reply, stream = started
+    first = [
+        encode(
+            "ack",
+            orjson.dumps(
+                {
+                    **ack,
+                    "assistant_message_id": reply["id"],
+                    "assistant_message": reply,
+                    "queued": False,
+                }
+            ),
+        )
+    ]
+    if stream.final is not None:
+        first += _finished_frames(stream.final, 0)
+    sub = stream.subscription
+    await pump(
+        request,
+        resp,
+        frames.sse_events(sub),
+        heartbeat=settings.sse_heartbeat,
+        first=first,
+        sub=sub,
+    )
+    return resp
 
 
 def _last_event_id(request: web.Request) -> int:

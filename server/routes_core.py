@@ -30,6 +30,7 @@ from server.requests import (
     check_expires_at,
     check_metadata,
     check_parts,
+    check_settings,
     check_title,
 )
 from server.responses import Message, MessagePage, Session, SessionList, SessionView, SiblingsPage
@@ -178,7 +179,7 @@ async def patch_session(request: web.Request) -> web.Response:
             400,
             "invalid_input",
             "nothing to change: give title, metadata, active_leaf_id, pinned, archived, "
-            "folder, tags or expires_at",
+            "folder, tags, expires_at or settings",
         )
     check_title(body.title, settings)
     check_metadata(body.metadata, settings, _meta_size(body.metadata))
@@ -191,6 +192,8 @@ async def patch_session(request: web.Request) -> web.Response:
             organisation[key] = getattr(body, key)
     if "expires_at" in organisation:
         organisation["expires_at"] = check_expires_at(body.expires_at)
+    if "settings" in data:
+        organisation["settings"] = check_settings(body.settings)
     async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:

@@ -243,7 +243,9 @@ async def _ws_chat(
         request.match_info["sid"], user_of(request)
     ) as s:
         # not subscribed: the reply streams as message.delta events of the feed
-        user, reply, _, _ = await s.chat(draft, model=body.model, maxsize=None)
+        user, reply, _, _ = await s.chat(
+            draft, model=body.model, maxsize=None, on_busy=body.on_busy
+        )
     await _send(ws, frames.chat_ack(ref, body.client_id, user, reply))
 
 

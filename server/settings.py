@@ -103,6 +103,13 @@ class Settings(BaseModel):
         0.05, gt=0, le=0.1, description="seconds between commits of streaming text (<= 0.1)"
     )
     shutdown_grace: float = Field(2.0, ge=0, description="seconds replies get at shutdown")
+    # turns and tools (issue 19)
+    on_busy: Literal["reject", "queue", "interrupt", "rollback"] = Field(
+        "queue", description="what a chat does while a reply runs (unless it or its session says)"
+    )
+    tool_timeout: float = Field(
+        600.0, ge=0, description="seconds a tool call waits for its result (0 = forever)"
+    )
     sse_heartbeat: float = Field(15.0, gt=0, description="seconds between SSE keep-alives")
     openai_base_url: str = Field(
         "https://api.openai.com/v1", description="OpenAI-compatible API base URL"
@@ -262,6 +269,8 @@ class Settings(BaseModel):
             subscriber_queue=self.subscriber_queue,
             flush_interval=self.flush_interval,
             shutdown_grace=self.shutdown_grace,
+            on_busy=self.on_busy,
+            tool_timeout=self.tool_timeout,
             session_ttl=self.session_ttl,
             temporary_ttl=self.temporary_ttl,
             sweep_interval=self.sweep_interval,

@@ -50,6 +50,13 @@ class Conflict(StorageError):
     code = "conflict"
 
 
+class SessionBusy(Conflict):
+    """A turn was refused because another one runs (``on_busy: reject``, issue 19);
+    ``details.running_message_id`` names it."""
+
+    code = "session_busy"
+
+
 class PreconditionFailed(StorageError):
     code = "precondition_failed"
 

@@ -148,6 +148,10 @@ def _coalesce(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
         yield b"".join(buf)
 
 
+# statuses an import does not keep: nothing runs, waits or is queued in a fresh copy
+UNSETTLED = ("pending", "streaming", "queued", "awaiting_tool", "awaiting_approval")
+
+
 def iter_export(
     path: Path,
     sid: str,
@@ -240,6 +244,9 @@ class ImportedSession(_Strict):
     title_source: Literal["user", "auto"] | None = None
     temporary: bool = False
     expires_at: Ts | None = None
+    # v4 (issue 19): settings are accepted and not kept (the copy starts without
+    # tools or a system prompt; PATCH them again, they are checked there)
+    settings: dict[str, Any] | None = None
 
 
 class ImportedMessage(_Strict):
@@ -249,7 +256,17 @@ class ImportedMessage(_Strict):
     role: Literal["user", "assistant", "system", "tool"]
     content: str
     parts: list[Any] | None = None
-    status: Literal["pending", "streaming", "complete", "error", "cancelled", "interrupted"]
+    status: Literal[
+        "pending",
+        "streaming",
+        "complete",
+        "error",
+        "cancelled",
+        "interrupted",
+        "queued",
+        "awaiting_tool",
+        "awaiting_approval",
+    ]
     parent_id: MsgId | None = None
     client_id: ShortText | None = None
     model_id: ShortText | None = None
@@ -558,7 +575,7 @@ def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: s
             info[m.id] = (m.seq, depth)
             parent_of[m.seq] = pseq
             live += not m.deleted
-            status = "interrupted" if m.status in ("pending", "streaming") else m.status
+            status = "interrupted" if m.status in UNSETTLED else m.status
             refs = [{**r, "url": attachment_url(sid, str(r["id"]))} for r in m.attachments]
             yield MessageRow(
                 seq=m.seq,

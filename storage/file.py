@@ -339,11 +339,13 @@ class SessionFile:
         return results, txn.events, sess
 
     def has_unfinished(self) -> bool:
-        """Whether a reply was left ``pending``/``streaming`` (by a crash, when the
-        owner asks on activation): a cheap partial-index probe, so that an
-        activation with nothing to recover opens no write transaction."""
+        """Whether a turn was left running, waiting for a tool or queued (by a crash
+        or a restart, when the owner asks on activation): a cheap partial-index
+        probe (``messages_turns``), so that an activation with nothing to recover
+        opens no write transaction."""
         row = self.writer.execute(
-            "SELECT 1 FROM messages WHERE status IN ('pending', 'streaming') LIMIT 1"
+            "SELECT 1 FROM messages WHERE status IN "
+            "('pending', 'streaming', 'queued', 'awaiting_tool', 'awaiting_approval') LIMIT 1"
         ).fetchone()
         return row is not None
 

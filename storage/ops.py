@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from storage.errors import Conflict, InvalidInput, PreconditionFailed
+from storage.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from storage.ids import uuid7
 from storage.rows import (
     ATTACHMENT_INSERT,
@@ -299,6 +299,8 @@ def op_update_session(
                 st.tags = dumps(sorted(set(value)))
             elif key in ("folder", "expires_at"):
                 setattr(st, key, value)
+            elif key == "settings":  # issue 19: checked by the caller
+                st.settings = dumps(value)
             else:
                 raise InvalidInput(f"field {key!r} cannot be changed")
         if set_title:
@@ -459,6 +461,10 @@ def op_regenerate(mid: str, *, model_id: str | None = None) -> Callable[[Txn], d
     return run
 
 
+# a reply's status a newer turn set while the reply still streamed (issue 19)
+ENDED_BY_OTHERS = ("interrupted", "cancelled")
+
+
 def op_stream(
     mid: str,
     text: str,
@@ -477,7 +483,16 @@ def op_stream(
     """
 
     def run(txn: Txn) -> dict[str, Any] | None:
-        row = txn.message_row(mid)
+        raw = txn.conn.execute(
+            f"SELECT {MESSAGE_SELECT} FROM messages WHERE id = ?", (mid,)
+        ).fetchone()
+        if raw is None:
+            raise NotFound(f"message {mid!r} not found", details={"message_id": mid})
+        row = MessageRow._make(raw)
+        if row.deleted_at is not None:  # rolled back by a newer turn (issue 19)
+            return message_doc(row, txn.session_id)
+        # ended by a newer turn (interrupt) while this text was on its way: keep that end
+        new_status = row.status if row.status in ENDED_BY_OTHERS else status
         sets = [
             "content = content || ?",
             "parts = ?",
@@ -485,7 +500,7 @@ def op_stream(
             "version = version + 1",
             "updated_at = ?",
         ]
-        args: list[Any] = [text, None if parts is None else dumps(parts), status, txn.now]
+        args: list[Any] = [text, None if parts is None else dumps(parts), new_status, txn.now]
         if error is not None:
             sets.append("error = ?")
             args.append(dumps(error))
@@ -497,9 +512,14 @@ def op_stream(
         txn.conn.execute(f"UPDATE messages SET {', '.join(sets)} WHERE seq = ?", args)
         if text:
             txn.ephemeral("message.delta", feed_delta(mid, len(row.content), text))
-        if row.status == status:
-            return None
-        if status not in UNFINISHED:
+        if row.status == new_status:
+            if new_status not in ENDED_BY_OTHERS:
+                return None
+            ended = txn.message_by_seq(row.seq)  # the end the newer turn set, with this text
+            if text:
+                txn.emit("message.updated", {"message": ended})
+            return ended
+        if new_status not in UNFINISHED:
             txn.touch_session()
         msg = txn.message_by_seq(row.seq)
         txn.emit("message.updated", {"message": msg})

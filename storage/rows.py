@@ -24,7 +24,18 @@ import orjson
 from storage.attachments import attachment_url
 
 ROLES = ("user", "assistant", "system", "tool")
-STATUSES = ("pending", "streaming", "complete", "error", "cancelled", "interrupted")
+STATUSES = (
+    "pending",
+    "streaming",
+    "complete",
+    "error",
+    "cancelled",
+    "interrupted",
+    # issue 19: a turn waiting for its start, a reply waiting for tool results or approvals
+    "queued",
+    "awaiting_tool",
+    "awaiting_approval",
+)
 UNFINISHED = ("pending", "streaming")
 
 
@@ -96,6 +107,7 @@ class SessionRow(NamedTuple):
     title_source: str | None
     temporary: int
     expires_at: str | None
+    settings: str  # v4 (issue 19): system prompt, model, temperature, tools, on_busy (JSON)
 
 
 class AttachmentRow(NamedTuple):
@@ -241,6 +253,8 @@ class SessionFields(Protocol):
     def temporary(self) -> int: ...
     @property
     def expires_at(self) -> str | None: ...
+    @property
+    def settings(self) -> str: ...
 
 
 def session_doc(row: SessionFields) -> dict[str, Any]:
@@ -261,6 +275,7 @@ def session_doc(row: SessionFields) -> dict[str, Any]:
         "title_source": row.title_source,
         "temporary": bool(row.temporary),
         "expires_at": row.expires_at,
+        "settings": loads(row.settings) or {},
     }
 
 

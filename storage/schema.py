@@ -130,6 +130,14 @@ SESSION_MIGRATIONS: list[str] = [
     ALTER TABLE messages ADD COLUMN feedback TEXT;
     UPDATE session SET title_source = 'user' WHERE title IS NOT NULL;
     """,
+    # v4 (issue 19): per-session settings (system prompt, model, temperature, tools,
+    # on_busy) as JSON, and an index over the turn statuses (a running, waiting or
+    # queued turn is found without a scan)
+    """
+    ALTER TABLE session ADD COLUMN settings TEXT NOT NULL DEFAULT '{}';
+    CREATE INDEX messages_turns ON messages(status, seq)
+        WHERE status IN ('pending', 'streaming', 'queued', 'awaiting_tool', 'awaiting_approval');
+    """,
 ]
 
 CATALOG_MIGRATIONS: list[str] = [

@@ -104,6 +104,7 @@ class SessionState:
     title_source: str | None
     temporary: int
     expires_at: str | None
+    settings: str
     leaf_depth: int
     leaf_child_count: int
     next_seq: int = 1

@@ -150,9 +150,26 @@ async def test_openai_sends_active_history(make_client: Any, provider: Any) -> N
     await new_session(client)
     await _chat_json(client, "first")
     await _chat_json(client, "second")
+    # the first reply's tool call had no result (the session declares no tools): it is
+    # sent with an error result, never as an orphan (issue 19)
     assert seen[-1]["body"]["messages"] == [
         {"role": "user", "content": "first"},
-        {"role": "assistant", "content": "Let me check the weather."},
+        {
+            "role": "assistant",
+            "content": "Let me check the weather.",
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'},
+                }
+            ],
+        },
+        {
+            "role": "tool",
+            "tool_call_id": "call_1",
+            "content": "Error: no result was given for this call",
+        },
         {"role": "user", "content": "second"},
     ]
 

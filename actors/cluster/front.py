@@ -215,14 +215,53 @@ class RemoteSessionHandle(SessionHandle):
 
     # replies
     async def chat(
-        self, message: NewMessage, *, model: str | None, maxsize: int | None
-    ) -> tuple[dict[str, Any], dict[str, Any], bool, ReplyStream]:
+        self,
+        message: NewMessage,
+        *,
+        model: str | None,
+        maxsize: int | None,
+        on_busy: str | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None, bool, ReplyStream | None]:
         plain = message_to_plain(message)
         if maxsize is None:
-            user, reply, created = await self._call("chat", message=plain, model=model)
-            return user, reply, created, ReplyStream(reply["id"])
-        (user, reply, created, final), gen = await self._stream("chat", message=plain, model=model)
+            user, reply, created = await self._call(
+                "chat", message=plain, model=model, on_busy=on_busy
+            )
+            return user, reply, created, None if reply is None else ReplyStream(reply["id"])
+        (user, reply, created, final), gen = await self._stream(
+            "chat", message=plain, model=model, on_busy=on_busy
+        )
+        if reply is None:  # queued (issue 19): its reply comes as session events
+            cancel_gen(gen)
+            return user, None, created, None
         return user, reply, created, _reply_stream(reply["id"], final, gen, maxsize)
+
+    async def started(
+        self, user_mid: str, *, maxsize: int
+    ) -> tuple[dict[str, Any], ReplyStream] | None:
+        """Cluster mode does not wait for a queued turn here: its reply comes as
+        session events (the feed) when it starts."""
+        return None
+
+    async def waiting_reply(self) -> dict[str, Any] | None:
+        msg: dict[str, Any] | None = await self._call("waiting_reply")
+        return msg
+
+    async def tool_result(
+        self, mid: str, tool_call_id: str, *, output: Any = None, error: str | None = None
+    ) -> tuple[dict[str, Any], bool, dict[str, Any] | None]:
+        tool_msg, created, cont = await self._call(
+            "tool_result", mid=mid, tool_call_id=tool_call_id, output=output, error=error
+        )
+        return tool_msg, created, cont
+
+    async def tool_approval(
+        self, mid: str, tool_call_id: str, *, approved: bool, reason: str | None
+    ) -> tuple[dict[str, Any], dict[str, Any] | None, dict[str, Any] | None]:
+        assistant, tool_msg, cont = await self._call(
+            "tool_approval", mid=mid, tool_call_id=tool_call_id, approved=approved, reason=reason
+        )
+        return assistant, tool_msg, cont
 
     async def regenerate(
         self, mid: str, *, model: str | None, maxsize: int

@@ -64,7 +64,9 @@ T = TypeVar("T")
 Answer = tuple[str, Any]
 
 # methods of the session façade a shard answers through ``call``, by name
-WRITES = frozenset({"append", "update_message", "update_session", "chat", "add_attachment"})
+WRITES = frozenset(
+    {"append", "update_message", "update_session", "chat", "add_attachment", "tool_result"}
+)
 DIRECTORY_PUSH_DELAY = 0.05
 
 
@@ -82,8 +84,12 @@ async def _append(s: SessionHandle, message: dict[str, Any]) -> list[Any]:
     return [msg, created]
 
 
-async def _chat(s: SessionHandle, message: dict[str, Any], model: str | None) -> list[Any]:
-    user, reply, created, _ = await s.chat(message_from_plain(message), model=model, maxsize=None)
+async def _chat(
+    s: SessionHandle, message: dict[str, Any], model: str | None, on_busy: str | None = None
+) -> list[Any]:
+    user, reply, created, _ = await s.chat(
+        message_from_plain(message), model=model, maxsize=None, on_busy=on_busy
+    )
     return [user, reply, created]
 
 
@@ -114,6 +120,10 @@ async def _blob_read(s: SessionHandle, sha256: str, n: int, pos: int) -> bytes:
         blob.close()
 
 
+async def _listed(call: Awaitable[tuple[Any, ...]]) -> list[Any]:
+    return list(await call)
+
+
 CALLS: dict[str, Callable[..., Awaitable[Any]]] = {
     "read_session": lambda s: s.read_session(),
     "overview": _overview,
@@ -131,6 +141,14 @@ CALLS: dict[str, Callable[..., Awaitable[Any]]] = {
     "update_session": lambda s, **kw: s.update_session(**kw),
     "cancel": lambda s, mid: s.cancel(mid),
     "chat": _chat,
+    # the tool loop (issue 19)
+    "waiting_reply": lambda s: s.waiting_reply(),
+    "tool_result": lambda s, mid, tool_call_id, output, error: _listed(
+        s.tool_result(mid, tool_call_id, output=output, error=error)
+    ),
+    "tool_approval": lambda s, mid, tool_call_id, approved, reason: _listed(
+        s.tool_approval(mid, tool_call_id, approved=approved, reason=reason)
+    ),
     "add_attachment": _add_attachment,
     "blob_size": _blob_size,
     "blob_read": _blob_read,
@@ -265,19 +283,26 @@ class Shard:
                     reg.check_disk()
                 async with reg.session(sid, user) as s:
                     if op == "chat":
-                        u, reply, created, stream = await s.chat(
-                            message_from_plain(kw["message"]), model=kw["model"], maxsize=maxsize
+                        u, reply, created, chat_stream = await s.chat(
+                            message_from_plain(kw["message"]),
+                            model=kw["model"],
+                            maxsize=maxsize,
+                            on_busy=kw.get("on_busy"),
                         )
-                        first = [u, reply, created, stream.final]
+                        first = [u, reply, created, None]
+                        if chat_stream is not None:
+                            first[3] = chat_stream.final
+                            sub = chat_stream.subscription
                     elif op == "regenerate":
                         reply, stream = await s.regenerate(
                             kw["mid"], model=kw["model"], maxsize=maxsize
                         )
                         first = [reply, stream.final]
+                        sub = stream.subscription
                     else:
                         stream = await s.stream(kw["mid"], since=kw["since"], maxsize=maxsize)
                         first = stream.final
-                sub = stream.subscription
+                        sub = stream.subscription
         except Exception as exc:
             plain = encode_error(exc)
             if plain is None:
