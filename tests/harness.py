@@ -36,6 +36,9 @@ import aiohttp
 ROOT = Path(__file__).resolve().parent.parent
 # One scale for every wait in the suite: slow CI machines raise it.
 TIMEOUT = float(os.environ.get("ROOST_TEST_TIMEOUT", "10"))
+# a new server process: interpreter start and imports take seconds on a loaded
+# machine (two cores shared by two test workers, browsers and Ray nodes)
+START_TIMEOUT = max(3 * TIMEOUT, 30.0)
 POLL = 0.01  # seconds between two looks of a polling wait
 
 
@@ -133,8 +136,8 @@ class ServerProcess:
 
     async def wait_ready(self) -> None:
         """Wait until GET /healthz answers 200. Raises if the process exits or
-        TIMEOUT passes (the message holds the server's log)."""
-        deadline = time.monotonic() + TIMEOUT
+        START_TIMEOUT passes (the message holds the server's log)."""
+        deadline = time.monotonic() + START_TIMEOUT
         async with aiohttp.ClientSession() as s:
             while True:
                 if self.proc.poll() is not None:
@@ -144,13 +147,15 @@ class ServerProcess:
                         if r.status == 200:
                             return
                 if time.monotonic() > deadline:
-                    raise AssertionError(f"server not ready after {TIMEOUT}s: {self.log_text()}")
+                    raise AssertionError(
+                        f"server not ready after {START_TIMEOUT}s: {self.log_text()}"
+                    )
                 await asyncio.sleep(0.05)
 
     def wait_ready_blocking(self) -> None:
         """:meth:`wait_ready` for code without an event loop (blocks the thread)."""
         try:
-            eventually_blocking(self._healthy, "GET /healthz to answer 200")
+            eventually_blocking(self._healthy, "GET /healthz to answer 200", START_TIMEOUT)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.log_text()}") from None
 

@@ -21,6 +21,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import ROOT, TIMEOUT, free_port
+from tests.harness import START_TIMEOUT
 
 
 class Server:
@@ -61,7 +62,7 @@ class Server:
             env={**os.environ, **(env or {})},
             preexec_fn=limit_descriptors,
         )
-        deadline = time.monotonic() + TIMEOUT
+        deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.proc.poll() is not None:
                 raise AssertionError(f"server exited early: {self.log.read_text()}")
@@ -274,6 +275,7 @@ def _raise_own_nofile(need: int) -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
 
 
+@pytest.mark.timeout(300)  # 3,000 requests: minutes on a loaded two-core machine
 async def test_actor_cap_fits_the_descriptor_limit(tmp_path: Path) -> None:
     """At ``ulimit -n 4096``, 1,500 sessions touched at once all answer 200."""
     _raise_own_nofile(8192)
