@@ -103,3 +103,23 @@ def user_of(request: web.Request) -> str:
     """The authenticated user id ('' when the server runs without tokens)."""
     user: str = request.get(USER, "")
     return user
+
+
+def query_since(request: web.Request, *, header: str | None = None, digits: int = 15) -> int | None:
+    """The ``since`` event seq of a feed request (else the ``header``'s value, e.g.
+    ``Last-Event-ID``), at most ``digits`` digits; None when neither is given.
+    Raises a 400 ``invalid_input`` for anything but a plain integer."""
+    raw = request.query.get("since")
+    if raw is None and header is not None:
+        raw = request.headers.get(header)
+    if raw is None or raw == "":
+        return None
+    value = ascii_int(raw, digits)
+    if value is None:
+        raise ApiError(
+            400,
+            "invalid_input",
+            f"since must be an event seq (an integer), got {raw[:40]!r}",
+            {"loc": ["query", "since"]},
+        )
+    return value

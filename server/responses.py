@@ -13,6 +13,19 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# a message's status (storage.rows.Status, which server/ does not import)
+MessageStatus = Literal[
+    "pending",
+    "streaming",
+    "complete",
+    "error",
+    "cancelled",
+    "interrupted",
+    "queued",
+    "awaiting_tool",
+    "awaiting_approval",
+]
+
 
 class Shape(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -63,17 +76,7 @@ class Message(Shape):
     role: Literal["user", "assistant", "system", "tool"]
     content: str
     parts: list[dict[str, Any]] | None
-    status: Literal[
-        "pending",
-        "streaming",
-        "complete",
-        "error",
-        "cancelled",
-        "interrupted",
-        "queued",
-        "awaiting_tool",
-        "awaiting_approval",
-    ]
+    status: MessageStatus
     parent_id: str | None
     client_id: str | None
     model_id: str | None
@@ -198,17 +201,7 @@ class FolderList(Shape):
 class SiblingItem(Shape):
     id: str
     role: Literal["user", "assistant", "system", "tool"]
-    status: Literal[
-        "pending",
-        "streaming",
-        "complete",
-        "error",
-        "cancelled",
-        "interrupted",
-        "queued",
-        "awaiting_tool",
-        "awaiting_approval",
-    ]
+    status: MessageStatus
     deleted: bool
     created_at: str
 

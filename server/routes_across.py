@@ -22,14 +22,20 @@ from aiohttp import WSMsgType, hdrs, web
 from actors.userlog import UserFeed
 from server import access, frames
 from server.errors import ApiError
-from server.http import json_response, parse_body, query_choice, query_int, user_of
+from server.http import (
+    json_response,
+    parse_body,
+    query_choice,
+    query_int,
+    query_since,
+    user_of,
+)
 from server.keys import METRICS, OPEN_SOCKETS, OPEN_STREAMS, REGISTRY, SETTINGS, state_of
 from server.openapi import SSE, Param, Reply, cursor_param, describe
 from server.requests import FeedbackPut
 from server.responses import CrossSearchPage, FolderList, Message
 from server.sse import open_sse, pump
 from server.wire import snippet_html
-from storage.ids import ascii_int
 
 routes = web.RouteTableDef()  # mounted under /api
 
@@ -118,23 +124,6 @@ async def search_all(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------------- list feed
 
 
-def _since(request: web.Request) -> int | None:
-    raw = request.query.get("since")
-    if raw is None:
-        raw = request.headers.get("Last-Event-ID")
-    if raw is None or raw == "":
-        return None
-    value = ascii_int(raw, 18)
-    if value is None:
-        raise ApiError(
-            400,
-            "invalid_input",
-            f"since must be an event seq (an integer), got {raw[:40]!r}",
-            {"loc": ["query", "since"]},
-        )
-    return value
-
-
 @routes.get("/events")
 @describe(
     params=(
@@ -160,7 +149,8 @@ async def user_events(request: web.Request) -> web.StreamResponse:
         raise ApiError(
             403, "forbidden_origin", f"origin {request.headers.get('Origin')!r} is not allowed"
         )
-    since = _since(request)
+    # a list feed's seqs start at the process's start time in ms (actors.userlog)
+    since = query_since(request, header="Last-Event-ID", digits=18)
     settings = state_of(request)[SETTINGS]
     log = state_of(request)[REGISTRY].user_log(user_of(request))
     if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":

@@ -16,13 +16,12 @@ from actors.feed import End, Feed
 from actors.pubsub import Frame
 from server import access, frames
 from server.errors import ApiError, status_of, validation_details
-from server.http import user_of
+from server.http import query_since, user_of
 from server.keys import DRAIN, OPEN_FEEDS, OPEN_SOCKETS, OPEN_STREAMS, REGISTRY, SETTINGS, state_of
 from server.openapi import FEED_EVENTS, SSE, Param, Reply, describe
 from server.requests import ChatRequest, chat_draft
 from server.sse import open_sse, pump
 from storage.errors import StorageError
-from storage.ids import ascii_int
 
 routes = web.RouteTableDef()  # mounted under /api
 log = logging.getLogger("roost.server")
@@ -34,23 +33,6 @@ SOCKET_CLOSE_WAIT = 1.0
 def origin_allowed(request: web.Request) -> bool:
     """Same-origin requests, requests without Origin (non-browsers), and the allow-list."""
     return access.origin_allowed(request)
-
-
-def _since(request: web.Request, header: str | None = None) -> int | None:
-    raw = request.query.get("since")
-    if raw is None and header is not None:
-        raw = request.headers.get(header)
-    if raw is None or raw == "":
-        return None
-    value = ascii_int(raw, 15)
-    if value is None:
-        raise ApiError(
-            400,
-            "invalid_input",
-            f"since must be an event seq (an integer), got {raw[:40]!r}",
-            {"loc": ["query", "since"]},
-        )
-    return value
 
 
 async def _open_feed(request: web.Request, since: int | None) -> Feed:
@@ -71,7 +53,7 @@ async def _open_feed(request: web.Request, since: int | None) -> Feed:
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     """hello, the events missed since ``since``, then live events; takes chat/cancel/ping."""
     settings = state_of(request)[SETTINGS]
-    feed = await _open_feed(request, _since(request))
+    feed = await _open_feed(request, query_since(request))
     ws = web.WebSocketResponse(
         heartbeat=settings.ws_heartbeat,
         max_msg_size=settings.max_ws_frame_bytes,
@@ -265,7 +247,7 @@ async def _ws_chat(
 async def events(request: web.Request) -> web.StreamResponse:
     """The WebSocket's event stream as SSE; resumes from ``Last-Event-ID`` (or ``?since=``)."""
     settings = state_of(request)[SETTINGS]
-    feed = await _open_feed(request, _since(request, "Last-Event-ID"))
+    feed = await _open_feed(request, query_since(request, header="Last-Event-ID"))
     state_of(request)[OPEN_FEEDS].add(feed)
     _stop_if_draining(request, feed)
     try:

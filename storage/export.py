@@ -51,9 +51,11 @@ from storage.rows import (
     MESSAGE_INSERT,
     MESSAGE_SELECT,
     SESSION_SELECT,
+    UNSETTLED,
     AttachmentRow,
     MessageRow,
     SessionRow,
+    Status,
     attachment_doc,
     message_doc,
     prefixed,
@@ -148,8 +150,7 @@ def _coalesce(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
         yield b"".join(buf)
 
 
-# statuses an import does not keep: nothing runs, waits or is queued in a fresh copy
-UNSETTLED = ("pending", "streaming", "queued", "awaiting_tool", "awaiting_approval")
+# an import keeps no UNSETTLED status: nothing runs, waits or is queued in a fresh copy
 
 
 def iter_export(
@@ -256,17 +257,7 @@ class ImportedMessage(_Strict):
     role: Literal["user", "assistant", "system", "tool"]
     content: str
     parts: list[Any] | None = None
-    status: Literal[
-        "pending",
-        "streaming",
-        "complete",
-        "error",
-        "cancelled",
-        "interrupted",
-        "queued",
-        "awaiting_tool",
-        "awaiting_approval",
-    ]
+    status: Status
     parent_id: MsgId | None = None
     client_id: ShortText | None = None
     model_id: ShortText | None = None

@@ -42,7 +42,7 @@ from storage import reads, search
 from storage.errors import NotFound, Unavailable, from_os_error, from_sqlite
 from storage.layout import DataDir, connect, fsync_path, park, unpark
 from storage.reads import Page, ReadConnection
-from storage.rows import SESSION_SELECT, SessionRow
+from storage.rows import SESSION_SELECT, UNSETTLED_SQL, SessionRow
 from storage.schema import SESSION_MIGRATIONS, migrate
 from storage.txn import (
     SESSION_UPDATE_SQL,
@@ -344,8 +344,7 @@ class SessionFile:
         probe (``messages_turns``), so that an activation with nothing to recover
         opens no write transaction."""
         row = self.writer.execute(
-            "SELECT 1 FROM messages WHERE status IN "
-            "('pending', 'streaming', 'queued', 'awaiting_tool', 'awaiting_approval') LIMIT 1"
+            f"SELECT 1 FROM messages WHERE {UNSETTLED_SQL} LIMIT 1"
         ).fetchone()
         return row is not None
 

@@ -17,14 +17,14 @@ from __future__ import annotations
 import operator
 import sqlite3
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol, get_args
 
 import orjson
 
 from storage.attachments import attachment_url
 
 ROLES = ("user", "assistant", "system", "tool")
-STATUSES = (
+Status = Literal[
     "pending",
     "streaming",
     "complete",
@@ -35,8 +35,12 @@ STATUSES = (
     "queued",
     "awaiting_tool",
     "awaiting_approval",
-)
+]
+STATUSES: tuple[str, ...] = get_args(Status)
 UNFINISHED = ("pending", "streaming")
+# a turn that runs, waits or is queued (index ``messages_turns`` covers exactly these)
+UNSETTLED = ("pending", "streaming", "queued", "awaiting_tool", "awaiting_approval")
+UNSETTLED_SQL = "status IN (" + ", ".join(f"'{s}'" for s in UNSETTLED) + ")"
 
 
 def dumps(value: Any) -> str:

@@ -42,7 +42,15 @@ from storage.ops import (
     op_update_message,
 )
 from storage.reads import ReadSource
-from storage.rows import MESSAGE_SELECT, MessageRow, dumps, loads, message_doc, scalar
+from storage.rows import (
+    MESSAGE_SELECT,
+    UNSETTLED_SQL,
+    MessageRow,
+    dumps,
+    loads,
+    message_doc,
+    scalar,
+)
 from storage.txn import Txn
 
 ON_BUSY = ("reject", "queue", "interrupt", "rollback")
@@ -50,8 +58,7 @@ BUSY = ("pending", "streaming", "awaiting_tool", "awaiting_approval")
 WAITING = ("awaiting_tool", "awaiting_approval")
 # the statuses of the messages_turns index (schema v4); queries repeat the list as is
 _TURNS_SQL = (
-    f"SELECT {MESSAGE_SELECT} FROM messages WHERE status IN "
-    "('pending', 'streaming', 'queued', 'awaiting_tool', 'awaiting_approval') "
+    f"SELECT {MESSAGE_SELECT} FROM messages WHERE {UNSETTLED_SQL} "
     "AND deleted_at IS NULL ORDER BY seq"
 )
 
