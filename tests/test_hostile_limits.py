@@ -65,6 +65,7 @@ class Server:
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if self.proc.poll() is not None:
+                self._logf.close()
                 raise AssertionError(f"server exited early: {self.log.read_text()}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
@@ -73,6 +74,7 @@ class Server:
             except OSError:
                 pass
             if time.monotonic() > deadline:
+                self.close()  # no caller holds it yet: never leave the process running
                 raise AssertionError(f"server not ready: {self.log.read_text()}")
             time.sleep(0.05)
 
