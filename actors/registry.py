@@ -636,8 +636,15 @@ class ActorRegistry(AcrossSessions, ShareLinks):
         The catalog is a mirror: when it cannot be written (a full disk), the
         updates stay pending for the next try and nothing is raised; each
         session's own file still holds the truth.
+
+        Read-your-writes: when nothing is pending but another flush is under
+        way (the background flusher has taken the updates and is writing them),
+        this waits for it, so a list read after this returns sees every commit
+        that finished before the call.
         """
-        if not self._catalog_pending or self._catalog is None:
+        if self._catalog is None:
+            return True
+        if not self._catalog_pending and not self._catalog_lock.locked():
             return True
         async with self._catalog_lock:
             pending, self._catalog_pending = self._catalog_pending, {}

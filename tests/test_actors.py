@@ -247,6 +247,34 @@ async def test_registry_close_is_idempotent_and_commits_queue(tmp_path: Path) ->
     f.close()
 
 
+async def test_list_reads_its_writes_while_the_flusher_writes(
+    registry: ActorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A list read after a commit answered sees it, even while the background
+    flusher has taken that update and is still writing it to the catalog."""
+    await registry.create_session("r")
+    items, _ = await registry.list_sessions()
+    assert items[0]["message_count"] == 0
+    writing, release = threading.Event(), threading.Event()
+    real = registry.catalog.upsert_many
+
+    def gated(rows: Any) -> None:
+        writing.set()
+        release.wait(TIMEOUT)
+        real(rows)
+
+    monkeypatch.setattr(registry.catalog, "upsert_many", gated)
+    async with registry.lease("r") as actor:
+        await actor.submit(op_append(_draft("hi")))
+    loop = asyncio.get_running_loop()
+    assert await loop.run_in_executor(None, writing.wait, TIMEOUT)  # the flusher holds it
+    listing = asyncio.create_task(registry.list_sessions())
+    await asyncio.sleep(0)  # one turn of the loop: a read that does not wait is done now
+    release.set()
+    items, _ = await asyncio.wait_for(listing, TIMEOUT)
+    assert items[0]["message_count"] == 1
+
+
 def _plan(conn: sqlite3.Connection, sql: str) -> list[str]:
     return [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql)]
 

@@ -130,8 +130,13 @@ function renderSessions() {
 let showArchived = false;
 const listQuery = () => `/api/sessions?limit=50${showArchived ? '&archived=true' : ''}`;
 
+// Loads overlap (a poll, the list feed, another tab, an organise): the one asked for
+// last wins, so a slow answer from before a change cannot repaint the list stale.
+let listAsked = 0;
 async function loadSessions() {
+  const asked = ++listAsked;
   const data = await api('GET', listQuery());
+  if (asked !== listAsked) return;
   // keep chats loaded with "Load more" that are still there
   const known = new Set(data.items.map((s) => s.id));
   const older = data.next_cursor ? sessions.items.filter((s) => !known.has(s.id) && sessions.items.indexOf(s) >= data.items.length) : [];
