@@ -163,6 +163,7 @@ class SessionActor:
         self._on_idle = on_idle or (lambda actor: None)
         self._on_reply_done = on_reply_done
         self._file: SessionFile | None = None
+        self._broke_full = False  # a commit failed on a full disk (see submit_nowait)
         self._mailbox: deque[Envelope] = deque()
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -315,7 +316,8 @@ class SessionActor:
 
         Returns only after the transaction committed. Raises what ``op``
         raised (nothing of it is kept), :class:`ActorBroken` if the commit
-        failed, :class:`ActorStopped` if the actor is closing. If the caller
+        failed, :class:`ActorStopped` if the actor is closing (:class:`StorageFull`
+        if it is closing because a commit met a full disk). If the caller
         is cancelled, the op still runs: work given to the actor finishes.
         """
         return await self.submit_nowait(op)
@@ -323,6 +325,10 @@ class SessionActor:
     def submit_nowait(self, op: Callable[[Txn], T]) -> asyncio.Future[T]:
         """Queue ``op`` and return the future of its result (see :meth:`submit`)."""
         if self.state is not State.RUNNING:
+            if self._broke_full:
+                # a write leased before another op's commit failed on a full disk: the
+                # truth is the disk, not a restart (507, not 503 "retry")
+                raise StorageFull(f"the disk is full: session {self.sid!r} saved nothing")
             raise ActorStopped(f"session {self.sid!r} is shutting down; retry")
         if len(self._mailbox) >= self.config.max_queue:
             raise Busy(f"session {self.sid!r} has too much queued work; retry shortly")
@@ -435,6 +441,7 @@ class SessionActor:
         rest = ActorBroken(
             f"session {self.sid!r} stopped after a failed commit; nothing queued was saved; retry"
         )
+        self._broke_full = isinstance(exc, StorageFull)
         for env in batch:
             if not env.future.done():
                 env.future.set_exception(first)

@@ -232,6 +232,20 @@ async def test_failed_commit_next_request_starts_a_fresh_actor(
     assert reg.hooks.activations == 2
 
 
+async def test_write_leased_before_a_full_disk_break_answers_storage_full(
+    registry: ActorRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write that took its lease before another op's commit met a full disk gets
+    StorageFull (507) from the closing actor, not "shutting down; retry" (503)."""
+    await registry.create_session("d")
+    _fail_first_batch(monkeypatch)
+    async with registry.lease("d") as actor:
+        with pytest.raises(StorageFull):
+            await actor.submit(op_append(_draft("first")))  # this commit fails: it breaks
+        with pytest.raises(StorageFull):
+            await actor.submit(op_append(_draft("second")))  # leased before the break
+
+
 async def test_registry_close_is_idempotent_and_commits_queue(tmp_path: Path) -> None:
     """close() commits queued work and can be called twice."""
     reg = ActorRegistry(DataDir(tmp_path / "d"), ActorConfig())
