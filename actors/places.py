@@ -20,6 +20,22 @@ from actors.userlog import UserLog, UserLogs
 from storage.catalog import ListFilters
 
 
+class ShardCallStats:
+    """What a front's calls to its shards cost (``/metrics``): façade and other
+    calls answered, the Ray calls that carried them, and the seconds callers waited."""
+
+    __slots__ = ("calls", "ray_calls", "seconds")
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.ray_calls = 0
+        self.seconds = 0.0
+
+    def count(self, calls: int, seconds: float) -> None:
+        self.calls += calls
+        self.seconds += seconds * calls
+
+
 class Places(Protocol):
     """The registry surface the server uses (see the module docstring).
 
@@ -36,6 +52,10 @@ class Places(Protocol):
     def subscriber_count(self) -> int: ...
 
     def running_replies(self) -> int: ...
+
+    def shard_calls(self) -> ShardCallStats | None:
+        """Cluster mode: what this front's calls to shards cost; single node: None."""
+        ...
 
     def session(self, sid: str, user: str = "") -> AbstractAsyncContextManager[SessionHandle]: ...
 

@@ -198,6 +198,9 @@ class ActorRegistry(AcrossSessions, ShareLinks):
         """None: single node has no cluster to report (see ``actors.places``)."""
         return None
 
+    def shard_calls(self) -> None:
+        """None: single node makes no shard calls (see ``actors.places``)."""
+
     def subscriber_count(self) -> int:
         """Subscribers of all sessions' event feeds (WebSocket and SSE)."""
         return sum(len(t.subs) for t in self._topics.values())

@@ -151,6 +151,21 @@ class _RegistryCollector(Collector):
         yield CounterMetricFamily(
             "roost_expired_sessions", "sessions deleted by the expiry sweep", a.expired_total
         )
+        shard = a.shard_calls()
+        if shard is not None:  # cluster mode (a front)
+            yield CounterMetricFamily(
+                "roost_shard_calls", "calls this front made to shards", shard.calls
+            )
+            yield CounterMetricFamily(
+                "roost_shard_call_seconds",
+                "seconds this front's callers waited for shards (sum over calls)",
+                shard.seconds,
+            )
+            yield CounterMetricFamily(
+                "roost_shard_ray_calls",
+                "Ray calls that carried them (a batch of one loop turn's calls is one)",
+                shard.ray_calls,
+            )
         yield GaugeMetricFamily(
             "roost_user_feed_subscribers",
             "subscribers of the users' list feeds (GET /api/events)",

@@ -140,6 +140,19 @@ async def ws_frames(ws: aiohttp.ClientWebSocketResponse, n: int, kind: str) -> l
     return got
 
 
+async def shard_calls(http: aiohttp.ClientSession, front: Front) -> tuple[float, float]:
+    """A front's ``roost_shard_calls_total`` and ``roost_shard_ray_calls_total``."""
+    async with http.get(front.url + "/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    found: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("roost_shard_calls_total", "roost_shard_ray_calls_total"):
+            found[name] = float(value)
+    return found["roost_shard_calls_total"], found["roost_shard_ray_calls_total"]
+
+
 def ws_url(front: str, sid: str, since: int | None = None) -> str:
     q = "" if since is None else f"?since={since}"
     return front.replace("http://", "ws://") + f"/sessions/{sid}/ws{q}"
@@ -166,13 +179,20 @@ async def test_cluster_create_on_a_read_on_b(cluster: Cluster, http: aiohttp.Cli
 async def test_cluster_concurrent_appends_over_both_fronts_make_one_chain(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
-    """64 concurrent appends split over both fronts: all acknowledged, one chain."""
+    """64 concurrent appends split over both fronts: all acknowledged, one chain; the
+    fronts batch them (fewer Ray calls than shard calls, counted in /metrics)."""
     a, b = cluster.api(cluster.a), cluster.api(cluster.b)
     await create(http, a, "c-chain")
+    before = [await shard_calls(http, f) for f in (cluster.a, cluster.b)]
     results = await asyncio.gather(
         *(append(http, a if i % 2 else b, "c-chain", f"m{i}") for i in range(64))
     )
     assert all(status == 201 for status, _ in results)
+    after = [await shard_calls(http, f) for f in (cluster.a, cluster.b)]
+    calls = sum(x[0] - y[0] for x, y in zip(after, before, strict=True))
+    ray_calls = sum(x[1] - y[1] for x, y in zip(after, before, strict=True))
+    assert calls >= 64, (before, after)
+    assert ray_calls < calls, (before, after)
     seqs = [m["seq"] for _, m in results]
     assert len(set(seqs)) == 64
     stored = await all_messages(http, b, "c-chain")

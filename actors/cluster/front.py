@@ -18,6 +18,9 @@ silently misses an event).
 
 Every call to a shard is bounded by ``request_timeout``: a shard that cannot
 be reached answers ``Unavailable`` (503 with ``Retry-After``), never a hang.
+
+The session façade's calls to one shard made in the same turn of the event
+loop go as one Ray call (:mod:`actors.cluster.batch`).
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterable
 from typing import Any, Literal
 
 import ray
 from ray.exceptions import RayError
 
+from actors.cluster.batch import Batcher
 from actors.cluster.codec import (
     decode_error,
     frame_from_plain,
@@ -49,6 +52,7 @@ from actors.cluster.streams import (
 )
 from actors.errors import Unsupported
 from actors.hooks import Hooks
+from actors.places import ShardCallStats
 from actors.pubsub import Frame, Subscription, Topic
 from actors.session import Blob, ExportStream, NewMessage, ReplyStream, SessionHandle
 from actors.userlog import UserLog, UserLogs
@@ -418,8 +422,8 @@ class ClusterRegistry:
         self._handles: dict[int, Any] = {}
         self._pumps: dict[str, _SessionPump] = {}
         self._closed = False
-        self.call_seconds = 0.0  # total time spent in shard calls (for /metrics)
-        self.calls = 0
+        self.stats = ShardCallStats()
+        self._batches = Batcher(self)
 
     # ------------------------------------------------------------------ calls
 
@@ -440,20 +444,11 @@ class ClusterRegistry:
         )
 
     async def call(self, k: int, method: str, *args: Any) -> Any:
-        """``method`` of shard ``k`` (a plain call), its error raised here."""
+        """``method`` of shard ``k``, its error raised here (façade calls are
+        batched per loop turn: :mod:`actors.cluster.batch`)."""
         if self._closed:
             raise Unavailable("the front is shutting down")
-        started = time.perf_counter()
-        try:
-            ref = getattr(self._handle(k), method).remote(*args)
-            status, value = await asyncio.wait_for(ref, self.timeout)
-        except TimeoutError:
-            raise self._unavailable(k, f"no answer within {self.timeout:g} s") from None
-        except RayError as exc:
-            raise self._unavailable(k, type(exc).__name__) from None
-        finally:
-            self.calls += 1
-            self.call_seconds += time.perf_counter() - started
+        status, value = await self._batches.submit(k, method, args)
         if status != "ok":
             raise decode_error(value)
         return value
@@ -506,6 +501,10 @@ class ClusterRegistry:
 
     def running_replies(self) -> int:
         return 0  # they run in the shards
+
+    def shard_calls(self) -> ShardCallStats:
+        """What this front's shard calls cost so far (see :class:`ShardCallStats`)."""
+        return self.stats
 
     async def cluster_info(self) -> dict[str, Any]:
         """Shards placed, the nodes they run on, and the Ray nodes alive."""

@@ -264,6 +264,20 @@ class Shard:
         async with reg.session(sid, user) as s:
             return await fn(s, **kw)
 
+    async def calls(self, batch: list[tuple[str, str, str, dict[str, Any]]]) -> list[Answer]:
+        """Several calls of :meth:`call` in one Ray call (a front's batch): they run
+        concurrently, as separate calls would, and are answered in order. An
+        unexpected error of one is that call's ``Unavailable``, never the batch's."""
+        done = await asyncio.gather(*(self.call(*c) for c in batch), return_exceptions=True)
+        out: list[Answer] = []
+        for one in done:
+            if isinstance(one, BaseException):
+                if not isinstance(one, Exception):
+                    raise one
+                one = ("err", {"cls": "Unavailable", "message": f"the shard failed: {one!r}"})
+            out.append(one)
+        return out
+
     async def reply_stream(
         self, sid: str, user: str, op: str, kw: dict[str, Any]
     ) -> AsyncIterator[Any]:
