@@ -508,6 +508,9 @@ def op_stream(
             if info and info.get(key) is not None:
                 sets.append(f"{key} = ?")
                 args.append(info[key])
+        if info and info.get("metadata"):  # what the responder reports (issue 25)
+            sets.append("metadata = json_patch(metadata, ?)")
+            args.append(dumps(info["metadata"]))
         args.append(row.seq)
         txn.conn.execute(f"UPDATE messages SET {', '.join(sets)} WHERE seq = ?", args)
         if text:

@@ -244,7 +244,7 @@ class Shard:
         registry.hosted = lambda sid: shard_of(sid, shards) == k  # the sweep skips the rest
         await registry.start()
         if spec.responder is not None:
-            registry.responder = spec.responder()
+            registry.responder = spec.responder(datadir)  # it reads this shard's blobs
         self._push_lock = asyncio.Lock()
         self._push_wakeup = asyncio.Event()
         self._pusher = asyncio.create_task(self._push_loop(), name="shard:directory")
