@@ -9,7 +9,8 @@ content parts: its text first, then one part per attachment, by MIME type:
 - text-like files (``text/*``, JSON, XML, YAML, TOML, CSV, code by extension)
   inlined as a ``text`` part, cut to ``text_tokens`` tokens (about 4
   characters a token) with a marker saying how much was kept;
-- PDFs as their text, extracted with ``pypdf`` (cut like a text file), or as
+- PDFs as their text, extracted by ``pdf_text`` (the server's: ``pypdf``; cut
+  like a text file), or as
   a ``file`` part (``pdf: "file"``) for providers that take PDF files;
 - anything else is not sent.
 
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import base64
 import fnmatch
-import io
 import logging
 import os
 from collections.abc import Callable
@@ -204,12 +204,15 @@ def datadir_blobs(datadir: DataDir) -> BlobReader:
 class Attachments:
     """How attachments reach the models of one server: where the bytes are
     (``blobs``; None: nowhere, nothing is sent), each model's capabilities
-    (``table``, then ``default``), and ``image_base_url``."""
+    (``table``, then ``default``), ``image_base_url``, and ``pdf_text`` (the
+    server's ``server.pdftext.pdf_text``: pypdf)."""
 
     blobs: BlobReader | None = None
     table: tuple[tuple[str, ModelCaps], ...] = ()
     default: ModelCaps = ModelCaps()
     image_base_url: str | None = None
+    # a PDF's text (raises on a broken file); None: PDFs cannot be read as text here
+    pdf_text: Callable[[bytes], str] | None = None
 
     def caps(self, model: str | None) -> ModelCaps:
         """``model``'s capabilities: an exact name first, then the first pattern."""
@@ -254,15 +257,6 @@ def cut(text: str, tokens: int) -> tuple[str, bool]:
     if len(text) <= limit:
         return text, False
     return text[:limit], True
-
-
-def pdf_text(data: bytes) -> str:
-    """The text of a PDF (pages joined by blank lines); raises on a broken file
-    or when ``pypdf`` is not installed (``ImportError``)."""
-    from pypdf import PdfReader  # the optional dependency, loaded on first use
-
-    reader = PdfReader(io.BytesIO(data))
-    return "\n\n".join((page.extract_text() or "").strip() for page in reader.pages).strip()
 
 
 @dataclass(slots=True)
@@ -343,8 +337,11 @@ class Converter:
             self.sent.append({**base, "as": "file", "bytes": len(data)})
             return {"type": "file", "file": {"filename": name, "file_data": _data_url(mime, data)}}
         if pdf:
+            extract = self.config.pdf_text
             try:
-                body = pdf_text(data)
+                if extract is None:
+                    raise ImportError("no extractor")
+                body = extract(data)
             except ImportError:
                 raise _NotSent("no PDF text extractor is installed (pip install pypdf)") from None
             except Exception as exc:

@@ -27,6 +27,11 @@ from actors.actor import SessionActor
 from actors.pubsub import Subscription
 from actors.replies import Reply
 from actors.responders import Responder
+from storage.attachment_ops import (
+    op_add_attachment,
+    op_delete_attachment,
+    op_drop_blob,
+)
 from storage.attachments import BlobWriter, blob_path, safe_mime, safe_name
 from storage.errors import InvalidInput, NotFound, TooLarge
 from storage.export import ExportDocument as ExportDocument  # the façade's document type
@@ -35,7 +40,6 @@ from storage.ids import now_iso
 from storage.layout import DataDir
 from storage.ops import (
     MessageDraft,
-    op_add_attachment,
     op_append,
     op_delete_message,
     op_set_feedback,
@@ -355,6 +359,7 @@ class SessionHandle:
         content_type: str | None,
         chunks: AsyncIterable[bytes],
         limit: int,
+        session_limit: int = 0,
     ) -> dict[str, Any]:
         """Store the bytes of ``chunks`` as an attachment and record it.
 
@@ -364,8 +369,9 @@ class SessionHandle:
 
         The file is written while hashed, off the event loop; nothing is kept
         if anything fails. Raises ``TooLarge`` over ``limit`` bytes,
-        ``NotFound`` if the session's folder went away, and what iterating
-        ``chunks`` raises.
+        ``SessionFull`` when new bytes would take the session's attachments over
+        ``session_limit`` bytes (0: no cap), ``NotFound`` if the session's folder
+        went away, and what iterating ``chunks`` raises.
         """
         name = safe_name(filename)
         mime = safe_mime(content_type, name)
@@ -390,13 +396,33 @@ class SessionHandle:
             if buf:
                 await loop.run_in_executor(registry.write_pool, writer.write, bytes(buf))
             sha256, size = await loop.run_in_executor(registry.write_pool, writer.commit)
+            return await self._actor.submit(
+                op_add_attachment(
+                    name=name,
+                    mime=mime,
+                    size=size,
+                    sha256=sha256,
+                    place=writer.place,
+                    max_session_bytes=session_limit,
+                )
+            )
         except FileNotFoundError:
             raise _gone(sid) from None
         finally:
-            writer.abort()  # no-op after commit; otherwise removes the partial file
-        return await self._actor.submit(
-            op_add_attachment(name=name, mime=mime, size=size, sha256=sha256)
-        )
+            # no-op once placed; otherwise removes the partial or unrecorded file
+            await loop.run_in_executor(registry.write_pool, writer.abort)
+
+    async def delete_attachment(self, aid: str) -> dict[str, Any]:
+        """Delete attachment ``aid`` (its record) and return it; its blob goes when
+        no other record of the session uses the same bytes (reference count).
+
+        Raises ``NotFound`` for an unknown id and ``AttachmentInUse`` while a live
+        message names it. Not idempotent: a second delete is ``NotFound``.
+        """
+        doc = await self._actor.submit(op_delete_attachment(aid))
+        path = blob_path(self._registry.datadir, self.sid, doc["sha256"])
+        await self._actor.submit(op_drop_blob(doc["sha256"], path))
+        return doc
 
     async def open_blob(self, sha256: str) -> Blob:
         """The stored bytes with this digest; ``FileNotFoundError`` if not stored here."""

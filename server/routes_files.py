@@ -6,6 +6,8 @@
 - ``GET /api/sessions/{sid}/attachments/{aid}``: the bytes, with ``ETag`` (the
   SHA-256), ``If-None-Match`` → 304, a single ``Range`` → 206, and a safe
   ``Content-Disposition``.
+- ``DELETE /api/sessions/{sid}/attachments/{aid}``: 204; 409 while a live
+  message names it; the blob goes with the last record of its bytes.
 - ``GET /api/sessions/{sid}/export?format=json|markdown``: streamed from one
   read snapshot on a separate read-only connection, in constant memory.
 - ``POST /api/sessions/import``: a JSON export becomes a new session.
@@ -73,7 +75,11 @@ UPLOAD_BODY = {
     body_content=UPLOAD_BODY,
     responses={
         201: Reply("the stored file's record", Attachment, headers={"Location": "its url"}),
-        413: Reply("larger than max_attachment_bytes (nothing is kept)", Error),
+        413: Reply(
+            "larger than max_attachment_bytes, or (session_full) new bytes would take the"
+            " session over max_session_bytes (nothing is kept)",
+            Error,
+        ),
         415: Reply("the body is not multipart/form-data", Error),
     },
 )
@@ -99,6 +105,7 @@ async def upload_attachment(request: web.Request) -> web.Response:
                 content_type=part.headers.get(hdrs.CONTENT_TYPE),
                 chunks=_chunks(reader, part),
                 limit=limit,
+                session_limit=settings.max_session_bytes,
             )
         except TooLarge:
             raise _too_large(limit) from None
@@ -281,6 +288,25 @@ async def download_attachment(request: web.Request) -> web.StreamResponse:
         return resp
     finally:
         blob.close()
+
+
+@routes.delete("/sessions/{sid}/attachments/{aid}")
+@describe(
+    responses={
+        204: Reply("deleted; its bytes went too unless another record holds the same"),
+        409: Reply(
+            "attachment_in_use: a live message names it (details.message_ids); delete or"
+            " edit those messages first",
+            Error,
+        ),
+    },
+)
+async def delete_attachment(request: web.Request) -> web.Response:
+    """Delete an attachment: 204; 409 ``attachment_in_use`` while a live message names it."""
+    registry = state_of(request)[REGISTRY]
+    async with registry.session(request.match_info["sid"], user_of(request)) as s:
+        await s.delete_attachment(request.match_info["aid"])
+    return web.Response(status=204)
 
 
 # ---------------------------------------------------------------------------- export

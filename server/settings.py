@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from actors.actor import ActorConfig
 from actors.model_parts import Attachments, BlobReader, ModelCaps, parse_caps
+from server.pdftext import pdf_text
 
 
 class Settings(BaseModel):
@@ -157,6 +158,12 @@ class Settings(BaseModel):
     max_page_limit: int = Field(200, ge=1, description="largest page size")
     max_parts: int = Field(256, ge=1, description="most parts in one message")
     max_attachment_bytes: int = Field(25 << 20, ge=1, description="largest attachment upload")
+    max_session_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="most bytes of attachments one session holds (same bytes count once;"
+        " 0 = no cap)",
+    )
     max_ws_frame_bytes: int = Field(1 << 20, ge=1024, description="largest WebSocket frame")
     max_import_bytes: int = Field(64 << 20, ge=1024, description="largest session import (JSON)")
     max_concurrent_imports: int = Field(
@@ -260,6 +267,7 @@ class Settings(BaseModel):
             table=parse_caps(self.model_capabilities, default),
             default=default,
             image_base_url=self.image_base_url,
+            pdf_text=pdf_text,
         )
 
     @field_validator("openai_base_url")

@@ -94,13 +94,22 @@ async def _chat(
 
 
 async def _add_attachment(
-    s: SessionHandle, filename: str | None, content_type: str | None, data: bytes, limit: int
+    s: SessionHandle,
+    filename: str | None,
+    content_type: str | None,
+    data: bytes,
+    limit: int,
+    session_limit: int = 0,
 ) -> dict[str, Any]:
     async def chunks() -> AsyncIterator[bytes]:
         yield data
 
     return await s.add_attachment(
-        filename=filename, content_type=content_type, chunks=chunks(), limit=limit
+        filename=filename,
+        content_type=content_type,
+        chunks=chunks(),
+        limit=limit,
+        session_limit=session_limit,
     )
 
 
@@ -150,6 +159,7 @@ CALLS: dict[str, Callable[..., Awaitable[Any]]] = {
         s.tool_approval(mid, tool_call_id, approved=approved, reason=reason)
     ),
     "add_attachment": _add_attachment,
+    "delete_attachment": lambda s, aid: s.delete_attachment(aid),
     "blob_size": _blob_size,
     "blob_read": _blob_read,
     "snapshot": lambda s, branch, max_bytes: s.snapshot(branch, max_bytes=max_bytes),
