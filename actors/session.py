@@ -32,7 +32,8 @@ from storage.attachment_ops import (
     op_delete_attachment,
     op_drop_blob,
 )
-from storage.attachments import BlobWriter, blob_path, safe_mime, safe_name
+from storage.attachments import BlobWriter, attachments_dir, blob_path, safe_mime, safe_name
+from storage.bundle import iter_bundle
 from storage.errors import InvalidInput, NotFound, TooLarge
 from storage.export import ExportDocument as ExportDocument  # the façade's document type
 from storage.export import active_path_only, iter_export
@@ -449,15 +450,21 @@ class SessionHandle:
             return bytes(buf)
         return orjson.dumps(active_path_only(orjson.loads(buf)))
 
-    async def export(self, fmt: Literal["json", "markdown"]) -> ExportStream:
-        """The whole session as one consistent snapshot, streamed (see ``iter_export``).
+    async def export(self, fmt: Literal["json", "markdown", "bundle"]) -> ExportStream:
+        """The whole session as one consistent snapshot, streamed (see ``iter_export``);
+        ``bundle``: a zip of the JSON export and the attachments' bytes
+        (``storage.bundle.iter_bundle``), in constant memory too.
 
         The snapshot is taken now, and only what is on disk is in it; the
         stream may be read after the handle's block ends. Close it.
         """
         path = self._actor.path
         pool = self._registry.read_pool
-        gen = iter_export(path, self.sid, fmt, exported_at=now_iso())
+        if fmt == "bundle":
+            folder = attachments_dir(self._registry.datadir, self.sid)
+            gen = iter_bundle(path, self.sid, folder, exported_at=now_iso())
+        else:
+            gen = iter_export(path, self.sid, fmt, exported_at=now_iso())
         out = ExportStream(gen, pool)
         try:
             # the first step opens the connection and the snapshot while the lease holds

@@ -276,7 +276,7 @@ class RemoteSessionHandle(SessionHandle):
         data: bytes | None = await self._call("snapshot", branch=branch, max_bytes=max_bytes)
         return data
 
-    async def export(self, fmt: Literal["json", "markdown"]) -> ExportStream:
+    async def export(self, fmt: Literal["json", "markdown", "bundle"]) -> ExportStream:
         self._used = True
         gen = self._front.stream(self._k, "export", self._sid, self._user, fmt)
         await self._front.first(self._k, gen)

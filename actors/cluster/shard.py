@@ -376,7 +376,9 @@ class Shard:
         try:
             reg = await self._reg()
             async with reg.session(sid, user) as s:
-                stream = await s.export("markdown" if fmt == "markdown" else "json")
+                stream = await s.export(
+                    "markdown" if fmt == "markdown" else "bundle" if fmt == "bundle" else "json"
+                )
         except Exception as exc:
             plain = encode_error(exc)
             if plain is None:
