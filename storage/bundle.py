@@ -26,7 +26,7 @@ import os
 import sqlite3
 import uuid
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import IO, Any
 
@@ -68,7 +68,7 @@ class _Sink:
 
 def iter_bundle(
     path: Path, sid: str, blobs: Path, *, exported_at: str, chunk_bytes: int = CHUNK
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """Stream the bundle of the session file at ``path`` (blobs from the folder
     ``blobs``) in chunks of about ``chunk_bytes``; memory stays bounded by a few
     chunks whatever the session's size. Drive it from one thread at a time;

@@ -226,3 +226,35 @@ async def test_bundle_export_of_200_mib_runs_in_bounded_memory(
         peak = _peak_rss_kib(srv.proc.pid)
     assert size > 200 << 20  # the bundle holds the 200 MiB ...
     assert peak - base < 24 << 10, (base, peak)  # ... and the server's peak barely moves (KiB)
+
+
+# ---------------------------------------------------------------------------- admin
+
+
+async def test_admin_bundle_export_and_import_round_trip(
+    client: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """roost-admin export --format bundle, then roost-admin import: a new session with
+    the same tree and bytes, served by the running server; a bad file creates nothing."""
+    from scripts import admin
+
+    docs, edit = await _session_with_files(client)
+    root = registry_of(client).datadir.root
+    out = tmp_path / "s1.zip"
+    assert (
+        admin.main(["--data-dir", str(root), "export", "s1", "--format", "bundle", "-o", str(out)])
+        == 0
+    )
+    assert sorted(zipfile.ZipFile(out).namelist())[0] == "blobs/" + min(d["sha256"] for d in docs)
+    assert admin.main(["--data-dir", str(root), "import", str(out), "--id", "viaadmin"]) == 0
+    assert "imported" in capsys.readouterr().out
+    got = await client.get(f"/api/sessions/viaadmin/attachments/{docs[2]['id']}")
+    assert got.status == 200 and await got.read() == FILES[2][0]
+    assert (await (await client.get("/api/sessions/viaadmin")).json())["session"][
+        "active_leaf_id"
+    ] == edit["id"]
+    bad = tmp_path / "bad.zip"
+    bad.write_bytes(b"PK\x03\x04broken")
+    assert admin.main(["--data-dir", str(root), "import", str(bad), "--id", "nope"]) == 1
+    assert "not a zip" in capsys.readouterr().err
+    assert not registry_of(client).datadir.session_dir("nope").exists()
