@@ -460,6 +460,7 @@ class SessionHandle:
         """
         path = self._actor.path
         pool = self._registry.read_pool
+        gen: Iterator[bytes]
         if fmt == "bundle":
             folder = attachments_dir(self._registry.datadir, self.sid)
             gen = iter_bundle(path, self.sid, folder, exported_at=now_iso())
