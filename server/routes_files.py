@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,14 +30,14 @@ from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from actors.errors import Unsupported
-from actors.imports import import_bundle
+from actors.imports import import_bundle, import_chatgpt
 from actors.registry import ActorRegistry
 from actors.session import ExportDocument
 from server.errors import ApiError
 from server.http import json_response, query_choice, query_int, user_of
 from server.keys import IMPORT_SLOTS, REGISTRY, SETTINGS, state_of
 from server.openapi import ANY, JSON, MULTIPART, SESSION_ID, ZIP, Param, Reply, describe
-from server.responses import Attachment, Error, SearchPage, Session
+from server.responses import Attachment, Error, ImportAnswer, SearchPage
 from server.wire import snippet_html
 from storage.errors import TooLarge
 from storage.ids import validate_session_id
@@ -402,12 +403,18 @@ BUNDLE_BODY = {
         Param(
             "format",
             "query",
-            {"enum": ["json", "bundle"]},
-            "what the body is (default: bundle for application/zip, else json)",
+            {"enum": ["json", "bundle", "chatgpt"]},
+            "what the body is (default: bundle for application/zip, else json); chatgpt:"
+            " a ChatGPT data export (conversations.json, or its zip), one session per"
+            " conversation",
         ),
     ),
     responses={
-        201: Reply("the new session", Session, headers={"Location": "the session's URL"}),
+        201: Reply(
+            "the new session (chatgpt: {count, sessions})",
+            ImportAnswer,
+            headers={"Location": "the session's URL (chatgpt: the session list)"},
+        ),
         413: Reply(
             "over max_import_bytes, a message over max_content_chars, or a bundle's"
             " attachments over max_session_bytes (session_full)",
@@ -415,6 +422,7 @@ BUNDLE_BODY = {
         ),
         415: Reply("the body is not application/json (or application/zip: a bundle)", Error),
         501: Reply("a bundle, in cluster mode", Error),
+        400: Reply("malformed or inconsistent (details say where; nothing is created)", Error),
     },
 )
 async def import_session(request: web.Request) -> web.Response:
@@ -423,7 +431,7 @@ async def import_session(request: web.Request) -> web.Response:
     settings = state_of(request)[SETTINGS]
     registry = state_of(request)[REGISTRY]
     fmt = (
-        query_choice(request, "format", ("json", "bundle"))
+        query_choice(request, "format", ("json", "bundle", "chatgpt"))
         if "format" in request.query
         else "bundle"
         if request.content_type == ZIP
@@ -434,6 +442,15 @@ async def import_session(request: web.Request) -> web.Response:
         validate_session_id(sid)
     if fmt == "bundle":
         return await _import_bundle(request, sid)
+    if fmt == "chatgpt":
+        if sid is not None:
+            raise ApiError(
+                400,
+                "invalid_input",
+                "id cannot be given with format=chatgpt (one session per conversation)",
+                {"loc": ["query", "id"]},
+            )
+        return await _import_chatgpt(request)
     if request.content_type != "application/json":
         raise ApiError(
             415,
@@ -492,17 +509,46 @@ async def _import_bundle(request: web.Request, sid: str | None) -> web.Response:
     return json_response(doc, 201, {"Location": f"/api/sessions/{doc['id']}"})
 
 
+async def _import_chatgpt(request: web.Request) -> web.Response:
+    """``POST /sessions/import?format=chatgpt``: a ChatGPT data export (its
+    ``conversations.json``, or the export's zip) becomes one session per
+    conversation; read as a stream from a spooled copy, checked whole first."""
+    settings = state_of(request)[SETTINGS]
+    registry = state_of(request)[REGISTRY]
+    if request.content_type not in (JSON, ZIP, "application/octet-stream"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "a ChatGPT export is conversations.json (application/json) or its zip "
+            f"(application/zip), got {request.content_type or 'none'}",
+        )
+    limit = settings.max_import_bytes + (settings.max_session_bytes or 1 << 30)
+    async with state_of(request)[IMPORT_SLOTS], spooled(request, registry, limit) as path:
+        made = await import_chatgpt(
+            registry,
+            path,
+            owner=user_of(request),
+            max_element_bytes=settings.max_import_bytes,
+            max_title_chars=settings.max_title_chars,
+            max_content_chars=settings.max_content_chars,
+        )
+    return json_response({"count": len(made), "sessions": made}, 201, {"Location": "/api/sessions"})
+
+
 @contextlib.asynccontextmanager
-async def spooled(request: web.Request, registry: ActorRegistry, limit: int) -> AsyncIterator[Path]:
-    """The request body written to a temporary file of the data dir (removed at the
-    end); 413 over ``limit`` bytes (the file goes at once)."""
+async def spooled(request: web.Request, registry: Any, limit: int) -> AsyncIterator[Path]:
+    """The request body written to a temporary file of the data dir (cluster mode:
+    of the temp dir), removed at the end; 413 over ``limit`` bytes (the file goes
+    at once)."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(
             413, "payload_too_large", f"the import is larger than the limit of {limit} bytes"
         )
     loop = asyncio.get_running_loop()
-    pool = registry.write_pool
-    path = registry.datadir.trash / f".import-{uuid.uuid4().hex}"
+    local = isinstance(registry, ActorRegistry)  # cluster mode: the front's temp dir
+    pool = registry.write_pool if local else None
+    folder = registry.datadir.trash if local else Path(tempfile.gettempdir())
+    path = folder / f".roost-import-{uuid.uuid4().hex}"
     f = await loop.run_in_executor(pool, open, path, "xb")
     try:
         size = 0
