@@ -451,6 +451,13 @@ async def import_session(request: web.Request) -> web.Response:
                 {"loc": ["query", "id"]},
             )
         return await _import_chatgpt(request)
+    if request.content_type == ZIP:  # format=json asked for, with a zip
+        raise ApiError(
+            400,
+            "invalid_input",
+            "format=json takes a JSON export; a zip is format=bundle",
+            {"loc": ["query", "format"]},
+        )
     if request.content_type != "application/json":
         raise ApiError(
             415,
@@ -488,10 +495,12 @@ async def _import_bundle(request: web.Request, sid: str | None) -> web.Response:
     if not isinstance(registry, ActorRegistry):
         raise Unsupported("bundle imports are not available in cluster mode yet")
     if request.content_type not in (ZIP, "application/octet-stream"):
+        # a documented type that does not fit the format asked for: 400, not 415
         raise ApiError(
-            415,
-            "unsupported_media_type",
-            f"a bundle is application/zip, got {request.content_type or 'none'}",
+            400 if request.content_type == JSON else 415,
+            "invalid_input" if request.content_type == JSON else "unsupported_media_type",
+            f"format=bundle takes a zip (application/zip), got {request.content_type or 'none'}",
+            {"loc": ["query", "format"]} if request.content_type == JSON else None,
         )
     limit = settings.max_import_bytes + (settings.max_session_bytes or 1 << 30)
     async with state_of(request)[IMPORT_SLOTS], spooled(request, registry, limit) as path:
