@@ -30,6 +30,7 @@ event loop. No aiohttp here: the echo responder (actors) and the OpenAI one
 from __future__ import annotations
 
 import base64
+import contextlib
 import fnmatch
 import logging
 import os
@@ -48,6 +49,8 @@ log = logging.getLogger("roost.attachments")
 BlobReader = Callable[[str, str], bytes | None]
 
 CHARS_PER_TOKEN = 4
+#: how many PDFs' text :class:`Attachments` keeps (oldest dropped first)
+PDF_CACHE = 32
 #: image types OpenAI-compatible vision models take
 IMAGE_TYPES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
 TEXT_TYPES = frozenset(
@@ -213,6 +216,21 @@ class Attachments:
     image_base_url: str | None = None
     # a PDF's text (raises on a broken file); None: PDFs cannot be read as text here
     pdf_text: Callable[[bytes], str] | None = None
+    # the text of the last PDFs read, by sha256: each turn sends the history again
+    pdf_cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def cached_pdf_text(self, sha256: str, data: bytes) -> str:
+        """``pdf_text(data)``, remembered for the last :data:`PDF_CACHE` PDFs."""
+        text = self.pdf_cache.get(sha256)
+        if text is None:
+            if self.pdf_text is None:
+                raise ImportError("no PDF text extractor")
+            text = self.pdf_text(data)
+            if len(self.pdf_cache) >= PDF_CACHE:  # replies convert in threads: best effort
+                with contextlib.suppress(RuntimeError, StopIteration):
+                    self.pdf_cache.pop(next(iter(self.pdf_cache)), None)
+            self.pdf_cache[sha256] = text
+        return text
 
     def caps(self, model: str | None) -> ModelCaps:
         """``model``'s capabilities: an exact name first, then the first pattern."""
@@ -337,11 +355,8 @@ class Converter:
             self.sent.append({**base, "as": "file", "bytes": len(data)})
             return {"type": "file", "file": {"filename": name, "file_data": _data_url(mime, data)}}
         if pdf:
-            extract = self.config.pdf_text
             try:
-                if extract is None:
-                    raise ImportError("no extractor")
-                body = extract(data)
+                body = self.config.cached_pdf_text(str(ref.get("sha256")), data)
             except ImportError:
                 raise _NotSent("no PDF text extractor is installed (pip install pypdf)") from None
             except Exception as exc:

@@ -250,9 +250,12 @@ class OpenAIResponder:
             caps = self.attachments.caps(m)
             if caps not in built:  # one conversion per set of capabilities
                 converter = self.attachments.converter(m) if has_files else None
-                msgs = await asyncio.to_thread(
-                    to_openai_messages, history, system_prompt, converter
-                )
+                if converter is None:
+                    msgs = to_openai_messages(history, system_prompt)
+                else:  # reads the files (and parses PDFs): off the event loop
+                    msgs = await asyncio.to_thread(
+                        to_openai_messages, history, system_prompt, converter
+                    )
                 built[caps] = (msgs, None if converter is None else converter.report)
             messages, report = built[caps]
             meta = None if report is None else {"attachments": report}
