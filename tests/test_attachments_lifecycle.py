@@ -106,3 +106,57 @@ async def test_session_byte_cap_refuses_new_bytes_with_413(make_client: Any) -> 
     doc = await uploaded(client, "s1", other)
     assert doc["sha256"] == hashlib.sha256(other).hexdigest()
     assert stored_files(client, "s1") == [doc["sha256"]]
+
+
+def test_upload_racing_a_delete_of_the_same_bytes_keeps_its_blob(tmp_path: Any) -> None:
+    """Both interleavings of an upload of bytes whose last record is being deleted end
+    with the blob on disk for the new record: the placing and the removal are ops of
+    the same serialized session."""
+    from storage.attachment_ops import op_add_attachment, op_delete_attachment, op_drop_blob
+    from storage.attachments import BlobWriter, blob_path
+    from storage.file import SessionFile
+    from storage.ids import now_iso
+    from storage.layout import DataDir
+    from storage.lifecycle import create_session_file
+
+    dd = DataDir(tmp_path / "data")
+    dd.ensure()
+    create_session_file(dd, "r", owner="", title=None, metadata={}, now=now_iso())
+    f = SessionFile(dd, "r")
+    try:
+
+        def upload() -> tuple[BlobWriter, str, int]:
+            w = BlobWriter(dd, "r", limit=1 << 20)
+            w.write(DATA)
+            sha, size = w.commit()
+            return w, sha, size
+
+        def run(op: Any) -> Any:
+            (result,), _, _ = f.run_batch([op], now_iso())
+            if isinstance(result, Exception):
+                raise result
+            return result
+
+        def add(w: BlobWriter, sha: str, size: int) -> dict[str, Any]:
+            op = op_add_attachment(name="a", mime="x/y", size=size, sha256=sha, place=w.place)
+            doc: dict[str, Any] = run(op)
+            return doc
+
+        w, sha, size = upload()
+        first = add(w, sha, size)
+        path = blob_path(dd, "r", sha)
+        # 1: the new upload is written, the old record deleted and its blob dropped,
+        # then the new record is added: it places its own copy
+        w2, _, _ = upload()
+        run(op_delete_attachment(first["id"]))
+        assert run(op_drop_blob(sha, path)) is True and not path.exists()
+        second = add(w2, sha, size)
+        assert path.read_bytes() == DATA
+        # 2: the new record is added first, then the old one's drop finds it in use
+        w3, _, _ = upload()
+        run(op_delete_attachment(second["id"]))
+        add(w3, sha, size)
+        assert run(op_drop_blob(sha, path)) is False and path.read_bytes() == DATA
+        assert [p.name for p in path.parent.iterdir()] == [sha]  # no temporary file left
+    finally:
+        f.close()
