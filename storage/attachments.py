@@ -150,12 +150,19 @@ class BlobWriter:
     def place(self) -> None:
         """Put the committed bytes under their hash name (durably). If a blob with
         that hash exists already, the temporary file is dropped and the existing
-        one kept (same bytes). Idempotent; after it :meth:`abort` does nothing."""
-        if not self.tmp.exists():
-            return
+        one kept (same bytes). Idempotent; after it :meth:`abort` does nothing.
+
+        Raises ``FileNotFoundError`` when the upload was aborted meanwhile (its
+        handler was cancelled while the op waited) and no blob of that hash is
+        there: then the op that records it fails, so no record is left without bytes.
+        """
         final = self.folder / self.digest
+        if not self.tmp.exists():
+            if final.exists():
+                return
+            raise FileNotFoundError(self.tmp)
         if final.exists():
-            self.tmp.unlink()
+            self.tmp.unlink(missing_ok=True)
         else:
             os.rename(self.tmp, final)
         fsync_path(self.folder)

@@ -160,3 +160,24 @@ def test_upload_racing_a_delete_of_the_same_bytes_keeps_its_blob(tmp_path: Any) 
         assert [p.name for p in path.parent.iterdir()] == [sha]  # no temporary file left
     finally:
         f.close()
+
+
+def test_place_after_abort_fails_so_no_record_lacks_bytes(tmp_path: Any) -> None:
+    """An upload aborted while its op waited (a cancelled handler) cannot be placed:
+    place raises, so the op recording it fails instead of leaving a record without bytes."""
+    import pytest
+
+    from storage.attachments import BlobWriter
+    from storage.ids import now_iso
+    from storage.layout import DataDir
+    from storage.lifecycle import create_session_file
+
+    dd = DataDir(tmp_path / "data")
+    dd.ensure()
+    create_session_file(dd, "p", owner="", title=None, metadata={}, now=now_iso())
+    w = BlobWriter(dd, "p", limit=1 << 20)
+    w.write(DATA)
+    w.commit()
+    w.abort()
+    with pytest.raises(FileNotFoundError):
+        w.place()
