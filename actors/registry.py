@@ -29,7 +29,6 @@ from actors.across import AcrossSessions
 from actors.actor import ActorConfig, SessionActor, State
 from actors.errors import ActorStopped
 from actors.hooks import Hooks
-from actors.model_parts import Attachments, datadir_blobs
 from actors.process import trim_heap
 from actors.pubsub import Frame, Subscription, Topic
 from actors.responders import EchoResponder, Responder
@@ -99,9 +98,7 @@ class ActorRegistry(AcrossSessions, ShareLinks):
         self.hooks: Hooks = Hooks()
         self.write_pool = ThreadPoolExecutor(write_threads, thread_name_prefix="roost-write")
         self.read_pool = ThreadPoolExecutor(read_threads, thread_name_prefix="roost-read")
-        self.responder: Responder = EchoResponder(
-            attachments=Attachments(blobs=datadir_blobs(datadir))
-        )
+        self.responder: Responder = EchoResponder()
         self._actors: OrderedDict[str, SessionActor] = OrderedDict()
         self._topics: dict[str, Topic] = {}
         self._deleting: set[str] = set()
