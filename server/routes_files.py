@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -544,6 +545,23 @@ async def _import_chatgpt(request: web.Request) -> web.Response:
     return json_response({"count": len(made), "sessions": made}, 201, {"Location": "/api/sessions"})
 
 
+SPOOL_PREFIX = ".roost-import-"
+#: a spooled import body untouched this long was left by a crash: removed
+STALE_SPOOL_SECONDS = 86_400.0
+
+
+def drop_stale_spools(folder: Path, now: float) -> int:
+    """Remove the spooled import bodies in ``folder`` older than a day (a crash
+    left them; a running import's file is younger); return how many went."""
+    gone = 0
+    for p in folder.glob(SPOOL_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime > STALE_SPOOL_SECONDS:
+                p.unlink()
+                gone += 1
+    return gone
+
+
 @contextlib.asynccontextmanager
 async def spooled(request: web.Request, registry: Any, limit: int) -> AsyncIterator[Path]:
     """The request body written to a temporary file of the data dir (cluster mode:
@@ -557,7 +575,8 @@ async def spooled(request: web.Request, registry: Any, limit: int) -> AsyncItera
     local = isinstance(registry, ActorRegistry)  # cluster mode: the front's temp dir
     pool = registry.write_pool if local else None
     folder = registry.datadir.trash if local else Path(tempfile.gettempdir())
-    path = folder / f".roost-import-{uuid.uuid4().hex}"
+    path = folder / f"{SPOOL_PREFIX}{uuid.uuid4().hex}"
+    await loop.run_in_executor(pool, drop_stale_spools, folder, time.time())
     f = await loop.run_in_executor(pool, open, path, "xb")
     try:
         size = 0

@@ -258,3 +258,19 @@ async def test_admin_bundle_export_and_import_round_trip(
     assert admin.main(["--data-dir", str(root), "import", str(bad), "--id", "nope"]) == 1
     assert "not a zip" in capsys.readouterr().err
     assert not registry_of(client).datadir.session_dir("nope").exists()
+
+
+def test_stale_spooled_import_bodies_are_dropped(tmp_path: Path) -> None:
+    """A spooled import body a crash left (older than a day) goes at the next import's
+    spool; a recent one (an import running) stays."""
+    from server.routes_files import SPOOL_PREFIX, drop_stale_spools
+
+    old, new = tmp_path / f"{SPOOL_PREFIX}old", tmp_path / f"{SPOOL_PREFIX}new"
+    other = tmp_path / "a-session.123"
+    for p in (old, new, other):
+        p.write_bytes(b"x")
+    day_ago = old.stat().st_mtime - 90_000
+    os.utime(old, (day_ago, day_ago))
+    os.utime(other, (day_ago, day_ago))
+    assert drop_stale_spools(tmp_path, new.stat().st_mtime) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([new.name, other.name])
