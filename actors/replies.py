@@ -189,6 +189,7 @@ class Reply:
             "model_id": self.info.model_id,
             "provider_id": self.info.provider_id,
             "fallback_notice": self.info.fallback_notice,
+            "metadata": self.info.metadata,
         }
 
     async def _flush(self, status: str, error: dict[str, Any] | None = None) -> None:

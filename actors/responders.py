@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from actors.model_parts import Attachments
+
 
 @dataclass(slots=True)
 class Delta:
@@ -27,11 +29,14 @@ class Delta:
 
 @dataclass(slots=True)
 class ReplyInfo:
-    """Which model and provider answered; ``fallback_notice`` when a fallback did."""
+    """Which model and provider answered; ``fallback_notice`` when a fallback did;
+    ``metadata`` merged into the reply's metadata (issue 25: ``attachments``, what
+    was sent to the model and what was not)."""
 
     model_id: str | None = None
     provider_id: str | None = None
     fallback_notice: str | None = None
+    metadata: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +88,18 @@ class Responder(Protocol):
     ) -> AsyncIterator[Delta | ReplyInfo]: ...
 
 
+def _echo_line(item: dict[str, Any], message_id: str) -> str:
+    """One line of the echo about an attachment of the last user message."""
+    if item.get("message_id") != message_id:
+        return ""
+    if "reason" in item:
+        return f"\n[{item['name']}: not sent: {item['reason']}]"
+    if item["as"] == "text":
+        cut = f" of {item['of_chars']}" if item.get("cut") else ""
+        return f"\n[{item['name']}: text, {item['chars']}{cut} characters]"
+    return f"\n[{item['name']}: {item['as']}, {item.get('bytes')} bytes]"
+
+
 _WORDS = re.compile(r"\s*\S+|\s+$")
 
 
@@ -95,13 +112,21 @@ class EchoResponder:
     """Repeats the last user message, word by word, at ``words_per_second``.
 
     Deterministic and offline: the embedded default. A pace of 0 streams
-    without pauses.
+    without pauses. It reports what a model would have received (issue 25):
+    the history's attachments are converted as for a real model
+    (``attachments``, :mod:`actors.model_parts`), the report goes in the
+    reply's metadata (``attachments``: ``sent`` and ``not_sent``), and each
+    attachment of the last user message adds a line to the echo, like
+    ``[notes.txt: text, 120 characters]``.
     """
 
     name = "echo"
 
-    def __init__(self, words_per_second: float = 20.0) -> None:
+    def __init__(
+        self, words_per_second: float = 20.0, attachments: Attachments | None = None
+    ) -> None:
         self.delay = 1.0 / words_per_second if words_per_second > 0 else 0.0
+        self.attachments = attachments or Attachments()
 
     async def stream(
         self,
@@ -110,9 +135,20 @@ class EchoResponder:
         model: str | None = None,
         options: ReplyOptions | None = None,
     ) -> AsyncIterator[Delta | ReplyInfo]:
-        yield ReplyInfo(model_id=model or "echo", provider_id="roost")
+        converter = self.attachments.converter(model or "echo")
+        if any(m.get("attachments") for m in history):
+            await asyncio.to_thread(lambda: [converter.content(m) for m in history])
+        report = converter.report
+        yield ReplyInfo(
+            model_id=model or "echo",
+            provider_id="roost",
+            metadata=None if report is None else {"attachments": report},
+        )
         last = next((m for m in reversed(history) if m["role"] == "user"), None)
         text = last["content"] if last is not None else ""
+        if last is not None and report is not None:
+            text += "".join(_echo_line(a, last["id"]) for a in report["sent"])
+            text += "".join(_echo_line(a, last["id"]) for a in report["not_sent"])
         for i, word in enumerate(split_words(text)):
             if self.delay and i:
                 await asyncio.sleep(self.delay)

@@ -27,7 +27,13 @@ from actors.actor import SessionActor
 from actors.pubsub import Subscription
 from actors.replies import Reply
 from actors.responders import Responder
-from storage.attachments import BlobWriter, blob_path, safe_mime, safe_name
+from storage.attachment_ops import (
+    op_add_attachment,
+    op_delete_attachment,
+    op_drop_blob,
+)
+from storage.attachments import BlobWriter, attachments_dir, blob_path, safe_mime, safe_name
+from storage.bundle import iter_bundle
 from storage.errors import InvalidInput, NotFound, TooLarge
 from storage.export import ExportDocument as ExportDocument  # the façade's document type
 from storage.export import active_path_only, iter_export
@@ -35,7 +41,6 @@ from storage.ids import now_iso
 from storage.layout import DataDir
 from storage.ops import (
     MessageDraft,
-    op_add_attachment,
     op_append,
     op_delete_message,
     op_set_feedback,
@@ -355,6 +360,7 @@ class SessionHandle:
         content_type: str | None,
         chunks: AsyncIterable[bytes],
         limit: int,
+        session_limit: int = 0,
     ) -> dict[str, Any]:
         """Store the bytes of ``chunks`` as an attachment and record it.
 
@@ -364,8 +370,9 @@ class SessionHandle:
 
         The file is written while hashed, off the event loop; nothing is kept
         if anything fails. Raises ``TooLarge`` over ``limit`` bytes,
-        ``NotFound`` if the session's folder went away, and what iterating
-        ``chunks`` raises.
+        ``SessionFull`` when new bytes would take the session's attachments over
+        ``session_limit`` bytes (0: no cap), ``NotFound`` if the session's folder
+        went away, and what iterating ``chunks`` raises.
         """
         name = safe_name(filename)
         mime = safe_mime(content_type, name)
@@ -390,13 +397,33 @@ class SessionHandle:
             if buf:
                 await loop.run_in_executor(registry.write_pool, writer.write, bytes(buf))
             sha256, size = await loop.run_in_executor(registry.write_pool, writer.commit)
+            return await self._actor.submit(
+                op_add_attachment(
+                    name=name,
+                    mime=mime,
+                    size=size,
+                    sha256=sha256,
+                    place=writer.place,
+                    max_session_bytes=session_limit,
+                )
+            )
         except FileNotFoundError:
             raise _gone(sid) from None
         finally:
-            writer.abort()  # no-op after commit; otherwise removes the partial file
-        return await self._actor.submit(
-            op_add_attachment(name=name, mime=mime, size=size, sha256=sha256)
-        )
+            # no-op once placed; otherwise removes the partial or unrecorded file
+            await loop.run_in_executor(registry.write_pool, writer.abort)
+
+    async def delete_attachment(self, aid: str) -> dict[str, Any]:
+        """Delete attachment ``aid`` (its record) and return it; its blob goes when
+        no other record of the session uses the same bytes (reference count).
+
+        Raises ``NotFound`` for an unknown id and ``AttachmentInUse`` while a live
+        message names it. Not idempotent: a second delete is ``NotFound``.
+        """
+        doc = await self._actor.submit(op_delete_attachment(aid))
+        path = blob_path(self._registry.datadir, self.sid, doc["sha256"])
+        await self._actor.submit(op_drop_blob(doc["sha256"], path))
+        return doc
 
     async def open_blob(self, sha256: str) -> Blob:
         """The stored bytes with this digest; ``FileNotFoundError`` if not stored here."""
@@ -423,15 +450,22 @@ class SessionHandle:
             return bytes(buf)
         return orjson.dumps(active_path_only(orjson.loads(buf)))
 
-    async def export(self, fmt: Literal["json", "markdown"]) -> ExportStream:
-        """The whole session as one consistent snapshot, streamed (see ``iter_export``).
+    async def export(self, fmt: Literal["json", "markdown", "bundle"]) -> ExportStream:
+        """The whole session as one consistent snapshot, streamed (see ``iter_export``);
+        ``bundle``: a zip of the JSON export and the attachments' bytes
+        (``storage.bundle.iter_bundle``), in constant memory too.
 
         The snapshot is taken now, and only what is on disk is in it; the
         stream may be read after the handle's block ends. Close it.
         """
         path = self._actor.path
         pool = self._registry.read_pool
-        gen = iter_export(path, self.sid, fmt, exported_at=now_iso())
+        gen: Iterator[bytes]
+        if fmt == "bundle":
+            folder = attachments_dir(self._registry.datadir, self.sid)
+            gen = iter_bundle(path, self.sid, folder, exported_at=now_iso())
+        else:
+            gen = iter_export(path, self.sid, fmt, exported_at=now_iso())
         out = ExportStream(gen, pool)
         try:
             # the first step opens the connection and the snapshot while the lease holds

@@ -27,6 +27,8 @@ from typing import Any, NamedTuple, TextIO
 import orjson
 
 from scripts._admin_across import add_parsers as add_across_parsers
+from scripts._admin_bundle import add_parsers as add_bundle_parsers
+from scripts._admin_bundle import export_bundle
 from scripts._admin_db import (
     EXIT_OK,
     EXIT_PROBLEM,
@@ -728,7 +730,10 @@ def render_tree(
 
 
 def cmd_export(args: argparse.Namespace, dd: DataDir) -> int:
-    """Write the session export (JSON or Markdown) to stdout or ``--output``, streaming."""
+    """Write the session export (JSON, Markdown or a bundle) to stdout or ``--output``,
+    streaming."""
+    if args.format == "bundle":
+        return export_bundle(args, dd)
     path = session_path(dd, args.sid)
     sid = args.sid
     out_path = Path(args.output) if args.output else None
@@ -1035,7 +1040,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", parents=[common], help="export a session")
     p.add_argument("sid")
-    p.add_argument("--format", choices=["json", "markdown"], default="json")
+    p.add_argument("--format", choices=["json", "markdown", "bundle"], default="json")
     p.add_argument("-o", "--output", help="write to this file (atomically) instead of stdout")
     p.set_defaults(func=cmd_export)
 
@@ -1060,6 +1065,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_restore)
 
     add_across_parsers(sub, common)
+    add_bundle_parsers(sub, common)
     return parser
 
 

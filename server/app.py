@@ -59,6 +59,7 @@ import aiohttp
 from aiohttp import web
 
 from actors.feed import Feed
+from actors.model_parts import datadir_blobs
 from actors.process import limit_malloc_arenas, raise_nofile_limit
 from actors.pubsub import Subscription
 from actors.registry import ActorRegistry
@@ -138,13 +139,16 @@ async def disk_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-def make_responder(settings: Settings, http: aiohttp.ClientSession) -> Responder:
-    """The responder the settings name."""
+def make_responder(
+    settings: Settings, http: aiohttp.ClientSession, datadir: DataDir | None = None
+) -> Responder:
+    """The responder the settings name; it reads attachments from ``datadir``."""
+    attachments = settings.attachments(None if datadir is None else datadir_blobs(datadir))
     if settings.responder == "openai":
         from server.openai import OpenAIResponder
 
-        return OpenAIResponder.from_settings(settings, http)
-    return EchoResponder(settings.echo_words_per_second)
+        return OpenAIResponder.from_settings(settings, http, attachments)
+    return EchoResponder(settings.echo_words_per_second, attachments)
 
 
 # ---------------------------------------------------------------------------- resources
@@ -253,10 +257,11 @@ def shard_spec(settings: Settings) -> ShardSpec:
     )
 
 
-def shard_responder(settings: dict[str, Any]) -> Responder:
+def shard_responder(settings: dict[str, Any], datadir: DataDir | None = None) -> Responder:
     """The responder of a shard (cluster mode), made in the shard's event loop from
-    the front's settings; its HTTP client lives as long as the shard."""
-    return make_responder(Settings(**settings), aiohttp.ClientSession())
+    the front's settings; its HTTP client lives as long as the shard; it reads
+    attachments from the shard's ``datadir``."""
+    return make_responder(Settings(**settings), aiohttp.ClientSession(), datadir)
 
 
 @asynccontextmanager
@@ -265,7 +270,7 @@ async def responder_ctx(app: web.Application) -> AsyncIterator[None]:
     make their own)."""
     registry = app[REGISTRY]
     if isinstance(registry, ActorRegistry):
-        registry.responder = make_responder(app[SETTINGS], app[HTTP_CLIENT])
+        registry.responder = make_responder(app[SETTINGS], app[HTTP_CLIENT], registry.datadir)
     yield
 
 

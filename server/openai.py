@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from actors.model_parts import Attachments, Converter, ModelCaps
 from actors.responders import Delta, ReplyInfo, ReplyOptions, ResponderError
 from server.settings import Settings, check_base_url
 from server.tool_history import provider_messages, request_extras
@@ -70,11 +71,16 @@ class _ModelFailed(Exception):
 
 
 def to_openai_messages(
-    history: Sequence[dict[str, Any]], system_prompt: str | None = None
+    history: Sequence[dict[str, Any]],
+    system_prompt: str | None = None,
+    converter: Converter | None = None,
 ) -> list[dict[str, Any]]:
     """The chat history in the provider's shape, tool calls with their results and
-    never an orphan (``server.tool_history``)."""
-    return provider_messages(history, system_prompt)
+    never an orphan (``server.tool_history``); attachments as content parts when a
+    ``converter`` is given (blocking: it reads the files)."""
+    return provider_messages(
+        history, system_prompt, None if converter is None else converter.content
+    )
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -178,8 +184,10 @@ class OpenAIResponder:
         idle_timeout: float = 60.0,
         reply_timeout: float = 600.0,
         retries: int = 2,
+        attachments: Attachments | None = None,
     ) -> None:
         self.http = http
+        self.attachments = attachments or Attachments()
         self.base_url = check_base_url(base_url)
         self.api_key = api_key
         self.model = model
@@ -193,8 +201,14 @@ class OpenAIResponder:
         self.where = parts.netloc
 
     @classmethod
-    def from_settings(cls, settings: Settings, http: aiohttp.ClientSession) -> OpenAIResponder:
-        """The responder ``settings`` describe (``--openai-*``)."""
+    def from_settings(
+        cls,
+        settings: Settings,
+        http: aiohttp.ClientSession,
+        attachments: Attachments | None = None,
+    ) -> OpenAIResponder:
+        """The responder ``settings`` describe (``--openai-*``); ``attachments`` says
+        where their bytes are and what each model takes."""
         return cls(
             http,
             base_url=settings.openai_base_url,
@@ -205,6 +219,7 @@ class OpenAIResponder:
             idle_timeout=settings.openai_idle_timeout,
             reply_timeout=settings.openai_reply_timeout,
             retries=settings.openai_retries,
+            attachments=attachments,
         )
 
     async def stream(
@@ -217,20 +232,36 @@ class OpenAIResponder:
         """The reply as deltas; raises :class:`ResponderError` (a code of :data:`CODES`).
 
         ``options`` (a session's settings) add the system prompt, the tools and
-        the temperature to the request.
+        the temperature to the request. Attachments go as content parts that
+        each model can take (its capabilities); the reply's metadata names
+        what was sent and what was not (``attachments``).
         """
         deadline = asyncio.get_running_loop().time() + self.reply_timeout
         models = list(dict.fromkeys([model or self.model, *self.fallbacks]))
-        messages = to_openai_messages(history, options.system_prompt if options else None)
+        system_prompt = options.system_prompt if options else None
+        has_files = any(m.get("attachments") for m in history)
+        built: dict[ModelCaps, tuple[list[dict[str, Any]], dict[str, Any] | None]] = {}
         extras = request_extras(options)
         failures: list[ProviderFailure] = []
         for i, m in enumerate(models):
             notice = None
             if failures:
                 notice = f"{models[0]} failed ({failures[0].message}); answered by {m}"
+            caps = self.attachments.caps(m)
+            if caps not in built:  # one conversion per set of capabilities
+                converter = self.attachments.converter(m) if has_files else None
+                if converter is None:
+                    msgs = to_openai_messages(history, system_prompt)
+                else:  # reads the files (and parses PDFs): off the event loop
+                    msgs = await asyncio.to_thread(
+                        to_openai_messages, history, system_prompt, converter
+                    )
+                built[caps] = (msgs, None if converter is None else converter.report)
+            messages, report = built[caps]
+            meta = None if report is None else {"attachments": report}
             try:
                 retries = self.retries if i + 1 == len(models) else 0
-                async for item in self._one(m, messages, notice, deadline, retries, extras):
+                async for item in self._one(m, messages, notice, deadline, retries, extras, meta):
                     yield item
                 return
             except _ModelFailed as exc:
@@ -255,12 +286,18 @@ class OpenAIResponder:
         deadline: float,
         retries: int,
         extras: dict[str, Any],
+        metadata: dict[str, Any] | None = None,
     ) -> AsyncIterator[Delta | ReplyInfo]:
         produced = False
         calls: dict[int, dict[str, Any]] = {}
         resp = await self._connect(model, messages, deadline, retries, extras)
         try:
-            yield ReplyInfo(model_id=model, provider_id=self.provider_id, fallback_notice=notice)
+            yield ReplyInfo(
+                model_id=model,
+                provider_id=self.provider_id,
+                fallback_notice=notice,
+                metadata=metadata,
+            )
             while True:
                 try:
                     async with asyncio.timeout_at(deadline):

@@ -32,6 +32,7 @@ from server.settings import Settings
 SSE = "text/event-stream"
 JSON = "application/json"
 MULTIPART = "multipart/form-data"
+ZIP = "application/zip"  # session bundles (issue 25)
 ANY = "*/*"  # bytes of any type (attachments): documented without a schema
 
 Schema = dict[str, Any] | Callable[[Settings], dict[str, Any]]
@@ -233,10 +234,10 @@ def build_openapi(app: web.Application) -> dict[str, Any]:
         }
         if doc.tags:
             op["tags"] = list(doc.tags)
-        if doc.body is not None:
+        if doc.body is not None:  # with body_content too: other media types beside JSON
             op["requestBody"] = {
                 "required": doc.body_required,
-                "content": {JSON: {"schema": ref(doc.body)}},
+                "content": {JSON: {"schema": ref(doc.body)}, **(doc.body_content or {})},
             }
         elif doc.body_content is not None:
             op["requestBody"] = {"required": doc.body_required, "content": doc.body_content}

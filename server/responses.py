@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 # a message's status (storage.rows.Status, which server/ does not import)
 MessageStatus = Literal[
@@ -251,3 +251,23 @@ class SharedChat(Shape):
     expires_at: str | None
     active_leaf_id: str | None
     messages: list[SharedMessage] = Field(description="live messages in log order")
+
+
+class ImportedConversation(Shape):
+    """One session a ChatGPT import made (issue 25)."""
+
+    id: str
+    title: str | None
+    conversation_id: str | None = Field(description="the ChatGPT conversation's id")
+    index: int = Field(description="its position in conversations.json")
+
+
+class ChatGPTImport(Shape):
+    """What ``POST /sessions/import?format=chatgpt`` made: one session per conversation."""
+
+    count: int
+    sessions: list[ImportedConversation]
+
+
+class ImportAnswer(RootModel[Session | ChatGPTImport]):
+    """An import's answer: the new session, or (format=chatgpt) the sessions made."""

@@ -6,6 +6,8 @@
 - ``GET /api/sessions/{sid}/attachments/{aid}``: the bytes, with ``ETag`` (the
   SHA-256), ``If-None-Match`` → 304, a single ``Range`` → 206, and a safe
   ``Content-Disposition``.
+- ``DELETE /api/sessions/{sid}/attachments/{aid}``: 204; 409 while a live
+  message names it; the blob goes with the last record of its bytes.
 - ``GET /api/sessions/{sid}/export?format=json|markdown``: streamed from one
   read snapshot on a separate read-only connection, in constant memory.
 - ``POST /api/sessions/import``: a JSON export becomes a new session.
@@ -14,20 +16,29 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import re
+import tempfile
+import time
+import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, MultipartReader, hdrs, web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from actors.errors import Unsupported
+from actors.imports import import_bundle, import_chatgpt
+from actors.registry import ActorRegistry
 from actors.session import ExportDocument
 from server.errors import ApiError
 from server.http import json_response, query_choice, query_int, user_of
 from server.keys import IMPORT_SLOTS, REGISTRY, SETTINGS, state_of
-from server.openapi import ANY, JSON, MULTIPART, SESSION_ID, Param, Reply, describe
-from server.responses import Attachment, Error, SearchPage, Session
+from server.openapi import ANY, JSON, MULTIPART, SESSION_ID, ZIP, Param, Reply, describe
+from server.responses import Attachment, Error, ImportAnswer, SearchPage
 from server.wire import snippet_html
 from storage.errors import TooLarge
 from storage.ids import validate_session_id
@@ -73,7 +84,11 @@ UPLOAD_BODY = {
     body_content=UPLOAD_BODY,
     responses={
         201: Reply("the stored file's record", Attachment, headers={"Location": "its url"}),
-        413: Reply("larger than max_attachment_bytes (nothing is kept)", Error),
+        413: Reply(
+            "larger than max_attachment_bytes, or (session_full) new bytes would take the"
+            " session over max_session_bytes (nothing is kept)",
+            Error,
+        ),
         415: Reply("the body is not multipart/form-data", Error),
     },
 )
@@ -99,6 +114,7 @@ async def upload_attachment(request: web.Request) -> web.Response:
                 content_type=part.headers.get(hdrs.CONTENT_TYPE),
                 chunks=_chunks(reader, part),
                 limit=limit,
+                session_limit=settings.max_session_bytes,
             )
         except TooLarge:
             raise _too_large(limit) from None
@@ -283,33 +299,67 @@ async def download_attachment(request: web.Request) -> web.StreamResponse:
         blob.close()
 
 
+@routes.delete("/sessions/{sid}/attachments/{aid}")
+@describe(
+    responses={
+        204: Reply("deleted; its bytes went too unless another record holds the same"),
+        409: Reply(
+            "attachment_in_use: a live message names it (details.message_ids); delete or"
+            " edit those messages first",
+            Error,
+        ),
+    },
+)
+async def delete_attachment(request: web.Request) -> web.Response:
+    """Delete an attachment: 204; 409 ``attachment_in_use`` while a live message names it."""
+    registry = state_of(request)[REGISTRY]
+    async with registry.session(request.match_info["sid"], user_of(request)) as s:
+        await s.delete_attachment(request.match_info["aid"])
+    return web.Response(status=204)
+
+
 # ---------------------------------------------------------------------------- export
+
+
+EXPORT_TYPES: dict[str, tuple[str, str]] = {
+    "json": ("json", JSON),
+    "markdown": ("md", "text/markdown"),
+    "bundle": ("zip", ZIP),
+}
 
 
 @routes.get("/sessions/{sid}/export")
 @describe(
-    params=(Param("format", "query", {"enum": ["json", "markdown"], "default": "json"}),),
+    params=(
+        Param(
+            "format",
+            "query",
+            {"enum": ["json", "markdown", "bundle"], "default": "json"},
+            "bundle: a zip of session.json (the JSON export) and blobs/<sha256> (the"
+            " attachments' bytes), for POST /sessions/import",
+        ),
+    ),
     responses={
         200: Reply(
-            "the whole session: JSON (roost.session.v1, for import) or Markdown",
+            "the whole session: JSON (roost.session.v1, for import), Markdown, or a bundle",
             ExportDocument,
-            (JSON, "text/markdown"),
-            headers={"Content-Disposition": "attachment; filename=<sid>.json or .md"},
+            (JSON, "text/markdown", ZIP),
+            headers={"Content-Disposition": "attachment; filename=<sid>.json, .md or .zip"},
         )
     },
 )
 async def export_session(request: web.Request) -> web.StreamResponse:
-    """The whole session, streamed: JSON (lossless, ``roost.session.v1``) or Markdown."""
+    """The whole session, streamed: JSON (lossless, ``roost.session.v1``), Markdown, or a
+    bundle (zip: the JSON export plus the attachments' bytes); constant memory."""
     registry = state_of(request)[REGISTRY]
     sid = request.match_info["sid"]
-    fmt: Literal["json", "markdown"] = (
-        "markdown"
-        if query_choice(request, "format", ("json", "markdown")) == "markdown"
-        else "json"
+    choice = query_choice(request, "format", ("json", "markdown", "bundle"))
+    fmt: Literal["json", "markdown", "bundle"] = (
+        "markdown" if choice == "markdown" else "bundle" if choice == "bundle" else "json"
     )
     async with registry.session(sid, user_of(request)) as s:
         stream = await s.export(fmt)
-    ext, ctype = ("json", "application/json") if fmt == "json" else ("md", "text/markdown")
+    ext, ctype = EXPORT_TYPES[fmt]
     resp = web.StreamResponse(
         headers={
             hdrs.CONTENT_DISPOSITION: content_disposition(f"{sid}.{ext}", inline=False),
@@ -317,7 +367,8 @@ async def export_session(request: web.Request) -> web.StreamResponse:
         }
     )
     resp.content_type = ctype
-    resp.charset = "utf-8"
+    if fmt != "bundle":
+        resp.charset = "utf-8"
     resp.enable_chunked_encoding()
     try:
         await resp.prepare(request)
@@ -332,29 +383,88 @@ async def export_session(request: web.Request) -> web.StreamResponse:
 # ---------------------------------------------------------------------------- import
 
 
+BUNDLE_BODY = {
+    ZIP: {
+        "schema": {
+            "type": "string",
+            "format": "binary",
+            "description": "a bundle (GET /export?format=bundle); up to max_import_bytes"
+            " plus max_session_bytes",
+        }
+    }
+}
+
+
 @routes.post("/sessions/import")
 @describe(
     body=ExportDocument,
-    params=(Param("id", "query", SESSION_ID, "the new session's id (default: a new uuid7)"),),
+    body_content=BUNDLE_BODY,
+    params=(
+        Param("id", "query", SESSION_ID, "the new session's id (default: a new uuid7)"),
+        Param(
+            "format",
+            "query",
+            {"enum": ["json", "bundle", "chatgpt"]},
+            "what the body is (default: bundle for application/zip, else json); chatgpt:"
+            " a ChatGPT data export (conversations.json, or its zip), one session per"
+            " conversation",
+        ),
+    ),
     responses={
-        201: Reply("the new session", Session, headers={"Location": "the session's URL"}),
-        413: Reply("over max_import_bytes, or a message over max_content_chars", Error),
-        415: Reply("the body is not application/json", Error),
+        201: Reply(
+            "the new session (chatgpt: {count, sessions})",
+            ImportAnswer,
+            headers={"Location": "the session's URL (chatgpt: the session list)"},
+        ),
+        413: Reply(
+            "over max_import_bytes, a message over max_content_chars, or a bundle's"
+            " attachments over max_session_bytes (session_full)",
+            Error,
+        ),
+        415: Reply("the body is not application/json (or application/zip: a bundle)", Error),
+        501: Reply("a bundle, in cluster mode", Error),
+        400: Reply("malformed or inconsistent (details say where; nothing is created)", Error),
     },
 )
 async def import_session(request: web.Request) -> web.Response:
-    """A JSON export becomes a new session (201 Session); ``?id=`` names it (409 if taken)."""
+    """A JSON export or a bundle becomes a new session (201 Session); ``?id=`` names it
+    (409 if taken)."""
     settings = state_of(request)[SETTINGS]
     registry = state_of(request)[REGISTRY]
+    fmt = (
+        query_choice(request, "format", ("json", "bundle", "chatgpt"))
+        if "format" in request.query
+        else "bundle"
+        if request.content_type == ZIP
+        else "json"
+    )
+    sid = request.query.get("id")
+    if sid is not None:
+        validate_session_id(sid)
+    if fmt == "bundle":
+        return await _import_bundle(request, sid)
+    if fmt == "chatgpt":
+        if sid is not None:
+            raise ApiError(
+                400,
+                "invalid_input",
+                "id cannot be given with format=chatgpt (one session per conversation)",
+                {"loc": ["query", "id"]},
+            )
+        return await _import_chatgpt(request)
+    if request.content_type == ZIP:  # format=json asked for, with a zip
+        raise ApiError(
+            400,
+            "invalid_input",
+            "format=json takes a JSON export; a zip is format=bundle",
+            {"loc": ["query", "format"]},
+        )
     if request.content_type != "application/json":
         raise ApiError(
             415,
             "unsupported_media_type",
             f"expected Content-Type application/json, got {request.content_type or 'none'}",
         )
-    sid = request.query.get("id")
-    if sid is not None:
-        validate_session_id(sid)
     limit = settings.max_import_bytes
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(
@@ -376,6 +486,114 @@ async def import_session(request: web.Request) -> web.Response:
             # the body and its parse are garbage now: give the memory back
             await registry.trim_heap()
     return json_response(doc, 201, {"Location": f"/api/sessions/{doc['id']}"})
+
+
+async def _import_bundle(request: web.Request, sid: str | None) -> web.Response:
+    """``POST /sessions/import`` of a bundle: the body is spooled to a file in the data
+    dir (a zip is read from its end), then checked and imported whole."""
+    settings = state_of(request)[SETTINGS]
+    registry = state_of(request)[REGISTRY]
+    if not isinstance(registry, ActorRegistry):
+        raise Unsupported("bundle imports are not available in cluster mode yet")
+    if request.content_type not in (ZIP, "application/octet-stream"):
+        # a documented type that does not fit the format asked for: 400, not 415
+        raise ApiError(
+            400 if request.content_type == JSON else 415,
+            "invalid_input" if request.content_type == JSON else "unsupported_media_type",
+            f"format=bundle takes a zip (application/zip), got {request.content_type or 'none'}",
+            {"loc": ["query", "format"]} if request.content_type == JSON else None,
+        )
+    limit = settings.max_import_bytes + (settings.max_session_bytes or 1 << 30)
+    async with state_of(request)[IMPORT_SLOTS], spooled(request, registry, limit) as path:
+        doc = await import_bundle(
+            registry,
+            sid,
+            path,
+            owner=user_of(request),
+            max_json_bytes=settings.max_import_bytes,
+            max_session_bytes=settings.max_session_bytes,
+            max_title_chars=settings.max_title_chars,
+            max_content_chars=settings.max_content_chars,
+        )
+        await registry.trim_heap()
+    return json_response(doc, 201, {"Location": f"/api/sessions/{doc['id']}"})
+
+
+async def _import_chatgpt(request: web.Request) -> web.Response:
+    """``POST /sessions/import?format=chatgpt``: a ChatGPT data export (its
+    ``conversations.json``, or the export's zip) becomes one session per
+    conversation; read as a stream from a spooled copy, checked whole first."""
+    settings = state_of(request)[SETTINGS]
+    registry = state_of(request)[REGISTRY]
+    if request.content_type not in (JSON, ZIP, "application/octet-stream"):
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            "a ChatGPT export is conversations.json (application/json) or its zip "
+            f"(application/zip), got {request.content_type or 'none'}",
+        )
+    limit = settings.max_import_bytes + (settings.max_session_bytes or 1 << 30)
+    async with state_of(request)[IMPORT_SLOTS], spooled(request, registry, limit) as path:
+        made = await import_chatgpt(
+            registry,
+            path,
+            owner=user_of(request),
+            max_element_bytes=settings.max_import_bytes,
+            max_title_chars=settings.max_title_chars,
+            max_content_chars=settings.max_content_chars,
+        )
+    return json_response({"count": len(made), "sessions": made}, 201, {"Location": "/api/sessions"})
+
+
+SPOOL_PREFIX = ".roost-import-"
+#: a spooled import body untouched this long was left by a crash: removed
+STALE_SPOOL_SECONDS = 86_400.0
+
+
+def drop_stale_spools(folder: Path, now: float) -> int:
+    """Remove the spooled import bodies in ``folder`` older than a day (a crash
+    left them; a running import's file is younger); return how many went."""
+    gone = 0
+    for p in folder.glob(SPOOL_PREFIX + "*"):
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime > STALE_SPOOL_SECONDS:
+                p.unlink()
+                gone += 1
+    return gone
+
+
+@contextlib.asynccontextmanager
+async def spooled(request: web.Request, registry: Any, limit: int) -> AsyncIterator[Path]:
+    """The request body written to a temporary file of the data dir (cluster mode:
+    of the temp dir), removed at the end; 413 over ``limit`` bytes (the file goes
+    at once)."""
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(
+            413, "payload_too_large", f"the import is larger than the limit of {limit} bytes"
+        )
+    loop = asyncio.get_running_loop()
+    local = isinstance(registry, ActorRegistry)  # cluster mode: the front's temp dir
+    pool = registry.write_pool if local else None
+    folder = registry.datadir.trash if local else Path(tempfile.gettempdir())
+    path = folder / f"{SPOOL_PREFIX}{uuid.uuid4().hex}"
+    await loop.run_in_executor(pool, drop_stale_spools, folder, time.time())
+    f = await loop.run_in_executor(pool, open, path, "xb")
+    try:
+        size = 0
+        async for chunk in request.content.iter_chunked(READ_CHUNK):
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(
+                    413,
+                    "payload_too_large",
+                    f"the import is larger than the limit of {limit} bytes",
+                )
+            await loop.run_in_executor(pool, f.write, chunk)
+        await loop.run_in_executor(pool, f.close)
+        yield path
+    finally:
+        f.close()
+        await loop.run_in_executor(pool, lambda: path.unlink(missing_ok=True))
 
 
 async def _import(request: web.Request, sid: str | None, buf: bytearray) -> dict[str, Any]:

@@ -14,6 +14,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actors.actor import ActorConfig
+from actors.model_parts import Attachments, BlobReader, ModelCaps, parse_caps
+from server.pdftext import pdf_text
 
 
 class Settings(BaseModel):
@@ -134,7 +136,20 @@ class Settings(BaseModel):
     openai_retries: int = Field(
         2, ge=0, le=10, description="retries of a 429 or 5xx answer before the first byte"
     )
-    # limits
+    # attachments into the model (issue 25; actors.model_parts)
+    model_capabilities: str | None = Field(
+        None,
+        description='JSON: model name or pattern -> {"images": bool, "pdf": "text"|"file"|"none",'
+        ' "text_tokens": int}; what each model is sent (default: images, PDFs as text)',
+    )
+    attachment_text_tokens: int = Field(
+        8000, ge=1, description="most tokens of one text file (or PDF text) inlined for a model"
+    )
+    image_base_url: str | None = Field(
+        None,
+        description="send images as this base URL + their API path (the provider fetches"
+        " them) instead of data: URLs",
+    )
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest JSON request body")
     max_content_chars: int = Field(100_000, ge=1, description="longest message content")
     max_metadata_bytes: int = Field(16_384, ge=2, description="largest metadata object (JSON)")
@@ -143,6 +158,12 @@ class Settings(BaseModel):
     max_page_limit: int = Field(200, ge=1, description="largest page size")
     max_parts: int = Field(256, ge=1, description="most parts in one message")
     max_attachment_bytes: int = Field(25 << 20, ge=1, description="largest attachment upload")
+    max_session_bytes: int = Field(
+        1 << 30,
+        ge=0,
+        description="most bytes of attachments one session holds (same bytes count once;"
+        " 0 = no cap)",
+    )
     max_ws_frame_bytes: int = Field(1 << 20, ge=1024, description="largest WebSocket frame")
     max_import_bytes: int = Field(64 << 20, ge=1024, description="largest session import (JSON)")
     max_concurrent_imports: int = Field(
@@ -226,6 +247,28 @@ class Settings(BaseModel):
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("model_capabilities")
+    @classmethod
+    def _caps(cls, value: str | None) -> str | None:
+        parse_caps(value)  # raises ValueError saying what is wrong
+        return value
+
+    @field_validator("image_base_url")
+    @classmethod
+    def _image_base(cls, value: str | None) -> str | None:
+        return None if value is None else check_base_url(value)
+
+    def attachments(self, blobs: BlobReader | None) -> Attachments:
+        """How attachments reach the models (``actors.model_parts``), bytes from ``blobs``."""
+        default = ModelCaps(text_tokens=self.attachment_text_tokens)
+        return Attachments(
+            blobs=blobs,
+            table=parse_caps(self.model_capabilities, default),
+            default=default,
+            image_base_url=self.image_base_url,
+            pdf_text=pdf_text,
+        )
 
     @field_validator("openai_base_url")
     @classmethod

@@ -11,7 +11,7 @@ OpenAI-compatible providers refuse with 400. Pure functions.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import orjson
@@ -36,9 +36,15 @@ def _arguments(args: Any) -> str:
 
 
 def provider_messages(
-    history: Sequence[dict[str, Any]], system_prompt: str | None = None
+    history: Sequence[dict[str, Any]],
+    system_prompt: str | None = None,
+    content: Callable[[dict[str, Any]], str | list[dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
-    """``history`` (oldest first) as ``messages`` (see the module docstring)."""
+    """``history`` (oldest first) as ``messages`` (see the module docstring).
+
+    ``content`` makes a user or system message's content (attachments as content
+    parts: ``actors.model_parts.Converter.content``); by default its text.
+    """
     out: list[dict[str, Any]] = []
     if system_prompt:
         out.append({"role": "system", "content": system_prompt})
@@ -51,7 +57,7 @@ def provider_messages(
         if role == "tool":
             continue  # not after its call: it would be an orphan
         if role != "assistant":
-            out.append({"role": role, "content": m["content"]})
+            out.append({"role": role, "content": m["content"] if content is None else content(m)})
             continue
         calls = [
             p

@@ -7,11 +7,16 @@
 
 The same bytes uploaded twice are stored once; each upload still gets its own
 record (id, name, mime) in the session file's ``attachments`` table. Blobs are
-written by :class:`BlobWriter` (hash on the way, fsync, rename), so a crash
-leaves either no blob or a complete one, never a partial file under a hash
-name. Blobs are removed with their session (its folder goes as a whole); an
-upload whose record never got committed leaves an unreferenced blob, which is
-harmless and reused by the next upload of the same bytes.
+written by :class:`BlobWriter` (hash on the way, fsync; then, inside the op that
+records the upload, :meth:`BlobWriter.place` renames it under its hash), so a
+crash leaves either no blob or a complete one, never a partial file under a
+hash name. Blobs are reference-counted by their records (issue 25): deleting
+the last record of a hash removes the blob (``storage.attachment_ops``); both
+the placing and the removal run inside the session's serialized ops, so an
+upload of the same bytes racing a delete never loses its blob. Blobs are also
+removed with their session (its folder goes as a whole); an upload whose
+record never got committed leaves an unreferenced blob, which is harmless and
+reused by the next upload of the same bytes.
 
 Everything here is blocking file I/O or a pure function; callers choose the
 thread.
@@ -111,6 +116,7 @@ class BlobWriter:
         self.size = 0
         self._hash = hashlib.sha256()
         self.tmp = folder / f".up-{uuid.uuid4().hex}"
+        self.digest = ""
         self._file: BinaryIO | None = open(self.tmp, "xb")  # noqa: SIM115
 
     def write(self, chunk: bytes) -> None:
@@ -125,11 +131,9 @@ class BlobWriter:
         self._file.write(chunk)
 
     def commit(self) -> tuple[str, int]:
-        """Make the blob durable under its hash name; return ``(sha256, size)``.
-
-        If a blob with that hash exists already, the temporary file is dropped
-        and the existing one kept (same bytes).
-        """
+        """Make the bytes durable (still under the temporary name); return
+        ``(sha256, size)``. Then :meth:`place` (inside the op that records the
+        upload) or :meth:`abort`."""
         if self._file is None:
             raise ValueError("the upload is already finished")
         try:
@@ -137,17 +141,31 @@ class BlobWriter:
             os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
-            digest = self._hash.hexdigest()
-            final = self.folder / digest
-            if final.exists():
-                self.tmp.unlink()
-            else:
-                os.rename(self.tmp, final)
-            fsync_path(self.folder)
+            self.digest = self._hash.hexdigest()
         except BaseException:
             self.abort()
             raise
-        return digest, self.size
+        return self.digest, self.size
+
+    def place(self) -> None:
+        """Put the committed bytes under their hash name (durably). If a blob with
+        that hash exists already, the temporary file is dropped and the existing
+        one kept (same bytes). Idempotent; after it :meth:`abort` does nothing.
+
+        Raises ``FileNotFoundError`` when the upload was aborted meanwhile (its
+        handler was cancelled while the op waited) and no blob of that hash is
+        there: then the op that records it fails, so no record is left without bytes.
+        """
+        final = self.folder / self.digest
+        if not self.tmp.exists():
+            if final.exists():
+                return
+            raise FileNotFoundError(self.tmp)
+        if final.exists():
+            self.tmp.unlink(missing_ok=True)
+        else:
+            os.rename(self.tmp, final)
+        fsync_path(self.folder)
 
     def abort(self) -> None:
         """Close and remove the temporary file. Idempotent."""

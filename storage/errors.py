@@ -10,10 +10,12 @@ codes to status lines in one place (``server.errors``)::
     │   └── MalformedJson   an import body that is not JSON              (400)
     ├── NotFound            unknown session, message, attachment          (404)
     ├── Conflict            existing id, client_id reused with other body (409)
+    │   └── AttachmentInUse a live message still names the attachment     (409)
     ├── PreconditionFailed  stale If-Match version                        (412)
     ├── Unavailable         a session file that cannot be used right now  (503)
     ├── StorageFull         the disk is full                              (507)
     └── ContentTooLarge     an imported message over the content limit    (413)
+        └── SessionFull     the session's attachments over max_session_bytes (413)
 
     TooLarge (not a StorageError): an upload over its byte limit; the caller
     that set the limit answers for it.
@@ -85,6 +87,19 @@ class ContentTooLarge(StorageError):
     """A piece of an import is over a limit (413)."""
 
     code = "content_too_large"
+
+
+class SessionFull(ContentTooLarge):
+    """A session's attachments would be over ``max_session_bytes`` (413, issue 25)."""
+
+    code = "session_full"
+
+
+class AttachmentInUse(Conflict):
+    """An attachment a live message still names cannot be deleted (409, issue 25);
+    ``details.message_ids`` names those messages."""
+
+    code = "attachment_in_use"
 
 
 class TooLarge(Exception):

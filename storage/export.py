@@ -137,6 +137,15 @@ def attachment_records(conn: sqlite3.Connection, sid: str) -> Iterator[dict[str,
         yield attachment_doc(AttachmentRow._make(raw), sid)
 
 
+def _noted(
+    items: Iterable[dict[str, Any]], seen: list[dict[str, Any]] | None
+) -> Iterator[dict[str, Any]]:
+    for item in items:
+        if seen is not None:
+            seen.append(item)
+        yield item
+
+
 def _coalesce(chunks: Iterable[bytes], size: int) -> Iterator[bytes]:
     buf: list[bytes] = []
     n = 0
@@ -161,8 +170,12 @@ def iter_export(
     exported_at: str,
     batch: int = 500,
     chunk_bytes: int = 64 * 1024,
+    seen: list[dict[str, Any]] | None = None,
 ) -> Iterator[bytes]:
     """Stream the export of the session file at ``path`` in chunks of about ``chunk_bytes``.
+
+    ``seen``, if given, gets the attachment records as they are exported (a
+    bundle's list of blobs, from the same snapshot).
 
     Opens its own read-only connection and reads everything in one read
     transaction, so the export is one consistent snapshot while writers go
@@ -196,7 +209,7 @@ def iter_export(
                 session,
                 msgs,
                 exported_at=exported_at,
-                attachments=attachment_records(conn, sid),
+                attachments=_noted(attachment_records(conn, sid), seen),
             )
         else:
             path_msgs = batches(

@@ -17,7 +17,6 @@ from typing import Any
 from storage.errors import Conflict, InvalidInput, NotFound, PreconditionFailed
 from storage.ids import uuid7
 from storage.rows import (
-    ATTACHMENT_INSERT,
     ATTACHMENT_SELECT,
     MESSAGE_SELECT,
     UNFINISHED,
@@ -376,28 +375,6 @@ def op_set_feedback(mid: str, feedback: dict[str, Any] | None) -> Callable[[Txn]
     return run
 
 
-def op_add_attachment(
-    *, name: str, mime: str, size: int, sha256: str
-) -> Callable[[Txn], dict[str, Any]]:
-    """Record an attachment whose blob is already on disk; return its document.
-
-    No event is recorded: an attachment becomes visible to others only through
-    the message that references it.
-    """
-
-    def run(txn: Txn) -> dict[str, Any]:
-        row = AttachmentRow(
-            id=uuid7(), name=name, mime=mime, size=size, sha256=sha256, created_at=txn.now
-        )
-        txn.conn.execute(
-            f"INSERT INTO attachments ({ATTACHMENT_INSERT}) VALUES (?, ?, ?, ?, ?, ?)",
-            row,
-        )
-        return attachment_doc(row, txn.session_id)
-
-    return run
-
-
 def _first_reply(txn: Txn, user_seq: int) -> dict[str, Any] | None:
     raw = txn.conn.execute(
         f"SELECT {MESSAGE_SELECT} FROM messages WHERE parent_seq = ? AND role = 'assistant' "
@@ -508,6 +485,9 @@ def op_stream(
             if info and info.get(key) is not None:
                 sets.append(f"{key} = ?")
                 args.append(info[key])
+        if info and info.get("metadata"):  # what the responder reports (issue 25)
+            sets.append("metadata = json_patch(metadata, ?)")
+            args.append(dumps(info["metadata"]))
         args.append(row.seq)
         txn.conn.execute(f"UPDATE messages SET {', '.join(sets)} WHERE seq = ?", args)
         if text:

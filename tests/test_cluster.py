@@ -10,12 +10,14 @@ when ``ray`` is not installed (``pip install -e '.[cluster]'``).
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -449,6 +451,63 @@ async def test_cluster_shard_process_killed_is_survived(
     assert _shard_pid(cluster.data, shard_of(sid, SHARDS)) != pid
     status, _ = await append(http, b, sid, "after the restart")
     assert status == 201
+
+
+async def test_cluster_attachments_reach_the_model_delete_and_bundle_through_fronts(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """Issue 25 in cluster mode: an upload on A reaches the (shard's) echo responder, is
+    refused deletion while named and deleted on B after; a bundle exports on B; a
+    bundle import answers 501; a ChatGPT import works."""
+    a, b = cluster.api(cluster.a), cluster.api(cluster.b)
+    await create(http, a, "c-files")
+    form = aiohttp.FormData()
+    form.add_field("file", b"shard notes", filename="n.txt", content_type="text/plain")
+    async with http.post(a + "/sessions/c-files/attachments", data=form) as r:
+        assert r.status == 201, await r.text()
+        att = await r.json()
+    body = {"content": "read", "attachments": [att["id"]]}
+    headers = {"Accept": "application/json"}
+    async with http.post(b + "/sessions/c-files/chat", json=body, headers=headers) as r:
+        assert r.status == 201, await r.text()
+        reply = (await r.json())["assistant_message"]
+    assert reply["metadata"]["attachments"]["sent"][0]["as"] == "text"
+    async with http.delete(b + f"/sessions/c-files/attachments/{att['id']}") as r:
+        assert r.status == 409
+    async with http.get(b + "/sessions/c-files/export?format=bundle") as r:
+        assert r.status == 200
+        raw = await r.read()
+    zf = zipfile.ZipFile(io.BytesIO(raw))
+    assert zf.read(f"blobs/{att['sha256']}") == b"shard notes"
+    zheaders = {"Content-Type": "application/zip"}
+    async with http.post(a + "/sessions/import", data=raw, headers=zheaders) as r:
+        assert r.status == 501
+    async with http.post(a + "/sessions/c-files/attachments", data=form) as r:
+        assert r.status == 201
+        spare = await r.json()
+    async with http.delete(b + f"/sessions/c-files/attachments/{spare['id']}") as r:
+        assert r.status == 204
+    conv = {
+        "title": "t",
+        "mapping": {
+            "r": {"id": "r", "message": None, "parent": None, "children": ["u"]},
+            "u": {
+                "id": "u",
+                "parent": "r",
+                "children": [],
+                "message": {
+                    "author": {"role": "user"},
+                    "content": {"content_type": "text", "parts": ["hi"]},
+                },
+            },
+        },
+        "current_node": "u",
+    }
+    async with http.post(a + "/sessions/import?format=chatgpt", json=[conv]) as r:
+        assert r.status == 201, await r.text()
+        made = (await r.json())["sessions"][0]["id"]
+    async with http.get(b + f"/sessions/{made}") as r:
+        assert (await r.json())["session"]["active_leaf_id"] == "u"
 
 
 async def test_cluster_front_with_other_shard_count_refuses_to_start(cluster: Cluster) -> None:

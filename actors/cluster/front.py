@@ -41,8 +41,10 @@ from actors.cluster.codec import (
     message_to_plain,
     page_from_plain,
 )
+from actors.cluster.join import ClusterError as ClusterError  # where cli finds it
+from actors.cluster.join import connect as connect  # where cli and app find it
 from actors.cluster.placement import ShardSpec, home_of, shard_of
-from actors.cluster.shard import meta_handle, shard_handle
+from actors.cluster.shard import shard_handle
 from actors.cluster.streams import (
     RemoteBlob,
     RemoteExportStream,
@@ -57,62 +59,17 @@ from actors.pubsub import Frame, Subscription, Topic
 from actors.session import Blob, ExportStream, NewMessage, ReplyStream, SessionHandle
 from actors.userlog import UserLog, UserLogs
 from storage.catalog import ListFilters
-from storage.errors import StorageError, TooLarge, Unavailable
+from storage.errors import TooLarge, Unavailable
 from storage.ids import uuid7, validate_session_id
 from storage.reads import Page
 
 log = logging.getLogger("roost.cluster")
 
-# how long a joining front waits for the cluster's roost-meta actor (its first start
-# makes a worker process)
-META_WAIT = 60.0
 NO_SHARES = "share links are not available in cluster mode yet (they need a cluster-wide store)"
 NO_ACROSS = (
     "search across sessions and the list feed are not available in cluster mode yet"
     " (they need the per-user index on the user's directory shard)"
 )
-
-
-class ClusterError(StorageError):
-    """A front cannot join the cluster it was pointed at (the message says why)."""
-
-    code = "cluster_error"
-
-
-def connect(address: str, namespace: str, shards: int, timeout: float) -> None:
-    """Join the Ray cluster at ``address`` as a driver, in ``namespace``, and check
-    that it has ``shards`` shards (the first front to come records its count).
-
-    Idempotent within a process. Raises :class:`ClusterError` when the cluster
-    cannot be reached or was made with another shard count.
-    """
-    if not ray.is_initialized():
-        try:
-            ray.init(
-                address=address,
-                namespace=namespace,
-                log_to_driver=False,
-                logging_level=logging.WARNING,
-            )
-        except Exception as exc:
-            raise ClusterError(
-                f"cannot join the Ray cluster at {address}: {exc}; start it with "
-                "`ray start --head` (and --resources '{\"roost_shard\": 1}' on the shard "
-                "nodes) or fix --cluster"
-            ) from exc
-    try:
-        recorded = int(ray.get(meta_handle(namespace, shards).shards.remote(), timeout=META_WAIT))
-    except Exception as exc:
-        raise ClusterError(
-            f"the Ray cluster at {address} did not say its shard count within "
-            f"{META_WAIT:g} s: {exc}"
-        ) from exc
-    if recorded != shards:
-        raise ClusterError(
-            f"cluster {namespace!r} at {address} has {recorded} shards, but this front was "
-            f"started with --shards {shards}: every front must use the cluster's count; "
-            f"pass --shards {recorded} (or a new --cluster-name for a new cluster)"
-        )
 
 
 # ---------------------------------------------------------------------------- the handle
@@ -289,6 +246,7 @@ class RemoteSessionHandle(SessionHandle):
         content_type: str | None,
         chunks: AsyncIterable[bytes],
         limit: int,
+        session_limit: int = 0,
     ) -> dict[str, Any]:
         """As single node, but the bytes (at most ``limit``) cross to the shard in one call."""
         buf = bytearray()
@@ -302,8 +260,12 @@ class RemoteSessionHandle(SessionHandle):
             content_type=content_type,
             data=bytes(buf),
             limit=limit,
+            session_limit=session_limit,
         )
         return doc
+
+    async def delete_attachment(self, aid: str) -> dict[str, Any]:
+        return dict(await self._call("delete_attachment", aid=aid))
 
     async def open_blob(self, sha256: str) -> Blob:
         size: int = await self._call("blob_size", sha256=sha256)
@@ -318,7 +280,7 @@ class RemoteSessionHandle(SessionHandle):
         data: bytes | None = await self._call("snapshot", branch=branch, max_bytes=max_bytes)
         return data
 
-    async def export(self, fmt: Literal["json", "markdown"]) -> ExportStream:
+    async def export(self, fmt: Literal["json", "markdown", "bundle"]) -> ExportStream:
         self._used = True
         gen = self._front.stream(self._k, "export", self._sid, self._user, fmt)
         await self._front.first(self._k, gen)

@@ -47,8 +47,9 @@ class ShardSpec:
 
     The first front to create shard ``k`` sets them; a later front's spec is
     ignored (``get_if_exists``). ``config`` holds ``ActorConfig``'s fields;
-    ``responder`` is a picklable callable, run inside the shard's event loop,
-    that makes its responder (None: the echo responder).
+    ``responder`` is a picklable callable, run inside the shard's event loop
+    with the shard's ``DataDir`` (where its attachments are), that makes its
+    responder (None: the echo responder).
     """
 
     data_dir: str

@@ -94,13 +94,22 @@ async def _chat(
 
 
 async def _add_attachment(
-    s: SessionHandle, filename: str | None, content_type: str | None, data: bytes, limit: int
+    s: SessionHandle,
+    filename: str | None,
+    content_type: str | None,
+    data: bytes,
+    limit: int,
+    session_limit: int = 0,
 ) -> dict[str, Any]:
     async def chunks() -> AsyncIterator[bytes]:
         yield data
 
     return await s.add_attachment(
-        filename=filename, content_type=content_type, chunks=chunks(), limit=limit
+        filename=filename,
+        content_type=content_type,
+        chunks=chunks(),
+        limit=limit,
+        session_limit=session_limit,
     )
 
 
@@ -150,6 +159,7 @@ CALLS: dict[str, Callable[..., Awaitable[Any]]] = {
         s.tool_approval(mid, tool_call_id, approved=approved, reason=reason)
     ),
     "add_attachment": _add_attachment,
+    "delete_attachment": lambda s, aid: s.delete_attachment(aid),
     "blob_size": _blob_size,
     "blob_read": _blob_read,
     "snapshot": lambda s, branch, max_bytes: s.snapshot(branch, max_bytes=max_bytes),
@@ -244,7 +254,7 @@ class Shard:
         registry.hosted = lambda sid: shard_of(sid, shards) == k  # the sweep skips the rest
         await registry.start()
         if spec.responder is not None:
-            registry.responder = spec.responder()
+            registry.responder = spec.responder(datadir)  # it reads this shard's blobs
         self._push_lock = asyncio.Lock()
         self._push_wakeup = asyncio.Event()
         self._pusher = asyncio.create_task(self._push_loop(), name="shard:directory")
@@ -380,7 +390,9 @@ class Shard:
         try:
             reg = await self._reg()
             async with reg.session(sid, user) as s:
-                stream = await s.export("markdown" if fmt == "markdown" else "json")
+                stream = await s.export(
+                    "markdown" if fmt == "markdown" else "bundle" if fmt == "bundle" else "json"
+                )
         except Exception as exc:
             plain = encode_error(exc)
             if plain is None:
