@@ -483,7 +483,9 @@ async def import_session(request: web.Request) -> web.Response:
         try:
             doc = await _import(request, sid, buf)
         finally:
-            # the body and its parse are garbage now: give the memory back
+            # the body and its parse are garbage now: drop the body (this frame holds it
+            # until it returns) and give the memory back
+            del buf
             await registry.trim_heap()
     return json_response(doc, 201, {"Location": f"/api/sessions/{doc['id']}"})
 
