@@ -242,6 +242,12 @@ class Shard:
         registry.user_search.enabled = False  # no /api/search in cluster mode yet
         shards, k = spec.shards, self.k
         registry.hosted = lambda sid: shard_of(sid, shards) == k  # the sweep skips the rest
+        replica = spec.extra.get("replica")
+        if replica is not None:  # --replica: this shard's own Litestream (actors.replica)
+            from actors.replica import Replica
+            from actors.replica_store import Target
+
+            registry.replica = Replica(Target.parse(*replica), name=f"shard-{k}")
         await registry.start()
         if spec.responder is not None:
             registry.responder = spec.responder()
