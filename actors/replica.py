@@ -43,7 +43,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -274,26 +274,28 @@ class Replica:
         self.stats.restore_seconds += time.perf_counter() - started
         log.info("restored %s from %s", db, url.split("?")[0])
 
-    # ------------------------------------------------------------------ point in time
 
-    async def restore_at(self, sid: str, at: datetime, out: Path) -> int:
-        """Write ``sid`` as it was at ``at`` to ``out`` (a new file); the epoch used.
+async def restore_at(target: Target, sid: str, at: datetime, out: Path) -> int:
+    """Write session ``sid`` as it was at ``at`` to the new file ``out``; the epoch used
+    (point-in-time restore: ``roost-admin pitr``).
 
-        Tries the newest epoch first, then older ones (an epoch starts with a
-        snapshot, so an earlier time lives in an earlier epoch). Raises
-        ``LookupError`` when no epoch holds that time."""
-        assert self._store is not None
-        base = self.target.session_base(sid)
-        positions: dict[int, int] = await self._thread(self._store.positions, base)
-        stamp = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        last = ""
-        for epoch in sorted(positions, reverse=True):
-            await self._thread(_remove_db, out)
-            args = ["restore", "-timestamp", stamp, "-o", str(out), self.target.url(base, epoch)]
-            code, last = await run_tool(args, RESTORE_TIMEOUT)
-            if code == 0 and await self._thread(os.path.exists, out):
-                return epoch
-        raise LookupError(f"no replica of {sid!r} holds {stamp}: {last.strip()[-200:]}")
+    Tries the newest epoch first, then older ones (an epoch starts with a
+    snapshot, so an earlier time lives in an earlier epoch). Raises
+    ``LookupError`` when no epoch holds that time.
+    """
+    loop = asyncio.get_running_loop()
+    store = await replica_store(target)
+    base = target.session_base(sid)
+    positions: dict[int, int] = await loop.run_in_executor(None, store.positions, base)
+    stamp = at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    last = "the replica holds no copy of it"
+    for epoch in sorted(positions, reverse=True):
+        await loop.run_in_executor(None, _remove_db, out)
+        args = ["restore", "-timestamp", stamp, "-o", str(out), target.url(base, epoch)]
+        code, last = await run_tool(args, RESTORE_TIMEOUT)
+        if code == 0 and await loop.run_in_executor(None, os.path.exists, out):
+            return epoch
+    raise LookupError(f"no replica of {sid!r} holds {stamp}: {last.strip()[-300:]}")
 
 
 async def replica_store(target: Target) -> Store:
