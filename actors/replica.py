@@ -132,14 +132,18 @@ class Replica:
             lock = self._locks[path] = asyncio.Lock()
         return lock
 
-    async def activate(self, sid: str, datadir: DataDir) -> None:
+    async def activate(self, sid: str, datadir: DataDir, *, fresh: bool = False) -> None:
         """Make the local copy of ``sid`` current (restoring it when it is missing
-        or behind) and register it. Raises ``Unavailable`` when the replica
-        cannot be read (a stale copy is never served instead)."""
+        or behind) and register it. ``fresh``: the file was made just now (a
+        create; an id used before keeps only its history in older epochs).
+        Raises ``Unavailable`` when the replica cannot be read (a stale copy is
+        never served instead)."""
         db = datadir.session_db(sid)
         async with self._lock(str(db)):
             base = self.target.session_base(sid)
-            if await self._prepare(db, base, may_restore=self.known(sid)):
+            if fresh:
+                self._owned.pop(str(db), None)
+            if await self._prepare(db, base, may_restore=self.known(sid), fresh=fresh):
                 await self._register(db, base)
 
     async def deactivate(self, sid: str, datadir: DataDir) -> None:
@@ -156,7 +160,7 @@ class Replica:
     async def created(self, sid: str, datadir: DataDir) -> None:
         """A new session's file and its catalog row: replicated before the create
         is acknowledged (the file is registered only for this sync)."""
-        await self.activate(sid, datadir)
+        await self.activate(sid, datadir, fresh=True)
         try:
             await self.sync_path(str(datadir.session_db(sid)))
         finally:
@@ -206,9 +210,11 @@ class Replica:
 
     # ------------------------------------------------------------------ positions
 
-    async def _prepare(self, db: Path, base: str, *, may_restore: bool) -> bool:
+    async def _prepare(
+        self, db: Path, base: str, *, may_restore: bool, fresh: bool = False
+    ) -> bool:
         """Bring ``db`` up to the replica (see the module docstring); whether
-        there is a local file to serve now."""
+        there is a local file to serve now. ``fresh``: keep the local file."""
         assert self._store is not None
         try:
             positions: dict[int, int] = await self._thread(self._store.positions, base)
@@ -220,7 +226,7 @@ class Replica:
         exists, local_epoch = await self._thread(_local_state, db)
         newest = max(positions) if positions else None
         keep: bool
-        if newest is None:
+        if newest is None or (fresh and exists):
             keep = exists
         elif not exists or local_epoch is None:
             keep = False

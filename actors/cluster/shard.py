@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -547,6 +548,10 @@ class Shard:
             "live_actors": 0 if reg is None else reg.live,
             "subscribers": 0 if reg is None else reg.subscriber_count(),
             "running_replies": 0 if reg is None else reg.running_replies(),
+            # --replica: this shard's counters (actors.replica.ReplicaStats) and child
+            "replica": None
+            if reg is None or reg.replica is None
+            else {**dataclasses.asdict(reg.replica.stats), "pid": reg.replica.litestream_pid},
         }
 
     async def shutdown(self) -> None:
