@@ -11,8 +11,10 @@ the WAL into LTX files up to its end (so past this batch's commit, which was
 written before the request) and uploads them. Its answer ``txid`` is the
 highest local TXID after that and ``replicated_txid`` the replica's; the batch
 is acknowledged only when ``replicated_txid >= txid`` and ``txid`` is not
-below any TXID an earlier sync answered for the file. Anything else fails the
-batch (503), nothing acknowledged.
+below any TXID a sync confirmed for the file before this one began (see
+:meth:`Replica.sync_path`; a concurrent sync can make ``txid`` run ahead, and
+the sync is then asked again). Anything else fails the batch (503), nothing
+acknowledged.
 
 **Activation** (:meth:`Replica.activate`, before the actor opens the file)
 compares positions, never replacing a local copy that is ahead of or equal to
@@ -55,7 +57,11 @@ from storage.layout import DataDir, fsync_path
 log = logging.getLogger("roost.replica")
 
 SYNC_TIMEOUT = 30
+SYNC_TRIES = 5
 RESTORE_TIMEOUT = 300.0
+# a live session not written for this long is unregistered from Litestream (its
+# monitor costs CPU every second per file) and registered again by its next write
+PARK_AFTER = 10.0
 
 
 @dataclass(slots=True)
@@ -65,9 +71,11 @@ class ReplicaStats:
     syncs: int = 0
     sync_seconds: float = 0.0
     sync_failures: int = 0
+    sync_retries: int = 0
     restores: int = 0
     restore_seconds: float = 0.0
     kept_local: int = 0
+    parked: int = 0
 
 
 class Replica:
@@ -85,6 +93,11 @@ class Replica:
         self._last_txid: dict[str, int] = {}  # db path -> highest TXID a sync answered
         self._locks: dict[str, asyncio.Lock] = {}
         self._catalog: str | None = None
+        self.park_after = PARK_AFTER
+        self._parked: dict[str, str] = {}  # db path -> replica URL: live, not watched
+        self._used: dict[str, float] = {}  # db path -> when a sync last ended
+        self._busy: dict[str, int] = {}  # db path -> syncs in flight
+        self._parker: asyncio.Task[None] | None = None
 
     @property
     def litestream_pid(self) -> int | None:
@@ -117,8 +130,13 @@ class Replica:
         if self._catalog not in self._owned:  # it was made just now
             await self._prepare(cat, base, may_restore=True)
         await self._register(cat, base)
+        self._parker = asyncio.create_task(self._park_idle(), name="replica:park")
 
     async def close(self) -> None:
+        if self._parker is not None:
+            self._parker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._parker
         if self._catalog is not None:
             with contextlib.suppress(Exception):
                 await self.sync_path(self._catalog)
@@ -149,7 +167,8 @@ class Replica:
     async def deactivate(self, sid: str, datadir: DataDir) -> None:
         """Unregister ``sid`` (hibernation, close). Never raises."""
         db = str(datadir.session_db(sid))
-        if db not in self._ls.registered:
+        self._used.pop(db, None)
+        if self._parked.pop(db, None) is not None or db not in self._ls.registered:
             return
         try:
             await self._ls.unregister(db)
@@ -181,17 +200,38 @@ class Replica:
         return await self.sync_path(str(path))
 
     async def sync_path(self, path: str) -> int:
+        """Sync-and-wait ``path`` (its commits so far); the TXID replicated.
+
+        An answer confirms the caller's commit when ``replicated_txid >= txid``
+        (``txid``: Litestream's newest local TXID after the sync, which covers
+        every commit made before the request) and ``txid`` is at least what
+        any earlier confirmed sync of the file answered before this one began.
+        Another sync of the same file (Litestream's own monitor, a concurrent
+        create's catalog sync) may make a newer TXID between the two reads of
+        an answer: then ``txid > replicated_txid`` and the sync is asked again
+        (at most ``SYNC_TRIES`` times), never taken as a confirmation.
+        """
         started = time.perf_counter()
+        before = self._last_txid.get(path, 0)
+        self._busy[path] = self._busy.get(path, 0) + 1
         try:
-            ans = await self._ls.request(
-                "POST",
-                "/sync",
-                {"path": path, "wait": True, "timeout": SYNC_TIMEOUT},
-                limit=SYNC_TIMEOUT + 5,
-            )
-            txid = int(ans.get("txid", 0))
-            replicated = int(ans.get("replicated_txid", 0))
-            before = self._last_txid.get(path, 0)
+            lock = self._locks.get(path)
+            if path in self._parked or (lock is not None and lock.locked()):
+                await self._unpark(path)
+            for _ in range(SYNC_TRIES):
+                ans = await self._ls.request(
+                    "POST",
+                    "/sync",
+                    {"path": path, "wait": True, "timeout": SYNC_TIMEOUT},
+                    limit=SYNC_TIMEOUT + 5,
+                )
+                txid = int(ans.get("txid", 0))
+                replicated = int(ans.get("replicated_txid", 0))
+                if txid < before or txid < 1:
+                    break  # a position going back: never a confirmation
+                if replicated >= txid:
+                    break
+                self.stats.sync_retries += 1
             if txid < 1 or replicated < txid or txid < before:
                 raise ControlError(
                     200, f"sync answered txid {txid}, replicated {replicated} (before: {before})"
@@ -203,10 +243,54 @@ class Replica:
                 "the replica did not confirm this change; retry",
                 details={"reason": "replica_sync_failed"},
             ) from exc
-        self._last_txid[path] = txid
+        finally:
+            self._busy[path] -= 1
+            if not self._busy[path]:
+                del self._busy[path]
+            self._used[path] = time.monotonic()
+        self._last_txid[path] = max(txid, self._last_txid.get(path, 0))
         self.stats.syncs += 1
         self.stats.sync_seconds += time.perf_counter() - started
         return replicated
+
+    # ------------------------------------------------------------------ idle files
+
+    async def _unpark(self, path: str) -> None:
+        """Register ``path`` again before its sync (it was parked while idle)."""
+        async with self._lock(path):
+            url = self._parked.pop(path, None)
+            if url is None:
+                return
+            try:
+                await self._ls.register(path, url)
+            except Exception:
+                self._ls.registered.pop(path, None)
+                self._parked[path] = url
+                raise
+
+    async def _park_idle(self) -> None:
+        """Unregister live files not written for ``park_after`` seconds (their
+        changes are all replicated: each was acknowledged after its sync)."""
+        while True:
+            await asyncio.sleep(max(0.05, self.park_after / 2))
+            cutoff = time.monotonic() - self.park_after
+            for path, url in list(self._ls.registered.items()):
+                if path == self._catalog or self._busy.get(path):
+                    continue
+                if self._used.setdefault(path, time.monotonic()) > cutoff:
+                    continue
+                lock = self._lock(path)
+                if lock.locked():
+                    continue
+                async with lock:
+                    if self._busy.get(path) or path not in self._ls.registered:
+                        continue
+                    self._parked[path] = url
+                    try:
+                        await self._ls.unregister(path)
+                        self.stats.parked += 1
+                    except Exception as exc:  # registered again by the next sync
+                        log.warning("litestream unregister of %s failed: %r", path, exc)
 
     # ------------------------------------------------------------------ positions
 

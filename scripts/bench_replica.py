@@ -12,9 +12,10 @@ With a real moto S3 server on loopback (:mod:`scripts.s3_standin`) and
   ``--idle`` live idle sessions registered, and with ``--files`` hibernated
   session files on disk (not registered: they should cost nothing).
 
-The append latency and throughput with the replica on are ``scripts/bench.py``'s
-own workloads, run with ``--roost-env ROOST_REPLICA=...`` (see
-``docs/performance.md``, "Replication").
+- ``appends``: ``scripts/bench.py --roost-only`` append-1x1 and append-64x64,
+  without and then with ``--replica`` (its ``--roost-env ROOST_REPLICA=...``).
+
+Figures and how to read them: ``docs/performance.md``, "Replication".
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import asyncio
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -32,7 +35,7 @@ from typing import Any
 import aiohttp
 
 from scripts.s3_standin import S3StandIn
-from tests.harness import ServerProcess
+from tests.harness import ROOT, ServerProcess
 
 
 def _serve(s3: S3StandIn, data: Path, prefix: str, *extra: str) -> ServerProcess:
@@ -79,13 +82,15 @@ async def restore_10k(s3: S3StandIn, base: Path, export: bytes, i: int) -> float
     srv = _serve(s3, data, f"restore{i}")
     try:
         await srv.wait_ready()
-        async with aiohttp.ClientSession() as http:
-            async with http.post(
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
                 f"{srv.url}/api/sessions/import?id=big",
                 data=export,
                 headers={"Content-Type": "application/json"},
-            ) as r:
-                assert r.status == 201, await r.text()
+            ) as r,
+        ):
+            assert r.status == 201, await r.text()
         srv.kill9()
     finally:
         srv.close()
@@ -170,10 +175,31 @@ async def idle(s3: S3StandIn, base: Path, live: int, files: int, seconds: float)
     return out
 
 
+def appends(s3: S3StandIn, rounds: int) -> None:
+    """``scripts/bench.py``'s append workloads without, then with ``--replica``."""
+    cmd = [
+        sys.executable,
+        "scripts/bench.py",
+        "--roost-only",
+        "--only",
+        "append-1x1,append-64x64",
+        "--rounds",
+        str(rounds),
+    ]
+    print("== without --replica", flush=True)
+    subprocess.run(cmd, check=True, cwd=ROOT)
+    env = [f"ROOST_REPLICA={s3.replica_url('bench')}", f"ROOST_REPLICA_ENDPOINT={s3.endpoint}"]
+    env += [f"{k}={v}" for k, v in s3.env.items()]
+    print("== with --replica (moto on loopback)", flush=True)
+    subprocess.run([*cmd, *(x for e in env for x in ("--roost-env", e))], check=True, cwd=ROOT)
+
+
 async def main_async(args: argparse.Namespace) -> None:
     base = Path(tempfile.mkdtemp(prefix="roost-brep-"))
     s3 = S3StandIn(base / "s3").start()
     try:
+        if "appends" in args.only:
+            await asyncio.get_running_loop().run_in_executor(None, appends, s3, args.rounds)
         if "restore" in args.only:
             export = await _seed_export(base, args.messages)
             times = [await restore_10k(s3, base, export, i) for i in range(args.rounds)]
@@ -197,7 +223,7 @@ def main() -> None:
     p.add_argument("--idle", type=int, default=200, help="live idle sessions")
     p.add_argument("--files", type=int, default=10_000, help="session files on disk")
     p.add_argument("--seconds", type=float, default=10.0, help="idle measurement window")
-    p.add_argument("--only", default="restore,idle")
+    p.add_argument("--only", default="appends,restore,idle")
     asyncio.run(main_async(p.parse_args()))
 
 

@@ -173,10 +173,20 @@ class _RegistryCollector(Collector):
                 r.sync_failures,
             )
             yield CounterMetricFamily(
+                "roost_replica_sync_retries",
+                "syncs asked again: a concurrent sync made a newer TXID than was uploaded",
+                r.sync_retries,
+            )
+            yield CounterMetricFamily(
                 "roost_replica_restores", "files restored from the replica", r.restores
             )
             yield CounterMetricFamily(
                 "roost_replica_kept_local",
                 "activations that kept a local copy at least as new as the replica",
                 r.kept_local,
+            )
+            yield CounterMetricFamily(
+                "roost_replica_parked",
+                "live sessions Litestream stopped watching after --replica-idle unwritten",
+                r.parked,
             )

@@ -202,6 +202,12 @@ class Settings(BaseModel):
     replica_endpoint: str | None = Field(
         None, description="the S3-compatible store's URL (for stores other than AWS S3)"
     )
+    replica_idle: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a live session may go unwritten before Litestream stops watching "
+        "it (its next write registers it again)",
+    )
 
     @model_validator(mode="before")
     @classmethod

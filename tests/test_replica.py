@@ -308,3 +308,40 @@ def _admin() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "scripts.admin"]
+
+
+async def test_idle_live_session_is_parked_and_its_next_write_replicated(
+    s3: S3StandIn, tmp_path: Path
+) -> None:
+    """A live session unwritten for --replica-idle is unregistered from Litestream;
+    its next write registers it again before it is acknowledged: after kill -9 and
+    the disk lost, every acknowledged message is back."""
+    data = tmp_path / "data"
+    srv = serve(s3, data, "park", "--replica-idle", "0.2", "--idle-timeout", "600")
+    try:
+        await srv.wait_ready()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
+            async with http.post(f"{srv.url}/api/sessions", json={"id": "k1"}) as r:
+                assert r.status == 201
+            w = Appender(http, srv.url, "k1")
+            assert await w.post("before")
+            for round_ in range(2):
+
+                async def parked(n: int = round_ + 1) -> bool:
+                    return await _metric(http, srv.url, "roost_replica_parked_total") >= n
+
+                for _ in range(int(TIMEOUT * 20)):
+                    if await parked():
+                        break
+                    await asyncio.sleep(0.05)
+                assert await parked()
+                assert await w.post(f"after-{round_}")
+        srv.kill9()
+        srv.close()
+        shutil.rmtree(data)
+        srv = serve(s3, data, "park")
+        await srv.wait_ready()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
+            assert await contents(http, srv.url, "k1") == ["before", "after-0", "after-1"]
+    finally:
+        srv.close()

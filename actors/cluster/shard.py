@@ -248,7 +248,8 @@ class Shard:
             from actors.replica import Replica
             from actors.replica_store import Target
 
-            registry.replica = Replica(Target.parse(*replica), name=f"shard-{k}")
+            registry.replica = Replica(Target.parse(*replica[:2]), name=f"shard-{k}")
+            registry.replica.park_after = float(replica[2])
         await registry.start()
         if spec.responder is not None:
             registry.responder = spec.responder()
