@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import json
 import logging
 import os
 import shutil
@@ -26,8 +27,6 @@ import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-
-import aiohttp
 
 log = logging.getLogger("roost.replica")
 
@@ -86,6 +85,48 @@ async def run_tool(args: list[str], limit: float) -> tuple[int, str]:
     return proc.returncode or 0, out.decode(errors="replace")
 
 
+async def _http_unix(
+    sock: str, method: str, path: str, body: dict[str, Any] | None
+) -> tuple[int, Any]:
+    """One HTTP/1.1 request on a fresh connection to the control socket (closed
+    after the answer, so the body is what comes before EOF); ``(status, JSON)``."""
+    payload = b"" if body is None else json.dumps(body).encode()
+    reader, writer = await asyncio.open_unix_connection(sock)
+    try:
+        head = (
+            f"{method} {path} HTTP/1.1\r\nHost: litestream\r\nConnection: close\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+        )
+        writer.write(head.encode() + payload)
+        await writer.drain()
+        raw = await reader.read()
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    header, _, rest = raw.partition(b"\r\n\r\n")
+    lines = header.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+        raise ValueError(f"not an HTTP answer: {lines[0]!r}")
+    fields = {k.strip().lower(): v.strip() for k, _, v in (h.partition(":") for h in lines[1:])}
+    if fields.get("transfer-encoding", "").lower() == "chunked":
+        rest = _unchunk(rest)
+    return int(parts[1]), json.loads(rest or b"null")
+
+
+def _unchunk(data: bytes) -> bytes:
+    out = bytearray()
+    while data:
+        size_line, _, data = data.partition(b"\r\n")
+        size = int(size_line.split(b";")[0], 16)
+        if size == 0:
+            break
+        out += data[:size]
+        data = data[size + 2 :]
+    return bytes(out)
+
+
 class ControlError(Exception):
     """Litestream's control socket refused or failed a request."""
 
@@ -102,7 +143,6 @@ class Litestream:
         self.socket = self._dir / "ctl.sock"
         self.config = self._dir / "litestream.yml"
         self._proc: asyncio.subprocess.Process | None = None
-        self._http: aiohttp.ClientSession | None = None
         self._watch: asyncio.Task[None] | None = None
         self._closing = False
         self._up = asyncio.Event()
@@ -122,10 +162,6 @@ class Litestream:
             "  permissions: 384\n"
             "logging:\n"
             "  level: warn\n"
-        )
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.UnixConnector(path=str(self.socket), limit=512),
-            timeout=aiohttp.ClientTimeout(total=None),
         )
         await self._spawn()
         self._watch = asyncio.create_task(self._watcher(), name="litestream:watch")
@@ -150,7 +186,7 @@ class Litestream:
             try:
                 await self.request("GET", "/info", None, limit=2.0, wait_up=False)
                 break
-            except (OSError, aiohttp.ClientError, ControlError, TimeoutError):
+            except (OSError, ValueError, ControlError, TimeoutError):
                 if loop.time() > deadline:
                     raise RuntimeError("litestream did not open its control socket") from None
                 await asyncio.sleep(0.02)
@@ -192,19 +228,17 @@ class Litestream:
         wait_up: bool = True,
     ) -> dict[str, Any]:
         """One control-socket request; its JSON answer. Raises :class:`ControlError`
-        for an error answer, ``OSError``/``aiohttp.ClientError``/``TimeoutError``
+        for an error answer, ``OSError``/``ValueError``/``TimeoutError``
         when the child cannot be reached in ``limit`` seconds."""
-        assert self._http is not None
         async with asyncio.timeout(limit):
             if wait_up and not self._up.is_set():
                 await self._up.wait()
-            async with self._http.request(method, "http://litestream" + path, json=body) as r:
-                data: Any = await r.json(content_type=None)
-        if r.status != 200:
+            status, data = await _http_unix(str(self.socket), method, path, body)
+        if status != 200:
             msg = data.get("error") if isinstance(data, dict) else data
-            raise ControlError(r.status, str(msg))
+            raise ControlError(status, str(msg))
         if not isinstance(data, dict):
-            raise ControlError(r.status, f"unexpected answer {data!r}")
+            raise ControlError(status, f"unexpected answer {data!r}")
         return data
 
     async def register(self, path: str, url: str) -> None:
@@ -234,8 +268,6 @@ class Litestream:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGKILL)
                 await proc.wait()
-        if self._http is not None:
-            await self._http.close()
         shutil.rmtree(self._dir, ignore_errors=True)
 
 

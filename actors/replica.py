@@ -21,7 +21,7 @@ compares positions, never replacing a local copy that is ahead of or equal to
 the replica:
 
 - the replica's position: newest epoch with data, highest TXID in it
-  (:meth:`actors.replica_store.Store.positions`);
+  (:meth:`actors.replica_s3.Store.positions`);
 - the local one: the epoch in the file's sidecar and the highest TXID of
   Litestream's local LTX files.
 
@@ -50,7 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from actors.litestream import ControlError, Litestream, run_tool
-from actors.replica_store import Store, Target, local_txid, meta_dir, read_epoch, write_epoch
+from actors.replica_s3 import Store
+from actors.replica_store import Target, local_txid, meta_dir, read_epoch, write_epoch
 from storage.errors import Unavailable
 from storage.layout import DataDir, fsync_path
 
