@@ -9,8 +9,9 @@ With a real moto S3 server on loopback (:mod:`scripts.s3_standin`) and
   and the data dir deleted: seconds from the restarted server's ready to the
   first page of its history (the lazy restore of that one session);
 - ``idle``: Litestream's CPU share, resident memory and open descriptors with
-  ``--idle`` live idle sessions registered, and with ``--files`` hibernated
-  session files on disk (not registered: they should cost nothing).
+  ``--files`` hibernated session files on disk (not registered: they should cost
+  nothing), with ``--idle`` live idle sessions registered, and once
+  ``--replica-idle`` has parked those.
 
 - ``appends``: ``scripts/bench.py --roost-only`` append-1x1 and append-64x64,
   without and then with ``--replica`` (its ``--roost-env ROOST_REPLICA=...``).
@@ -131,9 +132,21 @@ def _usage(pid: int) -> tuple[float, int, int]:
     return cpu, rss, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-async def idle(s3: S3StandIn, base: Path, live: int, files: int, seconds: float) -> dict[str, Any]:
+async def idle(
+    s3: S3StandIn, base: Path, live: int, files: int, seconds: float, park: float
+) -> dict[str, Any]:
     data = base / "idle"
-    srv = _serve(s3, data, "idle", "--idle-timeout", "3600", "--max-live-actors", str(live + 100))
+    srv = _serve(
+        s3,
+        data,
+        "idle",
+        "--idle-timeout",
+        "3600",
+        "--max-live-actors",
+        str(live + 100),
+        "--replica-idle",
+        str(park),
+    )
     out: dict[str, Any] = {}
     try:
         await srv.wait_ready()
@@ -170,6 +183,13 @@ async def idle(s3: S3StandIn, base: Path, live: int, files: int, seconds: float)
             out["live_cpu_share"] = (c1 - c0) / seconds
             out["live_rss_mb"] = rss / 2**20
             out["live_fds"] = fds
+            await asyncio.sleep(park * 1.5)  # --replica-idle passed: they are parked
+            c0, _, _ = _usage(ls)
+            await asyncio.sleep(seconds)
+            c1, rss, fds = _usage(ls)
+            out["parked_cpu_share"] = (c1 - c0) / seconds
+            out["parked_rss_mb"] = rss / 2**20
+            out["parked_fds"] = fds
     finally:
         srv.close()
     return out
@@ -208,7 +228,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 f"(runs {', '.join(f'{t:.3f}' for t in times)})"
             )
         if "idle" in args.only:
-            res = await idle(s3, base, args.idle, args.files, args.seconds)
+            res = await idle(s3, base, args.idle, args.files, args.seconds, args.replica_idle)
             for k, v in res.items():
                 print(f"idle {k}: {v:.3f}" if isinstance(v, float) else f"idle {k}: {v}")
     finally:
@@ -223,6 +243,7 @@ def main() -> None:
     p.add_argument("--idle", type=int, default=200, help="live idle sessions")
     p.add_argument("--files", type=int, default=10_000, help="session files on disk")
     p.add_argument("--seconds", type=float, default=10.0, help="idle measurement window")
+    p.add_argument("--replica-idle", type=float, default=10.0, help="--replica-idle of the run")
     p.add_argument("--only", default="appends,restore,idle")
     asyncio.run(main_async(p.parse_args()))
 
