@@ -38,6 +38,7 @@ from actors.cluster.codec import (
     message_to_plain,
     page_from_plain,
 )
+from actors.cluster.context_calls import RemoteContext
 from actors.cluster.placement import ShardSpec, home_of, shard_of
 from actors.cluster.shard import meta_handle, shard_handle
 from actors.cluster.streams import (
@@ -114,7 +115,7 @@ def connect(address: str, namespace: str, shards: int, timeout: float) -> None:
 # ---------------------------------------------------------------------------- the handle
 
 
-class RemoteSessionHandle(SessionHandle):
+class RemoteSessionHandle(RemoteContext, SessionHandle):
     """:class:`actors.session.SessionHandle`'s methods, answered by the session's shard."""
 
     __slots__ = ("_front", "_k", "_sid", "_used", "_user")
