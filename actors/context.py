@@ -47,6 +47,8 @@ log = logging.getLogger("roost.actors")
 
 DEFAULT_WINDOW = 8192
 SUMMARY_TIMEOUT = 120.0
+#: the most summaries one compaction makes (the next reply's compaction goes on)
+MAX_ROUNDS = 8
 SUMMARY_WORDS = 12
 SUMMARY_MAX_CHARS = 2000
 SUMMARY_PROMPT = (
@@ -134,13 +136,13 @@ def build_context(
     sel = select_context(f, leaf_id, budget)
     history = read_items(f, sel) if documents else []
     record = {
+        **sel.record(),
         "model": name,
         "window": window,
         "reply_reserve": policy.reply_reserve,
         "budget": provider_budget,
         "message_budget": budget,
         "calibration": round(ratio, 4),
-        **sel.record(),
         "tokens": sel.tokens + fixed,
         "fixed_tokens": fixed,
     }
@@ -240,48 +242,62 @@ class Compactor:
 
     async def compact(
         self, leaf_id: str, responder: Responder, *, model: str | None = None
-    ) -> dict[str, Any] | None:
-        """Summarize the oldest uncovered range of the branch ending at ``leaf_id``,
-        keeping the newest ``compact_at / 2`` of the window raw; the summary (its
-        document, ``created`` False when one existed already), or None when there is
-        nothing to compact. Raises ``NotFound`` for an unknown leaf and what the
-        responder raises."""
+    ) -> list[dict[str, Any]]:
+        """Summarize the uncovered history of the branch ending at ``leaf_id``, oldest
+        range first, keeping the newest ``compact_at / 2`` of the window raw: at most
+        :data:`MAX_ROUNDS` summaries of at most 80% of the message budget each (the
+        summarizer sees the summary before its range). Returns the summaries made
+        (``created`` False for one the branch had already), oldest first; empty when
+        there is nothing to compact. Raises ``NotFound`` for an unknown leaf and what
+        the responder raises (summaries made before stay)."""
+        made: list[dict[str, Any]] = []
         async with self._lock:
+            for _ in range(MAX_ROUNDS):
+                summary = await self._one_round(leaf_id, responder, model)
+                if summary is None:
+                    break
+                made.append(summary)
+                if not summary["created"]:
+                    break
+        return made
 
-            def plan(f: SessionFile) -> tuple[CompactionPlan | None, str]:
-                ctx = build_context(
-                    f, self.policy, leaf_id, model=model, responder=responder, documents=False
-                )
-                ratio = ctx.record["calibration"]
-                keep = int(self.policy.window(ctx.model) * max(self.policy.compact_at, 0.2) / 2)
-                return (
-                    plan_compaction(
-                        f,
-                        leaf_id,
-                        keep_tokens=int(keep / ratio),
-                        max_tokens=max(256, int(ctx.record["message_budget"] * 0.8)),
-                    ),
-                    ctx.model,
-                )
+    async def _one_round(
+        self, leaf_id: str, responder: Responder, model: str | None
+    ) -> dict[str, Any] | None:
+        def plan(f: SessionFile) -> tuple[CompactionPlan | None, str]:
+            ctx = build_context(
+                f, self.policy, leaf_id, model=model, responder=responder, documents=False
+            )
+            ratio = ctx.record["calibration"]
+            keep = int(self.policy.window(ctx.model) * max(self.policy.compact_at, 0.2) / 2)
+            return (
+                plan_compaction(
+                    f,
+                    leaf_id,
+                    keep_tokens=int(keep / ratio),
+                    max_tokens=max(256, int(ctx.record["message_budget"] * 0.8)),
+                ),
+                ctx.model,
+            )
 
-            found, name = await self.host.read(plan)
-            if found is None:
-                return None
-            started = time.monotonic()
-            text = await make_summary(responder, found, name)
-            if not text:
-                return None
-            summary, created = await self.host.submit(
-                op_add_summary(found.from_id, found.to_id, text, model_id=name)
-            )
-            self.compactions += created
-            log.info(
-                "compacted %d messages (%d tokens) in %.2f s",
-                len(found.messages),
-                found.tokens,
-                time.monotonic() - started,
-            )
-            return {**summary, "created": created}
+        found, name = await self.host.read(plan)
+        if found is None:
+            return None
+        started = time.monotonic()
+        text = await make_summary(responder, found, name)
+        if not text:
+            return None
+        summary, created = await self.host.submit(
+            op_add_summary(found.from_id, found.to_id, text, model_id=name)
+        )
+        self.compactions += created
+        log.info(
+            "compacted %d messages (%d tokens) in %.2f s",
+            len(found.messages),
+            found.tokens,
+            time.monotonic() - started,
+        )
+        return {**summary, "created": created}
 
     def after_reply(self, ctx: Context, final: dict[str, Any], responder: Responder) -> None:
         """A reply ended complete: compact its branch in the background if it passed

@@ -371,13 +371,13 @@ class SessionHandle:
 
         return await actor.read(read)
 
-    async def compact(self, leaf_id: str | None = None) -> dict[str, Any] | None:
-        """Summarize the oldest uncovered range of the branch ending at ``leaf_id``
-        (default: the active leaf) now: the summary (``created`` False when the
-        branch had it already), or None when there is nothing to compact."""
+    async def compact(self, leaf_id: str | None = None) -> list[dict[str, Any]]:
+        """Summarize the uncovered history of the branch ending at ``leaf_id`` (default:
+        the active leaf) now, oldest range first (``Compactor.compact``): the summaries
+        made, oldest first (empty: nothing to compact)."""
         leaf = leaf_id or (await self.read_session())["active_leaf_id"]
         if leaf is None:
-            return None
+            return []
         await self.get_message(leaf)  # NotFound for an unknown or deleted leaf
         return await self._actor.compactor.compact(leaf, self._registry.responder)
 

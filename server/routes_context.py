@@ -42,7 +42,10 @@ class Summary(Shape):
 
 
 class CompactResult(Shape):
-    summary: Summary | None = Field(description="null when there was nothing to compact")
+    summary: Summary | None = Field(
+        description="the newest summary made, null when there was nothing to compact"
+    )
+    summaries: list[Summary] = Field(description="every summary made, oldest first")
 
 
 class ContextItem(Shape):
@@ -108,7 +111,8 @@ async def get_context(request: web.Request) -> web.Response:
     },
 )
 async def post_compact(request: web.Request) -> web.Response:
-    """Summarize the oldest uncovered range of the branch ending at ``leaf_id`` now."""
+    """Summarize the uncovered history of the branch ending at ``leaf_id`` now, oldest
+    range first (at most 8 summaries; a compaction after the next reply goes on)."""
     body = CompactRequest(leaf_id=None)
     if request.can_read_body:
         data, _ = await read_json(request)
@@ -116,6 +120,8 @@ async def post_compact(request: web.Request) -> web.Response:
     async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:
-        summary = await s.compact(body.leaf_id)
-    created = bool(summary and summary.get("created"))
-    return json_response({"summary": summary}, 201 if created else 200)
+        made = await s.compact(body.leaf_id)
+    created = any(m["created"] for m in made)
+    return json_response(
+        {"summary": made[-1] if made else None, "summaries": made}, 201 if created else 200
+    )

@@ -41,6 +41,8 @@ SUMMARY_COLUMNS = (
 )
 #: the prefix a summary gets when it is sent to the model (as a system message)
 SUMMARY_PREFIX = "Summary of the earlier conversation:\n"
+#: the least a compaction plan walks back looking for the oldest uncovered message
+SCAN_TOKENS = 200_000
 
 # one walk step per row: (seq, id, parent_seq, role, tokens, deleted, summary seq or null)
 _WALK = (
@@ -175,7 +177,7 @@ def _select(f: ReadSource, start: int, sel: Selection) -> None:
     seen_summary = False
     run_start = 0  # index in ``taken`` where the current raw run began
     while node is not None:
-        jump: int | None = None
+        jumped = False
         for seq, mid, _, role, tokens, deleted, summary in _walk(f, node, sel.budget - used):
             if summary is not None:
                 _trim_run(taken, run_start)
@@ -190,7 +192,7 @@ def _select(f: ReadSource, start: int, sel: Selection) -> None:
                 used += stoks
                 seen_summary = True
                 run_start = len(taken)
-                jump = above
+                node, jumped = above, True
                 break
             if deleted:
                 continue
@@ -203,11 +205,8 @@ def _select(f: ReadSource, start: int, sel: Selection) -> None:
             used += tokens
             if not seen_summary:
                 sel.uncovered_tokens += tokens
-        else:
-            if jump is None:
-                node = None  # the root was reached
-        if jump is not None:
-            node = jump
+        if not jumped:
+            node = None  # the root was reached, or the budget is full
     dropped = _trim_run(taken, run_start)
     if dropped is not None:
         sel.left_out, sel.omitted_id = True, dropped
@@ -315,11 +314,16 @@ def plan_compaction(
     f: ReadSource, leaf_id: str, *, keep_tokens: int, max_tokens: int
 ) -> CompactionPlan | None:
     """The oldest uncovered range of the branch ending at ``leaf_id`` that a summary
-    should cover, keeping the newest ``keep_tokens`` raw; None when there is none.
+    should cover, keeping the newest ``keep_tokens`` raw (the leaf at least); None
+    when there is none.
 
     The walk goes back from the leaf through uncovered messages to the newest
-    summary (or the root), reading at most ``keep_tokens + max_tokens`` tokens
-    of them; a range never ends between a tool call and its results. Raises
+    summary (or the root), reading at most ``keep_tokens`` plus 16 times
+    ``max_tokens`` (at least :data:`SCAN_TOKENS`) tokens of them; the range starts
+    at the oldest message reached and holds at most ``max_tokens``. (A branch
+    whose uncovered part is longer, such as an import, gets its summaries from
+    the oldest part within reach: older messages stay uncovered, and left out.)
+    A range never ends between a tool call and its results. Raises
     :class:`NotFound` for an unknown leaf.
     """
     with f.snapshot():
@@ -327,25 +331,25 @@ def plan_compaction(
         rows: list[_Step] = []  # newest first
         previous = None
         total = 0
-        for seq, mid, _, role, tokens, deleted, summary in _walk(
-            f, start, keep_tokens + max_tokens
-        ):
+        reach = keep_tokens + max(16 * max_tokens, SCAN_TOKENS)
+        for seq, mid, _, role, tokens, deleted, summary in _walk(f, start, reach):
             if summary is not None:
                 previous = read_summary_by_seq(f, summary)
                 break
             if deleted:
                 continue
-            if total > keep_tokens + max_tokens:
+            if total > reach:
                 break
             rows.append(_Step(seq, mid, role, tokens))
             total += tokens
         kept = 0
         i = 0
-        while i < len(rows) and kept + rows[i].tokens <= keep_tokens:
-            kept += rows[i].tokens
+        while i < len(rows) and (i == 0 or kept + rows[i].tokens <= keep_tokens):
+            kept += rows[i].tokens  # the leaf itself is always kept
             i += 1
-        while i > 0 and rows[i - 1].role == "tool":
-            i -= 1  # the oldest kept is a tool result: its call is older, summarize both
+        while i < len(rows) and rows[i - 1].role == "tool":
+            kept += rows[i].tokens  # the oldest kept is a tool result: keep its call too
+            i += 1
         older = rows[i:]
         # at the old end, a tool result whose call is out of reach stays uncovered
         while older and older[-1].role == "tool":

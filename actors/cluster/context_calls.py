@@ -22,6 +22,6 @@ class RemoteContext:
         doc: dict[str, Any] = await self._call("context", leaf_id=leaf_id)
         return doc
 
-    async def compact(self, leaf_id: str | None = None) -> dict[str, Any] | None:
-        doc: dict[str, Any] | None = await self._call("compact", leaf_id=leaf_id)
-        return doc
+    async def compact(self, leaf_id: str | None = None) -> list[dict[str, Any]]:
+        docs: list[dict[str, Any]] = await self._call("compact", leaf_id=leaf_id)
+        return docs
