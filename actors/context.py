@@ -275,7 +275,7 @@ class Compactor:
                     f,
                     leaf_id,
                     keep_tokens=int(keep / ratio),
-                    max_tokens=max(256, int(ctx.record["message_budget"] * 0.8)),
+                    max_tokens=max(64, int(ctx.record["message_budget"] * 0.6)),
                 ),
                 ctx.model,
             )
