@@ -227,20 +227,36 @@ def _trim_run(taken: list[Item], run_start: int) -> str | None:
 
 
 def read_items(f: ReadSource, sel: Selection) -> list[dict[str, Any]]:
-    """The documents of ``sel``'s items, oldest first: Message documents, and each
-    summary as a ``system`` message (``summary_id`` set, content prefixed)."""
+    """What a responder reads of ``sel``'s items, oldest first: per message ``id``,
+    ``role``, ``content``, ``parts``, ``tool_call``, ``tool_result``, ``attachments``,
+    ``status``, ``model_id`` (the Message document's values; the other fields are
+    not read, to keep a long context cheap), and each summary as a ``system``
+    message (``summary_id`` set, content prefixed)."""
     seqs = [i.seq for i in sel.items if i.kind == "message"]
     sums = [i.seq for i in sel.items if i.kind == "summary"]
     docs: dict[tuple[str, int], dict[str, Any]] = {}
+    loads = orjson.loads
     with f.snapshot():
         if seqs:
-            for raw in f.reader.execute(
-                f"SELECT {MESSAGE_SELECT} FROM messages"
-                " WHERE seq IN (SELECT value FROM json_each(?))",
-                (orjson.dumps(seqs).decode(),),
+            for seq, mid, role, content, parts, call, result, atts, status, model in (
+                f.reader.execute(
+                    "SELECT seq, id, role, content, parts, tool_call, tool_result, attachments,"
+                    " status, model_id FROM messages"
+                    " WHERE seq IN (SELECT value FROM json_each(?))",
+                    (orjson.dumps(seqs).decode(),),
+                )
             ):
-                row = MessageRow._make(raw)
-                docs[("message", row.seq)] = message_doc(row, f.sid)
+                docs[("message", seq)] = {
+                    "id": mid,
+                    "role": role,
+                    "content": content,
+                    "parts": None if parts is None else loads(parts),
+                    "tool_call": None if call is None else loads(call),
+                    "tool_result": None if result is None else loads(result),
+                    "attachments": [] if atts is None else loads(atts),
+                    "status": status,
+                    "model_id": model,
+                }
         for seq in sums:
             doc = read_summary_by_seq(f, seq)
             docs[("summary", seq)] = {
