@@ -238,13 +238,22 @@ def read_items(f: ReadSource, sel: Selection) -> list[dict[str, Any]]:
     loads = orjson.loads
     with f.snapshot():
         if seqs:
-            for seq, mid, role, content, parts, call, result, atts, status, model in (
-                f.reader.execute(
-                    "SELECT seq, id, role, content, parts, tool_call, tool_result, attachments,"
-                    " status, model_id FROM messages"
-                    " WHERE seq IN (SELECT value FROM json_each(?))",
-                    (orjson.dumps(seqs).decode(),),
-                )
+            for (
+                seq,
+                mid,
+                role,
+                content,
+                parts,
+                call,
+                result,
+                atts,
+                status,
+                model,
+            ) in f.reader.execute(
+                "SELECT seq, id, role, content, parts, tool_call, tool_result, attachments,"
+                " status, model_id FROM messages"
+                " WHERE seq IN (SELECT value FROM json_each(?))",
+                (orjson.dumps(seqs).decode(),),
             ):
                 docs[("message", seq)] = {
                     "id": mid,
