@@ -359,3 +359,32 @@ async def test_deep_session_over_http_context_fits_budget(make_client: Any) -> N
     assert made["summaries"][0]["covered"] >= 2
     after = await _context(client, "s1")
     assert after["message_ids"][-1] == last["id"] and after["tokens"] <= after["budget"]
+
+
+def test_file_from_before_v5_gets_token_estimates_on_open(tmp_path: Path) -> None:
+    """A v4 file's messages get a byte-based token estimate when it migrates."""
+    import sqlite3
+
+    from storage.schema import SESSION_MIGRATIONS, split_statements
+
+    dd = DataDir(tmp_path)
+    dd.ensure()
+    folder = dd.session_dir("old")
+    folder.mkdir(parents=True)
+    conn = sqlite3.connect(folder / "session.db")
+    for script in SESSION_MIGRATIONS[:4]:
+        for stmt in split_statements(script):
+            conn.execute(stmt)
+    conn.execute("PRAGMA user_version = 4")
+    conn.execute("INSERT INTO session (id, created_at, updated_at) VALUES ('old', 't', 't')")
+    conn.execute(
+        "INSERT INTO messages (seq, id, depth, sibling_index, role, content, status, "
+        "created_at, updated_at) VALUES (1, 'm1', 0, 0, 'user', ?, 'complete', 't', 't')",
+        ("x" * 100,),
+    )
+    conn.commit()
+    conn.close()
+    f = SessionFile(dd, "old")
+    assert f.read_message("m1")["tokens"] == 4 + 20
+    assert select_context(f, "m1", 100).message_ids == ["m1"]
+    f.close()
