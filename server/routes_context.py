@@ -14,7 +14,8 @@ from typing import Any
 from aiohttp import web
 from pydantic import Field
 
-from server.http import json_response, query_str, read_json, user_of
+from server.errors import ApiError
+from server.http import json_response, read_json, user_of
 from server.keys import REGISTRY, state_of
 from server.openapi import Param, Reply, describe
 from server.requests import Id, Strict
@@ -93,7 +94,11 @@ class ContextView(Shape):
 )
 async def get_context(request: web.Request) -> web.Response:
     """The context the next reply below ``leaf_id`` (default: the active leaf) answers."""
-    leaf = query_str(request, "leaf_id", 128) or None
+    leaf = request.query.get("leaf_id")
+    if leaf is not None and not 1 <= len(leaf) <= 128:
+        raise ApiError(
+            400, "invalid_input", "leaf_id must be 1-128 characters", {"loc": ["query", "leaf_id"]}
+        )
     async with state_of(request)[REGISTRY].session(
         request.match_info["sid"], user_of(request)
     ) as s:

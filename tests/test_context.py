@@ -322,6 +322,8 @@ async def test_context_of_unknown_leaf_is_404_and_bad_compact_body_is_400(
     await new_session(client)
     r = await client.get("/api/sessions/s1/context", params={"leaf_id": "nope"})
     assert r.status == 404 and (await r.json())["error"]["code"] == "not_found"
+    r = await client.get("/api/sessions/s1/context?leaf_id=")
+    assert r.status == 400
     r = await client.post("/api/sessions/s1/compact", json={"leaf_id": 5})
     assert r.status == 400
     r = await client.post("/api/sessions/s1/compact", json={"leaf_id": "nope"})
