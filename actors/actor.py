@@ -41,12 +41,13 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from actors import maintenance
+from actors.context import Compactor, ContextPolicy
 from actors.errors import ActorBroken, ActorStopped, Busy
 from actors.gate import OutputGate
 from actors.hooks import Hooks
@@ -96,6 +97,14 @@ class ActorConfig:
     # turns (issue 19): what a chat does while a reply runs; how long a tool call waits
     on_busy: str = "queue"
     tool_timeout: float = 600.0
+    # the model's context window (issue 21): sizes per model ("*": any other), the
+    # reply's reserve (a fraction of the window), compaction threshold (0: never)
+    model_context: dict[str, int] = field(default_factory=lambda: {"*": 8192})
+    reply_reserve: float = 0.25
+    compact_at: float = 0.6
+
+    def context_policy(self) -> ContextPolicy:
+        return ContextPolicy(dict(self.model_context), self.reply_reserve, self.compact_at)
 
 
 class State(enum.Enum):
@@ -150,7 +159,13 @@ class SessionActor:
         self.commits = 0
         self.committed_ops = 0
         self.graceful = True
-        self.replies = Replies(self, flush_interval=config.flush_interval)
+        self.compactor = Compactor(self, config.context_policy())
+        self.replies = Replies(
+            self,
+            flush_interval=config.flush_interval,
+            policy=self.compactor.policy,
+            compactor=self.compactor,
+        )
         self.turns = Turns(
             self, self.replies, on_busy=config.on_busy, tool_timeout=config.tool_timeout
         )
@@ -278,6 +293,7 @@ class SessionActor:
 
     async def _finish_close(self, *, keep_index: bool = False) -> None:
         self.maintenance.stop()
+        self.compactor.stop()
         self.turns.stop()
         if self._file is not None:
             f, self._file = self._file, None
@@ -515,6 +531,10 @@ class SessionActor:
                 await self._on_reply_done(self, final, history)
             except Exception as exc:
                 log.warning("after the reply %s: %r", final.get("id"), exc)
+
+    def on_usage(self, model: str, usage: dict[str, Any]) -> None:
+        """ReplyHost: a reply's usage was committed."""
+        self.hooks.on_usage(model, usage)
 
     def on_reply_end(self) -> None:
         """ReplyHost: a reply ended; the actor may now be idle."""

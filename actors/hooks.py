@@ -38,6 +38,9 @@ class Hooks:
     def on_subscriber_dropped(self, sid: str) -> None:
         """A subscriber of ``sid``'s events fell behind and was dropped."""
 
+    def on_usage(self, model: str, usage: dict[str, Any]) -> None:
+        """A reply's token ``usage`` (``storage``'s usage record) was committed."""
+
 
 class CountingHooks(Hooks):
     """Hooks that count: activations, hibernations, evictions, drops, commits."""

@@ -10,6 +10,12 @@ most ``flush_interval``); each batch becomes a delta for listeners and
 subscribers only after it is committed (the output gate holds for streaming text too), so
 whatever a client has been shown survives a crash.
 
+The history a reply answers is budgeted to the model's context window
+(:mod:`actors.context`, issue 21); the reply records which messages and
+summaries it was (``context``, with its first commit) and the provider's
+``usage`` with its time to first token (with its final text, in the same
+commit).
+
 Deltas carry ``offset`` (code points of text before them); the SSE ``id`` of a
 delta is the offset where it ends, so ``Last-Event-ID`` names exactly how much
 text a client already has.
@@ -26,20 +32,17 @@ from typing import Any, Protocol, TypeVar
 
 import orjson
 
+from actors.context import Compactor, Context, ContextPolicy, build_context, usage_of
 from actors.pubsub import Frame, Subscription, Topic
-from actors.responders import Delta, ReplyInfo, ReplyOptions, Responder, ResponderError
+from actors.responders import Delta, ReplyInfo, ReplyOptions, Responder, ResponderError, Usage
 from storage.errors import StorageError, Unavailable
 from storage.file import SessionFile
 from storage.ops import MessageDraft, op_chat, op_regenerate, op_stream
-from storage.reads import read_history
-from storage.turns import read_settings
 from storage.txn import Txn
 
 T = TypeVar("T")
 
 log = logging.getLogger("roost.actors")
-
-HISTORY_LIMIT = 200
 
 
 class ReplyHost(Protocol):
@@ -52,6 +55,9 @@ class ReplyHost(Protocol):
     def on_stream_lag(self, seconds: float) -> None: ...
 
     def on_reply_end(self) -> None: ...
+
+    def on_usage(self, model: str, usage: dict[str, Any]) -> None:
+        """A reply's ``usage`` was committed (the token metrics count it)."""
 
     async def after_reply(self, final: dict[str, Any], history: list[dict[str, Any]]) -> None:
         """A reply ended (``final``), answering ``history``; never raises."""
@@ -104,6 +110,12 @@ class Reply:
         self.failure: StorageError | None = None  # the final commit failed (see above)
         self._on_end = on_end
         self.options: ReplyOptions | None = None  # the session's settings (issue 19)
+        # issue 21: the context record (stored with the first commit), usage, first token
+        self.context: Context | None = None
+        self._context_record: dict[str, Any] | None = None
+        self.usage: Usage | None = None
+        self._started = time.monotonic()
+        self.ttft: float | None = None
 
     def subscribe(self, maxsize: int, since: int = 0) -> Subscription:
         """Listen from offset ``since``: a catch-up delta of committed text, then live.
@@ -172,7 +184,11 @@ class Reply:
                 if isinstance(item, ReplyInfo):
                     self.info = item
                     self._pending_since = self._pending_since or time.monotonic()
+                elif isinstance(item, Usage):
+                    self.usage = item
                 else:
+                    if self.ttft is None:
+                        self.ttft = time.monotonic() - self._started
                     self._take(item)
         except ResponderError as exc:
             self._error = {"code": exc.code, "message": exc.message}
@@ -192,20 +208,44 @@ class Reply:
             "metadata": self.info.metadata,
         }
 
-    async def _flush(self, status: str, error: dict[str, Any] | None = None) -> None:
+    def _usage_dict(self) -> dict[str, Any] | None:
+        """The usage stored with the final text (None when no context was read)."""
+        if self.context is None:
+            return None
+        return usage_of(
+            None if self.usage is None else self.usage.as_dict(),
+            self.context.record["tokens"],
+            self.committed + self._pending,
+            self.ttft,
+            self.info.model_id or self.context.model,
+        )
+
+    async def _flush(
+        self, status: str, error: dict[str, Any] | None = None, *, final: bool = False
+    ) -> None:
         """Commit the pending text; then, and only then, release it as a delta."""
+        usage = self._usage_dict() if final else None
+        context, self._context_record = self._context_record, None
         text, self._pending = self._pending, ""
         since, self._pending_since = self._pending_since, None
-        msg = await self.host.submit(
-            op_stream(
-                self.message_id,
-                text,
-                parts=self.parts_snapshot(),
-                status=status,
-                error=error,
-                info=self._info_dict(),
+        try:
+            msg = await self.host.submit(
+                op_stream(
+                    self.message_id,
+                    text,
+                    parts=self.parts_snapshot(),
+                    status=status,
+                    error=error,
+                    info=self._info_dict(),
+                    usage=usage,
+                    context=context,
+                )
             )
-        )
+        except BaseException:
+            self._context_record = self._context_record or context
+            raise
+        if usage is not None:
+            self.host.on_usage(usage["model"], usage)
         if since is not None:
             self.host.on_stream_lag(time.monotonic() - since)
         if text:
@@ -282,7 +322,7 @@ class Reply:
         """
         error = self._error if status == "error" else None
         try:
-            await self._flush(status, error)
+            await self._flush(status, error, final=True)
             final = self.message
         except Exception as exc:  # the actor broke or closed: the file says what it says
             log.warning("could not record the end of reply %s: %r", self.message_id, exc)
@@ -330,9 +370,18 @@ class Replies:
     event loop; nothing here awaits between finding and registering a reply.
     """
 
-    def __init__(self, host: ReplyHost, *, flush_interval: float) -> None:
+    def __init__(
+        self,
+        host: ReplyHost,
+        *,
+        flush_interval: float,
+        policy: ContextPolicy | None = None,
+        compactor: Compactor | None = None,
+    ) -> None:
         self.host = host
         self.flush_interval = flush_interval
+        self.policy = policy or ContextPolicy()
+        self.compactor = compactor
         self.running: dict[str, Reply] = {}
         # told of every reply's end, after its listeners (the turns, issue 19)
         self.on_end: Callable[[Reply], None] = lambda reply: None
@@ -370,18 +419,24 @@ class Replies:
     async def _run(self, reply: Reply, responder: Responder, model: str | None) -> None:
         parent = reply.message["parent_id"]
         settings: dict[str, Any] = {}
+        policy = self.policy
         try:
-            history, settings = await self.host.read(
-                lambda f: (read_history(f, parent, HISTORY_LIMIT), read_settings(f))
+            ctx = await self.host.read(
+                lambda f: build_context(f, policy, parent, model=model, responder=responder)
             )
         except Exception as exc:  # the actor stopped: the reply ends as it stands
             log.warning("reply %s could not read its history: %r", reply.message_id, exc)
             reply.end_status = reply.end_status or "interrupted"
-            history = []
+            history: list[dict[str, Any]] = []
+        else:
+            history, settings = ctx.history, ctx.settings
+            reply.context, reply._context_record = ctx, ctx.record
         reply.options = ReplyOptions.of(settings)
         model = model or settings.get("model")
         await reply.run(responder, history, model, self.flush_interval)
         if reply.final is not None and reply.final["status"] == "complete":
+            if self.compactor is not None and reply.context is not None:
+                self.compactor.after_reply(reply.context, reply.final, responder)
             await self.host.after_reply(reply.final, history)
 
     def _ended(self, reply: Reply) -> None:

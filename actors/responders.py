@@ -2,7 +2,8 @@
 
 A responder is any object with a ``name`` and a ``stream(history, model=...)``
 async generator yielding :class:`ReplyInfo` (who answers: at most once, before
-or between deltas) and :class:`Delta` items (text, or a complete tool call).
+or between deltas), :class:`Delta` items (text, or a complete tool call) and,
+at most once, the provider's :class:`Usage` (issue 21).
 It raises :class:`ResponderError` when the reply fails. The built-in
 :class:`EchoResponder` needs no network; the OpenAI-compatible one lives in
 ``server`` (it needs an HTTP client).
@@ -37,6 +38,26 @@ class ReplyInfo:
     provider_id: str | None = None
     fallback_notice: str | None = None
     metadata: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """The token counts a provider reported for one reply (None: not reported)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    total_tokens: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "cached_tokens": self.cached_tokens,
+            "reasoning_tokens": self.reasoning_tokens,
+            "total_tokens": self.total_tokens,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +106,7 @@ class Responder(Protocol):
 
     def stream(
         self, history: Sequence[dict[str, Any]], *, model: str | None = None
-    ) -> AsyncIterator[Delta | ReplyInfo]: ...
+    ) -> AsyncIterator[Delta | ReplyInfo | Usage]: ...
 
 
 def _echo_line(item: dict[str, Any], message_id: str) -> str:
@@ -134,7 +155,7 @@ class EchoResponder:
         *,
         model: str | None = None,
         options: ReplyOptions | None = None,
-    ) -> AsyncIterator[Delta | ReplyInfo]:
+    ) -> AsyncIterator[Delta | ReplyInfo | Usage]:
         converter = self.attachments.converter(model or "echo")
         if any(m.get("attachments") for m in history):
             await asyncio.to_thread(lambda: [converter.content(m) for m in history])

@@ -24,6 +24,7 @@ from typing import IO, Any, Literal, Protocol
 import orjson
 
 from actors.actor import SessionActor
+from actors.context import build_context, describe
 from actors.pubsub import Subscription
 from actors.replies import Reply
 from actors.responders import Responder
@@ -358,6 +359,40 @@ class SessionHandle:
                 f"({len(msg['content'])} characters)"
             )
         return ReplyStream(mid, final=msg)
+
+    # -------------------------------------------------------------- context (issue 21)
+
+    async def context(self, leaf_id: str | None = None) -> dict[str, Any]:
+        """What the next reply below ``leaf_id`` (default: the active leaf) would send:
+        message ids, summaries, token counts and the budget (``GET /context``).
+        ``NotFound`` for an unknown leaf."""
+        actor = self._actor
+        responder = self._registry.responder
+
+        def read(f: Any) -> dict[str, Any]:
+            with f.snapshot():
+                leaf = leaf_id or f.read_session()["active_leaf_id"]
+                ctx = build_context(
+                    f,
+                    actor.compactor.policy,
+                    leaf,
+                    model=None,
+                    responder=responder,
+                    documents=False,
+                )
+                return describe(ctx, actor.compactor.policy)
+
+        return await actor.read(read)
+
+    async def compact(self, leaf_id: str | None = None) -> list[dict[str, Any]]:
+        """Summarize the uncovered history of the branch ending at ``leaf_id`` (default:
+        the active leaf) now, oldest range first (``Compactor.compact``): the summaries
+        made, oldest first (empty: nothing to compact)."""
+        leaf = leaf_id or (await self.read_session())["active_leaf_id"]
+        if leaf is None:
+            return []
+        await self.get_message(leaf)  # NotFound for an unknown or deleted leaf
+        return await self._actor.compactor.compact(leaf, self._registry.responder)
 
     # -------------------------------------------------------------- files
 

@@ -47,6 +47,7 @@ from scripts._admin_db import (
     sidecars,
 )
 from scripts._admin_pitr import add_parser as add_pitr_parser
+from storage.context import iter_summaries
 from storage.cursors import decode_int, encode_int
 from storage.errors import InvalidInput
 from storage.export import attachment_records, export_json_chunks, export_markdown_chunks
@@ -756,6 +757,7 @@ def cmd_export(args: argparse.Namespace, dd: DataDir) -> int:
                             (message_doc(MessageRow._make(r), sid) for r in cur),
                             exported_at=now_iso(),
                             attachments=list(attachment_records(conn, sid)),
+                            summaries=list(iter_summaries(conn, sid)),
                         )
                     else:
                         cur = conn.execute(

@@ -1058,6 +1058,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="cluster mode (scripts/bench_cluster.py): single node vs a loopback Ray cluster",
     )
     p.add_argument("--cluster-shards", type=int, default=4, help="--shards in cluster mode (4)")
+    p.add_argument(
+        "--context",
+        action="store_true",
+        help="context assembly at 50, 10k and 1M messages in a branch (scripts/bench_context.py;"
+        " Roost only, in process; --quick: 50, 1k, 10k)",
+    )
     p.add_argument("--list", action="store_true", help="list the workloads and exit")
     args = p.parse_args(argv)
     if args.list:
@@ -1079,6 +1085,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: parse arguments and run the bench; returns the exit status."""
     args = parse_args(argv)
+    if args.context:
+        import bench_context
+
+        return bench_context.main(["--quick"] if args.quick else [])
     if args.cluster:
         import bench_cluster
 

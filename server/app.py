@@ -93,6 +93,7 @@ from server.openapi import openapi_json
 from server.routes_across import routes as across_routes
 from server.routes_aisdk import routes as aisdk_routes
 from server.routes_chat import routes as chat_routes
+from server.routes_context import routes as context_routes
 from server.routes_core import routes as core_routes
 from server.routes_files import routes as files_routes
 from server.routes_identity import routes as identity_routes
@@ -348,6 +349,7 @@ def make_api() -> web.Application:
         meta_routes,
         across_routes,
         tools_routes,
+        context_routes,
     ):
         api.router.add_routes(routes)
     return api

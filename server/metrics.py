@@ -10,6 +10,7 @@ The route and the request-timing middleware are in :mod:`server.routes_ops`.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -34,6 +35,10 @@ _LATENCY_BUCKETS = (
     5.0,
     10.0,
 )
+
+
+#: distinct model labels of ``roost_tokens_total`` (more are counted as "other")
+MAX_MODEL_LABELS = 100
 
 
 class Metrics:
@@ -67,6 +72,13 @@ class Metrics:
             "time from a reply's text being generated to it being committed",
             registry=self.registry,
             buckets=_LATENCY_BUCKETS,
+        )
+        self.tokens = Counter(
+            "roost_tokens",
+            "tokens of replies by model and kind (prompt, completion, cached, reasoning), "
+            "as the provider reported them (or Roost's estimate when it reported none)",
+            ["model", "kind"],
+            registry=self.registry,
         )
         self.feedback = Counter(
             "roost_feedback",
@@ -111,6 +123,8 @@ class MetricsHooks(CountingHooks):
         self._commit_seconds = metrics.commit_seconds.observe
         self._batch_size = metrics.batch_size.observe
         self._stream_lag = metrics.stream_lag.observe
+        self._tokens = metrics.tokens
+        self._models: set[str] = set()
 
     def on_commit(self, seconds: float, ops: int) -> None:
         self.commits += 1
@@ -119,6 +133,16 @@ class MetricsHooks(CountingHooks):
 
     def on_stream_lag(self, seconds: float) -> None:
         self._stream_lag(seconds)
+
+    def on_usage(self, model: str, usage: dict[str, Any]) -> None:
+        if model not in self._models:
+            if len(self._models) >= MAX_MODEL_LABELS:
+                model = "other"
+            self._models.add(model)
+        for kind in ("prompt", "completion", "cached", "reasoning"):
+            n = usage.get(f"{kind}_tokens")
+            if isinstance(n, int) and n > 0:
+                self._tokens.labels(model, kind).inc(n)
 
 
 class _RegistryCollector(Collector):

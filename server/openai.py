@@ -12,6 +12,12 @@ last model to try is retried ``retries`` times with exponential backoff (or
 the provider's ``Retry-After``); an earlier model gives way to the next one
 at once.
 
+Usage (issue 21): the request asks for ``stream_options.include_usage`` and the
+provider's counts are yielded as :class:`Usage` at the end. A 400 that says the
+context is too long (the estimate was short of the provider's count) is
+retried, at most :data:`OVERFLOW_RETRIES` times, with the oldest half of the
+history left out (:func:`drop_oldest`: never a tool call without its results).
+
 Failures reach the client as a :class:`ResponderError` with a stable code
 (:data:`CODES`) and a short sentence; the raw detail goes to the log only.
 """
@@ -21,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -31,7 +38,7 @@ import aiohttp
 import orjson
 
 from actors.model_parts import Attachments, Converter, ModelCaps
-from actors.responders import Delta, ReplyInfo, ReplyOptions, ResponderError
+from actors.responders import Delta, ReplyInfo, ReplyOptions, ResponderError, Usage
 from server.settings import Settings, check_base_url
 from server.tool_history import provider_messages, request_extras
 
@@ -50,6 +57,9 @@ CODES = (
 MAX_RETRY_WAIT = 20.0
 #: the first backoff between retries (doubled each time)
 BACKOFF_BASE = 0.5
+#: retries of a context-overflow 400 with the oldest half of the history dropped
+OVERFLOW_RETRIES = 2
+_OVERFLOW = re.compile(r"context|too long|too many tokens|maximum.{0,40}tokens", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +90,48 @@ def to_openai_messages(
     ``converter`` is given (blocking: it reads the files)."""
     return provider_messages(
         history, system_prompt, None if converter is None else converter.content
+    )
+
+
+def is_overflow(failure: ProviderFailure) -> bool:
+    """Whether ``failure`` is a 400 saying the request is over the model's context."""
+    return failure.detail.startswith("HTTP 400") and bool(_OVERFLOW.search(failure.detail))
+
+
+def drop_oldest(messages: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """``messages`` (provider shape) without the oldest half of what follows the
+    leading system messages, cut where no ``tool`` message loses its call; None
+    when there is nothing left to drop (one message or less). Pure."""
+    head = 0
+    while head < len(messages) and messages[head]["role"] == "system":
+        head += 1
+    rest = messages[head:]
+    if len(rest) <= 1:
+        return None
+    cut = len(rest) // 2
+    while cut < len(rest) - 1 and rest[cut]["role"] == "tool":
+        cut += 1
+    return messages[:head] + rest[cut:]
+
+
+def _usage(raw: Any) -> Usage | None:
+    """The :class:`Usage` of a chunk's ``usage`` object (None if it is not one)."""
+    if not isinstance(raw, dict):
+        return None
+
+    def num(value: Any) -> int | None:
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    prompt = raw.get("prompt_tokens_details")
+    completion = raw.get("completion_tokens_details")
+    return Usage(
+        prompt_tokens=num(raw.get("prompt_tokens")),
+        completion_tokens=num(raw.get("completion_tokens")),
+        cached_tokens=num(prompt.get("cached_tokens")) if isinstance(prompt, dict) else None,
+        reasoning_tokens=(
+            num(completion.get("reasoning_tokens")) if isinstance(completion, dict) else None
+        ),
+        total_tokens=num(raw.get("total_tokens")),
     )
 
 
@@ -228,7 +280,7 @@ class OpenAIResponder:
         *,
         model: str | None = None,
         options: ReplyOptions | None = None,
-    ) -> AsyncIterator[Delta | ReplyInfo]:
+    ) -> AsyncIterator[Delta | ReplyInfo | Usage]:
         """The reply as deltas; raises :class:`ResponderError` (a code of :data:`CODES`).
 
         ``options`` (a session's settings) add the system prompt, the tools and
@@ -259,11 +311,28 @@ class OpenAIResponder:
                 built[caps] = (msgs, None if converter is None else converter.report)
             messages, report = built[caps]
             meta = None if report is None else {"attachments": report}
+            sent, overflows = messages, 0
             try:
-                retries = self.retries if i + 1 == len(models) else 0
-                async for item in self._one(m, messages, notice, deadline, retries, extras, meta):
-                    yield item
-                return
+                while True:
+                    retries = self.retries if i + 1 == len(models) else 0
+                    try:
+                        async for item in self._one(
+                            m, sent, notice, deadline, retries, extras, meta
+                        ):
+                            yield item
+                        return
+                    except _ModelFailed as exc:
+                        smaller = drop_oldest(sent) if is_overflow(exc.failure) else None
+                        if smaller is None or overflows >= OVERFLOW_RETRIES:
+                            raise
+                        overflows += 1
+                        log.warning(
+                            "model %s: the context was too long; retrying with %d of %d messages",
+                            m,
+                            len(smaller),
+                            len(sent),
+                        )
+                        sent = smaller
             except _ModelFailed as exc:
                 failures.append(exc.failure)
                 if i + 1 < len(models):
@@ -287,8 +356,9 @@ class OpenAIResponder:
         retries: int,
         extras: dict[str, Any],
         metadata: dict[str, Any] | None = None,
-    ) -> AsyncIterator[Delta | ReplyInfo]:
+    ) -> AsyncIterator[Delta | ReplyInfo | Usage]:
         produced = False
+        usage: Usage | None = None
         calls: dict[int, dict[str, Any]] = {}
         resp = await self._connect(model, messages, deadline, retries, extras)
         try:
@@ -326,6 +396,8 @@ class OpenAIResponder:
                     )
                     self._log_failure(model, failure)
                     raise ResponderError(failure.code, failure.message)
+                if chunk.get("usage"):
+                    usage = _usage(chunk["usage"]) or usage
                 for choice in chunk.get("choices") or []:
                     delta = choice.get("delta") or {}
                     if delta.get("content"):
@@ -355,6 +427,8 @@ class OpenAIResponder:
                     "args": args,
                 }
             )
+        if usage is not None:
+            yield usage
 
     async def _connect(
         self,
@@ -372,7 +446,13 @@ class OpenAIResponder:
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
         body = orjson.dumps(
-            {"model": model, "messages": messages, "stream": True, **(extras or {})}
+            {
+                "model": model,
+                "messages": messages,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+                **(extras or {}),
+            }
         )
         timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=self.connect_timeout, sock_read=self.idle_timeout

@@ -96,6 +96,18 @@ class Message(Shape):
     siblings: Siblings | None = Field(
         None, description="only in view=active pages: where this message is among its siblings"
     )
+    # issue 21 (README "Context window")
+    tokens: int = Field(0, description="estimated tokens of the message as a model receives it")
+    usage: dict[str, Any] | None = Field(
+        None,
+        description="a reply's token usage: prompt_tokens, completion_tokens, cached_tokens, "
+        "reasoning_tokens, total_tokens, source (provider|estimate), model, ttft_ms",
+    )
+    context: dict[str, Any] | None = Field(
+        None,
+        description="what a reply answered: runs [first_id, last_id, count] of its branch "
+        "path, summary_ids, message_count, tokens, budget, window, calibration, omitted_id",
+    )
 
 
 class SessionList(Shape):

@@ -6,6 +6,7 @@ then the default. Every limit of SPEC section 6 is here with its default.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from typing import Any, Literal
@@ -111,6 +112,21 @@ class Settings(BaseModel):
     )
     tool_timeout: float = Field(
         600.0, ge=0, description="seconds a tool call waits for its result (0 = forever)"
+    )
+    # the model's context window (issue 21; README "Context window")
+    model_context: str = Field(
+        '{"*": 8192}',
+        description='JSON object: model name -> context size in tokens ("*": any other model)',
+    )
+    reply_reserve: float = Field(
+        0.25, gt=0, lt=1, description="fraction of the context kept free for the reply"
+    )
+    compact_at: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description="compact a branch when its uncovered history passes this ratio of the "
+        "context (0 = never on its own)",
     )
     sse_heartbeat: float = Field(15.0, gt=0, description="seconds between SSE keep-alives")
     openai_base_url: str = Field(
@@ -259,6 +275,12 @@ class Settings(BaseModel):
             raise ValueError("--replica-endpoint needs --replica s3://BUCKET/PREFIX")
         return self
 
+    @field_validator("model_context")
+    @classmethod
+    def _model_context(cls, value: str) -> str:
+        context_sizes(value)
+        return value
+
     @field_validator("synchronous", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
@@ -335,6 +357,9 @@ class Settings(BaseModel):
             shutdown_grace=self.shutdown_grace,
             on_busy=self.on_busy,
             tool_timeout=self.tool_timeout,
+            model_context=context_sizes(self.model_context),
+            reply_reserve=self.reply_reserve,
+            compact_at=self.compact_at,
             session_ttl=self.session_ttl,
             temporary_ttl=self.temporary_ttl,
             sweep_interval=self.sweep_interval,
@@ -342,6 +367,23 @@ class Settings(BaseModel):
 
 
 _SAMPLE = re.compile(r"sample:0*[1-9][0-9]{0,8}")
+
+
+def context_sizes(text: str) -> dict[str, int]:
+    """``--model-context``'s JSON object as ``{model: tokens}``, with ``"*"`` (8192 unless
+    given); raises ValueError naming what is wrong."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(
+            f'must be a JSON object like {{"gpt-4o": 128000, "*": 8192}} ({exc})'
+        ) from None
+    if not isinstance(value, dict):
+        raise ValueError('must be a JSON object like {"gpt-4o": 128000, "*": 8192}')
+    for model, size in value.items():
+        if not isinstance(size, int) or isinstance(size, bool) or not 64 <= size <= 100_000_000:
+            raise ValueError(f"the context size of {model!r} must be an integer 64..100000000")
+    return {"*": 8192, **value}
 
 
 def check_base_url(url: str) -> str:

@@ -15,7 +15,9 @@ JSON (``roost.session.v1``)::
      "messages": [every message of every branch in log order, tombstones
                   included with "deleted": true],
      "attachments": [attachment records {id, name, mime, size, sha256, url,
-                     created_at}: metadata only, the bytes are not exported]}
+                     created_at}: metadata only, the bytes are not exported],
+     "summaries": [compaction summaries {id, from_id, to_id, content, ...}
+                   (issue 21; an export without them imports too)]}
 
 Markdown: a ``#`` title, then each live message of the active path (root to
 active leaf) as a ``## role`` heading followed by its content and links to its
@@ -34,7 +36,7 @@ import re
 import sqlite3
 from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -42,6 +44,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from storage.attachments import attachment_url
+from storage.context import ImportedSummary, import_summaries, iter_summaries
 from storage.errors import ContentTooLarge, InvalidInput, MalformedJson
 from storage.jsonscan import Member, ScanError, scan_object
 from storage.layout import connect
@@ -62,6 +65,7 @@ from storage.rows import (
     session_doc,
     split_message,
 )
+from storage.tokens import estimate_message
 
 EXPORT_FORMAT = "roost.session.v1"
 
@@ -74,6 +78,7 @@ def export_json_chunks(
     *,
     exported_at: str,
     attachments: Iterable[dict[str, Any]] = (),
+    summaries: Iterable[dict[str, Any]] = (),
 ) -> Iterator[bytes]:
     """Yield the JSON export as UTF-8 byte chunks; joined, they are one JSON document.
 
@@ -91,6 +96,9 @@ def export_json_chunks(
     yield b'],"attachments":['
     for i, att in enumerate(attachments):
         yield (b"," if i else b"") + orjson.dumps(att)
+    yield b'],"summaries":['
+    for i, summary in enumerate(summaries):
+        yield (b"," if i else b"") + orjson.dumps(summary)
     yield b"]}\n"
 
 
@@ -210,6 +218,7 @@ def iter_export(
                 msgs,
                 exported_at=exported_at,
                 attachments=_noted(attachment_records(conn, sid), seen),
+                summaries=iter_summaries(conn, sid),
             )
         else:
             path_msgs = batches(
@@ -287,6 +296,10 @@ class ImportedMessage(_Strict):
     version: Annotated[int, Field(ge=1, le=2**62)] = 1
     deleted: bool = False
     feedback: dict[str, Any] | None = None  # v3 (issue 23)
+    # v5 (issue 21): tokens are estimated again on import; usage and context are kept
+    tokens: Annotated[int, Field(ge=0)] | None = None
+    usage: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
 
 
 class ImportedAttachment(_Strict):
@@ -306,6 +319,7 @@ class ExportDocument(_Strict):
     active_leaf_id: MsgId | None
     messages: list[ImportedMessage]
     attachments: list[ImportedAttachment] = Field(default_factory=list)
+    summaries: list[ImportedSummary] = Field(default_factory=list)
 
 
 class _Head(_Strict):
@@ -316,6 +330,7 @@ class _Head(_Strict):
     session: ImportedSession
     active_leaf_id: MsgId | None
     attachments: list[ImportedAttachment] = Field(default_factory=list)
+    summaries: list[ImportedSummary] = Field(default_factory=list)
 
 
 class _MessagesOnly(_Strict):
@@ -342,6 +357,7 @@ class ImportPlan:
     raw: bytes | bytearray
     spans: array[int]  # start, end pairs of the messages in ``raw``
     last_created_at: str | None  # of the last message
+    summaries: list[ImportedSummary] = field(default_factory=list)  # issue 21
 
     def messages(self) -> Iterator[ImportedMessage]:
         """The messages, decoded and validated one at a time, in order."""
@@ -528,6 +544,7 @@ def _plan(
         session=top.session,
         active_leaf_id=top.active_leaf_id,
         attachments=top.attachments,
+        summaries=top.summaries,
         raw=raw,
         spans=spans if spans is not None else array("q"),
         last_created_at=last_created_at,
@@ -609,6 +626,9 @@ def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: s
                 version=m.version,
                 deleted_at=m.updated_at if m.deleted else None,
                 feedback=None if m.feedback is None or m.deleted else _dumps(m.feedback),
+                tokens=0 if m.deleted else estimate_message(m.role, m.content, m.parts),
+                usage=None if m.usage is None or m.deleted else _dumps(m.usage),
+                context=None if m.context is None or m.deleted else _dumps(m.context),
             )
 
     conn.executemany(
@@ -629,6 +649,7 @@ def populate_import(conn: sqlite3.Connection, sid: str, plan: ImportPlan, now: s
             path.append((depth, node))
             node, depth = parent_of[node], depth - 1
     conn.executemany("INSERT INTO active_path (depth, seq) VALUES (?, ?)", path)
+    import_summaries(conn, plan.summaries, info, parent_of)
     last_at = plan.session.last_message_at or plan.last_created_at
     conn.execute(
         "UPDATE session SET title = ?, metadata = ?, created_at = ?, updated_at = ?, "
@@ -672,4 +693,8 @@ def active_path_only(doc: dict[str, Any]) -> dict[str, Any]:
     kept = [m for m in messages if m["id"] in path and not m.get("deleted")]
     named = {ref.get("id") for m in kept for ref in m.get("attachments") or []}
     attachments = [a for a in doc.get("attachments", []) if a.get("id") in named]
-    return {**doc, "messages": kept, "attachments": attachments}
+    live = {m["id"] for m in kept}
+    summaries = [
+        s for s in doc.get("summaries", []) if s.get("from_id") in live and s.get("to_id") in live
+    ]
+    return {**doc, "messages": kept, "attachments": attachments, "summaries": summaries}

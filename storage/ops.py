@@ -24,9 +24,11 @@ from storage.rows import (
     MessageRow,
     attachment_doc,
     dumps,
+    loads,
     message_doc,
     scalar,
 )
+from storage.tokens import estimate_message
 from storage.txn import BulkOp, Txn, feed_delta
 
 
@@ -166,6 +168,9 @@ def op_append(draft: MessageDraft) -> Callable[[Txn], tuple[dict[str, Any], bool
             version=1,
             deleted_at=None,
             feedback=None,
+            tokens=estimate_message(draft.role, draft.content, draft.parts),
+            usage=None,
+            context=None,
         )
         txn.add_message_row(row)
         if parent_seq is None:
@@ -221,6 +226,11 @@ def op_update_message(
                 raise InvalidInput(f"field {key!r} cannot be changed")
             sets.append(f"{key} = ?")
             args.append(dumps(value) if key in json_cols and value is not None else value)
+        if "content" in changes or "parts" in changes:
+            content = changes.get("content", row.content)
+            parts = changes["parts"] if "parts" in changes else loads(row.parts)
+            sets.append("tokens = ?")
+            args.append(estimate_message(row.role, content, parts))
         sets += ["version = version + 1", "updated_at = ?"]
         args += [txn.now, mid]
         txn.conn.execute(f"UPDATE messages SET {', '.join(sets)} WHERE id = ?", args)
@@ -245,7 +255,7 @@ def op_delete_message(mid: str) -> Callable[[Txn], None]:
         txn.conn.execute(
             "UPDATE messages SET content = '', parts = NULL, tool_call = NULL, "
             "tool_result = NULL, attachments = NULL, metadata = '{}', error = NULL, "
-            "feedback = NULL, "
+            "feedback = NULL, tokens = 0, usage = NULL, context = NULL, "
             "deleted_at = ?, updated_at = ?, version = version + 1 WHERE seq = ?",
             (txn.now, txn.now, seq),
         )
@@ -450,8 +460,14 @@ def op_stream(
     status: str,
     error: dict[str, Any] | None = None,
     info: dict[str, Any] | None = None,
+    usage: dict[str, Any] | None = None,
+    context: dict[str, Any] | None = None,
 ) -> Callable[[Txn], dict[str, Any] | None]:
     """Append ``text`` to a streaming reply and set its status.
+
+    ``usage`` (what the provider reported) and ``context`` (the record of the
+    history the reply answered, issue 21) are stored when given; the token
+    count follows the text.
 
     The text goes to subscribers as an ephemeral ``message.delta`` (offset =
     length of the text before it); a durable ``message.updated`` event is
@@ -478,6 +494,12 @@ def op_stream(
             "updated_at = ?",
         ]
         args: list[Any] = [text, None if parts is None else dumps(parts), new_status, txn.now]
+        sets.append("tokens = ?")
+        args.append(estimate_message(row.role, row.content + text, parts))
+        for key, value in (("usage", usage), ("context", context)):
+            if value is not None:
+                sets.append(f"{key} = ?")
+                args.append(dumps(value))
         if error is not None:
             sets.append("error = ?")
             args.append(dumps(error))

@@ -86,6 +86,10 @@ class MessageRow(NamedTuple):
     version: int
     deleted_at: str | None
     feedback: str | None  # v3 (issue 23): the owner's rating, JSON {rating, tags, comment, ...}
+    # v5 (issue 21): estimated tokens (storage.tokens), a reply's usage and context record
+    tokens: int
+    usage: str | None
+    context: str | None
 
 
 class SessionRow(NamedTuple):
@@ -144,6 +148,8 @@ NEW_MESSAGE_DEFAULTS: dict[str, Any] = {
     "version": 1,
     "deleted_at": None,
     "feedback": None,
+    "usage": None,
+    "context": None,
 }
 NEW_MESSAGE_COLUMNS: tuple[str, ...] = tuple(
     c for c in MESSAGE_COLUMNS if c not in NEW_MESSAGE_DEFAULTS
@@ -221,6 +227,9 @@ def message_doc(row: MessageRow, session_id: str) -> dict[str, Any]:
         "version": row.version,
         "deleted": row.deleted_at is not None,
         "feedback": None if row.feedback is None else _json(row.feedback),
+        "tokens": row.tokens,
+        "usage": None if row.usage is None else _json(row.usage),
+        "context": None if row.context is None else _json(row.context),
     }
 
 

@@ -138,6 +138,33 @@ SESSION_MIGRATIONS: list[str] = [
     CREATE INDEX messages_turns ON messages(status, seq)
         WHERE status IN ('pending', 'streaming', 'queued', 'awaiting_tool', 'awaiting_approval');
     """,
+    # v5 (issue 21): the model's context window. Each message's estimated token count
+    # (storage.tokens; rows from before get a byte-based estimate), a reply's provider
+    # usage and the record of the context it answered (JSON), and compaction summaries:
+    # a summary covers the branch path [from_seq, to_seq] (from an ancestor-or-self of
+    # to); nothing is deleted. A reply's history finds the summaries of its branch by
+    # to_seq (index), walking the parent chain from the leaf: never a scan.
+    """
+    ALTER TABLE messages ADD COLUMN tokens INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE messages ADD COLUMN usage TEXT;
+    ALTER TABLE messages ADD COLUMN context TEXT;
+    UPDATE messages SET tokens = 4 + (length(CAST(content AS BLOB)) * 2 + 9) / 10
+        WHERE deleted_at IS NULL;
+    CREATE TABLE summaries (
+        seq INTEGER PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        from_seq INTEGER NOT NULL REFERENCES messages(seq),
+        to_seq INTEGER NOT NULL REFERENCES messages(seq),
+        from_id TEXT NOT NULL,
+        to_id TEXT NOT NULL,
+        content TEXT NOT NULL,
+        tokens INTEGER NOT NULL,
+        covered INTEGER NOT NULL,
+        model_id TEXT,
+        created_at TEXT NOT NULL
+    );
+    CREATE INDEX summaries_by_to ON summaries(to_seq, seq);
+    """,
 ]
 
 CATALOG_MIGRATIONS: list[str] = [

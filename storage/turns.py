@@ -51,6 +51,7 @@ from storage.rows import (
     message_doc,
     scalar,
 )
+from storage.tokens import estimate_message
 from storage.txn import Txn
 
 ON_BUSY = ("reject", "queue", "interrupt", "rollback")
@@ -265,6 +266,9 @@ def _queue(txn: Txn, draft: MessageDraft, model_id: str | None) -> dict[str, Any
         version=1,
         deleted_at=None,
         feedback=None,
+        tokens=estimate_message(draft.role, draft.content, draft.parts),
+        usage=None,
+        context=None,
     )
     txn.add_message_row(row)
     st.message_count += 1

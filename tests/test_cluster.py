@@ -178,6 +178,28 @@ async def test_cluster_create_on_a_read_on_b(cluster: Cluster, http: aiohttp.Cli
         assert (await r.json())["error"]["code"] == "not_found"
 
 
+async def test_cluster_context_and_compact_through_either_front(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """GET /context and POST /compact (issue 21) are answered by the session's shard."""
+    a, b = cluster.api(cluster.a), cluster.api(cluster.b)
+    await create(http, a, "c-ctx")
+    ids = []
+    for i in range(3):
+        status, msg = await append(http, a, "c-ctx", f"note {i}")
+        assert status == 201
+        ids.append(msg["id"])
+    async with http.get(b + "/sessions/c-ctx/context") as r:
+        assert r.status == 200, await r.text()
+        ctx = await r.json()
+    assert ctx["message_ids"] == ids and ctx["tokens"] <= ctx["budget"]
+    async with http.post(b + "/sessions/c-ctx/compact", json={"leaf_id": ids[-1]}) as r:
+        assert r.status in (200, 201), await r.text()
+        assert "summaries" in await r.json()
+    async with http.get(a + "/sessions/c-ctx/context?leaf_id=nope") as r:
+        assert r.status == 404
+
+
 async def test_cluster_concurrent_appends_over_both_fronts_make_one_chain(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:

@@ -208,6 +208,7 @@ async def test_tool_round_trip_sends_calls_then_results(make_client: Any, provid
             {"role": "user", "content": "weather in Paris?"},
         ],
         "stream": True,
+        "stream_options": {"include_usage": True},  # issue 21: usage is asked for
         "tools": [{"type": "function", "function": WEATHER}],
         "temperature": 0.5,
     }

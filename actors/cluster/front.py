@@ -41,6 +41,7 @@ from actors.cluster.codec import (
     message_to_plain,
     page_from_plain,
 )
+from actors.cluster.context_calls import RemoteContext
 from actors.cluster.join import ClusterError as ClusterError  # where cli finds it
 from actors.cluster.join import connect as connect  # where cli and app find it
 from actors.cluster.placement import ShardSpec, home_of, shard_of
@@ -75,7 +76,7 @@ NO_ACROSS = (
 # ---------------------------------------------------------------------------- the handle
 
 
-class RemoteSessionHandle(SessionHandle):
+class RemoteSessionHandle(RemoteContext, SessionHandle):
     """:class:`actors.session.SessionHandle`'s methods, answered by the session's shard."""
 
     __slots__ = ("_front", "_k", "_sid", "_used", "_user")

@@ -66,7 +66,15 @@ Answer = tuple[str, Any]
 
 # methods of the session façade a shard answers through ``call``, by name
 WRITES = frozenset(
-    {"append", "update_message", "update_session", "chat", "add_attachment", "tool_result"}
+    {
+        "append",
+        "update_message",
+        "update_session",
+        "chat",
+        "add_attachment",
+        "tool_result",
+        "compact",
+    }
 )
 DIRECTORY_PUSH_DELAY = 0.05
 
@@ -164,6 +172,9 @@ CALLS: dict[str, Callable[..., Awaitable[Any]]] = {
     "blob_size": _blob_size,
     "blob_read": _blob_read,
     "snapshot": lambda s, branch, max_bytes: s.snapshot(branch, max_bytes=max_bytes),
+    # the model's context window (issue 21)
+    "context": lambda s, leaf_id: s.context(leaf_id),
+    "compact": lambda s, leaf_id: s.compact(leaf_id),
 }
 
 
