@@ -228,7 +228,7 @@ def _trim_run(taken: list[Item], run_start: int) -> str | None:
 
 def read_items(f: ReadSource, sel: Selection) -> list[dict[str, Any]]:
     """What a responder reads of ``sel``'s items, oldest first: per message ``id``,
-    ``role``, ``content``, ``parts``, ``tool_call``, ``tool_result``, ``attachments``,
+    ``session_id`` (where its attachments' bytes live), ``role``, ``content``, ``parts``, ``tool_call``, ``tool_result``, ``attachments``,
     ``status``, ``model_id`` (the Message document's values; the other fields are
     not read, to keep a long context cheap), and each summary as a ``system``
     message (``summary_id`` set, content prefixed)."""
@@ -257,6 +257,7 @@ def read_items(f: ReadSource, sel: Selection) -> list[dict[str, Any]]:
             ):
                 docs[("message", seq)] = {
                     "id": mid,
+                    "session_id": f.sid,
                     "role": role,
                     "content": content,
                     "parts": None if parts is None else loads(parts),
