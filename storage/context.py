@@ -228,10 +228,11 @@ def _trim_run(taken: list[Item], run_start: int) -> str | None:
 
 def read_items(f: ReadSource, sel: Selection) -> list[dict[str, Any]]:
     """What a responder reads of ``sel``'s items, oldest first: per message ``id``,
-    ``session_id`` (where its attachments' bytes live), ``role``, ``content``, ``parts``, ``tool_call``, ``tool_result``, ``attachments``,
-    ``status``, ``model_id`` (the Message document's values; the other fields are
-    not read, to keep a long context cheap), and each summary as a ``system``
-    message (``summary_id`` set, content prefixed)."""
+    ``session_id`` (where its attachments' bytes live), ``role``, ``content``,
+    ``parts``, ``tool_call``, ``tool_result``, ``attachments``, ``status``,
+    ``model_id`` (the Message document's values; the other fields are not read, to
+    keep a long context cheap), and each summary as a ``system`` message
+    (``summary_id`` set, content prefixed)."""
     seqs = [i.seq for i in sel.items if i.kind == "message"]
     sums = [i.seq for i in sel.items if i.kind == "summary"]
     docs: dict[tuple[str, int], dict[str, Any]] = {}
