@@ -273,7 +273,7 @@ class UserIndex:
     def _search_fts(self, expr: str, limit: int, offset: int) -> list[tuple[Any, ...]]:
         floor = self.conn.execute(_WINDOW_FLOOR, (expr, RANK_WINDOW - 1)).fetchone()
         rows = self.conn.execute(_TOP_HITS, (expr, floor[0] if floor else 0, limit, offset))
-        return [(*row[:6], -float(row[6])) for row in rows]
+        return [(*hit, -float(rank)) for *hit, rank in rows]
 
     def _search_ranked(
         self, expr: str, parts: list[userrank.Phrase], limit: int, offset: int
@@ -298,7 +298,7 @@ class UserIndex:
             return []
         ids = [rowid for _, rowid in ranked]
         rows = conn.execute(_PAGE, (expr, min(ids), max(ids), orjson.dumps(ids).decode()))
-        by_id = {row[0]: row[1:] for row in rows}
+        by_id = {rowid: hit for rowid, *hit in rows}
         return [(*by_id[rowid], -neg) for neg, rowid in ranked if rowid in by_id]
 
 
