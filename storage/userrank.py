@@ -112,7 +112,9 @@ def fts5_is_cheaper(doc_freqs: Sequence[int], window: int) -> bool:
 
 
 def idf(rows: int, hits: int) -> float:
-    """FTS5's IDF of a phrase in ``hits`` of ``rows`` rows (never below 1e-6)."""
+    """FTS5's IDF of a phrase in ``hits`` of ``rows`` rows (never below 1e-6; a
+    count a little stale may exceed ``rows``: it is taken as ``rows``)."""
+    hits = min(hits, rows)
     value = math.log((rows - hits + 0.5) / (hits + 0.5))
     return value if value > 0.0 else 1e-6
 

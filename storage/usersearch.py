@@ -236,10 +236,6 @@ class UserIndex:
         parts = None if raw else userrank.phrases(q)
         conn = self.conn
         try:
-            version = scalar(conn.execute("PRAGMA data_version"))
-            if version != self._data_version:  # another connection wrote the file
-                self._doc_freqs.clear()
-                self._data_version = version
             conn.execute("BEGIN")
             try:
                 found = None
@@ -281,10 +277,14 @@ class UserIndex:
         """The page, ranked by :mod:`storage.userrank`; None when FTS5 would rank
         this query more cheaply (short doclists: :func:`userrank.fts5_is_cheaper`)."""
         conn = self.conn
-        totals = userrank.averages(conn, "docs_fts")
+        totals = userrank.averages(conn, "docs_fts")  # (the snapshot starts here)
         if totals is None or totals[0] <= 0:
             return []
         n_rows, n_tokens = totals
+        version = scalar(conn.execute("PRAGMA data_version"))
+        if version != self._data_version:  # another connection wrote the file since
+            self._doc_freqs.clear()
+            self._data_version = version
         changes = conn.total_changes
         dfs = [self._doc_freqs.get(conn, p.expr, changes) for p in parts]
         if userrank.fts5_is_cheaper(dfs, RANK_WINDOW):

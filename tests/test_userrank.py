@@ -3,6 +3,7 @@ scores as FTS5's bm25() over the same window, from stored tokens or from old row
 
 from __future__ import annotations
 
+import math
 import random
 from pathlib import Path
 
@@ -194,6 +195,14 @@ def test_normalize_and_phrases() -> None:
         ('"sa"*', b" sa"),
         ('"""quoted"""', b" quoted "),
     ]
+
+
+def test_idf_is_fts5s_and_takes_a_stale_count() -> None:
+    """FTS5's IDF, floored at 1e-6; a cached count above the rows (deletes since) is
+    taken as all rows rather than failing."""
+    assert userrank.idf(1000, 10) == pytest.approx(math.log(990.5 / 10.5))
+    assert userrank.idf(1000, 600) == 1e-6
+    assert userrank.idf(990, 1000) == 1e-6
 
 
 def test_averages_and_varints(tmp_path: Path) -> None:
