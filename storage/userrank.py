@@ -135,7 +135,7 @@ def score_window(
     for rowid, norm, ntok, text in rows:
         if norm is None or ntok is None:
             norm, ntok = normalize(text or "")
-        key = (ntok, *[norm.count(pattern) for pattern, _ in weights])
+        key = (ntok, *map(norm.count, patterns))
         neg = memo.get(key)
         if neg is None:
             score = 0.0
