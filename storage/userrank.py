@@ -60,7 +60,7 @@ _NOT_TOKEN = re.compile(r"[\W_]+")
 @dataclass(frozen=True, slots=True)
 class Phrase:
     """One phrase of a plain-words query: its FTS5 expression, and the bytes it is
-    in a :func:`normalize`\\ d text (a prefix phrase has no closing space)."""
+    in a normalized text (:func:`normalize`; a prefix phrase has no closing space)."""
 
     expr: str
     pattern: bytes
@@ -79,6 +79,15 @@ def normalize(text: str) -> tuple[bytes, int]:
     (``b" tok1  tok2 "``), and how many there are. Pure."""
     toks = _tokens(text)
     return b" " + b"  ".join(toks) + b" ", len(toks)
+
+
+def stored_tokens(text: str) -> tuple[bytes | None, int]:
+    """What the index keeps of ``text``'s tokens (``docs.norm``, ``docs.ntok``): the
+    count, and tokens (:func:`normalize`) only when the text is not ASCII (ASCII
+    text is tokenized again when scored, at C speed; keeping every row's tokens
+    would make the file ~60% larger). Pure."""
+    norm, ntok = normalize(text)
+    return (None if text.isascii() else norm), ntok
 
 
 def phrases(q: str) -> list[Phrase] | None:
@@ -126,15 +135,21 @@ def score_window(
     avgdl: float,
 ) -> list[tuple[float, int]]:
     """``(-score, rowid)`` of each row ``(rowid, norm, ntok, text)`` (``norm`` and
-    ``ntok`` as :func:`normalize` makes them; when ``norm`` is None they are made
-    from ``text``), sorted: best first, ties in rowid order (FTS5's ``ORDER BY
-    rank``). ``score`` is FTS5's BM25 (positive)."""
+    ``ntok`` as :func:`stored_tokens` keeps them, or both None: made from ``text``),
+    sorted: best first, ties in rowid order (FTS5's ``ORDER BY rank``). ``score``
+    is FTS5's BM25 (positive)."""
     weights = list(zip(patterns, idfs, strict=True))
+    # a phrase of one token is counted in the ASCII text with its separators merely
+    # doubled; one of several tokens needs them collapsed to one (normalize)
+    quick = all(pattern.count(b" ") <= 2 for pattern in patterns)
     memo: dict[tuple[int, ...], float] = {}  # (length, tf...) -> -score
     out = []
     for rowid, norm, ntok, text in rows:
         if norm is None or ntok is None:
-            norm, ntok = normalize(text or "")
+            if quick and ntok is not None and text is not None:
+                norm = b" " + text.encode().translate(_ASCII).replace(b" ", b"  ") + b" "
+            else:
+                norm, ntok = normalize(text or "")
         key = (ntok, *map(norm.count, patterns))
         neg = memo.get(key)
         if neg is None:

@@ -325,7 +325,7 @@ _TOP_HITS = (
 )
 
 # plain words (storage.userrank): the window is the RANK_WINDOW newest matches with
-# their tokens (or their text, for a row from before v2), read in one walk of the
+# their tokens (or their text, for ASCII text and rows from v1), read in one walk of the
 # doclists from the end (no floor query first)
 _WINDOW = (
     "SELECT f.rowid, d.norm, d.ntok, iif(d.norm IS NULL, d.content, NULL) "
@@ -346,12 +346,12 @@ _PAGE = (
 
 
 def _upsert(conn: sqlite3.Connection, sid: str, doc: Doc) -> None:
-    norm, ntok = userrank.normalize(doc.content)
+    norm, ntok = userrank.stored_tokens(doc.content)
     conn.execute(
         "INSERT INTO docs (session_id, message_id, seq, role, created_at, content, ntok, norm) "
         "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id, message_id) DO UPDATE SET "
         "content = excluded.content, ntok = excluded.ntok, norm = excluded.norm "
-        "WHERE content IS NOT excluded.content OR norm IS NULL",
+        "WHERE content IS NOT excluded.content OR ntok IS NULL",
         (sid, doc.message_id, doc.seq, doc.role, doc.created_at, doc.content, ntok, norm),
     )
 

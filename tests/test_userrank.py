@@ -158,7 +158,7 @@ def test_rows_from_a_v1_index_are_ranked_and_migrated(
         assert old
         _same(old, _by_fts5(idx, "gull sea", python_ranks))
         idx.rebuild_session("s", docs, 1)
-        nulls = idx.conn.execute("SELECT count(*) FROM docs WHERE norm IS NULL").fetchone()[0]
+        nulls = idx.conn.execute("SELECT count(*) FROM docs WHERE ntok IS NULL").fetchone()[0]
         assert nulls == 0
         _same(_hits(idx, "gull sea"), old)
     finally:
@@ -177,6 +177,14 @@ def test_words_it_does_not_rank_go_to_fts5(
         docs = [Doc(f"m{i}", i + 1, "user", "2026-01-01T00:00:00Z", t) for i, t in enumerate(texts)]
         idx.rebuild_session("s", docs, 1)
         _same(_hits(idx, "cafe"), _by_fts5(idx, "cafe", python_ranks))
+        # tokens are kept for text that is not ASCII only; ASCII is tokenized again
+        kept = idx.conn.execute("SELECT message_id, norm, ntok FROM docs ORDER BY id").fetchall()
+        assert kept == [
+            ("m0", b" cafe  au  lait ", 3),
+            ("m1", b" cafe  cafe  cafe ", 3),
+            ("m2", b" un  cafe  noir ", 3),
+            ("m3", None, 2),
+        ]
         assert next(m for m, _ in _hits(idx, "cafe")) == "m1"
         assert sorted(m for m, _ in _hits(idx, "café")) == ["m0", "m1", "m2"]
     finally:
