@@ -45,7 +45,7 @@ DF_SLACK = 0.01
 DF_CACHE_SIZE = 4096
 # rank with FTS5's bm25() while the phrases' doclists are at most this many times the
 # window (see fts5_is_cheaper)
-FTS5_RATIO = 50
+FTS5_RATIO = 64
 
 # ASCII as unicode61 sees it: letters and digits are token characters (lowered),
 # everything else separates tokens; bytes >= 128 are kept (only text that is not
@@ -110,10 +110,11 @@ def fts5_is_cheaper(doc_freqs: Sequence[int], window: int) -> bool:
     """Whether FTS5's ``bm25()`` ranks a window of at most ``window`` matches of
     phrases matching ``doc_freqs`` rows each more cheaply than :func:`score_window`.
 
-    The costs (measured on a 1M-message index, docs/performance.md): ``bm25()``
-    walks every phrase's doclist (~50 ns an entry) and scores each match from the
-    index (~1 µs); here each match's row is read and scored (~3.5 µs). So FTS5 wins
-    unless the doclists are longer than ``FTS5_RATIO`` times the window. Pure."""
+    The costs (CPU on a 1M-message index, loaded machine, docs/performance.md):
+    ``bm25()`` walks every phrase's doclist (~60 ns an entry) and scores each match
+    from the index (~2.5 µs); here each match's row is read and scored (~6-7.5 µs).
+    So FTS5 wins unless the doclists are longer than ``FTS5_RATIO`` times the
+    window. Pure."""
     if not doc_freqs:
         return True
     matches = min(window, *doc_freqs)
