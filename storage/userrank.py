@@ -86,8 +86,9 @@ def stored_tokens(text: str) -> tuple[bytes | None, int]:
     count, and tokens (:func:`normalize`) only when the text is not ASCII (ASCII
     text is tokenized again when scored, at C speed; keeping every row's tokens
     would make the file ~60% larger). Pure."""
-    norm, ntok = normalize(text)
-    return (None if text.isascii() else norm), ntok
+    if text.isascii():
+        return None, len(_tokens(text))
+    return normalize(text)
 
 
 def phrases(q: str) -> list[Phrase] | None:
