@@ -268,6 +268,15 @@ USER_SEARCH_MIGRATIONS: list[str] = [
         event_seq INTEGER NOT NULL
     ) WITHOUT ROWID;
     """,
+    # v2: each message's tokens as storage.userrank ranks them (``ntok``: how many;
+    # ``norm``: the tokens, lowered and space-separated, only for text that is not
+    # ASCII), written with the message, so a search scores its window without the
+    # slow tokenizing; rows from v1 have NULLs and are tokenized when read (until
+    # they change or ``roost-admin reindex`` rewrites them)
+    """
+    ALTER TABLE docs ADD COLUMN ntok INTEGER;
+    ALTER TABLE docs ADD COLUMN norm BLOB;
+    """,
 ]
 
 

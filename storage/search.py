@@ -34,14 +34,25 @@ def fts_query(q: str, *, raw: bool = False) -> str:
         if not q.strip():
             raise InvalidQuery("the query is empty")
         return q
-    terms = []
-    for word in q.split():
-        prefix = word.endswith("*") and word.strip("*") != ""
-        word = word.rstrip("*") if prefix else word
-        terms.append('"' + word.replace('"', '""') + '"' + ("*" if prefix else ""))
+    terms = [phrase_expr(word, prefix) for word, prefix in query_words(q)]
     if not terms:
         raise InvalidQuery("the query is empty")
     return " ".join(terms)
+
+
+def query_words(q: str) -> list[tuple[str, bool]]:
+    """The words of plain-words query ``q`` as ``(text, prefix)``: a word ending in
+    ``*`` (and not only stars) is a prefix, its stars dropped. Pure."""
+    out = []
+    for word in q.split():
+        prefix = word.endswith("*") and word.strip("*") != ""
+        out.append((word.rstrip("*") if prefix else word, prefix))
+    return out
+
+
+def phrase_expr(word: str, prefix: bool) -> str:
+    """The FTS5 string of one word of a plain-words query (quoted: no syntax in it)."""
+    return '"' + word.replace('"', '""') + '"' + ("*" if prefix else "")
 
 
 def snippet_spans(marked: str) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from storage import reads
+from storage import reads, userrank
 from storage.errors import InvalidQuery, NotFound, from_sqlite
 from storage.layout import DataDir, connect, make_dirs_durable
 from storage.reads import ReadConnection, ReadSource
@@ -126,6 +126,8 @@ class UserIndex:
         make_dirs_durable(path.parent)
         self.path = path
         self._conn: sqlite3.Connection | None = None
+        self._doc_freqs = userrank.DocFreqs("docs_fts")
+        self._data_version: object = None
         try:
             self._conn = connect(path, synchronous=synchronous, cache_kib=4096)
             migrate(self._conn, USER_SEARCH_MIGRATIONS, what="user search index")
@@ -225,13 +227,24 @@ class UserIndex:
         indexed): a query matching more (a common word) returns the best of those, so
         its cost stays bounded however many messages the user has; a query matching
         fewer is ranked over all of them. Paging (``offset``) stays within that window.
-        Snippets and rows are made for the returned hits only.
+        Snippets and rows are made for the returned hits only. Plain words are ranked
+        by :mod:`storage.userrank` (FTS5's BM25 without its per-query document
+        counts); FTS5 syntax (``raw``), and words it does not rank, by FTS5's bm25().
+        All of it reads one snapshot of the index.
         """
         expr = fts_query(q, raw=raw)
+        parts = None if raw else userrank.phrases(q)
+        conn = self.conn
         try:
-            floor = self.conn.execute(_WINDOW_FLOOR, (expr, RANK_WINDOW - 1)).fetchone()
-            rows = self.conn.execute(_TOP_HITS, (expr, floor[0] if floor else 0, limit, offset))
-            found = rows.fetchall()
+            conn.execute("BEGIN")
+            try:
+                found = None
+                if parts is not None:
+                    found = self._search_ranked(expr, parts, limit, offset)
+                if found is None:
+                    found = self._search_fts(expr, limit, offset)
+            finally:
+                conn.execute("COMMIT")
         except sqlite3.OperationalError as exc:
             if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_ERROR:
                 raise InvalidQuery(
@@ -248,10 +261,45 @@ class UserIndex:
                 "role": role,
                 "created_at": created_at,
                 "snippet": snippet_spans(snippet),
-                "score": -float(rank),
+                "score": score,
             }
-            for sid, mid, seq, role, created_at, snippet, rank in found
+            for sid, mid, seq, role, created_at, snippet, score in found
         ]
+
+    def _search_fts(self, expr: str, limit: int, offset: int) -> list[tuple[Any, ...]]:
+        floor = self.conn.execute(_WINDOW_FLOOR, (expr, RANK_WINDOW - 1)).fetchone()
+        rows = self.conn.execute(_TOP_HITS, (expr, floor[0] if floor else 0, limit, offset))
+        return [(*hit, -float(rank)) for *hit, rank in rows]
+
+    def _search_ranked(
+        self, expr: str, parts: list[userrank.Phrase], limit: int, offset: int
+    ) -> list[tuple[Any, ...]] | None:
+        """The page, ranked by :mod:`storage.userrank`; None when FTS5 would rank
+        this query more cheaply (short doclists: :func:`userrank.fts5_is_cheaper`)."""
+        conn = self.conn
+        totals = userrank.averages(conn, "docs_fts")  # (the snapshot starts here)
+        if totals is None or totals[0] <= 0:
+            return []
+        n_rows, n_tokens = totals
+        version = scalar(conn.execute("PRAGMA data_version"))
+        if version != self._data_version:  # another connection wrote the file since
+            self._doc_freqs.clear()
+            self._data_version = version
+        changes = conn.total_changes
+        dfs = [self._doc_freqs.get(conn, p.expr, changes) for p in parts]
+        if userrank.fts5_is_cheaper(dfs, RANK_WINDOW):
+            return None
+        idfs = [userrank.idf(n_rows, df) for df in dfs]
+        window = conn.execute(_WINDOW, (expr, RANK_WINDOW)).fetchall()
+        ranked = userrank.score_window(window, [p.pattern for p in parts], idfs, n_tokens / n_rows)[
+            offset : offset + limit
+        ]
+        if not ranked:
+            return []
+        ids = [rowid for _, rowid in ranked]
+        rows = conn.execute(_PAGE, (expr, min(ids), max(ids), orjson.dumps(ids).decode()))
+        by_id = {rowid: hit for rowid, *hit in rows}
+        return [(*by_id[rowid], -neg) for neg, rowid in ranked if rowid in by_id]
 
 
 # A search ranks at most this many of its newest matches (see UserIndex.search): BM25
@@ -276,13 +324,35 @@ _TOP_HITS = (
     "WHERE docs_fts MATCH ?1 AND docs_fts.rowid >= ?2 ORDER BY docs_fts.rank LIMIT ?3 OFFSET ?4"
 )
 
+# plain words (storage.userrank): the window is the RANK_WINDOW newest matches with
+# their tokens (or their text, for ASCII text and rows from v1), read in one walk of the
+# doclists from the end (no floor query first)
+_WINDOW = (
+    "SELECT f.rowid, d.norm, d.ntok, iif(d.norm IS NULL, d.content, NULL) "
+    "FROM docs_fts f JOIN docs d ON d.id = f.rowid "
+    "WHERE docs_fts MATCH ? ORDER BY f.rowid DESC LIMIT ?"
+)
+
+# the page's rows and snippets: FTS5 walks the page's rowid range (one seek per
+# doclist) and the rows outside the page are dropped before their snippet is made
+# (``+`` keeps the IN list from becoming one doclist seek per rowid, ~0.3 ms each)
+_PAGE = (
+    "SELECT f.rowid, d.session_id, d.message_id, d.seq, d.role, d.created_at, "
+    f"snippet(docs_fts, 0, '{SNIPPET_OPEN}', '{SNIPPET_CLOSE}', '…', 24) "
+    "FROM docs_fts f JOIN docs d ON d.id = f.rowid "
+    "WHERE docs_fts MATCH ?1 AND f.rowid >= ?2 AND f.rowid <= ?3 "
+    "AND +f.rowid IN (SELECT value FROM json_each(?4))"
+)
+
 
 def _upsert(conn: sqlite3.Connection, sid: str, doc: Doc) -> None:
+    norm, ntok = userrank.stored_tokens(doc.content)
     conn.execute(
-        "INSERT INTO docs (session_id, message_id, seq, role, created_at, content) "
-        "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(session_id, message_id) DO UPDATE SET "
-        "content = excluded.content WHERE content IS NOT excluded.content",
-        (sid, doc.message_id, doc.seq, doc.role, doc.created_at, doc.content),
+        "INSERT INTO docs (session_id, message_id, seq, role, created_at, content, ntok, norm) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id, message_id) DO UPDATE SET "
+        "content = excluded.content, ntok = excluded.ntok, norm = excluded.norm "
+        "WHERE content IS NOT excluded.content OR ntok IS NULL",
+        (sid, doc.message_id, doc.seq, doc.role, doc.created_at, doc.content, ntok, norm),
     )
 
 
