@@ -183,12 +183,12 @@ class ActorRegistry(AcrossSessions, ShareLinks):
         for owner_log in list(self.user_logs._logs.values()):
             owner_log.topic.close_all()
         await self.flush_catalog()
+        self.write_pool.shutdown(wait=True)  # a cancelled flusher's upsert may still run
+        self.read_pool.shutdown(wait=True)
         if self._catalog is not None:
             self._catalog.close()
         if self._syncer is not None:
             self._syncer.close()
-        self.write_pool.shutdown(wait=True)
-        self.read_pool.shutdown(wait=True)
 
     @property
     def live(self) -> int:
