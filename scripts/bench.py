@@ -1029,7 +1029,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "roost-bench"
     p = argparse.ArgumentParser(
         description="Benchmark Roost against the workerd Durable Object peer (medians).",
-        epilog="workloads: " + ", ".join(w.name for w in WORKLOADS),
+        epilog="workloads: "
+        + ", ".join(w.name for w in WORKLOADS)
+        + ". Names ending in -aiohttp run the same workload from an ordinary aiohttp client"
+        " (appends: all clients in one client process); every append workload reports"
+        " server cpu us/append (server process tree, /proc/<pid>/stat, per acked append).",
     )
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 3; 1 with --quick)")
     p.add_argument(
