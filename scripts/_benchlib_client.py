@@ -173,7 +173,9 @@ class AppendJob:
     A client stops after ``max_per_client`` appends or ``duration_s`` seconds after
     "go", whichever comes first (or after ``MAX_CONSECUTIVE_ERRORS`` failures in a
     row). With ``warmup``, each client first makes one untimed append (this also
-    opens its keep-alive connection).
+    opens its keep-alive connection). ``client`` is ``"raw"`` (the lean keep-alive
+    client, one connection per client) or ``"aiohttp"`` (``http.post`` on the worker's
+    ordinary ``aiohttp.ClientSession``, sized to one connection per client).
     """
 
     base_url: str
@@ -182,6 +184,7 @@ class AppendJob:
     max_per_client: int
     content: str
     warmup: bool = True
+    client: str = "raw"
 
     def connections(self) -> int:
         return len(self.sessions)
@@ -193,13 +196,18 @@ class AppendJob:
         # One keep-alive connection per client (sessions repeat for 64 clients on 1 session).
         clients = [(sid, RawConnection(self.base_url)) for sid in self.sessions]
 
+        headers = {"Content-Type": "application/json"}
+
         async def append(sid: str, conn: RawConnection) -> float | None:
             path = f"/api/sessions/{sid}/messages"
-            raw = encode_post(conn.host_port, path, body)
             t0 = time.monotonic()
             try:
-                status, answer = await conn.request(raw)
-            except (TimeoutError, OSError) as e:
+                if self.client == "aiohttp":
+                    async with http.post(self.base_url + path, data=body, headers=headers) as r:
+                        status, answer = r.status, await r.read()
+                else:
+                    status, answer = await conn.request(encode_post(conn.host_port, path, body))
+            except (TimeoutError, OSError, aiohttp.ClientError) as e:
                 log.add(f"POST {path}: expected 201, got {type(e).__name__}: {e}")
                 return None
             if status != 201:

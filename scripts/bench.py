@@ -288,30 +288,44 @@ def merge_appends(results: Sequence[AppendResult], what: str) -> tuple[list[floa
 # ------------------------------------------------------------------ appends
 
 
-def append_workload(many_clients: bool, many_sessions: bool) -> RunFn:
+def append_workload(many_clients: bool, many_sessions: bool, client: str = "raw") -> RunFn:
     """Closed-loop durable appends by 1 or ``append_clients`` clients.
 
     With ``many_sessions`` every client has its own session; otherwise all share one.
+    ``client="raw"`` spreads the clients over the pool with the lean raw client;
+    ``client="aiohttp"`` runs them all in ONE client process on ``aiohttp``. Both report
+    ``server cpu us/append``: utime+stime of the server's process tree (``/proc``) over
+    the pool run (warm-up included) divided by the appends acknowledged in it.
     """
 
     async def run(ctx: Context, t: Target, rnd: int) -> Metrics:
         n_clients = ctx.sizes.append_clients if many_clients else 1
         n_sessions = n_clients if many_sessions else 1
-        sids = [ctx.sid("append", n_clients, n_sessions, rnd, i) for i in range(n_sessions)]
+        sids = [ctx.sid("append", client, n_clients, n_sessions, rnd, i) for i in range(n_sessions)]
         await create_sessions(t, sids)
         per_client = [sids[i % n_sessions] for i in range(n_clients)]
         bases = t.server.base_urls  # cluster mode: the fronts, one job each in turn
+        parts = [tuple(per_client)] if client == "aiohttp" else split(per_client, ctx.pool.size)
         jobs = [
             AppendJob(
-                bases[i % len(bases)], part, ctx.sizes.append_duration_s, 1_000_000, MESSAGE_TEXT
+                bases[i % len(bases)],
+                part,
+                ctx.sizes.append_duration_s,
+                1_000_000,
+                MESSAGE_TEXT,
+                client=client,
             )
-            for i, part in enumerate(split(per_client, ctx.pool.size))
+            for i, part in enumerate(parts)
         ]
+        cpu0 = t.server.cpu_seconds()
         results = await run_pool(ctx, jobs, ctx.sizes.append_duration_s + 60)
+        cpu = t.server.cpu_seconds() - cpu0
         latencies, wall = merge_appends(results, f"{n_clients} clients")
+        acked = len(latencies) + len(per_client)  # timed appends + one warm-up per client
         return {
             "throughput msgs/s": len(latencies) / wall,
             **latency_summary(latencies),
+            "server cpu us/append": 1e6 * cpu / max(acked, 1),
             "client procs": float(len(jobs)),
         }
 
@@ -441,8 +455,11 @@ def history_workload(size_attr: str) -> RunFn:
 # ------------------------------------------------------------------ fan-out
 
 
-def fanout_workload(wide: bool) -> RunFn:
+def fanout_workload(wide: bool, client: str = "raw") -> RunFn:
     """POST → every subscribed socket has the ``message.created`` frame.
+
+    ``client="aiohttp"``: the coordinator posts with its ``aiohttp.ClientSession``
+    instead of the lean raw connections (the sockets still listen with the raw client).
 
     Narrow: ``fanout_sockets`` sockets on one session, sequential posts.
     Wide: ``wide_sessions`` sessions x ``wide_sockets_per_session`` sockets, one
@@ -455,7 +472,7 @@ def fanout_workload(wide: bool) -> RunFn:
         n_sessions = z.wide_sessions if wide else 1
         per_session = z.wide_sockets_per_session if wide else z.fanout_sockets
         posts = z.wide_posts if wide else z.fanout_posts
-        sids = [ctx.sid("ws", n_sessions, rnd, i) for i in range(n_sessions)]
+        sids = [ctx.sid("ws", client, n_sessions, rnd, i) for i in range(n_sessions)]
         await create_sessions(t, sids)
         sockets = [sid for sid in sids for _ in range(per_session)]
         timeout = 30.0 + posts * (z.fanout_gap_s + 0.5)
@@ -479,13 +496,18 @@ def fanout_workload(wide: bool) -> RunFn:
         connect_wall = time.monotonic() - t_connect
         await asyncio.to_thread(ctx.pool.go)
         sent: dict[tuple[str, int], float] = {}
+        json_ct = {"Content-Type": "application/json"}
 
         async def poster(sid: str, conn: RawConnection) -> None:
             path = f"/api/sessions/{sid}/messages"
             raw = encode_post(conn.host_port, path, body)
             for _ in range(posts):
                 t0 = time.monotonic()
-                status, answer = await conn.request(raw)
+                if client == "aiohttp":
+                    async with t.http.post(t.base + path, data=body, headers=json_ct) as r:
+                        status, answer = r.status, await r.read()
+                else:
+                    status, answer = await conn.request(raw)
                 if status != 201:
                     raise BenchError(f"POST {path}: expected 201, got {status}: {answer[:300]!r}")
                 sent[(sid, int(orjson.loads(answer)["seq"]))] = t0
@@ -659,6 +681,21 @@ WORKLOADS: tuple[Workload, ...] = (
         "append-64x64", "durable appends, 64 clients on 64 sessions", append_workload(True, True)
     ),
     Workload(
+        "append-1x1-aiohttp",
+        "append-1x1 from one aiohttp client process",
+        append_workload(False, False, "aiohttp"),
+    ),
+    Workload(
+        "append-64x1-aiohttp",
+        "append-64x1 from one aiohttp client process",
+        append_workload(True, False, "aiohttp"),
+    ),
+    Workload(
+        "append-64x64-aiohttp",
+        "append-64x64 from one aiohttp client process",
+        append_workload(True, True, "aiohttp"),
+    ),
+    Workload(
         "history-10k",
         "page of 25: newest and at 90% depth (before cursor), 10k messages",
         history_workload("history_messages"),
@@ -671,6 +708,11 @@ WORKLOADS: tuple[Workload, ...] = (
         big=True,
     ),
     Workload("ws-fanout-50", "one append -> 50 sockets on one session", fanout_workload(False)),
+    Workload(
+        "ws-fanout-50-aiohttp",
+        "ws-fanout-50, the posts sent with aiohttp",
+        fanout_workload(False, "aiohttp"),
+    ),
     Workload(
         "ws-fanout-1000",
         "appends on 100 sessions -> 10 sockets each (1,000 sockets)",
@@ -987,7 +1029,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "roost-bench"
     p = argparse.ArgumentParser(
         description="Benchmark Roost against the workerd Durable Object peer (medians).",
-        epilog="workloads: " + ", ".join(w.name for w in WORKLOADS),
+        epilog="workloads: "
+        + ", ".join(w.name for w in WORKLOADS)
+        + ". Names ending in -aiohttp run the same workload from an ordinary aiohttp client"
+        " (appends: all clients in one client process); every append workload reports"
+        " server cpu us/append (server process tree, /proc/<pid>/stat, per acked append).",
     )
     p.add_argument("--rounds", type=int, default=None, help="rounds (default 3; 1 with --quick)")
     p.add_argument(
