@@ -11,7 +11,6 @@ attachments' records without their bytes.
 from __future__ import annotations
 
 import argparse
-import os
 import sqlite3
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from scripts._admin_db import EXIT_OK, EXIT_PROBLEM, AdminError, session_path
+from scripts._admin_db import EXIT_OK, EXIT_PROBLEM, AdminError, export_output, session_path
 from storage.attachments import attachments_dir
 from storage.bundle import iter_bundle, read_bundle, restore_blobs
 from storage.catalog import Catalog
@@ -35,25 +34,17 @@ MAX_JSON = 64 << 20
 def export_bundle(args: argparse.Namespace, dd: DataDir) -> int:
     """Write the session's bundle to ``--output`` (atomically) or stdout."""
     path = session_path(dd, args.sid)
-    out_path = Path(args.output) if args.output else None
-    tmp = out_path.with_name(f".{out_path.name}.tmp") if out_path else None
-    if tmp is None and sys.stdout.isatty():
+    if args.output is None and sys.stdout.isatty():
         raise AdminError("export --format bundle writes a zip: give -o FILE or redirect stdout")
     gen = iter_bundle(path, args.sid, attachments_dir(dd, args.sid), exported_at=now_iso())
-    stream = open(tmp, "wb") if tmp is not None else sys.stdout.buffer  # noqa: SIM115
     try:
-        for chunk in gen:
-            stream.write(chunk)
+        with export_output(args.output) as stream:
+            for chunk in gen:
+                stream.write(chunk)
     except (sqlite3.Error, StorageError) as exc:
         raise AdminError(f"export of {args.sid} failed: {exc}", EXIT_PROBLEM) from exc
     finally:
         gen.close()
-        if tmp is not None:
-            stream.close()
-        else:
-            stream.flush()
-    if tmp is not None and out_path is not None:
-        os.replace(tmp, out_path)
     return EXIT_OK
 
 

@@ -25,11 +25,12 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 from storage.errors import InvalidInput
 from storage.layout import DataDir, fsync_path
@@ -53,6 +54,25 @@ class AdminError(Exception):
 
 class FileChanged(Exception):
     """An immutable-mode read raced with a writer; the read must be redone."""
+
+
+@contextlib.contextmanager
+def export_output(output: str | None) -> Iterator[IO[bytes]]:
+    """The stream an export writes: stdout (flushed at the end), or the file
+    ``output``, written under a temporary name beside it and renamed into place
+    only when the block ends without an error (a failed export leaves any earlier
+    file as it was)."""
+    if output is None:
+        try:
+            yield sys.stdout.buffer
+        finally:
+            sys.stdout.buffer.flush()
+        return
+    out_path = Path(output)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    with open(tmp, "wb") as stream:
+        yield stream
+    os.replace(tmp, out_path)
 
 
 def sidecars(path: Path) -> tuple[Path, Path]:

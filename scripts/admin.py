@@ -37,6 +37,7 @@ from scripts._admin_db import (
     ReadOnlyDb,
     backup_file,
     describe_db_error,
+    export_output,
     file_sizes,
     iter_session_ids,
     open_by,
@@ -737,13 +738,10 @@ def cmd_export(args: argparse.Namespace, dd: DataDir) -> int:
         return export_bundle(args, dd)
     path = session_path(dd, args.sid)
     sid = args.sid
-    out_path = Path(args.output) if args.output else None
-    tmp = out_path.with_name(f".{out_path.name}.tmp") if out_path else None
     for _ in range(5):
         with ReadOnlyDb(path) as db:
-            stream = open(tmp, "wb") if tmp is not None else sys.stdout.buffer  # noqa: SIM115
             try:
-                with db.snapshot() as conn:
+                with export_output(args.output) as stream, db.snapshot() as conn:
                     srow = read_session_row(conn, path)
                     session = dict(srow["doc"])
                     if srow["owner"]:
@@ -773,19 +771,12 @@ def cmd_export(args: argparse.Namespace, dd: DataDir) -> int:
                     for chunk in chunks:
                         stream.write(chunk)
             except FileChanged:
-                if tmp is None:
+                if args.output is None:
                     raise AdminError(
                         "the session file changed while it was exported; run it again",
                         EXIT_PROBLEM,
                     ) from None
                 continue
-            finally:
-                if tmp is not None:
-                    stream.close()
-                else:
-                    stream.flush()
-            if tmp is not None and out_path is not None:
-                os.replace(tmp, out_path)
             return EXIT_OK
     raise AdminError("the session file kept changing while it was exported", EXIT_PROBLEM)
 
