@@ -28,6 +28,7 @@ from actors.process import raise_nofile_limit
 from actors.registry import DataDirLock, claim_data_dir
 from server.listen import SHUTDOWN_MARGIN, fd_budget, serve
 from server.logs import setup_logging
+from server.loops import LoopError, loop_factory, loop_name
 from server.settings import Settings, setting_source, settings_from
 from storage.errors import StorageError
 from storage.layout import DataDirError
@@ -224,6 +225,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _run(app: web.Application, settings: Settings, lock: DataDirLock | None) -> int:
     try:
+        factory = loop_factory(settings.event_loop, cluster=settings.cluster is not None)
+    except LoopError as exc:
+        return fail(str(exc), EXIT_CANNOT_START)
+    try:
         socks = bind_sockets(settings.host, settings.port)
     except OSError as exc:
         return fail(_bind_failure(settings.host, settings.port, exc), EXIT_CANNOT_START)
@@ -257,12 +262,13 @@ def _run(app: web.Application, settings: Settings, lock: DataDirLock | None) -> 
                 "a provider that needs one will refuse every reply"
             )
         log.info(
-            "serving http://%s:%s data dir %s synchronous=%s responder=%s",
+            "serving http://%s:%s data dir %s synchronous=%s responder=%s loop=%s",
             host,
             port,
             settings.data_dir if lock is None else lock.path.parent,
             settings.synchronous,
             settings.responder,
+            loop_name(asyncio.get_running_loop()),
         )
 
     async def farewell(app: web.Application) -> None:
@@ -277,16 +283,17 @@ def _run(app: web.Application, settings: Settings, lock: DataDirLock | None) -> 
     gc.set_threshold(GC_THRESHOLD_0, 20, 20)
     budget = fd_budget(raise_nofile_limit()[0], settings.max_live_actors)
     try:
-        asyncio.run(
-            serve(
-                app,
-                socks,
-                connections=budget.connections,
-                keepalive_timeout=settings.keepalive_timeout,
-                max_line_size=request_line_limit(settings),
-                shutdown_timeout=settings.shutdown_grace + SHUTDOWN_MARGIN,
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(
+                serve(
+                    app,
+                    socks,
+                    connections=budget.connections,
+                    keepalive_timeout=settings.keepalive_timeout,
+                    max_line_size=request_line_limit(settings),
+                    shutdown_timeout=settings.shutdown_grace + SHUTDOWN_MARGIN,
+                )
             )
-        )
     except (StorageError, sqlite3.Error, OSError) as exc:
         message = exc.message if isinstance(exc, StorageError) else str(exc)
         return fail(f"cannot start on data dir {settings.data_dir}: {message}", EXIT_CANNOT_START)

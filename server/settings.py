@@ -42,6 +42,10 @@ class Settings(BaseModel):
         "auto",
         description="how commits are flushed: auto = Linux AIO if it works, else threads",
     )
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        "auto",
+        description="event loop: auto = uvloop when it is installed, else asyncio's own",
+    )
     disk_reserve: int = Field(
         16 << 20,
         ge=0,
@@ -265,7 +269,7 @@ class Settings(BaseModel):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("fsync", "responder", "log_format", "log_level", mode="before")
+    @field_validator("fsync", "event_loop", "responder", "log_format", "log_level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value

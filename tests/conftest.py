@@ -4,7 +4,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,18 @@ __all__ = [
     "free_port",
     "running_server",
 ]
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """The loop the in-process tests run on: uvloop, as ``roost serve`` does by default
+    (``--event-loop auto``); ``ROOST_TEST_LOOP=asyncio`` runs them on asyncio's own."""
+    if os.environ.get("ROOST_TEST_LOOP", "uvloop") == "asyncio":
+        return {"asyncio": asyncio.new_event_loop}
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}
 
 
 def make_settings(tmp_path: Path, **kw: Any) -> Settings:
