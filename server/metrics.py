@@ -195,6 +195,11 @@ class _RegistryCollector(Collector):
                 "calls that went over the direct path (--shard-transport direct)",
                 shard.direct_calls,
             )
+            yield CounterMetricFamily(
+                "roost_shard_direct_connects",
+                "connections the direct path opened (one per shard, again after a loss)",
+                shard.direct_connects,
+            )
         yield GaugeMetricFamily(
             "roost_user_feed_subscribers",
             "subscribers of the users' list feeds (GET /api/events)",

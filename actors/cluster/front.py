@@ -397,7 +397,7 @@ class ClusterRegistry:
         self._batches = Batcher(self)
         # façade calls over a TCP stream per shard (its address from Ray), or all on Ray
         self._wire = (
-            WireClient(self._endpoint, self._unavailable, request_timeout)
+            WireClient(self._endpoint, self._unavailable, request_timeout, self.stats)
             if transport == "direct"
             else None
         )
@@ -435,8 +435,7 @@ class ClusterRegistry:
         if self._closed:
             raise Unavailable("the front is shutting down")
         if method == "call" and self._wire is not None:
-            self.stats.direct_calls += 1
-            status, value = await self._wire.call(k, args, self.stats)
+            status, value = await self._wire.call(k, args)
         else:
             status, value = await self._batches.submit(k, method, args)
         if status != "ok":

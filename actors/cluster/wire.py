@@ -195,7 +195,7 @@ class WireClient:
 
     ``endpoint(k)`` is the Ray call ``Shard.endpoint`` of shard ``k`` (awaitable);
     ``unavailable(k, why)`` makes the front's ``Unavailable`` (and forgets its
-    Ray handle). Counts ``connects``.
+    Ray handle). Connections opened are counted in ``stats.direct_connects``.
     """
 
     def __init__(
@@ -203,13 +203,14 @@ class WireClient:
         endpoint: Callable[[int], Awaitable[Endpoint]],
         unavailable: Callable[[int, str], Unavailable],
         timeout: float,
+        stats: ShardCallStats,
     ) -> None:
         self._endpoint = endpoint
         self._unavailable = unavailable
         self.timeout = timeout
         self._conns: dict[int, WireConn] = {}
         self._opening: dict[int, asyncio.Task[WireConn]] = {}
-        self.connects = 0
+        self.stats = stats
 
     async def _conn(self, k: int) -> WireConn:
         conn = self._conns.get(k)
@@ -230,13 +231,14 @@ class WireClient:
         if old is not None:
             old.close()
         self._conns[k] = conn
-        self.connects += 1
+        self.stats.direct_connects += 1
         return conn
 
-    async def call(self, k: int, args: tuple[Any, ...], stats: ShardCallStats) -> Answer:
+    async def call(self, k: int, args: tuple[Any, ...]) -> Answer:
         """``Shard.call(*args)`` of shard ``k`` over its connection; ``Unavailable``
-        when it cannot be reached or answered within the timeout (never resent).
-        The wait is counted in ``stats``."""
+        when it cannot be reached or answered within the timeout (never resent)."""
+        stats = self.stats
+        stats.direct_calls += 1
         started = time.perf_counter()
         try:
             async with asyncio.timeout(self.timeout):
