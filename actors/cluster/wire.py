@@ -25,7 +25,6 @@ next call asks Ray again (the shard may have restarted with a new endpoint).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import logging
 import pickle
@@ -138,6 +137,7 @@ class WireConn:
         self._next = 0
         self._waiting: dict[int, asyncio.Future[Answer]] = {}
         self.lost: str | None = None
+        self.retired = False  # no new calls: closed once the last answer is in
         self._pump = asyncio.ensure_future(self._answers())
 
     @classmethod
@@ -168,6 +168,9 @@ class WireConn:
                 fut = self._waiting.pop(rid, None)
                 if fut is not None and not fut.done():
                     fut.set_result(answer)
+                if self.retired and not self._waiting:
+                    why = "retired"
+                    break
         except asyncio.CancelledError:
             why = "front closing"
         except (asyncio.IncompleteReadError, ConnectionError, OSError) as exc:
@@ -184,6 +187,13 @@ class WireConn:
         for fut in waiting.values():
             if not fut.done():
                 fut.set_exception(ConnectionError(why))
+
+    def retire(self) -> None:
+        """Take no new calls (a call timed out: the link may be dead); the calls
+        still waiting keep their chance, and the connection closes after them."""
+        self.retired = True
+        if not any(not f.done() for f in self._waiting.values()):
+            self.close()
 
     def close(self) -> None:
         self._pump.cancel()
@@ -219,6 +229,7 @@ class WireClient:
         task = self._opening.get(k)
         if task is None or task.done():
             task = self._opening[k] = asyncio.ensure_future(self._open(k))
+            task.add_done_callback(_retrieved)  # a caller may have timed out
         return await asyncio.shield(task)
 
     async def _open(self, k: int) -> WireConn:
@@ -240,6 +251,7 @@ class WireClient:
         stats = self.stats
         stats.direct_calls += 1
         started = time.perf_counter()
+        conn: WireConn | None = None
         try:
             async with asyncio.timeout(self.timeout):
                 try:
@@ -253,6 +265,10 @@ class WireClient:
                 except ConnectionError as exc:
                     raise self._unavailable(k, str(exc)) from None
         except TimeoutError:
+            if conn is not None:  # the next call opens a new one, from Ray's answer
+                if self._conns.get(k) is conn:
+                    del self._conns[k]
+                conn.retire()
             raise self._unavailable(k, f"no answer within {self.timeout:g} s") from None
         finally:
             stats.count(1, time.perf_counter() - started)
@@ -263,5 +279,10 @@ class WireClient:
         self._conns.clear()
         for task in self._opening.values():
             task.cancel()
-        with contextlib.suppress(Exception):
-            self._opening.clear()
+        self._opening.clear()
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Fetch a finished task's exception, so that none goes unretrieved."""
+    if not task.cancelled():
+        task.exception()
