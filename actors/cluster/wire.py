@@ -60,6 +60,28 @@ async def _read(reader: asyncio.StreamReader) -> Any:
     return pickle.loads(await reader.readexactly(n))
 
 
+class _Out:
+    """A stream's outgoing frames, written once per loop turn: the calls (or the
+    answers of one group commit) of one turn make one write and one wake-up of
+    the peer, not one each. A lone frame waits for nothing but the turn's end."""
+
+    __slots__ = ("_frames", "_writer")
+
+    def __init__(self, writer: asyncio.StreamWriter) -> None:
+        self._writer = writer
+        self._frames: list[bytes] = []
+
+    def put(self, frame: bytes) -> None:
+        if not self._frames:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._frames.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._frames = self._frames, []
+        if frames and not self._writer.is_closing():
+            self._writer.write(frames[0] if len(frames) == 1 else b"".join(frames))
+
+
 # ---------------------------------------------------------------------- shard side
 
 
@@ -103,9 +125,10 @@ class WireServer:
             if not hmac.compare_digest(token, self.token):
                 log.warning("direct path: a peer with a wrong token, dropped")
                 return
+            out = _Out(writer)
             while True:
                 rid, args = await _read(reader)
-                task = asyncio.ensure_future(self._one(writer, rid, args))
+                task = asyncio.ensure_future(self._one(out, rid, args))
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
         except (asyncio.IncompleteReadError, ConnectionError):
@@ -113,13 +136,12 @@ class WireServer:
         finally:
             writer.close()
 
-    async def _one(self, writer: asyncio.StreamWriter, rid: int, args: Any) -> None:
+    async def _one(self, out: _Out, rid: int, args: Any) -> None:
         try:
             answer = await self._handler(*args)
         except Exception as exc:  # `answers` re-raised it: log done there
             answer = ("err", {"cls": "Unavailable", "message": f"the shard failed: {exc!r}"})
-        if not writer.is_closing():
-            writer.write(_frame((rid, answer)))
+        out.put(_frame((rid, answer)))
 
 
 # ---------------------------------------------------------------------- front side
@@ -134,6 +156,7 @@ class WireConn:
         self.incarnation = incarnation
         self._reader = reader
         self._writer = writer
+        self._out = _Out(writer)
         self._next = 0
         self._waiting: dict[int, asyncio.Future[Answer]] = {}
         self.lost: str | None = None
@@ -157,7 +180,7 @@ class WireConn:
         rid = self._next = self._next + 1
         self._waiting[rid] = fut
         fut.add_done_callback(lambda _f: self._waiting.pop(rid, None))
-        self._writer.write(_frame((rid, args)))
+        self._out.put(_frame((rid, args)))
         return fut
 
     async def _answers(self) -> None:
