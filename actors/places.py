@@ -22,12 +22,16 @@ from storage.catalog import ListFilters
 
 class ShardCallStats:
     """What a front's calls to its shards cost (``/metrics``): façade and other
-    calls answered, the Ray calls that carried them, and the seconds callers waited."""
+    calls answered, the Ray calls that carried them, the calls that went over the
+    direct path instead (:mod:`actors.cluster.wire`) and the connections it opened,
+    and the seconds callers waited."""
 
-    __slots__ = ("calls", "ray_calls", "seconds")
+    __slots__ = ("calls", "direct_calls", "direct_connects", "ray_calls", "seconds")
 
     def __init__(self) -> None:
         self.calls = 0
+        self.direct_calls = 0
+        self.direct_connects = 0
         self.ray_calls = 0
         self.seconds = 0.0
 

@@ -227,13 +227,17 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     spec = shard_spec(settings)
     registry = ClusterRegistry(
-        spec, request_timeout=settings.request_timeout, subscriber_queue=settings.subscriber_queue
+        spec,
+        request_timeout=settings.request_timeout,
+        subscriber_queue=settings.subscriber_queue,
+        transport=settings.shard_transport,
     )
     log.info(
-        "cluster mode: front of Ray cluster %s (namespace %s, %d shards)",
+        "cluster mode: front of Ray cluster %s (namespace %s, %d shards, %s transport)",
         settings.cluster,
         settings.cluster_name,
         settings.shards,
+        settings.shard_transport,
     )
     app[REGISTRY] = registry
     try:

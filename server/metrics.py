@@ -190,6 +190,16 @@ class _RegistryCollector(Collector):
                 "Ray calls that carried them (a batch of one loop turn's calls is one)",
                 shard.ray_calls,
             )
+            yield CounterMetricFamily(
+                "roost_shard_direct_calls",
+                "calls that went over the direct path (--shard-transport direct)",
+                shard.direct_calls,
+            )
+            yield CounterMetricFamily(
+                "roost_shard_direct_connects",
+                "connections the direct path opened (one per shard, again after a loss)",
+                shard.direct_connects,
+            )
         yield GaugeMetricFamily(
             "roost_user_feed_subscribers",
             "subscribers of the users' list feeds (GET /api/events)",

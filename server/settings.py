@@ -234,6 +234,11 @@ class Settings(BaseModel):
     request_timeout: float = Field(
         30.0, gt=0, description="seconds a front waits for a shard before answering 503"
     )
+    shard_transport: Literal["direct", "ray"] = Field(
+        "direct",
+        description="how a front's session calls reach shards: direct = a TCP stream per "
+        "shard (its address learned from Ray), ray = Ray actor calls",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -269,7 +274,15 @@ class Settings(BaseModel):
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
 
-    @field_validator("fsync", "event_loop", "responder", "log_format", "log_level", mode="before")
+    @field_validator(
+        "fsync",
+        "event_loop",
+        "shard_transport",
+        "responder",
+        "log_format",
+        "log_level",
+        mode="before",
+    )
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value

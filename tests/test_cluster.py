@@ -155,6 +155,24 @@ async def shard_calls(http: aiohttp.ClientSession, front: Front) -> tuple[float,
     return found["roost_shard_calls_total"], found["roost_shard_ray_calls_total"]
 
 
+async def metrics(http: aiohttp.ClientSession, front: Front, *names: str) -> list[float]:
+    """The values of a front's counters ``names`` (``roost_shard_*_total``)."""
+    async with http.get(front.url + "/metrics") as r:
+        assert r.status == 200
+        text = await r.text()
+    found = dict(line.partition(" ")[::2] for line in text.splitlines() if line[:1] != "#")
+    return [float(found[n]) for n in names]
+
+
+DIRECT = os.environ.get("ROOST_SHARD_TRANSPORT", "direct") != "ray"
+direct_only = pytest.mark.skipif(not DIRECT, reason="the direct shard path is off")
+COUNTS = (
+    "roost_shard_direct_calls_total",
+    "roost_shard_ray_calls_total",
+    "roost_shard_direct_connects_total",
+)
+
+
 def ws_url(front: str, sid: str, since: int | None = None) -> str:
     q = "" if since is None else f"?since={since}"
     return front.replace("http://", "ws://") + f"/sessions/{sid}/ws{q}"
@@ -586,3 +604,78 @@ async def test_cluster_unreachable_shard_answers_503_within_the_timeout(
         assert elapsed < 5
     finally:
         c.stop()
+
+
+@direct_only
+async def test_cluster_facade_calls_go_over_the_direct_path(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """Appends and reads go over the fronts' direct connections: no Ray call per append."""
+    a = cluster.api(cluster.a)
+    await create(http, a, "c-direct")
+    await append(http, a, "c-direct", "first")  # connected (the warm-up did it already)
+    direct, ray_calls, connects = await metrics(http, cluster.a, *COUNTS)
+    assert direct > 0 and connects > 0
+    for i in range(10):
+        status, _ = await append(http, a, "c-direct", f"m{i}")
+        assert status == 201
+    direct2, ray_calls2, connects2 = await metrics(http, cluster.a, *COUNTS)
+    assert direct2 - direct >= 10
+    assert ray_calls2 == ray_calls and connects2 == connects
+
+
+@direct_only
+async def test_cluster_direct_path_in_flight_call_fails_503_and_front_reconnects(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """A call in flight on the direct connection when the shard's process dies answers
+    503 with Retry-After at once (well within the timeout), is applied at most once, and
+    the front reconnects to the restarted shard: every acknowledged message is there."""
+    b = cluster.api(cluster.b)
+    sid = "c-direct-kill"
+    await create(http, b, sid)
+    acked = [(await append(http, b, sid, f"m{i}"))[1] for i in range(5)]
+    direct, _, connects = await metrics(http, cluster.b, *COUNTS)
+    pid = _shard_pid(cluster.data, shard_of(sid, SHARDS))
+    os.kill(pid, signal.SIGSTOP)  # the next call stays in flight
+    try:
+        started = time.monotonic()
+        body = {"role": "user", "content": "in flight", "client_id": "flight-1"}
+
+        async def in_flight() -> tuple[int, str | None, dict[str, Any]]:
+            async with http.post(b + f"/sessions/{sid}/messages", json=body) as r:
+                return r.status, r.headers.get("Retry-After"), await r.json()
+
+        pending = asyncio.ensure_future(in_flight())
+
+        async def sent() -> bool:
+            return (await metrics(http, cluster.b, *COUNTS))[0] > direct
+
+        await until(sent, "the call to be sent on the direct path")
+        assert not pending.done()
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    status, retry_after, answer = await asyncio.wait_for(pending, WAIT)
+    assert status == 503, answer
+    assert retry_after and answer["error"]["code"] == "unavailable"
+    assert time.monotonic() - started < 25  # the lost connection, not the 30 s timeout
+
+    async def back() -> bool:
+        async with http.get(b + f"/sessions/{sid}/messages?view=all&limit=200") as r:
+            if r.status == 503:
+                assert "Retry-After" in r.headers
+                return False
+            assert r.status == 200, await r.text()
+            return True
+
+    await until(back, "the shard to come back")
+    stored = await all_messages(http, b, sid)
+    assert [m["id"] for m in stored][: len(acked)] == [m["id"] for m in acked]
+    assert len(stored) <= len(acked) + 1  # the lost call ran at most once
+    status, again = await append(http, b, sid, "in flight", client_id="flight-1")
+    assert status in (200, 201), again
+    stored = await all_messages(http, b, sid)
+    assert [m.get("client_id") for m in stored].count("flight-1") == 1
+    assert len(stored) == len(acked) + 1
+    direct2, _, connects2 = await metrics(http, cluster.b, *COUNTS)
+    assert connects2 > connects and direct2 > direct + 1

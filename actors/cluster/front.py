@@ -53,6 +53,7 @@ from actors.cluster.streams import (
     RemoteSubscription,
     cancel_gen,
 )
+from actors.cluster.wire import Endpoint, WireClient
 from actors.errors import Unsupported
 from actors.hooks import Hooks
 from actors.places import ShardCallStats
@@ -374,7 +375,14 @@ class _SessionPump:
 class ClusterRegistry:
     """The remote façade (see the module docstring). ``start`` once, ``close`` idempotently."""
 
-    def __init__(self, spec: ShardSpec, *, request_timeout: float, subscriber_queue: int) -> None:
+    def __init__(
+        self,
+        spec: ShardSpec,
+        *,
+        request_timeout: float,
+        subscriber_queue: int,
+        transport: Literal["direct", "ray"] = "direct",
+    ) -> None:
         self.spec = spec
         self.shards = spec.shards
         self.timeout = request_timeout
@@ -387,6 +395,12 @@ class ClusterRegistry:
         self._closed = False
         self.stats = ShardCallStats()
         self._batches = Batcher(self)
+        # façade calls over a TCP stream per shard (its address from Ray), or all on Ray
+        self._wire = (
+            WireClient(self._endpoint, self._unavailable, request_timeout, self.stats)
+            if transport == "direct"
+            else None
+        )
 
     # ------------------------------------------------------------------ calls
 
@@ -406,12 +420,24 @@ class ClusterRegistry:
             details={"shard": k},
         )
 
+    async def _endpoint(self, k: int) -> Endpoint:
+        """Where shard ``k``'s direct path listens, asked of the live Ray actor."""
+        self.stats.ray_calls += 1
+        try:
+            return tuple(await asyncio.wait_for(self._handle(k).endpoint.remote(), self.timeout))
+        except RayError as exc:
+            raise self._unavailable(k, type(exc).__name__) from None
+
     async def call(self, k: int, method: str, *args: Any) -> Any:
-        """``method`` of shard ``k``, its error raised here (façade calls are
-        batched per loop turn: :mod:`actors.cluster.batch`)."""
+        """``method`` of shard ``k``, its error raised here (façade calls go over the
+        direct path, :mod:`actors.cluster.wire`, or are batched per loop turn on
+        Ray, :mod:`actors.cluster.batch`)."""
         if self._closed:
             raise Unavailable("the front is shutting down")
-        status, value = await self._batches.submit(k, method, args)
+        if method == "call" and self._wire is not None:
+            status, value = await self._wire.call(k, args)
+        else:
+            status, value = await self._batches.submit(k, method, args)
         if status != "ok":
             raise decode_error(value)
         return value
@@ -449,6 +475,8 @@ class ClusterRegistry:
         if self._closed:
             return
         self._closed = True
+        if self._wire is not None:
+            self._wire.close()
         for pump in list(self._pumps.values()):
             pump.stop()
             pump.topic.close_all()

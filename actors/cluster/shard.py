@@ -51,6 +51,7 @@ from actors.cluster.placement import (
     shard_name,
     shard_of,
 )
+from actors.cluster.wire import Endpoint, WireServer
 from actors.hooks import CountingHooks
 from actors.pubsub import Subscription
 from actors.registry import ActorRegistry, claim_data_dir
@@ -235,6 +236,7 @@ class Shard:
         self._push_wakeup: asyncio.Event | None = None
         self._pusher: asyncio.Task[None] | None = None
         self._peers: dict[int, Any] = {}
+        self._wire = WireServer(self.call)  # the direct path (actors.cluster.wire)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -284,6 +286,13 @@ class Shard:
         fn = CALLS[method]
         async with reg.session(sid, user) as s:
             return await fn(s, **kw)
+
+    async def endpoint(self) -> Endpoint:
+        """Where this shard's direct path listens, ``(host, port, token,
+        incarnation)``: a stream server on this node's IP, opened on first ask."""
+        ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        host, port = await self._wire.start(ip)
+        return (host, port, self._wire.token, self._wire.incarnation)
 
     async def calls(self, batch: list[tuple[str, str, str, dict[str, Any]]]) -> list[Answer]:
         """Several calls of :meth:`call` in one Ray call (a front's batch): they run
