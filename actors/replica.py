@@ -56,9 +56,15 @@ from storage.errors import Unavailable
 from storage.layout import DataDir, fsync_path
 
 log = logging.getLogger("roost.replica")
+if os.environ.get("ROOST_REPLICA_DIAG"):  # TEMP diagnostics (replica3)
+    _h = logging.FileHandler(os.environ["ROOST_REPLICA_DIAG"])
+    _h.setFormatter(logging.Formatter(f"%(asctime)s {os.getpid()} %(message)s"))
+    log.addHandler(_h)
+    log.setLevel(logging.INFO)
 
 SYNC_TIMEOUT = 30
 SYNC_TRIES = 5
+CLAIM_TRIES = 8
 RESTORE_TIMEOUT = 300.0
 # a live session not written for this long is unregistered from Litestream (its
 # monitor costs CPU every second per file) and registered again by its next write
@@ -76,6 +82,7 @@ class ReplicaStats:
     restores: int = 0
     restore_seconds: float = 0.0
     kept_local: int = 0
+    superseded: int = 0
     parked: int = 0
 
 
@@ -92,6 +99,7 @@ class Replica:
         self._datadir: DataDir | None = None
         self._owned: dict[str, int] = {}  # db path -> the epoch this registry writes
         self._last_txid: dict[str, int] = {}  # db path -> highest TXID a sync answered
+        self._bases: dict[str, str] = {}  # db path -> its base in the replica
         self._locks: dict[str, asyncio.Lock] = {}
         self._catalog: str | None = None
         self.park_after = PARK_AFTER
@@ -249,10 +257,39 @@ class Replica:
             if not self._busy[path]:
                 del self._busy[path]
             self._used[path] = time.monotonic()
+        await self._fence(path)
         self._last_txid[path] = max(txid, self._last_txid.get(path, 0))
+        log.info("replica synced %s: txid %s replicated %s", path, txid, replicated)
         self.stats.syncs += 1
         self.stats.sync_seconds += time.perf_counter() - started
         return replicated
+
+    async def _fence(self, path: str) -> None:
+        """After a confirmed sync: raise ``Unavailable`` (nothing acknowledged) when
+        an epoch above this registry's was claimed for ``path`` meanwhile (another
+        incarnation restored it, maybe before this change reached the replica)."""
+        assert self._store is not None
+        base, epoch = self._bases.get(path), self._owned.get(path)
+        if base is None or epoch is None:
+            gone = True
+        else:
+            try:
+                gone = await self._thread(self._store.superseded, base, epoch)
+            except Exception as exc:
+                self.stats.sync_failures += 1
+                raise Unavailable(
+                    "the replica did not confirm this change; retry",
+                    details={"reason": "replica_unreachable"},
+                ) from exc
+        if gone:
+            self.stats.superseded += 1
+            self.stats.sync_failures += 1
+            self._owned.pop(path, None)
+            log.warning("replica of %s was claimed by another writer: not acknowledged", path)
+            raise Unavailable(
+                "another server took this session over; retry",
+                details={"reason": "replica_superseded"},
+            )
 
     # ------------------------------------------------------------------ idle files
 
@@ -299,28 +336,58 @@ class Replica:
         self, db: Path, base: str, *, may_restore: bool, fresh: bool = False
     ) -> bool:
         """Bring ``db`` up to the replica (see the module docstring); whether
-        there is a local file to serve now. ``fresh``: keep the local file."""
+        there is a local file to serve now. ``fresh``: keep the local file.
+
+        A new epoch is claimed (``Store.claim``) *before* the listing that
+        decides what to restore, so a writer of an older epoch, which checks
+        for newer claims after each sync (:meth:`sync_path`), either had its
+        change uploaded before that listing or does not acknowledge it.
+        Raises ``Unavailable`` when this registry's own epoch was claimed over
+        (another incarnation serves the file now)."""
         assert self._store is not None
+        key = str(db)
+        self._bases[key] = base
+        owned = self._owned.get(key)
+        claimed: int | None = None
         try:
-            positions: dict[int, int] = await self._thread(self._store.positions, base)
+            if owned is not None and await self._thread(self._store.superseded, base, owned):
+                self._owned.pop(key, None)
+                self.stats.superseded += 1
+                raise Unavailable(
+                    "another server took this session over; retry",
+                    details={"reason": "replica_superseded"},
+                )
+            exists, local_epoch = await self._thread(_local_state, db)
+            if owned is None:
+                claimed = await self._claim(base, max(local_epoch or 0, 0))
+            while True:
+                positions: dict[int, int] = await self._thread(self._store.positions, base)
+                newest = max(positions) if positions else None
+                keep = await self._keep(db, exists, local_epoch, positions, fresh)
+                mine = owned if claimed is None else claimed
+                if claimed is None and (
+                    not keep or local_epoch != owned or (newest or 0) > (mine or 0)
+                ):
+                    claimed = await self._claim(base, max(local_epoch or 0, owned or 0))
+                    continue  # read the replica again after the claim
+                break
+        except Unavailable:
+            raise
         except Exception as exc:
             raise Unavailable(
                 "the replica cannot be read; retry", details={"reason": "replica_unreachable"}
             ) from exc
-        key = str(db)
-        exists, local_epoch = await self._thread(_local_state, db)
-        newest = max(positions) if positions else None
-        keep: bool
-        if newest is None or (fresh and exists):
-            keep = exists
-        elif not exists or local_epoch is None:
-            keep = False
-        elif local_epoch > newest:
-            keep = True
-        elif local_epoch == newest:
-            keep = await self._thread(local_txid, db) >= positions[newest]
-        else:
-            keep = False
+        log.warning(
+            "replica prepare %s: replica %s, local exists=%s epoch=%s, keep=%s, restore=%s, "
+            "claimed=%s",
+            db,
+            positions,
+            exists,
+            local_epoch,
+            keep,
+            may_restore,
+            claimed,
+        )
         if newest is not None and not keep:
             if not exists and not may_restore:
                 return False  # deleted here: the replica's copy is history only
@@ -329,13 +396,47 @@ class Replica:
             self.stats.kept_local += 1
         if not await self._thread(os.path.exists, db):
             return False
-        owned = self._owned.get(key)
-        if owned is None or not keep or local_epoch != owned or (newest or 0) > owned:
-            epoch = max([*positions, local_epoch or 0, owned or 0]) + 1
-            await self._thread(_fresh_epoch, db, epoch)
-            self._owned[key] = epoch
+        if claimed is not None:
+            await self._thread(_fresh_epoch, db, claimed)
+            self._owned[key] = claimed
             self._last_txid.pop(key, None)
         return True
+
+    async def _keep(
+        self,
+        db: Path,
+        exists: bool,
+        local_epoch: int | None,
+        positions: dict[int, int],
+        fresh: bool,
+    ) -> bool:
+        """Whether the local copy is at least as new as the replica's newest epoch."""
+        newest = max(positions) if positions else None
+        if newest is None or (fresh and exists):
+            return exists
+        if not exists or local_epoch is None:
+            return False
+        if local_epoch > newest:
+            return True
+        if local_epoch == newest:
+            return bool(await self._thread(local_txid, db) >= positions[newest])
+        return False
+
+    async def _claim(self, base: str, floor: int) -> int:
+        """Claim an epoch above every epoch claimed or holding data under
+        ``base`` (and above ``floor``): the epoch this registry writes next."""
+        assert self._store is not None
+        for _ in range(CLAIM_TRIES):
+            claims: list[int] = await self._thread(self._store.claims, base)
+            positions: dict[int, int] = await self._thread(self._store.positions, base)
+            epoch = max([*claims, *positions, floor]) + 1
+            if await self._thread(self._store.claim, base, epoch):
+                log.warning("replica claimed %s epoch %s", base, epoch)
+                return epoch
+        raise Unavailable(
+            "another server is taking this session over; retry",
+            details={"reason": "replica_claim_contended"},
+        )
 
     async def _register(self, db: Path, base: str) -> None:
         url = self.target.url(base, self._owned[str(db)])
@@ -363,7 +464,7 @@ class Replica:
         await self._thread(_replace_db, tmp, db)
         self.stats.restores += 1
         self.stats.restore_seconds += time.perf_counter() - started
-        log.info("restored %s from %s", db, url.split("?")[0])
+        log.warning("restored %s from %s", db, url.split("?")[0])
 
 
 async def restore_at(target: Target, sid: str, at: datetime, out: Path) -> int:

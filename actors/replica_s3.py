@@ -9,8 +9,9 @@ from typing import Any
 
 import boto3  # type: ignore[import-untyped]
 from botocore.config import Config  # type: ignore[import-untyped]
+from botocore.exceptions import ClientError  # type: ignore[import-untyped]
 
-from actors.replica_store import EPOCH, LTX_NAME, Target
+from actors.replica_store import CLAIMS, EPOCH, LTX_NAME, Target
 
 
 class Store:
@@ -48,6 +49,51 @@ class Store:
                 epoch = int(rest[0], 16)
                 out[epoch] = max(out.get(epoch, 0), int(m.group(2), 16))
         return out
+
+    def claims(self, base: str) -> list[int]:
+        """The epochs claimed under ``base`` (``base/claims/<epoch>``), ascending."""
+        out: list[int] = []
+        pages = self._s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.target.bucket, Prefix=base + CLAIMS
+        )
+        for page in pages:
+            for obj in page.get("Contents", ()):
+                name = obj["Key"][len(base + CLAIMS) :]
+                if EPOCH.match(name):
+                    out.append(int(name, 16))
+        return sorted(out)
+
+    def claim(self, base: str, epoch: int) -> bool:
+        """Create ``base/claims/<epoch>`` unless it exists (a conditional PUT,
+        ``If-None-Match: *``): whether this call made it."""
+        try:
+            self._s3.put_object(
+                Bucket=self.target.bucket,
+                Key=f"{base}{CLAIMS}{epoch:08x}",
+                Body=b"",
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (
+                409,
+                412,
+            ):
+                return False
+            raise
+        return True
+
+    def superseded(self, base: str, epoch: int) -> bool:
+        """Whether an epoch above ``epoch`` is claimed under ``base`` (one listing
+        of at most one key: the keys sort by epoch)."""
+        ans = self._s3.list_objects_v2(
+            Bucket=self.target.bucket,
+            Prefix=base + CLAIMS,
+            StartAfter=f"{base}{CLAIMS}{epoch:08x}",
+            MaxKeys=1,
+        )
+        return bool(ans.get("Contents"))
 
     def check(self) -> None:
         """Raise if the bucket cannot be reached (at start: a clear error early)."""

@@ -4,9 +4,12 @@ Layout under ``s3://BUCKET/PREFIX`` (one Litestream replica path per writer epoc
 
     PREFIX/sessions/<sid>/<epoch>/<level>/<min txid>-<max txid>.ltx
     PREFIX/catalogs/<name>/<epoch>/<level>/<min txid>-<max txid>.ltx
+    PREFIX/sessions/<sid>/claims/<epoch>      (and catalogs/<name>/claims/<epoch>)
 
-``<epoch>`` is 8 hex digits, one more than the highest epoch already there when a
-writer (a registry incarnation) starts writing the database; ``<level>`` is
+``<epoch>`` is 8 hex digits, one more than the highest epoch already there (with
+data or claimed) when a writer (a registry incarnation) starts writing the
+database; the writer first creates its empty ``claims/<epoch>`` object with a
+conditional PUT (the fence of :mod:`actors.replica`); ``<level>`` is
 Litestream's 4 hex digits. A database's **position** in the replica is the
 newest epoch that holds any LTX file and the highest TXID in that epoch; local
 positions (:func:`local_txid`) read the names of Litestream's own LTX files
@@ -28,6 +31,8 @@ from urllib.parse import quote, urlsplit
 LTX_NAME = re.compile(r"^([0-9a-f]{16})-([0-9a-f]{16})\.ltx$")
 EPOCH = re.compile(r"^[0-9a-f]{8}$")
 SIDECAR_SUFFIX = ".replica"
+# a writer's claim of an epoch, made before it reads the replica: ``<base>/claims/<epoch>``
+CLAIMS = "/claims/"
 
 
 @dataclass(frozen=True, slots=True)
