@@ -229,3 +229,8 @@ class _RegistryCollector(Collector):
                 "live sessions Litestream stopped watching after --replica-idle unwritten",
                 r.parked,
             )
+            yield CounterMetricFamily(
+                "roost_replica_superseded",
+                "changes not acknowledged because another writer claimed a newer epoch",
+                r.superseded,
+            )

@@ -345,3 +345,47 @@ async def test_idle_live_session_is_parked_and_its_next_write_replicated(
             assert await contents(http, srv.url, "k1") == ["before", "after-0", "after-1"]
     finally:
         srv.close()
+
+
+async def test_an_older_incarnation_never_acknowledges_after_a_newer_one_restored(
+    s3: S3StandIn, tmp_path: Path
+) -> None:
+    """The root cause of the cluster loss (issue 18): two live writers of one
+    session on one replica, as when Ray restarts a shard elsewhere while the
+    old process still runs. The newer one (B) restores the session; the older
+    one (A) must then answer 503 rather than acknowledge a change B never sees.
+    Every change either writer acknowledged is in a third copy restored later."""
+    a = serve(s3, tmp_path / "a", "fence")
+    started = [a]
+    try:
+        await a.wait_ready()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
+
+            async def post(url: str, text: str) -> int:
+                body = {"role": "user", "content": text}
+                async with http.post(f"{url}/api/sessions/f1/messages", json=body) as r:
+                    await r.read()
+                    return r.status
+
+            async with http.post(f"{a.url}/api/sessions", json={"id": "f1"}) as r:
+                assert r.status == 201, await r.text()
+            assert await post(a.url, "a-0") == 201
+            assert await post(a.url, "a-1") == 201
+            # B starts now: its catalog lists f1 (A replicated the create)
+            b = serve(s3, tmp_path / "b", "fence")
+            started.append(b)
+            await b.wait_ready()
+            assert await contents(http, b.url, "f1") == ["a-0", "a-1"]  # restored by B
+            status = await post(a.url, "a-2")  # A is live and still holds f1 open
+            assert status == 503, "the older writer acknowledged after the newer one restored"
+            assert await post(b.url, "b-0") == 201
+            assert await _metric(http, a.url, "roost_replica_superseded_total") >= 1
+            c = serve(s3, tmp_path / "c", "fence")
+            started.append(c)
+            await c.wait_ready()
+            got = await contents(http, c.url, "f1")
+            assert got[:2] == ["a-0", "a-1"] and got[-1] == "b-0"
+            assert set(got) <= {"a-0", "a-1", "a-2", "b-0"}
+    finally:
+        for srv in started:
+            srv.close()
