@@ -56,11 +56,6 @@ from storage.errors import Unavailable
 from storage.layout import DataDir, fsync_path
 
 log = logging.getLogger("roost.replica")
-if os.environ.get("ROOST_REPLICA_DIAG"):  # TEMP diagnostics (replica3)
-    _h = logging.FileHandler(os.environ["ROOST_REPLICA_DIAG"])
-    _h.setFormatter(logging.Formatter(f"%(asctime)s {os.getpid()} %(message)s"))
-    log.addHandler(_h)
-    log.setLevel(logging.INFO)
 
 SYNC_TIMEOUT = 30
 SYNC_TRIES = 5
@@ -259,7 +254,7 @@ class Replica:
             self._used[path] = time.monotonic()
         await self._fence(path)
         self._last_txid[path] = max(txid, self._last_txid.get(path, 0))
-        log.info("replica synced %s: txid %s replicated %s", path, txid, replicated)
+        log.debug("replica synced %s: txid %s replicated %s", path, txid, replicated)
         self.stats.syncs += 1
         self.stats.sync_seconds += time.perf_counter() - started
         return replicated
@@ -377,7 +372,7 @@ class Replica:
             raise Unavailable(
                 "the replica cannot be read; retry", details={"reason": "replica_unreachable"}
             ) from exc
-        log.warning(
+        log.info(
             "replica prepare %s: replica %s, local exists=%s epoch=%s, keep=%s, restore=%s, "
             "claimed=%s",
             db,
@@ -431,7 +426,7 @@ class Replica:
             positions: dict[int, int] = await self._thread(self._store.positions, base)
             epoch = max([*claims, *positions, floor]) + 1
             if await self._thread(self._store.claim, base, epoch):
-                log.warning("replica claimed %s epoch %s", base, epoch)
+                log.info("replica claimed %s epoch %s", base, epoch)
                 return epoch
         raise Unavailable(
             "another server is taking this session over; retry",
@@ -464,7 +459,7 @@ class Replica:
         await self._thread(_replace_db, tmp, db)
         self.stats.restores += 1
         self.stats.restore_seconds += time.perf_counter() - started
-        log.warning("restored %s from %s", db, url.split("?")[0])
+        log.info("restored %s from %s", db, url.split("?")[0])
 
 
 async def restore_at(target: Target, sid: str, at: datetime, out: Path) -> int:
