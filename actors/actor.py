@@ -44,7 +44,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from actors import maintenance
 from actors.context import Compactor, ContextPolicy
@@ -63,6 +63,9 @@ from storage.layout import DataDir
 from storage.ops import op_recover_unfinished
 from storage.turns import op_recover_turns
 from storage.txn import BulkOp, Event, Txn
+
+if TYPE_CHECKING:
+    from actors.replica import Replica
 
 T = TypeVar("T")
 log = logging.getLogger("roost.actors")
@@ -142,6 +145,7 @@ class SessionActor:
         on_idle: Callable[[SessionActor], None] | None = None,
         hooks: Hooks | None = None,
         on_reply_done: ReplyDone | None = None,
+        replica: Replica | None = None,
     ) -> None:
         self.sid = sid
         self.datadir = datadir
@@ -177,6 +181,7 @@ class SessionActor:
         self._on_closed = on_closed
         self._on_idle = on_idle or (lambda actor: None)
         self._on_reply_done = on_reply_done
+        self._replica = replica  # --replica: the output gate also waits for it
         self._file: SessionFile | None = None
         self._broke_full = False  # a commit failed on a full disk (see submit_nowait)
         self._mailbox: deque[Envelope] = deque()
@@ -196,9 +201,13 @@ class SessionActor:
         """
         loop = asyncio.get_running_loop()
         try:
+            if self._replica is not None:  # the local copy made current, then watched
+                await self._replica.activate(self.sid, self.datadir)
             f, events, queued = await loop.run_in_executor(self._write_pool, self._open_and_recover)
             self._file = f
             self.owner = f.owner
+            if events and self._replica is not None:  # recovery's commit, before its events
+                await self._replica.sync(f.path)
         except BaseException as exc:
             await self._finish_close()
             if not self._ready.done():
@@ -291,6 +300,8 @@ class SessionActor:
             await asyncio.get_running_loop().run_in_executor(
                 self._write_pool, partial(f.close, keep_index=keep_index)
             )
+        if self._replica is not None:
+            await self._replica.deactivate(self.sid, self.datadir)
         self.state = State.CLOSED
         self._closed.set()
         self._on_closed(self)
@@ -413,9 +424,14 @@ class SessionActor:
         ops = [e.op for e in batch]
         if any(isinstance(op, BulkOp) for op in ops):
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._write_pool, f.run_batch, ops, now_iso())
+            res = await loop.run_in_executor(self._write_pool, f.run_batch, ops, now_iso())
+            if self._replica is not None:
+                await self._flush_replicated(f, durable=False)
+            return res
         out = f.run_batch(ops, now_iso(), sync=False)
-        if f.durable:
+        if self._replica is not None:
+            await self._flush_replicated(f, durable=f.durable)
+        elif f.durable:
             await self._flush(f)
         return out
 
@@ -428,6 +444,28 @@ class SessionActor:
         token = self._gate.hold()
         try:
             await self._syncer.fdatasync(fd)
+        except BaseException as exc:
+            self._gate.release(token, exc)
+            if not isinstance(exc, OSError):
+                raise
+            cls = StorageFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else Unavailable
+            raise cls(f"flushing session {self.sid!r} to disk failed: {exc.strerror}") from exc
+        self._gate.release(token)
+
+    async def _flush_replicated(self, f: SessionFile, *, durable: bool) -> None:
+        """``--replica``: hold the output gate through the flush (when ``durable``)
+        and the replica's sync-and-wait of this batch (``Replica.sync``)."""
+        assert self._replica is not None
+        token = self._gate.hold()
+        try:
+            if durable:
+                try:
+                    fd = f.wal_fd()
+                except FileNotFoundError:
+                    fd = -1
+                if fd >= 0:
+                    await self._syncer.fdatasync(fd)
+            await self._replica.sync(f.path)
         except BaseException as exc:
             self._gate.release(token, exc)
             if not isinstance(exc, OSError):

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from actors.across import AcrossSessions
 from actors.actor import ActorConfig, SessionActor, State
@@ -32,7 +32,8 @@ from actors.hooks import Hooks
 from actors.process import trim_heap
 from actors.pubsub import Frame, Subscription, Topic
 from actors.responders import EchoResponder, Responder
-from actors.session import SessionHandle
+from actors.session import SessionHandle as SessionHandle  # the façade type
+from actors.session import SessionLease
 from actors.shares import ShareLinks
 from actors.syncer import Syncer
 from actors.titles import make_title
@@ -53,6 +54,9 @@ from storage.layout import DataDir, DiskReserve, open_data_dir, unpark_all
 from storage.layout import DataDirLock as DataDirLock  # the claim_data_dir lock type
 from storage.lifecycle import create_session_file, remove_session_files
 from storage.txn import feed_delta
+
+if TYPE_CHECKING:
+    from actors.replica import Replica
 
 log = logging.getLogger("roost.actors")
 
@@ -116,12 +120,18 @@ class ActorRegistry(AcrossSessions, ShareLinks):
         self._listed: OrderedDict[str, tuple[Any, ...]] = OrderedDict()
         self.expired_total = 0
         self.make_title = make_title
+        self.replica: Replica | None = None  # --replica (actors.replica), set before start
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.replica is not None:  # the catalog is made current before it opens
+            self.replica.known = lambda sid: self._owner_in_catalog(sid) is not None
+            await self.replica.start(self.datadir)
         self._catalog = await loop.run_in_executor(self.write_pool, Catalog, self.datadir)
+        if self.replica is not None:
+            await self.replica.register_catalog()
         self._syncer = Syncer(use_aio=self.fsync_mode == "auto", probe_dir=str(self.datadir.root))
         self._tasks = [
             asyncio.create_task(self._sweep(), name="registry:sweep"),
@@ -185,6 +195,8 @@ class ActorRegistry(AcrossSessions, ShareLinks):
         await self.flush_catalog()
         self.write_pool.shutdown(wait=True)  # a cancelled flusher's upsert may still run
         self.read_pool.shutdown(wait=True)
+        if self.replica is not None:
+            await self.replica.close()
         if self._catalog is not None:
             self._catalog.close()
         if self._syncer is not None:
@@ -341,6 +353,7 @@ class ActorRegistry(AcrossSessions, ShareLinks):
             on_idle=lambda actor: self._room.set(),
             hooks=self.hooks,
             on_reply_done=self._after_reply,
+            replica=self.replica,
         )
         actor.turns.responder_of = lambda: self.responder  # replies it starts itself
         return actor
@@ -480,8 +493,12 @@ class ActorRegistry(AcrossSessions, ShareLinks):
         try:
             async with self._catalog_lock:
                 await loop.run_in_executor(self.write_pool, self.catalog.insert_durable, owner, doc)
+            if self.replica is not None:  # the file and its row, both in the replica
+                await self.replica.created(sid, self.datadir)
         except BaseException:
             # not acknowledged: take the new file away again so a retry can succeed
+            if self.replica is not None:
+                await loop.run_in_executor(self.write_pool, self.catalog.delete, sid)
             await loop.run_in_executor(self.write_pool, remove_session_files, self.datadir, sid)
             raise
         self._remember_listed(sid, doc)
@@ -506,6 +523,8 @@ class ActorRegistry(AcrossSessions, ShareLinks):
             self._catalog_pending.pop(sid, None)
             async with self._catalog_lock:
                 await loop.run_in_executor(self.write_pool, self.catalog.delete, sid)
+            if self.replica is not None:  # the row's removal is in the replica
+                await self.replica.forget(sid, self.datadir)
             topic = self._topics.pop(sid, None)
             if topic is not None:
                 # after every event the closing actor committed (and published)
@@ -598,6 +617,8 @@ class ActorRegistry(AcrossSessions, ShareLinks):
             await asyncio.get_running_loop().run_in_executor(
                 self.write_pool, self.catalog.upsert_many, items
             )
+        if self.replica is not None:
+            await self.replica.sync_catalog()
 
     async def unmirror_session(self, sid: str) -> None:
         """Forget a mirrored session's row (see :meth:`mirror_sessions`). Idempotent."""
@@ -605,6 +626,8 @@ class ActorRegistry(AcrossSessions, ShareLinks):
             await asyncio.get_running_loop().run_in_executor(
                 self.write_pool, self.catalog.delete, sid
             )
+        if self.replica is not None:
+            await self.replica.sync_catalog()
 
     # ------------------------------------------------------------------ catalog mirror
 
@@ -672,29 +695,3 @@ class ActorRegistry(AcrossSessions, ShareLinks):
             if not await self.flush_catalog():
                 await asyncio.sleep(1.0)
                 self._catalog_wakeup.set()
-
-
-class SessionLease:
-    """``async with registry.session(sid, user) as s``: one lease, one handle.
-
-    A plain class rather than a generator-based context manager: it is on
-    every request's path.
-    """
-
-    __slots__ = ("_actor", "_registry", "_sid", "_user")
-
-    def __init__(self, registry: ActorRegistry, sid: str, user: str) -> None:
-        self._registry = registry
-        self._sid = sid
-        self._user = user
-        self._actor: SessionActor | None = None
-
-    async def __aenter__(self) -> SessionHandle:
-        if self._actor is not None:
-            raise RuntimeError("a SessionLease is entered once")
-        actor = self._actor = await self._registry._enter(self._sid, self._user)
-        return SessionHandle(self._registry, actor)
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._actor is not None:
-            self._registry._leave(self._actor)

@@ -70,6 +70,14 @@ class HandleHost(Protocol):
     def read_pool(self) -> concurrent.futures.Executor: ...
 
 
+class LeaseHost(HandleHost, Protocol):
+    """What a :class:`SessionLease` needs of the registry: its lease door."""
+
+    async def _enter(self, sid: str, user: str) -> SessionActor: ...
+
+    def _leave(self, actor: SessionActor) -> None: ...
+
+
 @dataclass(slots=True)
 class NewMessage:
     """A message to append (or a chat's user message), already checked for size.
@@ -590,3 +598,29 @@ def _close_after(step: concurrent.futures.Future[Any] | None, gen: Iterator[byte
     if step is not None:
         concurrent.futures.wait([step])
     gen.close()  # type: ignore[attr-defined]
+
+
+class SessionLease:
+    """``async with registry.session(sid, user) as s``: one lease, one handle.
+
+    A plain class rather than a generator-based context manager: it is on
+    every request's path.
+    """
+
+    __slots__ = ("_actor", "_registry", "_sid", "_user")
+
+    def __init__(self, registry: LeaseHost, sid: str, user: str) -> None:
+        self._registry = registry
+        self._sid = sid
+        self._user = user
+        self._actor: SessionActor | None = None
+
+    async def __aenter__(self) -> SessionHandle:
+        if self._actor is not None:
+            raise RuntimeError("a SessionLease is entered once")
+        actor = self._actor = await self._registry._enter(self._sid, self._user)
+        return SessionHandle(self._registry, actor)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._actor is not None:
+            self._registry._leave(self._actor)

@@ -47,6 +47,7 @@ from scripts._admin_db import (
     session_path,
     sidecars,
 )
+from scripts._admin_pitr import add_parser as add_pitr_parser
 from storage.context import iter_summaries
 from storage.cursors import decode_int, encode_int
 from storage.errors import InvalidInput
@@ -1059,6 +1060,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_across_parsers(sub, common)
     add_bundle_parsers(sub, common)
+    add_pitr_parser(sub)
     return parser
 
 
@@ -1075,6 +1077,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     root = args.data_dir or os.environ.get("ROOST_DATA_DIR") or "./roost-data"
     func: Callable[[argparse.Namespace, DataDir], int] = args.func
     try:
+        if not getattr(args, "needs_data_dir", True):  # pitr: the replica, not a data dir
+            return args.func(args, None)  # type: ignore[no-any-return]
         dd = open_datadir(root)
         return func(args, dd)
     except AdminError as exc:

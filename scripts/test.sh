@@ -19,8 +19,8 @@ if [[ ! -x /usr/bin/chromium ]] && command -v apt-get >/dev/null; then
   { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium; } >/dev/null ||
     echo "[test] could not install chromium: browser tests skip (fail when CI is set)" >&2
 fi
-echo "[test] installing roost with test and cluster extras" >&2
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,cluster]'
+echo "[test] installing roost with test, cluster and replica extras" >&2
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,cluster,replica]'
 # the AI SDK adapter's tests run the real `ai` package in node (tests/aisdk)
 if command -v npm >/dev/null \
   && [[ ! -f tests/aisdk/node_modules/.package-lock.json \

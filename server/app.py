@@ -199,6 +199,13 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         fsync=settings.fsync,
         disk_reserve=settings.disk_reserve,
     )
+    if settings.replica is not None:  # Litestream and boto3 only with --replica
+        from actors.replica import Replica
+        from actors.replica_store import Target
+
+        target = Target.parse(settings.replica, settings.replica_endpoint)
+        registry.replica = Replica(target, name="node")
+        registry.replica.park_after = settings.replica_idle
     await registry.start()
     if settings.synchronous in ("FULL", "EXTRA"):
         log.info("durable commits are flushed with %s", registry.syncer.kind)
@@ -259,6 +266,9 @@ def shard_spec(settings: Settings) -> ShardSpec:
         fsync=settings.fsync,
         disk_reserve=settings.disk_reserve,
         responder=functools.partial(shard_responder, settings.model_dump()),
+        extra={"replica": [settings.replica, settings.replica_endpoint, settings.replica_idle]}
+        if settings.replica is not None
+        else {},
     )
 
 

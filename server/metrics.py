@@ -205,3 +205,42 @@ class _RegistryCollector(Collector):
             "subscribers of the users' list feeds (GET /api/events)",
             a.user_logs.subscribers(),
         )
+        replica = getattr(a, "replica", None)  # --replica on a single node (actors.replica)
+        if replica is not None:
+            r = replica.stats
+            yield CounterMetricFamily(
+                "roost_replica_syncs", "batches the replica confirmed (sync-and-wait)", r.syncs
+            )
+            yield CounterMetricFamily(
+                "roost_replica_sync_seconds",
+                "seconds spent waiting for the replica",
+                r.sync_seconds,
+            )
+            yield CounterMetricFamily(
+                "roost_replica_sync_failures",
+                "syncs that failed (their batch got 503)",
+                r.sync_failures,
+            )
+            yield CounterMetricFamily(
+                "roost_replica_sync_retries",
+                "syncs asked again: a concurrent sync made a newer TXID than was uploaded",
+                r.sync_retries,
+            )
+            yield CounterMetricFamily(
+                "roost_replica_restores", "files restored from the replica", r.restores
+            )
+            yield CounterMetricFamily(
+                "roost_replica_kept_local",
+                "activations that kept a local copy at least as new as the replica",
+                r.kept_local,
+            )
+            yield CounterMetricFamily(
+                "roost_replica_parked",
+                "live sessions Litestream stopped watching after --replica-idle unwritten",
+                r.parked,
+            )
+            yield CounterMetricFamily(
+                "roost_replica_superseded",
+                "changes not acknowledged because another writer claimed a newer epoch",
+                r.superseded,
+            )

@@ -239,6 +239,21 @@ class Settings(BaseModel):
         description="how a front's session calls reach shards: direct = a TCP stream per "
         "shard (its address learned from Ray), ray = Ray actor calls",
     )
+    # replication (README "Replication"; actors.replica): Litestream to S3-compatible storage
+    replica: str | None = Field(
+        None,
+        description="s3://BUCKET/PREFIX: replicate every session file there with Litestream; "
+        "a change is acknowledged once the replica holds it (credentials from AWS_*)",
+    )
+    replica_endpoint: str | None = Field(
+        None, description="the S3-compatible store's URL (for stores other than AWS S3)"
+    )
+    replica_idle: float = Field(
+        10.0,
+        gt=0,
+        description="seconds a live session may go unwritten before Litestream stops watching "
+        "it (its next write registers it again)",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -261,6 +276,12 @@ class Settings(BaseModel):
             raise ValueError(f"give one way to verify JWTs, not {flags}")
         if self.jwt_jwks_url is not None:
             check_base_url(self.jwt_jwks_url)
+        if self.replica is not None:
+            from actors.replica_store import Target
+
+            Target.parse(self.replica, self.replica_endpoint)  # ValueError: a clear message
+        elif self.replica_endpoint is not None:
+            raise ValueError("--replica-endpoint needs --replica s3://BUCKET/PREFIX")
         return self
 
     @field_validator("model_context")

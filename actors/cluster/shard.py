@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import os
@@ -265,6 +266,13 @@ class Shard:
         registry.user_search.enabled = False  # no /api/search in cluster mode yet
         shards, k = spec.shards, self.k
         registry.hosted = lambda sid: shard_of(sid, shards) == k  # the sweep skips the rest
+        replica = spec.extra.get("replica")
+        if replica is not None:  # --replica: this shard's own Litestream (actors.replica)
+            from actors.replica import Replica
+            from actors.replica_store import Target
+
+            registry.replica = Replica(Target.parse(*replica[:2]), name=f"shard-{k}")
+            registry.replica.park_after = float(replica[2])
         await registry.start()
         if spec.responder is not None:
             registry.responder = spec.responder(datadir)  # it reads this shard's blobs
@@ -587,6 +595,10 @@ class Shard:
             "live_actors": 0 if reg is None else reg.live,
             "subscribers": 0 if reg is None else reg.subscriber_count(),
             "running_replies": 0 if reg is None else reg.running_replies(),
+            # --replica: this shard's counters (actors.replica.ReplicaStats) and child
+            "replica": None
+            if reg is None or reg.replica is None
+            else {**dataclasses.asdict(reg.replica.stats), "pid": reg.replica.litestream_pid},
         }
 
     async def shutdown(self) -> None:

@@ -1,0 +1,100 @@
+"""The replica's listing through boto3 (only imported with ``--replica``).
+
+:meth:`Store.positions` reads the layout described in :mod:`actors.replica_store`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3  # type: ignore[import-untyped]
+from botocore.config import Config  # type: ignore[import-untyped]
+from botocore.exceptions import ClientError  # type: ignore[import-untyped]
+
+from actors.replica_store import CLAIMS, EPOCH, LTX_NAME, Target
+
+
+class Store:
+    """Lists the replica (boto3; blocking: call it on a thread)."""
+
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self._s3: Any = boto3.client(
+            "s3",
+            endpoint_url=target.endpoint,
+            region_name=target.region,
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=10,
+                max_pool_connections=32,
+            ),
+        )
+
+    def positions(self, base: str) -> dict[int, int]:
+        """``{epoch: highest TXID}`` of every epoch under ``base`` holding an LTX file."""
+        out: dict[int, int] = {}
+        pages = self._s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.target.bucket, Prefix=base + "/"
+        )
+        for page in pages:
+            for obj in page.get("Contents", ()):
+                rest = obj["Key"][len(base) + 1 :].split("/")
+                if len(rest) != 3 or not EPOCH.match(rest[0]):
+                    continue
+                m = LTX_NAME.match(rest[2])
+                if m is None:
+                    continue
+                epoch = int(rest[0], 16)
+                out[epoch] = max(out.get(epoch, 0), int(m.group(2), 16))
+        return out
+
+    def claims(self, base: str) -> list[int]:
+        """The epochs claimed under ``base`` (``base/claims/<epoch>``), ascending."""
+        out: list[int] = []
+        pages = self._s3.get_paginator("list_objects_v2").paginate(
+            Bucket=self.target.bucket, Prefix=base + CLAIMS
+        )
+        for page in pages:
+            for obj in page.get("Contents", ()):
+                name = obj["Key"][len(base + CLAIMS) :]
+                if EPOCH.match(name):
+                    out.append(int(name, 16))
+        return sorted(out)
+
+    def claim(self, base: str, epoch: int) -> bool:
+        """Create ``base/claims/<epoch>`` unless it exists (a conditional PUT,
+        ``If-None-Match: *``): whether this call made it."""
+        try:
+            self._s3.put_object(
+                Bucket=self.target.bucket,
+                Key=f"{base}{CLAIMS}{epoch:08x}",
+                Body=b"",
+                IfNoneMatch="*",
+            )
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (
+                409,
+                412,
+            ):
+                return False
+            raise
+        return True
+
+    def superseded(self, base: str, epoch: int) -> bool:
+        """Whether an epoch above ``epoch`` is claimed under ``base`` (one listing
+        of at most one key: the keys sort by epoch)."""
+        ans = self._s3.list_objects_v2(
+            Bucket=self.target.bucket,
+            Prefix=base + CLAIMS,
+            StartAfter=f"{base}{CLAIMS}{epoch:08x}",
+            MaxKeys=1,
+        )
+        return bool(ans.get("Contents"))
+
+    def check(self) -> None:
+        """Raise if the bucket cannot be reached (at start: a clear error early)."""
+        self._s3.head_bucket(Bucket=self.target.bucket)
