@@ -425,47 +425,30 @@ class SessionActor:
         if any(isinstance(op, BulkOp) for op in ops):
             loop = asyncio.get_running_loop()
             res = await loop.run_in_executor(self._write_pool, f.run_batch, ops, now_iso())
-            if self._replica is not None:
-                await self._flush_replicated(f, durable=False)
+            await self._flush(f, durable=False)  # flushed in its COMMIT: the replica is left
             return res
         out = f.run_batch(ops, now_iso(), sync=False)
-        if self._replica is not None:
-            await self._flush_replicated(f, durable=f.durable)
-        elif f.durable:
-            await self._flush(f)
+        await self._flush(f, durable=f.durable)
         return out
 
-    async def _flush(self, f: SessionFile) -> None:
-        """``fdatasync`` the WAL after an event-loop commit, holding the output gate."""
-        try:
-            fd = f.wal_fd()
-        except FileNotFoundError:
-            return  # no WAL: nothing was ever written through this file
+    async def _flush(self, f: SessionFile, *, durable: bool) -> None:
+        """Hold the output gate while a commit is made safe: the WAL's ``fdatasync``
+        (``durable``: an event-loop commit of a durable file) and, with
+        ``--replica``, the replica's sync-and-wait of the batch (``Replica.sync``).
+        Returns at once when there is neither."""
+        fd = -1
+        if durable:
+            # no WAL: nothing was ever written through this file
+            with contextlib.suppress(FileNotFoundError):
+                fd = f.wal_fd()
+        if fd < 0 and self._replica is None:
+            return
         token = self._gate.hold()
         try:
-            await self._syncer.fdatasync(fd)
-        except BaseException as exc:
-            self._gate.release(token, exc)
-            if not isinstance(exc, OSError):
-                raise
-            cls = StorageFull if exc.errno in (errno.ENOSPC, errno.EDQUOT) else Unavailable
-            raise cls(f"flushing session {self.sid!r} to disk failed: {exc.strerror}") from exc
-        self._gate.release(token)
-
-    async def _flush_replicated(self, f: SessionFile, *, durable: bool) -> None:
-        """``--replica``: hold the output gate through the flush (when ``durable``)
-        and the replica's sync-and-wait of this batch (``Replica.sync``)."""
-        assert self._replica is not None
-        token = self._gate.hold()
-        try:
-            if durable:
-                try:
-                    fd = f.wal_fd()
-                except FileNotFoundError:
-                    fd = -1
-                if fd >= 0:
-                    await self._syncer.fdatasync(fd)
-            await self._replica.sync(f.path)
+            if fd >= 0:
+                await self._syncer.fdatasync(fd)
+            if self._replica is not None:
+                await self._replica.sync(f.path)
         except BaseException as exc:
             self._gate.release(token, exc)
             if not isinstance(exc, OSError):
