@@ -40,15 +40,7 @@ from tests.harness import ROOT, ServerProcess
 
 
 def _serve(s3: S3StandIn, data: Path, prefix: str, *extra: str) -> ServerProcess:
-    return ServerProcess(
-        data,
-        "--replica",
-        s3.replica_url(prefix),
-        "--replica-endpoint",
-        s3.endpoint,
-        *extra,
-        env=s3.env,
-    )
+    return ServerProcess(data, *s3.replica_args(prefix), *extra, env=s3.env)
 
 
 async def _seed_export(base: Path, n: int) -> bytes:

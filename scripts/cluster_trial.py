@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         from scripts.s3_standin import S3StandIn
 
         s3 = S3StandIn(base / "s3").start()
-        replica = ["--replica", s3.replica_url(), "--replica-endpoint", s3.endpoint]
+        replica = s3.replica_args()
         print(f"S3 stand-in (moto) at {s3.endpoint}, replica {s3.replica_url()}")
     cluster = LocalRayCluster(
         base, args.nodes, env=None if s3 is None else s3.env, fast_failover=args.replica

@@ -48,6 +48,11 @@ class S3StandIn:
     def replica_url(self, prefix: str = "roost") -> str:
         return f"s3://{self.bucket}/{prefix}"
 
+    def replica_args(self, prefix: str = "roost") -> list[str]:
+        """The ``roost serve`` flags that replicate to ``prefix`` of this stand-in
+        (run the server with :attr:`env` for the credentials)."""
+        return ["--replica", self.replica_url(prefix), "--replica-endpoint", self.endpoint]
+
     def start(self, timeout: float = 60.0) -> S3StandIn:
         self.workdir.mkdir(parents=True, exist_ok=True)
         exe = Path(sys.executable).parent / "moto_server"

@@ -308,3 +308,24 @@ class Appenders:
         for a in self.appenders:
             a.stop()
         await asyncio.wait_for(asyncio.gather(*self.tasks), TIMEOUT)
+
+
+async def all_messages(http: aiohttp.ClientSession, api: str, sid: str) -> list[dict[str, Any]]:
+    """Every message of ``sid`` in every branch (``view=all``), oldest first, read page by
+    page; ``api`` is the base URL of the API (``http://host:port/api``)."""
+    out: list[dict[str, Any]] = []
+    after = None
+    while True:
+        q = f"?view=all&limit=200{'&after=' + after if after else ''}"
+        async with http.get(f"{api}/sessions/{sid}/messages{q}") as r:
+            assert r.status == 200, await r.text()
+            page = await r.json()
+        out += page["items"]
+        after = page["after"]
+        if not after or not page["items"]:
+            return out
+
+
+async def contents(http: aiohttp.ClientSession, url: str, sid: str) -> list[str]:
+    """The contents of :func:`all_messages` of ``sid`` on the server at ``url``."""
+    return [m["content"] for m in await all_messages(http, url + "/api", sid)]

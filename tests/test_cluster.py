@@ -29,7 +29,7 @@ pytest.importorskip("ray", reason="cluster mode needs ray: pip install -e '.[clu
 
 from actors.cluster.placement import shard_of
 from scripts.cluster_trial import Front, LocalRayCluster
-from tests.harness import ROOT, TIMEOUT
+from tests.harness import ROOT, TIMEOUT, all_messages
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -117,20 +117,6 @@ async def append(
     body = {"role": "user", "content": text, **kw}
     async with http.post(front + f"/sessions/{sid}/messages", json=body) as r:
         return r.status, await r.json()
-
-
-async def all_messages(http: aiohttp.ClientSession, front: str, sid: str) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
-    after = None
-    while True:
-        q = f"?view=all&limit=200{'&after=' + after if after else ''}"
-        async with http.get(front + f"/sessions/{sid}/messages{q}") as r:
-            assert r.status == 200, await r.text()
-            page = await r.json()
-        out += page["items"]
-        after = page["after"]
-        if not after or not page["items"]:
-            return out
 
 
 async def ws_frames(ws: aiohttp.ClientWebSocketResponse, n: int, kind: str) -> list[dict[str, Any]]:

@@ -23,7 +23,7 @@ pytest.importorskip("boto3", reason="replication needs: pip install -e '.[replic
 pytest.importorskip("moto", reason="the S3 stand-in needs moto[server] (the replica extra)")
 
 from scripts.s3_standin import S3StandIn
-from tests.harness import TIMEOUT, Appender, Appenders, ServerProcess, eventually
+from tests.harness import TIMEOUT, Appender, Appenders, ServerProcess, contents, eventually
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,30 +38,7 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3StandIn]:
 
 
 def serve(s3: S3StandIn, data: Path, prefix: str, *extra: str) -> ServerProcess:
-    return ServerProcess(
-        data,
-        "--replica",
-        s3.replica_url(prefix),
-        "--replica-endpoint",
-        s3.endpoint,
-        *extra,
-        env=s3.env,
-    )
-
-
-async def contents(http: aiohttp.ClientSession, url: str, sid: str) -> list[str]:
-    """Every message of ``sid``, oldest first, over every page."""
-    out: list[str] = []
-    after = None
-    while True:
-        q = f"?view=all&limit=200{'&after=' + after if after else ''}"
-        async with http.get(f"{url}/api/sessions/{sid}/messages{q}") as r:
-            assert r.status == 200, await r.text()
-            page = await r.json()
-        out += [m["content"] for m in page["items"]]
-        after = page["after"]
-        if not after or not page["items"]:
-            return out
+    return ServerProcess(data, *s3.replica_args(prefix), *extra, env=s3.env)
 
 
 async def listed(http: aiohttp.ClientSession, url: str) -> set[str]:
@@ -278,10 +255,7 @@ async def test_pitr_restores_exactly_the_earlier_state(s3: S3StandIn, tmp_path: 
                 "p1",
                 "--at",
                 at.isoformat().replace("+00:00", "Z"),
-                "--replica",
-                s3.replica_url("pitr"),
-                "--replica-endpoint",
-                s3.endpoint,
+                *s3.replica_args("pitr"),
                 "--out",
                 str(out),
                 "--import-to",

@@ -33,7 +33,7 @@ pytest.importorskip("moto", reason="the S3 stand-in needs the replica extra")
 from actors.cluster.placement import shard_of
 from scripts.cluster_trial import Front, LocalRayCluster
 from scripts.s3_standin import S3StandIn
-from tests.harness import TIMEOUT
+from tests.harness import TIMEOUT, contents
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(600)]
 
@@ -80,10 +80,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
             str(SHARDS),
             "--request-timeout",
             str(REQUEST_TIMEOUT),
-            "--replica",
-            s3.replica_url("cl"),
-            "--replica-endpoint",
-            s3.endpoint,
+            *s3.replica_args("cl"),
         )
         for _ in range(2):
             fronts.append(Front(ray, data, *extra))
@@ -156,25 +153,11 @@ class Writer:
             i += 1  # an unacknowledged text may or may not be stored: never reused
 
 
-async def _contents(http: aiohttp.ClientSession, front: str, sid: str) -> list[str]:
-    out: list[str] = []
-    after = None
-    while True:
-        q = f"?view=all&limit=200{'&after=' + after if after else ''}"
-        async with http.get(f"{front}/api/sessions/{sid}/messages{q}") as r:
-            assert r.status == 200, await r.text()
-            page = await r.json()
-        out += [m["content"] for m in page["items"]]
-        after = page["after"]
-        if not after or not page["items"]:
-            return out
-
-
 async def _readable(http: aiohttp.ClientSession, r: Rig, sid: str) -> list[str]:
     deadline = time.monotonic() + WAIT * 2
     while True:
         try:
-            return await _contents(http, r.fronts[1].url, sid)
+            return await contents(http, r.fronts[1].url, sid)
         except AssertionError:
             if time.monotonic() > deadline:
                 raise
