@@ -70,6 +70,7 @@ from server.auth import routes as auth_routes
 from server.drain import Drain
 from server.errors import Handler, error_middleware
 from server.identity import Identity
+from server.import_slots import ImportSlots
 from server.keys import (
     DRAIN,
     HTTP_CLIENT,
@@ -378,7 +379,7 @@ def make_app(settings: Settings) -> web.Application:
     app[IDENTITY] = Identity(settings, load_tokens(settings.tokens_file))
     app[METRICS] = Metrics()
     app[LOGINS] = Logins(settings.login_cookie_max_age)
-    app[IMPORT_SLOTS] = asyncio.Semaphore(settings.max_concurrent_imports)
+    app[IMPORT_SLOTS] = ImportSlots(settings.max_concurrent_imports)
     app.on_response_prepare.append(nosniff)
     app[OPENAPI] = {}
     app.on_response_prepare.append(cors_headers)

@@ -37,6 +37,7 @@ from actors.pubsub import Subscription
 from server.assets import Asset
 from server.drain import Drain
 from server.identity import Identity
+from server.import_slots import ImportSlots
 from server.metrics import Metrics
 from server.ratelimit import Limits
 from server.settings import Settings
@@ -57,7 +58,7 @@ HTTP_CLIENT = web.AppKey("http_client", aiohttp.ClientSession)
 REGISTRY: web.AppKey[Places] = web.AppKey("registry")
 LIMITS = web.AppKey("limits", Limits)
 LOGINS = web.AppKey("logins", Logins)
-IMPORT_SLOTS = web.AppKey("import_slots", asyncio.Semaphore)
+IMPORT_SLOTS = web.AppKey("import_slots", ImportSlots)
 OPEN_STREAMS: web.AppKey[set[Subscription]] = web.AppKey("open_streams", set)
 OPEN_SOCKETS: web.AppKey[dict[web.WebSocketResponse, asyncio.Task[None]]] = web.AppKey(
     "open_sockets", dict

@@ -470,7 +470,7 @@ async def import_session(request: web.Request) -> web.Response:
         raise ApiError(
             413, "payload_too_large", f"the import is larger than the limit of {limit} bytes"
         )
-    async with state_of(request)[IMPORT_SLOTS]:
+    async with state_of(request)[IMPORT_SLOTS].slot(registry.trim_heap):
         buf = bytearray()
         async for chunk in request.content.iter_chunked(READ_CHUNK):
             buf += chunk
@@ -484,9 +484,8 @@ async def import_session(request: web.Request) -> web.Response:
             doc = await _import(request, sid, buf)
         finally:
             # the body and its parse are garbage now: drop the body (this frame holds it
-            # until it returns) and give the memory back
+            # until it returns), so the slot's heap trim gives the memory back
             del buf
-            await registry.trim_heap()
     return json_response(doc, 201, {"Location": f"/api/sessions/{doc['id']}"})
 
 
@@ -506,7 +505,8 @@ async def _import_bundle(request: web.Request, sid: str | None) -> web.Response:
             {"loc": ["query", "format"]} if request.content_type == JSON else None,
         )
     limit = settings.max_import_bytes + (settings.max_session_bytes or 1 << 30)
-    async with state_of(request)[IMPORT_SLOTS], spooled(request, registry, limit) as path:
+    slot = state_of(request)[IMPORT_SLOTS].slot(registry.trim_heap)
+    async with slot, spooled(request, registry, limit) as path:
         doc = await import_bundle(
             registry,
             sid,
@@ -517,7 +517,6 @@ async def _import_bundle(request: web.Request, sid: str | None) -> web.Response:
             max_title_chars=settings.max_title_chars,
             max_content_chars=settings.max_content_chars,
         )
-        await registry.trim_heap()
     return json_response(doc, 201, {"Location": f"/api/sessions/{doc['id']}"})
 
 
@@ -535,7 +534,8 @@ async def _import_chatgpt(request: web.Request) -> web.Response:
             f"(application/zip), got {request.content_type or 'none'}",
         )
     limit = settings.max_import_bytes + (settings.max_session_bytes or 1 << 30)
-    async with state_of(request)[IMPORT_SLOTS], spooled(request, registry, limit) as path:
+    slot = state_of(request)[IMPORT_SLOTS].slot(registry.trim_heap)
+    async with slot, spooled(request, registry, limit) as path:
         made = await import_chatgpt(
             registry,
             path,
