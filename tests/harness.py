@@ -312,18 +312,21 @@ class Appenders:
 
 async def all_messages(http: aiohttp.ClientSession, api: str, sid: str) -> list[dict[str, Any]]:
     """Every message of ``sid`` in every branch (``view=all``), oldest first, read page by
-    page; ``api`` is the base URL of the API (``http://host:port/api``)."""
-    out: list[dict[str, Any]] = []
-    after = None
+    page; ``api`` is the base URL of the API (``http://host:port/api``).
+
+    A page without a cursor is the newest one (SPEC: messages), so the walk goes
+    back by ``before`` until there is nothing older."""
+    pages: list[list[dict[str, Any]]] = []
+    before = None
     while True:
-        q = f"?view=all&limit=200{'&after=' + after if after else ''}"
+        q = f"?view=all&limit=200{'&before=' + before if before else ''}"
         async with http.get(f"{api}/sessions/{sid}/messages{q}") as r:
             assert r.status == 200, await r.text()
             page = await r.json()
-        out += page["items"]
-        after = page["after"]
-        if not after or not page["items"]:
-            return out
+        pages.append(page["items"])
+        before = page["before"]
+        if not before or not page["items"]:
+            return [m for items in reversed(pages) for m in items]
 
 
 async def contents(http: aiohttp.ClientSession, url: str, sid: str) -> list[str]:
