@@ -19,6 +19,8 @@ class Store:
 
     def __init__(self, target: Target) -> None:
         self.target = target
+        # base -> LTX files (every level) in its newest epoch at the last ``positions``
+        self.files: dict[str, int] = {}
         self._s3: Any = boto3.client(
             "s3",
             endpoint_url=target.endpoint,
@@ -35,6 +37,7 @@ class Store:
     def positions(self, base: str) -> dict[int, int]:
         """``{epoch: highest TXID}`` of every epoch under ``base`` holding an LTX file."""
         out: dict[int, int] = {}
+        files: dict[int, int] = {}
         pages = self._s3.get_paginator("list_objects_v2").paginate(
             Bucket=self.target.bucket, Prefix=base + "/"
         )
@@ -48,6 +51,8 @@ class Store:
                     continue
                 epoch = int(rest[0], 16)
                 out[epoch] = max(out.get(epoch, 0), int(m.group(2), 16))
+                files[epoch] = files.get(epoch, 0) + 1
+        self.files[base] = files[max(files)] if files else 0
         return out
 
     def claims(self, base: str) -> list[int]:

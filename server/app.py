@@ -267,9 +267,12 @@ def shard_spec(settings: Settings) -> ShardSpec:
         fsync=settings.fsync,
         disk_reserve=settings.disk_reserve,
         responder=functools.partial(shard_responder, settings.model_dump()),
-        extra={"replica": [settings.replica, settings.replica_endpoint, settings.replica_idle]}
-        if settings.replica is not None
-        else {},
+        extra={"log_level": settings.log_level}
+        | (
+            {"replica": [settings.replica, settings.replica_endpoint, settings.replica_idle]}
+            if settings.replica is not None
+            else {}
+        ),
     )
 
 

@@ -193,6 +193,7 @@ async def _under_load(
             assert time.monotonic() < deadline, "writers got no acknowledgements"
             await asyncio.sleep(0.05)
         failed_at = time.monotonic()
+        print(f"\n{tag}: failing at {time.time():.3f} (unix s)")
         await fail()
         back: dict[str, float] = {}
         deadline = time.monotonic() + WAIT * 3

@@ -30,7 +30,10 @@ import dataclasses
 import functools
 import logging
 import os
+import sys
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import ray
@@ -61,6 +64,9 @@ from storage.catalog import ListFilters
 from storage.layout import DataDir, DataDirLock
 
 log = logging.getLogger("roost.cluster")
+# the start timeline (process, __init__, registry, catalog, each restore):
+# ``roost.failover`` lines at info in the worker's stderr (measured in issue 18)
+timeline = logging.getLogger("roost.failover")
 
 T = TypeVar("T")
 Answer = tuple[str, Any]
@@ -226,6 +232,13 @@ class Shard:
     def __init__(self, k: int, spec: ShardSpec) -> None:
         self.k = k
         self.spec = spec
+        _shard_logging(str(spec.extra.get("log_level", "info")))
+        timeline.info(
+            "shard %d: process started %.3f, __init__ %.3f (unix s)",
+            k,
+            _process_started(),
+            time.time(),
+        )
         self.node_id: str = ray.get_runtime_context().get_node_id()
         self.root = shard_dir(spec.data_dir, self.node_id, k)
         self._registry: ActorRegistry | None = None
@@ -251,6 +264,7 @@ class Shard:
 
     async def _start(self) -> ActorRegistry:
         loop = asyncio.get_running_loop()
+        started = time.perf_counter()
         self._lock = await loop.run_in_executor(None, claim_data_dir, str(self.root))
         datadir = DataDir(self.root)
         await loop.run_in_executor(None, datadir.ensure)
@@ -274,12 +288,14 @@ class Shard:
             registry.replica = Replica(Target.parse(*replica[:2]), name=f"shard-{k}")
             registry.replica.park_after = float(replica[2])
         await registry.start()
+        timeline.info("shard %d: registry started in %.3f s", k, time.perf_counter() - started)
         if spec.responder is not None:
             registry.responder = spec.responder(datadir)  # it reads this shard's blobs
         self._push_lock = asyncio.Lock()
         self._push_wakeup = asyncio.Event()
         self._pusher = asyncio.create_task(self._push_loop(), name="shard:directory")
         log.info("shard %d serving from %s", self.k, self.root)
+        timeline.info("shard %d: serving after %.3f s", k, time.perf_counter() - started)
         self._registry = registry
         return registry
 
@@ -614,6 +630,30 @@ class Shard:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def _process_started() -> float:
+    """When this process started (unix seconds; 0.0 if ``/proc`` cannot say)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        lines = Path("/proc/stat").read_text().splitlines()
+        boot = next(int(line.split()[1]) for line in lines if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _shard_logging(level: str) -> None:
+    """Send the shard's ``roost`` log records of ``level`` and above to the
+    worker's stderr (Ray's ``worker-*.err``), once per process."""
+    root = logging.getLogger("roost")
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False
 
 
 class Meta:
