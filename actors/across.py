@@ -62,6 +62,18 @@ class AcrossSessions:
         await self.flush_catalog()
         return self.catalog.folders(owner)
 
+    def recent_hosted(self, limit: int) -> list[str]:
+        """Up to ``limit`` ids of the catalog's sessions hosted here, most recently
+        updated first (the replica's prefetch at start; blocking)."""
+        hosted = self.hosted
+        out: list[str] = []
+        for sid in self.catalog.recent_ids():
+            if hosted is None or hosted(sid):
+                out.append(sid)
+                if len(out) >= limit:
+                    break
+        return out
+
     def user_log(self, owner: str) -> UserLog:
         """``owner``'s list feed (session created / updated / deleted)."""
         return self.user_logs.get(owner)

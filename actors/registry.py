@@ -131,7 +131,7 @@ class ActorRegistry(AcrossSessions, ShareLinks):
             await self.replica.start(self.datadir)
         self._catalog = await loop.run_in_executor(self.write_pool, Catalog, self.datadir)
         if self.replica is not None:
-            await self.replica.register_catalog()
+            await self.replica.register_catalog(self.recent_hosted, self.datadir)
         self._syncer = Syncer(use_aio=self.fsync_mode == "auto", probe_dir=str(self.datadir.root))
         self._tasks = [
             asyncio.create_task(self._sweep(), name="registry:sweep"),

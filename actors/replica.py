@@ -61,6 +61,11 @@ SYNC_TIMEOUT = 30
 SYNC_TRIES = 5
 CLAIM_TRIES = 8
 RESTORE_TIMEOUT = 300.0
+# at start, the catalog's most recently updated sessions (up to PREFETCH) are made
+# current in the background, PREFETCH_CONCURRENCY at a time (a disk lost or
+# stale: they are restored before their first request asks)
+PREFETCH = 256
+PREFETCH_CONCURRENCY = 4
 # a live session not written for this long is unregistered from Litestream (its
 # monitor costs CPU every second per file) and registered again by its next write
 PARK_AFTER = 10.0
@@ -102,6 +107,9 @@ class Replica:
         self._used: dict[str, float] = {}  # db path -> when a sync last ended
         self._busy: dict[str, int] = {}  # db path -> syncs in flight
         self._parker: asyncio.Task[None] | None = None
+        self._prefetcher: asyncio.Task[None] | None = None
+        self._seen: set[str] = set()  # db paths activate was asked for (never prefetched)
+        self.prefetch_limit = PREFETCH
 
     @property
     def litestream_pid(self) -> int | None:
@@ -116,6 +124,7 @@ class Replica:
         """Start Litestream; bring the catalog up to the replica (before it is
         opened) and register it."""
         self._datadir = datadir
+        started = time.perf_counter()
         self._store = await self._thread(Store, self.target)
         await self._thread(self._store.check)
         await self._ls.start()
@@ -126,21 +135,77 @@ class Replica:
             await self._ls.close()
             raise
         self._catalog = str(cat)
+        log.info("replica %s: catalog ready in %.3f s", self.name, time.perf_counter() - started)
 
-    async def register_catalog(self) -> None:
-        """Register the catalog once the registry has opened it (WAL mode)."""
+    async def register_catalog(
+        self, recent: Callable[[int], list[str]] | None = None, datadir: DataDir | None = None
+    ) -> None:
+        """Register the catalog once the registry has opened it (WAL mode).
+        ``recent(n)``: up to ``n`` ids of sessions the catalog lists and this
+        registry hosts, most recently updated first (blocking: run on a thread);
+        they are prefetched (:meth:`prefetch`) into ``datadir``."""
         assert self._catalog is not None
         cat, base = Path(self._catalog), self.target.catalog_base(self.name)
         if self._catalog not in self._owned:  # it was made just now
             await self._prepare(cat, base, may_restore=True)
         await self._register(cat, base)
         self._parker = asyncio.create_task(self._park_idle(), name="replica:park")
+        if recent is not None and datadir is not None and self.prefetch_limit > 0:
+            self._prefetcher = asyncio.create_task(
+                self._prefetch_recent(recent, datadir), name="replica:prefetch"
+            )
+
+    async def _prefetch_recent(self, recent: Callable[[int], list[str]], datadir: DataDir) -> None:
+        try:
+            sids: list[str] = await self._thread(recent, self.prefetch_limit)
+        except Exception as exc:  # the lazy path still restores each on its first request
+            log.warning("replica %s: no prefetch, the catalog failed: %r", self.name, exc)
+            return
+        await self.prefetch(sids, datadir)
+
+    async def prefetch(self, sids: list[str], datadir: DataDir) -> None:
+        """Make the local copies of ``sids`` current ahead of their first request,
+        ``PREFETCH_CONCURRENCY`` at a time (see :meth:`_warm`). Never raises."""
+        started = time.perf_counter()
+        gate = asyncio.Semaphore(PREFETCH_CONCURRENCY)
+
+        async def one(sid: str) -> bool:
+            async with gate:
+                try:
+                    return await self._warm(sid, datadir)
+                except Exception as exc:  # its first request tries again (and answers)
+                    log.info("replica prefetch of %s failed: %r", sid, exc)
+                    return False
+
+        warmed = await asyncio.gather(*(one(sid) for sid in sids))
+        log.info(
+            "replica %s: prefetched %d of %d sessions in %.3f s",
+            self.name,
+            sum(warmed),
+            len(sids),
+            time.perf_counter() - started,
+        )
+
+    async def _warm(self, sid: str, datadir: DataDir) -> bool:
+        """What :meth:`activate` does before it registers the file, for a session
+        that was not activated yet: under the file's lock (a request for it
+        waits for this, and then restores nothing: one restore per file), and
+        only while the catalog lists it. A session activate was asked for
+        (served, created, being deleted) is left to that path, so a deleted
+        session is never brought back. Whether it restored or claimed."""
+        db = datadir.session_db(sid)
+        key = str(db)
+        async with self._lock(key):
+            if key in self._seen or key in self._owned or not self.known(sid):
+                return False
+            return await self._prepare(db, self.target.session_base(sid), may_restore=True)
 
     async def close(self) -> None:
-        if self._parker is not None:
-            self._parker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._parker
+        for task in (self._parker, self._prefetcher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._catalog is not None:
             with contextlib.suppress(Exception):
                 await self.sync_path(self._catalog)
@@ -161,12 +226,15 @@ class Replica:
         Raises ``Unavailable`` when the replica cannot be read (a stale copy is
         never served instead)."""
         db = datadir.session_db(sid)
+        started = time.perf_counter()
+        self._seen.add(str(db))
         async with self._lock(str(db)):
             base = self.target.session_base(sid)
             if fresh:
                 self._owned.pop(str(db), None)
             if await self._prepare(db, base, may_restore=self.known(sid), fresh=fresh):
                 await self._register(db, base)
+        log.info("replica activated %s in %.3f s", sid, time.perf_counter() - started)
 
     async def deactivate(self, sid: str, datadir: DataDir) -> None:
         """Unregister ``sid`` (hibernation, close). Never raises."""
@@ -373,10 +441,11 @@ class Replica:
                 "the replica cannot be read; retry", details={"reason": "replica_unreachable"}
             ) from exc
         log.info(
-            "replica prepare %s: replica %s, local exists=%s epoch=%s, keep=%s, restore=%s, "
-            "claimed=%s",
+            "replica prepare %s: replica %s (%d files), local exists=%s epoch=%s, keep=%s, "
+            "restore=%s, claimed=%s",
             db,
             positions,
+            self._store.files.get(base, 0),
             exists,
             local_epoch,
             keep,
@@ -459,7 +528,9 @@ class Replica:
         await self._thread(_replace_db, tmp, db)
         self.stats.restores += 1
         self.stats.restore_seconds += time.perf_counter() - started
-        log.info("restored %s from %s", db, url.split("?")[0])
+        log.info(
+            "restored %s from %s in %.3f s", db, url.split("?")[0], time.perf_counter() - started
+        )
 
 
 async def restore_at(target: Target, sid: str, at: datetime, out: Path) -> int:

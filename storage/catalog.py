@@ -248,6 +248,13 @@ class Catalog:
                 )
             return [(str(sid), str(o)) for sid, o in rows.fetchall()]
 
+    def recent_ids(self) -> builtins.list[str]:
+        """Every session id, most recently updated first."""
+        assert self._reader is not None
+        with _mapped():
+            rows = self._reader.execute("SELECT id FROM sessions ORDER BY updated_at DESC, id")
+            return [str(sid) for (sid,) in rows.fetchall()]
+
     def count(self) -> int:
         return int(scalar(self.conn.execute("SELECT COUNT(*) FROM sessions")))
 
