@@ -32,6 +32,12 @@ log = logging.getLogger("roost.replica")
 
 PR_SET_PDEATHSIG = 1
 START_TIMEOUT = 20.0
+# Litestream's compaction levels L1, L2, ... (its defaults: 30s, 5m, 1h). Each sync
+# uploads one L0 file, and a restore downloads the fewest files that cover the
+# replica (the newest snapshot, then the longest files of any level), each a
+# request: merging L0 into L1 every second keeps a restore of a busy file to
+# about a second's tail of L0 plus a few compacted files (issue 18: failover).
+COMPACTION_LEVELS = ("1s", "15s", "5m", "1h")
 
 
 def binary() -> str:
@@ -149,6 +155,9 @@ class Litestream:
         self.registered: dict[str, str] = {}  # path -> replica URL
         self.restarts = 0
         self._on_restart = on_restart or (lambda: None)
+        self.levels: tuple[str, ...] = tuple(
+            os.environ.get("ROOST_LITESTREAM_LEVELS", ",".join(COMPACTION_LEVELS)).split(",")
+        )
 
     @property
     def pid(self) -> int | None:
@@ -162,6 +171,7 @@ class Litestream:
             "  permissions: 384\n"
             "logging:\n"
             "  level: warn\n"
+            "levels:\n" + "".join(f"  - interval: {i}\n" for i in self.levels)
         )
         await self._spawn()
         self._watch = asyncio.create_task(self._watcher(), name="litestream:watch")
