@@ -38,6 +38,10 @@ START_TIMEOUT = 20.0
 # request: merging L0 into L1 every second keeps a restore of a busy file to
 # about a second's tail of L0 plus a few compacted files (issue 18: failover).
 COMPACTION_LEVELS = ("1s", "15s", "5m", "1h")
+# how long an L0 file stays after it was compacted into L1 (default 5m): every object
+# kept costs each listing of a store that scans its keys (moto: 4,000 keys make a
+# listing 46 ms), and a restore lists each level once
+L0_RETENTION = "10s"
 
 
 def binary() -> str:
@@ -155,9 +159,6 @@ class Litestream:
         self.registered: dict[str, str] = {}  # path -> replica URL
         self.restarts = 0
         self._on_restart = on_restart or (lambda: None)
-        self.levels: tuple[str, ...] = tuple(
-            os.environ.get("ROOST_LITESTREAM_LEVELS", ",".join(COMPACTION_LEVELS)).split(",")
-        )
 
     @property
     def pid(self) -> int | None:
@@ -171,7 +172,9 @@ class Litestream:
             "  permissions: 384\n"
             "logging:\n"
             "  level: warn\n"
-            "levels:\n" + "".join(f"  - interval: {i}\n" for i in self.levels)
+            f"l0-retention: {L0_RETENTION}\n"
+            "l0-retention-check-interval: 5s\n"
+            "levels:\n" + "".join(f"  - interval: {i}\n" for i in COMPACTION_LEVELS)
         )
         await self._spawn()
         self._watch = asyncio.create_task(self._watcher(), name="litestream:watch")

@@ -125,13 +125,17 @@ class Replica:
         opened) and register it."""
         self._datadir = datadir
         started = time.perf_counter()
-        self._store = await self._thread(Store, self.target)
-        await self._thread(self._store.check)
-        await self._ls.start()
+        # the child starts while the store is reached and the catalog restored
+        child = asyncio.ensure_future(self._ls.start())
         cat = datadir.catalog_path
         try:
+            self._store = await self._thread(Store, self.target)
+            await self._thread(self._store.check)
             await self._prepare(cat, self.target.catalog_base(self.name), may_restore=True)
+            await child
         except BaseException:
+            with contextlib.suppress(BaseException):
+                await child
             await self._ls.close()
             raise
         self._catalog = str(cat)
