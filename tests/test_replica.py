@@ -23,7 +23,15 @@ pytest.importorskip("boto3", reason="replication needs: pip install -e '.[replic
 pytest.importorskip("moto", reason="the S3 stand-in needs moto[server] (the replica extra)")
 
 from scripts.s3_standin import S3StandIn
-from tests.harness import TIMEOUT, Appender, Appenders, ServerProcess, contents, eventually
+from tests.harness import (
+    TIMEOUT,
+    Appender,
+    Appenders,
+    ServerProcess,
+    contents,
+    deadline,
+    eventually,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -363,3 +371,42 @@ async def test_an_older_incarnation_never_acknowledges_after_a_newer_one_restore
     finally:
         for srv in started:
             srv.close()
+
+
+async def test_disk_lost_sessions_are_restored_before_their_first_request(
+    s3: S3StandIn, tmp_path: Path
+) -> None:
+    """A server starting on an empty data dir restores the sessions its catalog lists
+    in the background (prefetch), before any request for them, once each; a deleted
+    session is not among them."""
+    data = tmp_path / "data"
+    srv = serve(s3, data, "prefetch")
+    try:
+        await srv.wait_ready()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
+            for sid in ("p1", "p2", "p3"):
+                async with http.post(f"{srv.url}/api/sessions", json={"id": sid}) as r:
+                    assert r.status == 201
+                assert await Appender(http, srv.url, sid).post(f"hello {sid}")
+            async with http.delete(f"{srv.url}/api/sessions/p2") as r:
+                assert r.status == 204
+        srv.kill9()
+    finally:
+        srv.close()
+    shutil.rmtree(data)
+    srv = serve(s3, data, "prefetch")
+    try:
+        await srv.wait_ready()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
+            async with deadline("p1 and p3 prefetched"):  # and the catalog; nothing asked
+                while await _metric(http, srv.url, "roost_replica_restores_total") < 3:
+                    await asyncio.sleep(0.02)
+            files = {p.parent.name for p in data.glob("sessions/*/*/session.db")}
+            assert files == {"p1", "p3"}
+            assert await contents(http, srv.url, "p1") == ["hello p1"]
+            assert await contents(http, srv.url, "p3") == ["hello p3"]
+            async with http.get(f"{srv.url}/api/sessions/p2") as r:
+                assert r.status == 404
+            assert await _metric(http, srv.url, "roost_replica_restores_total") == 3
+    finally:
+        srv.close()
