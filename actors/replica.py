@@ -495,8 +495,9 @@ class Replica:
         ``base`` (and above ``floor``): the epoch this registry writes next."""
         assert self._store is not None
         for _ in range(CLAIM_TRIES):
-            claims: list[int] = await self._thread(self._store.claims, base)
-            positions: dict[int, int] = await self._thread(self._store.positions, base)
+            positions: dict[int, int]
+            claims: list[int]
+            positions, claims = await self._thread(self._store.state, base)  # one listing
             epoch = max([*claims, *positions, floor]) + 1
             if await self._thread(self._store.claim, base, epoch):
                 log.info("replica claimed %s epoch %s", base, epoch)

@@ -36,14 +36,22 @@ class Store:
 
     def positions(self, base: str) -> dict[int, int]:
         """``{epoch: highest TXID}`` of every epoch under ``base`` holding an LTX file."""
+        return self.state(base)[0]
+
+    def state(self, base: str) -> tuple[dict[int, int], list[int]]:
+        """:meth:`positions` and :meth:`claims` of ``base`` from one listing."""
         out: dict[int, int] = {}
         files: dict[int, int] = {}
+        claimed: list[int] = []
         pages = self._s3.get_paginator("list_objects_v2").paginate(
             Bucket=self.target.bucket, Prefix=base + "/"
         )
         for page in pages:
             for obj in page.get("Contents", ()):
                 rest = obj["Key"][len(base) + 1 :].split("/")
+                if len(rest) == 2 and "/" + rest[0] + "/" == CLAIMS and EPOCH.match(rest[1]):
+                    claimed.append(int(rest[1], 16))
+                    continue
                 if len(rest) != 3 or not EPOCH.match(rest[0]):
                     continue
                 m = LTX_NAME.match(rest[2])
@@ -53,7 +61,7 @@ class Store:
                 out[epoch] = max(out.get(epoch, 0), int(m.group(2), 16))
                 files[epoch] = files.get(epoch, 0) + 1
         self.files[base] = files[max(files)] if files else 0
-        return out
+        return out, sorted(claimed)
 
     def claims(self, base: str) -> list[int]:
         """The epochs claimed under ``base`` (``base/claims/<epoch>``), ascending."""

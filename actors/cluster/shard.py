@@ -314,6 +314,9 @@ class Shard:
     async def endpoint(self) -> Endpoint:
         """Where this shard's direct path listens, ``(host, port, token,
         incarnation)``: a stream server on this node's IP, opened on first ask."""
+        if self._starting is None:  # a front's first ask: the registry starts meanwhile
+            self._starting = asyncio.ensure_future(self._start())
+            self._starting.add_done_callback(_retrieved)
         ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         host, port = await self._wire.start(ip)
         return (host, port, self._wire.token, self._wire.incarnation)
@@ -630,6 +633,12 @@ class Shard:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Fetch a finished start's exception (the next call starts it again)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _process_started() -> float:
