@@ -53,17 +53,15 @@ import logging
 import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
 from actors.feed import Feed
-from actors.model_parts import datadir_blobs
 from actors.process import limit_malloc_arenas, raise_nofile_limit
 from actors.pubsub import Subscription
 from actors.registry import ActorRegistry
-from actors.responders import EchoResponder, Responder
 from server.access import cors_headers, gate_middleware, make_limits, rate_middleware
 from server.auth import auth_middleware
 from server.auth import routes as auth_routes
@@ -91,6 +89,7 @@ from server.listen import fd_budget
 from server.logs import access_middlewares
 from server.metrics import Metrics
 from server.openapi import openapi_json
+from server.responder_factory import make_responder, shard_responder
 from server.routes_across import routes as across_routes
 from server.routes_aisdk import routes as aisdk_routes
 from server.routes_chat import routes as chat_routes
@@ -139,18 +138,6 @@ async def disk_middleware(request: web.Request, handler: Handler) -> web.StreamR
     ):
         state_of(request)[REGISTRY].check_disk()
     return await handler(request)
-
-
-def make_responder(
-    settings: Settings, http: aiohttp.ClientSession, datadir: DataDir | None = None
-) -> Responder:
-    """The responder the settings name; it reads attachments from ``datadir``."""
-    attachments = settings.attachments(None if datadir is None else datadir_blobs(datadir))
-    if settings.responder == "openai":
-        from server.openai import OpenAIResponder
-
-        return OpenAIResponder.from_settings(settings, http, attachments)
-    return EchoResponder(settings.echo_words_per_second, attachments)
 
 
 # ---------------------------------------------------------------------------- resources
@@ -274,13 +261,6 @@ def shard_spec(settings: Settings) -> ShardSpec:
             else {}
         ),
     )
-
-
-def shard_responder(settings: dict[str, Any], datadir: DataDir | None = None) -> Responder:
-    """The responder of a shard (cluster mode), made in the shard's event loop from
-    the front's settings; its HTTP client lives as long as the shard; it reads
-    attachments from the shard's ``datadir``."""
-    return make_responder(Settings(**settings), aiohttp.ClientSession(), datadir)
 
 
 @asynccontextmanager
