@@ -30,10 +30,8 @@ import dataclasses
 import functools
 import logging
 import os
-import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import ray
@@ -55,6 +53,7 @@ from actors.cluster.placement import (
     shard_name,
     shard_of,
 )
+from actors.cluster.startlog import process_started, retrieved, shard_logging, timeline
 from actors.cluster.wire import Endpoint, WireServer
 from actors.hooks import CountingHooks
 from actors.pubsub import Subscription
@@ -64,9 +63,6 @@ from storage.catalog import ListFilters
 from storage.layout import DataDir, DataDirLock
 
 log = logging.getLogger("roost.cluster")
-# the start timeline (process, __init__, registry, catalog, each restore):
-# ``roost.failover`` lines at info in the worker's stderr (measured in issue 18)
-timeline = logging.getLogger("roost.failover")
 
 T = TypeVar("T")
 Answer = tuple[str, Any]
@@ -232,11 +228,11 @@ class Shard:
     def __init__(self, k: int, spec: ShardSpec) -> None:
         self.k = k
         self.spec = spec
-        _shard_logging(str(spec.extra.get("log_level", "info")))
+        shard_logging(str(spec.extra.get("log_level", "info")))
         timeline.info(
             "shard %d: process started %.3f, __init__ %.3f (unix s)",
             k,
-            _process_started(),
+            process_started(),
             time.time(),
         )
         self.node_id: str = ray.get_runtime_context().get_node_id()
@@ -316,7 +312,7 @@ class Shard:
         incarnation)``: a stream server on this node's IP, opened on first ask."""
         if self._starting is None:  # a front's first ask: the registry starts meanwhile
             self._starting = asyncio.ensure_future(self._start())
-            self._starting.add_done_callback(_retrieved)
+            self._starting.add_done_callback(retrieved)
         ip: str = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
         host, port = await self._wire.start(ip)
         return (host, port, self._wire.token, self._wire.incarnation)
@@ -633,36 +629,6 @@ class Shard:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
-
-
-def _retrieved(task: asyncio.Future[Any]) -> None:
-    """Fetch a finished start's exception (the next call starts it again)."""
-    if not task.cancelled():
-        task.exception()
-
-
-def _process_started() -> float:
-    """When this process started (unix seconds; 0.0 if ``/proc`` cannot say)."""
-    try:
-        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
-        lines = Path("/proc/stat").read_text().splitlines()
-        boot = next(int(line.split()[1]) for line in lines if line.startswith("btime "))
-    except (OSError, ValueError, IndexError, StopIteration):
-        return 0.0
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _shard_logging(level: str) -> None:
-    """Send the shard's ``roost`` log records of ``level`` and above to the
-    worker's stderr (Ray's ``worker-*.err``), once per process."""
-    root = logging.getLogger("roost")
-    if root.handlers:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(level.upper())
-    root.propagate = False
 
 
 class Meta:

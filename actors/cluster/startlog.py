@@ -1,0 +1,47 @@
+"""A shard's start, logged (issue 18: what a failover spends its seconds on).
+
+A shard's ``roost`` loggers write to its Ray worker's stderr (``worker-*.err``)
+at the front's ``--log-level``; ``roost.failover`` lines give the timeline of a
+(re)start: the process's start, ``__init__``, the registry started, serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+timeline = logging.getLogger("roost.failover")
+
+
+def retrieved(task: asyncio.Future[Any]) -> None:
+    """Fetch a finished start's exception (the next call starts it again)."""
+    if not task.cancelled():
+        task.exception()
+
+
+def process_started() -> float:
+    """When this process started (unix seconds; 0.0 if ``/proc`` cannot say)."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        lines = Path("/proc/stat").read_text().splitlines()
+        boot = next(int(line.split()[1]) for line in lines if line.startswith("btime "))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def shard_logging(level: str) -> None:
+    """Send the shard's ``roost`` log records of ``level`` and above to the
+    worker's stderr (Ray's ``worker-*.err``), once per process."""
+    root = logging.getLogger("roost")
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    root.propagate = False
