@@ -36,12 +36,11 @@ START_TIMEOUT = 20.0
 # uploads one L0 file, and a restore downloads the fewest files that cover the
 # replica (the newest snapshot, then the longest files of any level), each a
 # request: merging L0 into L1 every second keeps a restore of a busy file to
-# about a second's tail of L0 plus a few compacted files (issue 18: failover).
+# about a second's tail of L0 plus a few compacted files (issue 18: failover). A
+# compacted file carries its newest input's time, so a point-in-time restore stays
+# exact while the L0 files are kept (Litestream's l0-retention, 5 min) and is exact
+# to the L1 interval after that (1 s here, 30 s with the defaults).
 COMPACTION_LEVELS = ("1s", "15s", "5m", "1h")
-# how long an L0 file stays after it was compacted into L1 (default 5m): every object
-# kept costs each listing of a store that scans its keys (moto: 4,000 keys make a
-# listing 46 ms), and a restore lists each level once
-L0_RETENTION = "10s"
 
 
 def binary() -> str:
@@ -172,8 +171,6 @@ class Litestream:
             "  permissions: 384\n"
             "logging:\n"
             "  level: warn\n"
-            f"l0-retention: {L0_RETENTION}\n"
-            "l0-retention-check-interval: 5s\n"
             "levels:\n" + "".join(f"  - interval: {i}\n" for i in COMPACTION_LEVELS)
         )
         await self._spawn()
