@@ -53,7 +53,13 @@ from actors.cluster.placement import (
     shard_name,
     shard_of,
 )
-from actors.cluster.startlog import process_started, retrieved, shard_logging, timeline
+from actors.cluster.startlog import (
+    preload,
+    process_started,
+    retrieved,
+    shard_logging,
+    timeline,
+)
 from actors.cluster.wire import Endpoint, WireServer
 from actors.hooks import CountingHooks
 from actors.pubsub import Subscription
@@ -229,6 +235,8 @@ class Shard:
         self.k = k
         self.spec = spec
         shard_logging(str(spec.extra.get("log_level", "info")))
+        if "replica" in spec.extra:  # its imports (boto3) while Ray reports the actor alive
+            preload("actors.replica")
         timeline.info(
             "shard %d: process started %.3f, __init__ %.3f (unix s)",
             k,

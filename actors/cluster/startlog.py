@@ -1,4 +1,5 @@
-"""A shard's start, logged (issue 18: what a failover spends its seconds on).
+"""A shard's start, logged and shortened (issue 18: what a failover spends its
+seconds on).
 
 A shard's ``roost`` loggers write to its Ray worker's stderr (``worker-*.err``)
 at the front's ``--log-level``; ``roost.failover`` lines give the timeline of a
@@ -8,9 +9,11 @@ at the front's ``--log-level``; ``roost.failover`` lines give the timeline of a
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
 import os
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +48,17 @@ def shard_logging(level: str) -> None:
     root.addHandler(handler)
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def preload(module: str) -> None:
+    """Import ``module`` on a daemon thread (what the registry's start needs next,
+    imported while the actor becomes reachable); a failure is only logged (the
+    start imports it again and reports it)."""
+
+    def run() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception as exc:
+            timeline.warning("preload of %s failed: %r", module, exc)
+
+    threading.Thread(target=run, name=f"preload:{module}", daemon=True).start()
