@@ -425,6 +425,12 @@ class Replica:
                     details={"reason": "replica_superseded"},
                 )
             exists, local_epoch = await self._thread(_local_state, db)
+            if owned is not None and exists and local_epoch == owned and not fresh:
+                # written only by this registry since its claim, and no newer claim:
+                # the replica cannot be ahead of it (no listing: an activation after
+                # a prefetch, a session woken from hibernation)
+                self.stats.kept_local += 1
+                return True
             if owned is None:
                 claimed = await self._claim(base, max(local_epoch or 0, 0))
             while True:
