@@ -255,6 +255,12 @@ class Shard:
         self._pusher: asyncio.Task[None] | None = None
         self._peers: dict[int, Any] = {}
         self._wire = WireServer(self.call)  # the direct path (actors.cluster.wire)
+        # Ray runs an async actor's __init__ on its event loop: the registry starts
+        # now (after a restart: the catalog's restore and the prefetch begin before
+        # any front has found the new process); elsewhere, on first use
+        with contextlib.suppress(RuntimeError):
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+            self._starting.add_done_callback(retrieved)
 
     # ------------------------------------------------------------------ lifecycle
 
