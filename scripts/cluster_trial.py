@@ -36,12 +36,15 @@ OBJECT_STORE_BYTES = 80 * 1024 * 1024
 # the longest temp dir whose Ray socket paths stay within the 107 bytes of AF_UNIX
 RAY_TEMP_MAX_CHARS = 40
 # Ray's health checks of nodes, tuned down for failover (defaults: a dead node is
-# noticed after about 5 x 3 s): a node that misses 3 checks 0.5 s apart is dead
+# noticed after about 5 x 3 s): a node that misses 3 checks 0.5 s apart is dead;
+# and a node starts up to 4 worker processes at once (default: one per CPU, so the
+# shards a lost node's restart brings were started one after the other)
 FAST_FAILOVER = {
     "RAY_health_check_initial_delay_ms": "1000",
     "RAY_health_check_period_ms": "500",
     "RAY_health_check_timeout_ms": "500",
     "RAY_health_check_failure_threshold": "3",
+    "RAY_worker_maximum_startup_concurrency": "4",
 }
 
 
