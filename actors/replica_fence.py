@@ -23,9 +23,10 @@ the time of day.
 
 **What it costs.** A sync whose answer finds no check younger than
 ``LEASE`` waits for one. One is started ahead, together with a sync, once the
-newest is ``LEASE / 2`` old. So a steady writer pays about two HEADs a
-second, not one round trip per batch. Before this, a listing after every sync
-was about half of the replica's added append latency against moto. A
+newest is ``LEASE / 2`` old. So a steady writer pays at most ten HEADs a
+second, beside its syncs, not one round trip after each batch. Before this,
+a listing after every sync was about half of the replica's added append
+latency against moto. A
 claimer pays ``CLAIM_WAIT`` once per file per incarnation, only when an older
 epoch exists. A create of a new id does not wait.
 """
@@ -43,7 +44,7 @@ from storage.errors import Unavailable
 
 log = logging.getLogger("roost.replica")
 
-LEASE = 0.3  # seconds a check covers after it started (A's clock)
+LEASE = 0.2  # seconds a check covers after it started (A's clock)
 # what a claimer waits before reading the replica: the lease plus a rate-drift
 # margin of 20% and 50 ms for scheduling
 CLAIM_WAIT = LEASE * 1.2 + 0.05
