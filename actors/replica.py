@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from actors.litestream import ControlError, Litestream, run_tool
+from actors.replica_fence import CLAIM_WAIT, Fence
 from actors.replica_s3 import Store
 from actors.replica_store import Target, local_txid, meta_dir, read_epoch, write_epoch
 from storage.errors import Unavailable
@@ -110,6 +111,7 @@ class Replica:
         self._prefetcher: asyncio.Task[None] | None = None
         self._seen: set[str] = set()  # db paths activate was asked for (never prefetched)
         self.prefetch_limit = PREFETCH
+        self._fences = Fence(self._superseded)
 
     @property
     def litestream_pid(self) -> int | None:
@@ -244,6 +246,7 @@ class Replica:
         """Unregister ``sid`` (hibernation, close). Never raises."""
         db = str(datadir.session_db(sid))
         self._used.pop(db, None)
+        self._fences.forget(db)
         if self._parked.pop(db, None) is not None or db not in self._ls.registered:
             return
         try:
@@ -265,6 +268,7 @@ class Replica:
     async def forget(self, sid: str, datadir: DataDir) -> None:
         """A deleted session: its catalog row's removal is replicated."""
         self._owned.pop(str(datadir.session_db(sid)), None)
+        self._fences.forget(str(datadir.session_db(sid)))
         await self.sync_catalog()
 
     async def sync_catalog(self) -> None:
@@ -294,6 +298,7 @@ class Replica:
             lock = self._locks.get(path)
             if path in self._parked or (lock is not None and lock.locked()):
                 await self._unpark(path)
+            self._fences.ahead(path, self._owned.get(path))
             for _ in range(SYNC_TRIES):
                 ans = await self._ls.request(
                     "POST",
@@ -324,39 +329,36 @@ class Replica:
             if not self._busy[path]:
                 del self._busy[path]
             self._used[path] = time.monotonic()
-        await self._fence(path)
+        await self._fence(path, time.monotonic())
         self._last_txid[path] = max(txid, self._last_txid.get(path, 0))
         log.debug("replica synced %s: txid %s replicated %s", path, txid, replicated)
         self.stats.syncs += 1
         self.stats.sync_seconds += time.perf_counter() - started
         return replicated
 
-    async def _fence(self, path: str) -> None:
-        """After a confirmed sync: raise ``Unavailable`` (nothing acknowledged) when
-        an epoch above this registry's was claimed for ``path`` meanwhile (another
-        incarnation restored it, maybe before this change reached the replica)."""
-        assert self._store is not None
-        base, epoch = self._bases.get(path), self._owned.get(path)
-        if base is None or epoch is None:
-            gone = True
-        else:
-            try:
-                gone = await self._thread(self._store.superseded, base, epoch)
-            except Exception as exc:
-                self.stats.sync_failures += 1
-                raise Unavailable(
-                    "the replica did not confirm this change; retry",
-                    details={"reason": "replica_unreachable"},
-                ) from exc
-        if gone:
-            self.stats.superseded += 1
+    async def _fence(self, path: str, confirmed: float) -> None:
+        """After a sync confirmed at ``confirmed`` (``time.monotonic``): raise
+        ``Unavailable`` (nothing acknowledged) when an epoch above this
+        registry's was claimed for ``path`` (another incarnation restored it,
+        maybe before this change reached the replica). A lease
+        (:mod:`actors.replica_fence`): a recent check covers it."""
+        try:
+            await self._fences.confirm(path, self._owned.get(path), confirmed)
+        except Unavailable as exc:
             self.stats.sync_failures += 1
-            self._owned.pop(path, None)
-            log.warning("replica of %s was claimed by another writer: not acknowledged", path)
-            raise Unavailable(
-                "another server took this session over; retry",
-                details={"reason": "replica_superseded"},
-            )
+            reason = exc.details.get("reason") if isinstance(exc.details, dict) else None
+            if reason == "replica_superseded":
+                self.stats.superseded += 1
+                self._owned.pop(path, None)
+                self._fences.forget(path)
+            raise
+
+    async def _superseded(self, path: str, epoch: int) -> bool:
+        base = self._bases.get(path)
+        if base is None:
+            return True
+        assert self._store is not None
+        return bool(await self._thread(self._store.superseded, base, epoch))
 
     # ------------------------------------------------------------------ idle files
 
@@ -405,10 +407,11 @@ class Replica:
         """Bring ``db`` up to the replica (see the module docstring); whether
         there is a local file to serve now. ``fresh``: keep the local file.
 
-        A new epoch is claimed (``Store.claim``) *before* the listing that
-        decides what to restore, so a writer of an older epoch, which checks
-        for newer claims after each sync (:meth:`sync_path`), either had its
-        change uploaded before that listing or does not acknowledge it.
+        A new epoch is claimed (``Store.claim``, which then waits out the older
+        writers' lease) *before* the listing that decides what to restore, so a
+        writer of an older epoch, whose confirmed syncs a recent check for newer
+        claims must cover (:mod:`actors.replica_fence`), either had its change
+        uploaded before that listing or does not acknowledge it.
         Raises ``Unavailable`` when this registry's own epoch was claimed over
         (another incarnation serves the file now)."""
         assert self._store is not None
@@ -473,6 +476,7 @@ class Replica:
         if claimed is not None:
             await self._thread(_fresh_epoch, db, claimed)
             self._owned[key] = claimed
+            self._fences.forget(key)
             self._last_txid.pop(key, None)
         return True
 
@@ -507,6 +511,8 @@ class Replica:
             epoch = max([*claims, *positions, floor]) + 1
             if await self._thread(self._store.claim, base, epoch):
                 log.info("replica claimed %s epoch %s", base, epoch)
+                if epoch > 1:  # an older writer may still hold a lease on its epoch
+                    await asyncio.sleep(CLAIM_WAIT)
                 return epoch
         raise Unavailable(
             "another server is taking this session over; retry",

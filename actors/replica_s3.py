@@ -98,15 +98,26 @@ class Store:
         return True
 
     def superseded(self, base: str, epoch: int) -> bool:
-        """Whether an epoch above ``epoch`` is claimed under ``base`` (one listing
-        of at most one key: the keys sort by epoch)."""
-        ans = self._s3.list_objects_v2(
-            Bucket=self.target.bucket,
-            Prefix=base + CLAIMS,
-            StartAfter=f"{base}{CLAIMS}{epoch:08x}",
-            MaxKeys=1,
-        )
-        return bool(ans.get("Contents"))
+        """Whether an epoch above ``epoch`` is claimed under ``base``: one HEAD of
+        ``claims/<epoch + 1>`` (a lookup by key, where a listing costs what the
+        bucket holds on some stores; moto's grows with every key in the bucket).
+
+        That one key suffices while claims are never deleted: the first claim
+        above ``epoch`` to be created is ``epoch + 1``. A claimer takes one above
+        every claim, every epoch holding data and its own sidecar's epoch. When
+        the first claim above ``epoch`` was listed for, every claim it saw was at
+        most ``epoch``. Data and sidecars above ``epoch`` exist only after a claim
+        above it. So it saw at most ``epoch`` everywhere, and took ``epoch + 1``.
+        """
+        try:
+            self._s3.head_object(Bucket=self.target.bucket, Key=f"{base}{CLAIMS}{epoch + 1:08x}")
+        except ClientError as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if status == 404 or code in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
 
     def check(self) -> None:
         """Raise if the bucket cannot be reached (at start: a clear error early)."""

@@ -35,6 +35,7 @@ from storage.usersearch import (
     UserIndex,
     catch_up_file,
     changes_from_events,
+    index_events,
     session_docs,
     user_index_path,
 )
@@ -48,7 +49,7 @@ OPEN_INDEXES = 64
 
 
 def _events_since(f: Any, *, since: int) -> Any:
-    return f.events_since(since, EVENTS_BATCH)
+    return index_events(f, since, EVENTS_BATCH)
 
 
 class SearchHost(Protocol):
@@ -200,7 +201,7 @@ class UserSearch:
                     await self._rebuild(idx, actor, sid)
                     return
                 since = mark
-                events = await actor.read(partial(_events_since, since=since))
+                events, more = await actor.read(partial(_events_since, since=since))
                 if events is None:  # pruned past the mark: rebuild from the messages
                     mark = None
                     continue
@@ -210,7 +211,7 @@ class UserSearch:
                 upto = events[-1].seq or since
                 await self._pool(partial(idx.apply, sid, changes, upto))
                 mark = upto
-                if len(events) < EVENTS_BATCH:
+                if not more:
                     return
 
     async def _rebuild(self, idx: UserIndex, actor: SessionActor, sid: str) -> None:
@@ -218,10 +219,10 @@ class UserSearch:
         upto = await actor.read(lambda f: f.event_seq())
         after, first = 0, True
         while True:
-            docs = await actor.read(partial(session_docs, after_seq=after, limit=DOCS_BATCH))
+            docs, more = await actor.read(partial(session_docs, after_seq=after, limit=DOCS_BATCH))
             await self._pool(partial(idx.rebuild_session, sid, docs, upto, first=first))
             first = False
-            if len(docs) < DOCS_BATCH:
+            if not more:
                 return
             after = docs[-1].seq
 

@@ -61,6 +61,16 @@ class _Cursor:
         except sqlite3.Error as exc:
             raise _classify(exc) from exc
 
+    def fetchmany(self, size: int) -> list[Any]:
+        try:
+            return self._cur.fetchmany(size)
+        except sqlite3.Error as exc:
+            raise _classify(exc) from exc
+
+    def close(self) -> None:
+        """Finish the statement early (rows not fetched are never read)."""
+        self._cur.close()
+
     def __iter__(self) -> Iterator[Any]:
         return iter(self.fetchall())
 
@@ -228,17 +238,22 @@ def _exists(f: ReadSource, src: str, key: str, op: str, pos: int) -> bool:
     )
 
 
-def events_since(f: ReadSource, since: int, limit: int = 1000) -> list[Event] | None:
-    """Committed events with ``seq > since``, oldest first, at most ``limit``.
+def events_since(
+    f: ReadSource, since: int, limit: int = 1000, max_bytes: int | None = None
+) -> list[Event] | None:
+    """Committed events with ``seq > since``, oldest first, at most ``limit``
+    (and with ``max_bytes``, no more once their frames add up to it: at least one).
 
     Returns None when events after ``since`` were already pruned, so the
     client must refetch instead of replaying (``resync``).
     """
     with f.snapshot():
-        return _events_since(f, since, limit)
+        return _events_since(f, since, limit, max_bytes)
 
 
-def _events_since(f: ReadSource, since: int, limit: int) -> list[Event] | None:
+def _events_since(
+    f: ReadSource, since: int, limit: int, max_bytes: int | None = None
+) -> list[Event] | None:
     conn = f.reader
     current = scalar(conn.execute("SELECT event_seq FROM session"))
     if since > current:
@@ -247,11 +262,24 @@ def _events_since(f: ReadSource, since: int, limit: int) -> list[Event] | None:
         first = scalar(conn.execute("SELECT MIN(seq) FROM events"))
         if first is None or first > since + 1:
             return None
-    rows = conn.execute(
+    cur = conn.execute(
         "SELECT seq, type, frame FROM events WHERE seq > ? ORDER BY seq LIMIT ?",
         (since, limit),
-    ).fetchall()
-    return [Event(seq, type_, bytes(frame)) for seq, type_, frame in rows]
+    )
+    if max_bytes is None:
+        return [Event(seq, type_, bytes(frame)) for seq, type_, frame in cur.fetchall()]
+    out: list[Event] = []
+    size = 0
+    try:
+        while size < max_bytes and (rows := cur.fetchmany(16)):
+            for seq, type_, frame in rows:
+                out.append(Event(seq, type_, bytes(frame)))
+                size += len(frame)
+                if size >= max_bytes:
+                    break
+    finally:
+        cur.close()
+    return out
 
 
 def read_attachment(f: ReadSource, aid: str) -> dict[str, Any]:

@@ -48,6 +48,11 @@ def user_index_path(datadir: DataDir, user: str) -> Path:
     return datadir.root / "users" / h[:2] / h / "search.db"
 
 
+# what one indexing batch reads at most (message contents, event frames): a
+# catch-up over big messages (imports) holds about this much, not a whole session
+BATCH_BYTES = 1 << 20
+
+
 @dataclass(frozen=True, slots=True)
 class Doc:
     """One searchable message."""
@@ -90,15 +95,42 @@ def changes_from_events(events: Iterable[Event]) -> list[Change]:
     return out
 
 
-def session_docs(f: ReadSource, after_seq: int, limit: int) -> list[Doc]:
-    """Live, finished messages of a session with ``seq > after_seq``, in seq order."""
-    rows = f.reader.execute(
+def session_docs(
+    f: ReadSource, after_seq: int, limit: int, max_bytes: int = BATCH_BYTES
+) -> tuple[list[Doc], bool]:
+    """Live, finished messages of a session with ``seq > after_seq``, in seq
+    order: at most ``limit``, and none more once their contents add up to
+    ``max_bytes`` (at least one). Also whether more may follow (the batch is full)."""
+    cur = f.reader.execute(
         "SELECT id, seq, role, created_at, content FROM messages WHERE seq > ? "
         "AND deleted_at IS NULL AND status NOT IN ('pending', 'streaming') "
         "ORDER BY seq LIMIT ?",
         (after_seq, limit),
-    ).fetchall()
-    return [Doc(mid, seq, role, at, content) for mid, seq, role, at, content in rows]
+    )
+    out: list[Doc] = []
+    size = 0
+    try:
+        while rows := cur.fetchmany(16):
+            for mid, seq, role, at, content in rows:
+                out.append(Doc(mid, seq, role, at, content))
+                size += len(content)
+                if size >= max_bytes:
+                    return out, True
+    finally:
+        cur.close()
+    return out, len(out) >= limit
+
+
+def index_events(
+    f: ReadSource, since: int, limit: int, max_bytes: int = BATCH_BYTES
+) -> tuple[list[Event] | None, bool]:
+    """The events to index after ``since`` (:func:`storage.reads.events_since`,
+    bounded by count and by bytes), and whether more may follow."""
+    events = reads.events_since(f, since, limit, max_bytes)
+    if events is None:
+        return None, False
+    full = len(events) >= limit or sum(len(e.frame) for e in events) >= max_bytes
+    return events, full
 
 
 def iter_session_docs(conn: sqlite3.Connection, batch: int = 1000) -> Iterator[Doc]:
@@ -400,24 +432,24 @@ def catch_up_file(idx: UserIndex, path: Path, sid: str, *, batch: int = 500) -> 
         mark = idx.watermark(sid)
         while True:
             if mark is not None:
-                events = reads.events_since(src, mark, batch)
+                events, more = index_events(src, mark, batch)
                 if events is not None:
                     if not events:
                         return
                     upto = events[-1].seq or mark
                     idx.apply(sid, changes_from_events(events), upto)
                     mark = upto
-                    if len(events) < batch:
+                    if not more:
                         return
                     continue
             with src.snapshot():
                 upto = int(scalar(src.reader.execute("SELECT event_seq FROM session")))
                 after, first = 0, True
                 while True:
-                    docs = session_docs(src, after, 2000)
+                    docs, more = session_docs(src, after, 2000)
                     idx.rebuild_session(sid, docs, upto, first=first)
                     first = False
-                    if len(docs) < 2000:
+                    if not more:
                         return
                     after = docs[-1].seq
     except sqlite3.Error as exc:

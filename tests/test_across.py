@@ -4,6 +4,7 @@ search, auto titles, the list feed, retention, feedback."""
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,30 @@ async def test_search_indexes_an_import(client: Any) -> None:
     assert r.status == 201, await r.text()
     hits = (await _search(client, "axolotl"))["items"]
     assert sorted(h["session_id"] for h in hits) == ["copy", "s1"]
+
+
+async def test_search_indexes_big_messages_past_one_batch(client: Any) -> None:
+    """Indexing reads about 1 MiB per batch (storage.usersearch.BATCH_BYTES), so a
+    batch cut short by bytes is not the last: every one of thirty 90 KB messages
+    is found, from the event log and from an import's rebuild."""
+    await new_session(client)
+    filler = "lorem ipsum " * 7_400  # about 90 KB (the content limit is 100,000)
+    for i in range(30):
+        await append(client, "s1", f"{filler} marker{i}")
+    for i in range(0, 30, 7):
+        hits = (await _search(client, f"marker{i}"))["items"]
+        assert [h["session_id"] for h in hits] == ["s1"], i
+    r = await client.get("/api/sessions/s1/export")
+    body = await r.read()
+    r = await client.post(
+        "/api/sessions/import?id=copy",
+        data=io.BytesIO(body),
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status == 201, await r.text()
+    for i in (0, 13, 29):
+        hits = (await _search(client, f"marker{i}"))["items"]
+        assert sorted(h["session_id"] for h in hits) == ["copy", "s1"], i
 
 
 # ---------------------------------------------------------------------------- titles

@@ -410,3 +410,24 @@ async def test_disk_lost_sessions_are_restored_before_their_first_request(
             assert await _metric(http, srv.url, "roost_replica_restores_total") == 3
     finally:
         srv.close()
+
+
+def test_the_fence_sees_a_newer_claim_by_one_lookup(
+    s3: S3StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``Store.superseded`` (after every confirmed sync) is one HEAD of the next
+    epoch's claim: the claims the real ``Store.claim`` makes run without gaps,
+    so it answers as a listing of every newer claim would."""
+    from actors.replica_s3 import Store
+    from actors.replica_store import Target
+
+    for key, value in s3.env.items():
+        monkeypatch.setenv(key, value)
+    store = Store(Target.parse(s3.replica_url("fence-store"), s3.endpoint))
+    base = "fence-store/sessions/s1"
+    assert not store.superseded(base, 1)  # nothing claimed yet
+    assert store.claim(base, 1) and not store.claim(base, 1)  # conditional: once only
+    assert not store.superseded(base, 1)
+    assert store.claim(base, 2)
+    assert store.superseded(base, 1) and not store.superseded(base, 2)
+    assert store.claims(base) == [1, 2]
