@@ -64,7 +64,8 @@ class AcrossSessions:
 
     def recent_hosted(self, limit: int) -> list[str]:
         """Up to ``limit`` ids of the catalog's sessions hosted here, most recently
-        updated first (the replica's prefetch at start; blocking)."""
+        updated first (the replica's prefetch at start; on the event loop, like
+        every read of the catalog's reader)."""
         hosted = self.hosted
         out: list[str] = []
         for sid in self.catalog.recent_ids():

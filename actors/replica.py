@@ -148,8 +148,8 @@ class Replica:
     ) -> None:
         """Register the catalog once the registry has opened it (WAL mode).
         ``recent(n)``: up to ``n`` ids of sessions the catalog lists and this
-        registry hosts, most recently updated first (blocking: run on a thread);
-        they are prefetched (:meth:`prefetch`) into ``datadir``."""
+        registry hosts, most recently updated first (one catalog query, run on
+        the loop); they are prefetched (:meth:`prefetch`) into ``datadir``."""
         assert self._catalog is not None
         cat, base = Path(self._catalog), self.target.catalog_base(self.name)
         if self._catalog not in self._owned:  # it was made just now
@@ -163,7 +163,7 @@ class Replica:
 
     async def _prefetch_recent(self, recent: Callable[[int], list[str]], datadir: DataDir) -> None:
         try:
-            sids: list[str] = await self._thread(recent, self.prefetch_limit)
+            sids = recent(self.prefetch_limit)  # on the loop: the reader is the loop's
         except Exception as exc:  # the lazy path still restores each on its first request
             log.warning("replica %s: no prefetch, the catalog failed: %r", self.name, exc)
             return
