@@ -34,12 +34,12 @@ epoch exists. A create of a new id does not wait.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
 
+from actors.tasks import retrieved
 from storage.errors import Unavailable
 
 log = logging.getLogger("roost.replica")
@@ -112,7 +112,7 @@ class Fence:
         task = asyncio.get_running_loop().create_task(
             self._run(path, epoch, started), name="replica:fence"
         )
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(retrieved)  # one started ahead may go unawaited
         self._running[path] = (epoch, started, task)
         return started, task
 
@@ -137,9 +137,3 @@ def _superseded() -> Unavailable:
         "another server took this session over; retry",
         details={"reason": "replica_superseded"},
     )
-
-
-def _retrieve(task: asyncio.Task[None]) -> None:
-    """A check started ahead that no sync awaited: its failure is not news."""
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        task.result()

@@ -248,12 +248,17 @@ class Catalog:
                 )
             return [(str(sid), str(o)) for sid, o in rows.fetchall()]
 
-    def recent_ids(self) -> builtins.list[str]:
-        """Every session id, most recently updated first."""
+    def recent_ids(self, batch: int = 256) -> Iterator[str]:
+        """Session ids, most recently updated first, read ``batch`` at a time as
+        the caller takes them (a caller that stops early reads no more)."""
         assert self._reader is not None
         with _mapped():
-            rows = self._reader.execute("SELECT id FROM sessions ORDER BY updated_at DESC, id")
-            return [str(sid) for (sid,) in rows.fetchall()]
+            cur = self._reader.execute("SELECT id FROM sessions ORDER BY updated_at DESC, id")
+            try:
+                while rows := cur.fetchmany(batch):
+                    yield from (str(sid) for (sid,) in rows)
+            finally:
+                cur.close()
 
     def count(self) -> int:
         return int(scalar(self.conn.execute("SELECT COUNT(*) FROM sessions")))

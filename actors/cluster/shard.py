@@ -53,18 +53,13 @@ from actors.cluster.placement import (
     shard_name,
     shard_of,
 )
-from actors.cluster.startlog import (
-    preload,
-    process_started,
-    retrieved,
-    shard_logging,
-    timeline,
-)
+from actors.cluster.startlog import preload, process_started, shard_logging, timeline
 from actors.cluster.wire import Endpoint, WireServer
 from actors.hooks import CountingHooks
 from actors.pubsub import Subscription
 from actors.registry import ActorRegistry, claim_data_dir
 from actors.session import SessionHandle
+from actors.tasks import retrieved
 from storage.catalog import ListFilters
 from storage.layout import DataDir, DataDirLock
 

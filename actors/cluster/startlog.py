@@ -8,22 +8,14 @@ at the front's ``--log-level``; ``roost.failover`` lines give the timeline of a
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import os
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 timeline = logging.getLogger("roost.failover")
-
-
-def retrieved(task: asyncio.Future[Any]) -> None:
-    """Fetch a finished start's exception (the next call starts it again)."""
-    if not task.cancelled():
-        task.exception()
 
 
 def process_started() -> float:

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from actors.places import ShardCallStats
+from actors.tasks import retrieved
 from storage.errors import Unavailable
 
 log = logging.getLogger("roost.cluster.wire")
@@ -252,7 +253,7 @@ class WireClient:
         task = self._opening.get(k)
         if task is None or task.done():
             task = self._opening[k] = asyncio.ensure_future(self._open(k))
-            task.add_done_callback(_retrieved)  # a caller may have timed out
+            task.add_done_callback(retrieved)  # a caller may have timed out
         return await asyncio.shield(task)
 
     async def _open(self, k: int) -> WireConn:
@@ -303,9 +304,3 @@ class WireClient:
         for task in self._opening.values():
             task.cancel()
         self._opening.clear()
-
-
-def _retrieved(task: asyncio.Task[Any]) -> None:
-    """Fetch a finished task's exception, so that none goes unretrieved."""
-    if not task.cancelled():
-        task.exception()
