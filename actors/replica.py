@@ -458,7 +458,7 @@ class Replica:
             "restore=%s, claimed=%s",
             db,
             positions,
-            self._store.files.get(base, 0),
+            self._store.files.pop(base, 0),
             exists,
             local_epoch,
             keep,

@@ -19,7 +19,8 @@ class Store:
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        # base -> LTX files (every level) in its newest epoch at the last ``positions``
+        # base -> LTX files (every level) in its newest epoch at the last listing, until
+        # the activation's log line takes it (so this never outgrows the activations)
         self.files: dict[str, int] = {}
         self._s3: Any = boto3.client(
             "s3",
