@@ -140,7 +140,7 @@ class SessionActor:
         write_pool: Executor,
         syncer: Syncer,
         topic: Topic,
-        on_commit: Callable[[SessionActor, dict[str, Any]], None],
+        on_commit: Callable[[SessionActor, dict[str, Any], list[Event]], None],
         on_closed: Callable[[SessionActor], None],
         on_idle: Callable[[SessionActor], None] | None = None,
         hooks: Hooks | None = None,
@@ -217,7 +217,7 @@ class SessionActor:
         self.state = State.RUNNING
         self._task = asyncio.create_task(self._run(), name=f"actor:{self.sid}")
         self._publish(events)
-        self._on_commit(self, f.read_session())
+        self._on_commit(self, f.read_session(), events)
         self._ready.set_result(None)
         if queued:  # a turn queued before a crash or restart starts now
             self.turns.kick(queued=True)
@@ -405,7 +405,7 @@ class SessionActor:
                 else:
                     env.future.set_result(res)
             if session is not None:
-                self._on_commit(self, session)
+                self._on_commit(self, session, events)
             if self.maintenance.committed(n, bool(events)):
                 await self._checkpoint()
             elif self.maintenance.size_check_due():

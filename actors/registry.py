@@ -53,7 +53,7 @@ from storage.ids import now_iso, uuid7, validate_session_id
 from storage.layout import DataDir, DiskReserve, open_data_dir, unpark_all
 from storage.layout import DataDirLock as DataDirLock  # the claim_data_dir lock type
 from storage.lifecycle import create_session_file, remove_session_files
-from storage.txn import feed_delta
+from storage.txn import Event, feed_delta
 
 if TYPE_CHECKING:
     from actors.replica import Replica
@@ -637,13 +637,13 @@ class ActorRegistry(AcrossSessions, ShareLinks):
             raise RuntimeError("registry not started")
         return self._catalog
 
-    def _on_commit(self, actor: SessionActor, session: dict[str, Any]) -> None:
+    def _on_commit(self, actor: SessionActor, session: dict[str, Any], events: list[Event]) -> None:
         if actor.sid in self._deleting:
             return
         self._catalog_pending[actor.sid] = (actor.owner, session)
         self._catalog_wakeup.set()
         self.hooks.on_session_changed(actor.sid, actor.owner, session)
-        self.user_search.note(actor.sid, actor.owner)
+        self.user_search.feed(actor.sid, actor.owner, events)
         if self._remember_listed(actor.sid, session):
             self.user_logs.get(actor.owner).publish("session.updated", {"session": session})
 

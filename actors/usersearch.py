@@ -1,12 +1,18 @@
 """Keeping each user's cross-session search index up to date, off the write path.
 
-A commit only notes its session as dirty (:meth:`UserSearch.note`: a set
-insert); a background task, ``delay`` seconds later, reads each dirty
-session's new committed events through its actor (after the output gate, so
-nothing unflushed is indexed) and applies them to the owner's index
-(:class:`storage.usersearch.UserIndex`) on the write pool. A search first
-catches its user's dirty sessions up (:meth:`UserSearch.search`), so it sees
-every change acknowledged before it, edits and deletes included.
+A commit hands its events to :meth:`UserSearch.feed` once they are on disk
+(after the output gate, so nothing unflushed is indexed): they are kept in
+memory, up to ``FED_BYTES`` for all sessions together. A background task,
+``delay`` seconds later, applies what each user's sessions were fed to the
+user's index (:class:`storage.usersearch.UserIndex`) in one transaction on the
+write pool (:meth:`UserIndex.apply_fed`), so a round costs one job and one
+commit per user, not a few per session. A session whose events cannot be
+applied that way (fed past the budget, never indexed, a gap) is marked dirty
+(:meth:`UserSearch.note`, also used by writes that are not commits, such as an
+import) and caught up from its committed events, read through its actor, or
+from its file when no actor has it open. A search first catches its user's
+sessions up (:meth:`UserSearch.search`), so it sees every change acknowledged
+before it, edits and deletes included.
 
 A session the index has never seen (an import, a session older than the
 index) or whose events were pruned past the index's mark is rebuilt from its
@@ -31,11 +37,13 @@ from typing import Any, Protocol, TypeVar
 from actors.actor import SessionActor
 from storage.errors import NotFound, StorageError
 from storage.layout import DataDir
+from storage.txn import Event
 from storage.usersearch import (
     UserIndex,
     catch_up_file,
     changes_from_events,
     index_events,
+    prepare_fed,
     session_docs,
     user_index_path,
 )
@@ -46,6 +54,13 @@ T = TypeVar("T")
 EVENTS_BATCH = 500
 DOCS_BATCH = 2000
 OPEN_INDEXES = 64
+# event frames kept in memory for indexing, all sessions together; past it a
+# session is indexed from its committed events instead (read back from disk)
+FED_BYTES = 4 << 20
+# how long closing waits for what is still to be indexed
+CLOSE_WAIT = 5.0
+# events decoded for indexing between two yields to the event loop
+PREPARE_SLICE = 256
 
 
 def _events_since(f: Any, *, since: int) -> Any:
@@ -73,6 +88,9 @@ class UserSearch:
         self.host = host
         self.delay = delay
         self._dirty: dict[str, set[str]] = {}
+        # owner -> session -> its committed events not indexed yet, in seq order
+        self._fed: dict[str, dict[str, list[Event]]] = {}
+        self._fed_bytes = 0
         self._locks: dict[str, asyncio.Lock] = {}
         self._open: OrderedDict[str, UserIndex] = OrderedDict()
         self._wakeup = asyncio.Event()
@@ -87,7 +105,9 @@ class UserSearch:
         self._task = asyncio.create_task(self._run(), name="registry:user-search")
 
     async def close(self) -> None:
-        """Stop indexing and close the open index files. Idempotent."""
+        """Index what is still pending (for at most ``CLOSE_WAIT`` seconds: a
+        restart would not know of it until its session is written again), then
+        stop and close the open index files. Idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -95,6 +115,12 @@ class UserSearch:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        try:
+            async with asyncio.timeout(CLOSE_WAIT):
+                for owner in list({**self._fed, **self._dirty}):
+                    await self.catch_up(owner)
+        except (TimeoutError, Exception) as exc:
+            log.warning("search index left behind at shutdown: %r", exc)
         # a cancelled step's job may still run on the write pool: let the jobs end
         # before closing the files they use (closing one under a running job crashed
         # the process)
@@ -117,12 +143,47 @@ class UserSearch:
             sids.add(sid)
             self._wakeup.set()
 
+    def feed(self, sid: str, owner: str, events: list[Event]) -> None:
+        """Session ``sid`` of ``owner`` committed ``events`` (on disk now, in order).
+
+        Cheap: on every commit. The durable ones are kept for the next round;
+        past :data:`FED_BYTES` (or while the session is dirty anyway) the session
+        is noted instead, and its events are read back from disk then.
+        """
+        if not self.enabled:
+            return
+        durable = [ev for ev in events if ev.seq is not None]
+        if not durable:
+            return
+        size = sum(len(ev.frame) for ev in durable)
+        sessions = self._fed.get(owner)
+        kept = None if sessions is None else sessions.get(sid)
+        if sid in self._dirty.get(owner, ()) or self._fed_bytes + size > FED_BYTES:
+            if kept is not None and sessions is not None:
+                del sessions[sid]
+                self._fed_bytes -= sum(len(ev.frame) for ev in kept)
+            self.note(sid, owner)
+            return
+        if sessions is None:
+            sessions = self._fed[owner] = {}
+        if kept is None:
+            sessions[sid] = durable
+        else:
+            kept.extend(durable)
+        self._fed_bytes += size
+        self._wakeup.set()
+
+    def _take_fed(self, owner: str) -> dict[str, list[Event]]:
+        fed = self._fed.pop(owner, {})
+        self._fed_bytes -= sum(len(ev.frame) for events in fed.values() for ev in events)
+        return fed
+
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             await asyncio.sleep(self.delay)
             self._wakeup.clear()
-            for owner in list(self._dirty):
+            for owner in list({**self._fed, **self._dirty}):
                 try:
                     await self.catch_up(owner)
                 except Exception:  # logged; the sessions stay dirty for the next round
@@ -161,27 +222,69 @@ class UserSearch:
         return idx
 
     async def catch_up(self, owner: str) -> None:
-        """Index every change committed so far to ``owner``'s dirty sessions.
+        """Index every change committed so far to ``owner``'s sessions.
 
-        A session that failed to index stays dirty (for the next round) and its
+        What the sessions were fed goes in first, in one job; the sessions it
+        could not cover and the dirty ones are then caught up one by one. A
+        session that failed to index stays dirty (for the next round) and its
         error is raised after the others are done.
         """
         async with self._lock(owner):
+            fed = self._take_fed(owner)
             sids = self._dirty.pop(owner, set())
-            if not sids:
+            if not fed and not sids:
                 return
             failed: Exception | None = None
-            for sid in sorted(sids):
-                try:
-                    await self._index(owner, sid)
-                except NotFound:
-                    idx = await self._index_of(owner)
-                    await self._pool(partial(idx.drop_session, sid))
-                except Exception as exc:
-                    self._dirty.setdefault(owner, set()).add(sid)
-                    failed = exc
+            todo = sorted(sids)
+            try:
+                if fed:
+                    try:
+                        await self._apply_fed(owner, fed, sids)
+                    except Exception as exc:  # every fed session is caught up from disk
+                        log.warning("indexing user %r's new commits failed: %r", owner, exc)
+                        sids.update(fed)
+                    fed = {}
+                    todo = sorted(sids)
+                while todo:
+                    sid = todo[0]
+                    try:
+                        await self._index(owner, sid)
+                    except NotFound:
+                        idx = await self._index_of(owner)
+                        await self._pool(partial(idx.drop_session, sid))
+                    except Exception as exc:
+                        self._dirty.setdefault(owner, set()).add(sid)
+                        failed = exc
+                    todo.pop(0)
+            except BaseException:  # cancelled: what was not done is caught up next time
+                self._dirty.setdefault(owner, set()).update(todo, fed)
+                raise
             if failed is not None:
                 raise failed
+
+    async def _apply_fed(self, owner: str, fed: dict[str, list[Event]], left: set[str]) -> None:
+        """Apply ``fed`` to ``owner``'s index in one job; add to ``left`` the sessions
+        it does not cover. Decoding and tokenizing run here, on the event loop (a
+        few microseconds an event, yielding now and then): Python work on a pool
+        thread would contend for the GIL with the loop, which costs the loop more
+        than the work itself. The pool job runs SQLite only."""
+        prepared = []
+        done = 0
+        for sid, events in fed.items():
+            if sid in left:
+                continue  # caught up from disk anyway
+            one = prepare_fed(sid, events)
+            if one is None:
+                left.add(sid)
+            else:
+                prepared.append(one)
+            done += len(events)
+            if done >= PREPARE_SLICE:
+                done = 0
+                await asyncio.sleep(0)
+        if prepared:
+            idx = await self._index_of(owner)
+            left.update(await self._pool(partial(idx.apply_fed, prepared)))
 
     async def _index(self, owner: str, sid: str) -> None:
         idx = await self._index_of(owner)
@@ -193,7 +296,9 @@ class UserSearch:
             await self._pool(partial(catch_up_file, idx, path, sid, batch=EVENTS_BATCH))
             return
         mark = await self._pool(lambda: idx.watermark(sid))
-        async with self.host.lease(sid, owner) as actor:
+        # closing: the registry leases nothing more, and evicts nothing either
+        held = contextlib.nullcontext(live) if self._closed else self.host.lease(sid, owner)
+        async with held as actor:
             if mark is not None and await actor.read(lambda f: f.event_seq()) <= mark:
                 return  # indexed up to its last event (an activation changes nothing)
             while True:
@@ -232,6 +337,9 @@ class UserSearch:
             sids = self._dirty.get(owner)
             if sids is not None:
                 sids.discard(sid)
+            kept = self._fed.get(owner, {}).pop(sid, None)
+            if kept is not None:
+                self._fed_bytes -= sum(len(ev.frame) for ev in kept)
             try:
                 idx = await self._index_of(owner)
                 await self._pool(lambda: idx.drop_session(sid))

@@ -72,6 +72,65 @@ class Change:
     doc: Doc | None
 
 
+# one event's change, ready for the index: (event seq, message id, upsert row or None)
+FedChange = tuple[int, str, "tuple[Any, ...] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fed:
+    """What one session committed, ready for :meth:`UserIndex.apply_fed`.
+
+    ``first_seq``..``last_seq`` are the events' seqs (without a gap). ``puts``
+    and ``drops`` are the statements' rows for applying all of them (one per
+    message: its last change wins); ``changes`` keeps each event's own change
+    for applying only those after a mark.
+    """
+
+    sid: str
+    first_seq: int
+    last_seq: int
+    puts: list[tuple[Any, ...]]
+    drops: list[tuple[str, str]]
+    changes: list[FedChange]
+
+
+def _collapse(
+    sid: str, changes: Iterable[FedChange]
+) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+    final: dict[str, tuple[Any, ...] | None] = {}
+    for _seq, mid, row in changes:
+        final[mid] = row  # a message's last change is its state
+    puts = [row for row in final.values() if row is not None]
+    drops = [(sid, mid) for mid, row in final.items() if row is None]
+    return puts, drops
+
+
+def prepare_fed(sid: str, events: Sequence[Event]) -> Fed | None:
+    """The index's view of durable ``events`` of session ``sid`` (in seq order):
+    decoded and tokenized (the Python half of indexing, for the event loop).
+    None when their seqs have a gap (index the session from its file). Pure."""
+    changes: list[FedChange] = []
+    first = prev = -1
+    for ev in events:
+        if ev.seq is None:
+            continue
+        if prev >= 0 and ev.seq != prev + 1:
+            return None
+        if first < 0:
+            first = ev.seq
+        prev = ev.seq
+        if ev.type in ("message.created", "message.updated"):
+            msg = orjson.loads(ev.frame)["message"]
+            doc = _doc_of(msg)
+            changes.append((ev.seq, msg["id"], None if doc is None else _upsert_row(sid, doc)))
+        elif ev.type == "message.deleted":
+            changes.append((ev.seq, orjson.loads(ev.frame)["message_id"], None))
+    if first < 0:
+        return None
+    puts, drops = _collapse(sid, changes)
+    return Fed(sid, first, prev, puts, drops, changes)
+
+
 def _doc_of(msg: dict[str, Any]) -> Doc | None:
     if msg.get("deleted") or msg.get("status") in UNFINISHED:
         return None
@@ -216,6 +275,51 @@ class UserIndex:
             _mark(conn, sid, event_seq)
 
         self._write(run)
+
+    def apply_fed(self, fed: Sequence[Fed]) -> list[str]:
+        """Apply what several sessions committed (:func:`prepare_fed`), all in one
+        transaction.
+
+        A session's events are applied only where they continue what the index
+        holds of it: the index has a mark for the session and the events begin
+        at most one past it. Events at or below the mark are skipped (already
+        indexed). Returns the sessions that could not be applied that way (no
+        mark yet, or a gap before their first event): index those from their
+        files (:meth:`apply`, :meth:`rebuild_session`). All or nothing: on an
+        error nothing of ``fed`` is applied.
+
+        Built for the write pool beside a busy event loop: the Python work
+        (decoding frames, tokens) was done by :func:`prepare_fed`, so this is a
+        few statements per session, each running in SQLite without the GIL.
+        """
+        left: list[str] = []
+
+        def run(conn: sqlite3.Connection) -> None:
+            left.clear()
+            marks = dict(
+                conn.execute(
+                    "SELECT session_id, event_seq FROM indexed "
+                    "WHERE session_id IN (SELECT value FROM json_each(?))",
+                    (orjson.dumps([f.sid for f in fed]).decode(),),
+                ).fetchall()
+            )
+            for f in fed:
+                mark = marks.get(f.sid)
+                if mark is None or f.first_seq > mark + 1:
+                    left.append(f.sid)
+                    continue
+                if f.last_seq <= mark:
+                    continue
+                if f.first_seq == mark + 1:
+                    puts, drops = f.puts, f.drops
+                else:  # partly indexed already (rare): only the events after the mark
+                    puts, drops = _collapse(f.sid, [c for c in f.changes if c[0] > mark])
+                conn.executemany(_DROP_SQL, drops)
+                conn.executemany(_UPSERT_SQL, puts)
+                _mark(conn, f.sid, f.last_seq)
+
+        self._write(run)
+        return left
 
     def rebuild_session(
         self, sid: str, docs: Iterable[Doc], event_seq: int, *, first: bool = True
@@ -377,15 +481,22 @@ _PAGE = (
 )
 
 
-def _upsert(conn: sqlite3.Connection, sid: str, doc: Doc) -> None:
+_UPSERT_SQL = (
+    "INSERT INTO docs (session_id, message_id, seq, role, created_at, content, ntok, norm) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id, message_id) DO UPDATE SET "
+    "content = excluded.content, ntok = excluded.ntok, norm = excluded.norm "
+    "WHERE content IS NOT excluded.content OR ntok IS NULL"
+)
+_DROP_SQL = "DELETE FROM docs WHERE session_id = ? AND message_id = ?"
+
+
+def _upsert_row(sid: str, doc: Doc) -> tuple[Any, ...]:
     norm, ntok = userrank.stored_tokens(doc.content)
-    conn.execute(
-        "INSERT INTO docs (session_id, message_id, seq, role, created_at, content, ntok, norm) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(session_id, message_id) DO UPDATE SET "
-        "content = excluded.content, ntok = excluded.ntok, norm = excluded.norm "
-        "WHERE content IS NOT excluded.content OR ntok IS NULL",
-        (sid, doc.message_id, doc.seq, doc.role, doc.created_at, doc.content, ntok, norm),
-    )
+    return (sid, doc.message_id, doc.seq, doc.role, doc.created_at, doc.content, ntok, norm)
+
+
+def _upsert(conn: sqlite3.Connection, sid: str, doc: Doc) -> None:
+    conn.execute(_UPSERT_SQL, _upsert_row(sid, doc))
 
 
 def _mark(conn: sqlite3.Connection, sid: str, event_seq: int) -> None:
