@@ -115,20 +115,23 @@ class UserSearch:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._jobs_done()  # a cancelled step's job: the index is its until it ends
         try:
             async with asyncio.timeout(CLOSE_WAIT):
                 for owner in list({**self._fed, **self._dirty}):
                     await self.catch_up(owner)
         except (TimeoutError, Exception) as exc:
             log.warning("search index left behind at shutdown: %r", exc)
-        # a cancelled step's job may still run on the write pool: let the jobs end
-        # before closing the files they use (closing one under a running job crashed
-        # the process)
-        while self._jobs:
-            await asyncio.wait([asyncio.wrap_future(job) for job in list(self._jobs)])
+        # closing a file under a running job crashed the process
+        await self._jobs_done()
         for idx in self._open.values():
             idx.close()
         self._open.clear()
+
+    async def _jobs_done(self) -> None:
+        """Wait for the jobs on the write pool (a cancelled step's job runs on)."""
+        while self._jobs:
+            await asyncio.wait([asyncio.wrap_future(job) for job in list(self._jobs)])
 
     # ---------------------------------------------------------------- feeding
 
