@@ -63,6 +63,10 @@ CLOSE_WAIT = 5.0
 PREPARE_SLICE = 256
 
 
+def _size(events: list[Event]) -> int:
+    return sum(len(ev.frame) for ev in events)
+
+
 def _events_since(f: Any, *, since: int) -> Any:
     return index_events(f, since, EVENTS_BATCH)
 
@@ -118,7 +122,7 @@ class UserSearch:
         await self._jobs_done()  # a cancelled step's job: the index is its until it ends
         try:
             async with asyncio.timeout(CLOSE_WAIT):
-                for owner in list({**self._fed, **self._dirty}):
+                for owner in self._pending_owners():
                     await self.catch_up(owner)
         except (TimeoutError, Exception) as exc:
             log.warning("search index left behind at shutdown: %r", exc)
@@ -158,35 +162,35 @@ class UserSearch:
         durable = [ev for ev in events if ev.seq is not None]
         if not durable:
             return
-        size = sum(len(ev.frame) for ev in durable)
-        sessions = self._fed.get(owner)
-        kept = None if sessions is None else sessions.get(sid)
+        size = _size(durable)
         if sid in self._dirty.get(owner, ()) or self._fed_bytes + size > FED_BYTES:
-            if kept is not None and sessions is not None:
-                del sessions[sid]
-                self._fed_bytes -= sum(len(ev.frame) for ev in kept)
+            self._drop_fed(owner, sid)
             self.note(sid, owner)
             return
-        if sessions is None:
-            sessions = self._fed[owner] = {}
-        if kept is None:
-            sessions[sid] = durable
-        else:
-            kept.extend(durable)
+        self._fed.setdefault(owner, {}).setdefault(sid, []).extend(durable)
         self._fed_bytes += size
         self._wakeup.set()
 
+    def _drop_fed(self, owner: str, sid: str) -> None:
+        kept = self._fed.get(owner, {}).pop(sid, None)
+        if kept is not None:
+            self._fed_bytes -= _size(kept)
+
     def _take_fed(self, owner: str) -> dict[str, list[Event]]:
         fed = self._fed.pop(owner, {})
-        self._fed_bytes -= sum(len(ev.frame) for events in fed.values() for ev in events)
+        self._fed_bytes -= sum(_size(events) for events in fed.values())
         return fed
+
+    def _pending_owners(self) -> list[str]:
+        """Users with something fed or dirty."""
+        return list({**self._fed, **self._dirty})
 
     async def _run(self) -> None:
         while True:
             await self._wakeup.wait()
             await asyncio.sleep(self.delay)
             self._wakeup.clear()
-            for owner in list({**self._fed, **self._dirty}):
+            for owner in self._pending_owners():
                 try:
                     await self.catch_up(owner)
                 except Exception:  # logged; the sessions stay dirty for the next round
@@ -340,9 +344,7 @@ class UserSearch:
             sids = self._dirty.get(owner)
             if sids is not None:
                 sids.discard(sid)
-            kept = self._fed.get(owner, {}).pop(sid, None)
-            if kept is not None:
-                self._fed_bytes -= sum(len(ev.frame) for ev in kept)
+            self._drop_fed(owner, sid)
             try:
                 idx = await self._index_of(owner)
                 await self._pool(lambda: idx.drop_session(sid))

@@ -119,12 +119,10 @@ def prepare_fed(sid: str, events: Sequence[Event]) -> Fed | None:
         if first < 0:
             first = ev.seq
         prev = ev.seq
-        if ev.type in ("message.created", "message.updated"):
-            msg = orjson.loads(ev.frame)["message"]
-            doc = _doc_of(msg)
-            changes.append((ev.seq, msg["id"], None if doc is None else _upsert_row(sid, doc)))
-        elif ev.type == "message.deleted":
-            changes.append((ev.seq, orjson.loads(ev.frame)["message_id"], None))
+        ch = _change_of(ev)
+        if ch is not None:
+            row = None if ch.doc is None else _upsert_row(sid, ch.doc)
+            changes.append((ev.seq, ch.message_id, row))
     if first < 0:
         return None
     puts, drops = _collapse(sid, changes)
@@ -144,14 +142,16 @@ def changes_from_events(events: Iterable[Event]) -> list[Change]:
     out while it is unfinished, or once deleted); ``message.deleted`` takes it
     out; other events change nothing here.
     """
-    out: list[Change] = []
-    for ev in events:
-        if ev.type in ("message.created", "message.updated"):
-            msg = orjson.loads(ev.frame)["message"]
-            out.append(Change(msg["id"], _doc_of(msg)))
-        elif ev.type == "message.deleted":
-            out.append(Change(orjson.loads(ev.frame)["message_id"], None))
-    return out
+    return [ch for ev in events if (ch := _change_of(ev)) is not None]
+
+
+def _change_of(ev: Event) -> Change | None:
+    if ev.type in ("message.created", "message.updated"):
+        msg = orjson.loads(ev.frame)["message"]
+        return Change(msg["id"], _doc_of(msg))
+    if ev.type == "message.deleted":
+        return Change(orjson.loads(ev.frame)["message_id"], None)
+    return None
 
 
 def session_docs(
