@@ -49,7 +49,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from actors.litestream import ControlError, Litestream, run_tool
+from actors.litestream import L0_RETENTION, ControlError, Litestream, run_tool
 from actors.replica_fence import CLAIM_WAIT, Fence
 from actors.replica_s3 import Store
 from actors.replica_store import Target, local_txid, meta_dir, read_epoch, write_epoch
@@ -90,12 +90,12 @@ class ReplicaStats:
 class Replica:
     """See the module docstring. ``start`` once, ``close`` idempotently."""
 
-    def __init__(self, target: Target, *, name: str) -> None:
+    def __init__(self, target: Target, *, name: str, l0_retention: float = L0_RETENTION) -> None:
         self.target = target
         self.name = name  # the catalog's name in the replica: "node", "shard-<k>"
         self.stats = ReplicaStats()
         self.known: Callable[[str], bool] = lambda sid: True  # the registry sets it
-        self._ls = Litestream()
+        self._ls = Litestream(l0_retention=l0_retention)
         self._store: Store | None = None
         self._datadir: DataDir | None = None
         self._owned: dict[str, int] = {}  # db path -> the epoch this registry writes

@@ -17,6 +17,7 @@ import asyncio
 import json
 import os
 import shutil
+import sqlite3
 import tempfile
 import urllib.error
 import urllib.request
@@ -81,10 +82,27 @@ def cmd_pitr(args: argparse.Namespace, _dd: DataDir | None = None) -> int:
         raise AdminError(str(exc), EXIT_PROBLEM) from None
     os.replace(tmp, out)
     print(f"{args.sid} as at {at.isoformat()} (epoch {epoch:08x}) written to {out}")
+    newest = _newest_change(out)
+    if newest is not None:
+        print(f"its newest change: {newest}")
     if args.import_to:
         doc = _import(args, out)
         print(f"imported as session {doc['id']}")
     return EXIT_OK
+
+
+def _newest_change(db: Path) -> str | None:
+    """The restored session's ``updated_at``: when its newest change was made (a
+    restore older than ``--replica-l0-retention`` may end up to 3 s before ``--at``)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    conn.row_factory = sqlite3.Row
+    try:
+        row = conn.execute("SELECT updated_at FROM session").fetchone()
+    except sqlite3.Error:
+        return None
+    finally:
+        conn.close()
+    return None if row is None else str(row["updated_at"])
 
 
 def _import(args: argparse.Namespace, restored: Path) -> dict[str, Any]:

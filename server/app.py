@@ -192,7 +192,7 @@ async def registry_ctx(app: web.Application) -> AsyncIterator[None]:
         from actors.replica_store import Target
 
         target = Target.parse(settings.replica, settings.replica_endpoint)
-        registry.replica = Replica(target, name="node")
+        registry.replica = Replica(target, name="node", l0_retention=settings.replica_l0_retention)
         registry.replica.park_after = settings.replica_idle
     await registry.start()
     if settings.synchronous in ("FULL", "EXTRA"):
@@ -256,7 +256,14 @@ def shard_spec(settings: Settings) -> ShardSpec:
         responder=functools.partial(shard_responder, settings.model_dump()),
         extra={"log_level": settings.log_level}
         | (
-            {"replica": [settings.replica, settings.replica_endpoint, settings.replica_idle]}
+            {
+                "replica": [
+                    settings.replica,
+                    settings.replica_endpoint,
+                    settings.replica_idle,
+                    settings.replica_l0_retention,
+                ]
+            }
             if settings.replica is not None
             else {}
         ),

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from actors.actor import ActorConfig
+from actors.litestream import L0_RETENTION
 from actors.model_parts import Attachments, BlobReader, ModelCaps, parse_caps
 from server.pdftext import pdf_text
 
@@ -253,6 +254,15 @@ class Settings(BaseModel):
         gt=0,
         description="seconds a live session may go unwritten before Litestream stops watching "
         "it (its next write registers it again)",
+    )
+    replica_l0_retention: float = Field(
+        L0_RETENTION,
+        gt=0,
+        le=86400,
+        description="seconds Litestream keeps each sync's own (L0) file in the replica: a "
+        "point-in-time restore is exact to the change for times this recent, and for older "
+        "times may miss up to 3 s of changes before the time; longer costs a session "
+        "written without pause more per append",
     )
 
     @model_validator(mode="before")

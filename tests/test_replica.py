@@ -12,7 +12,7 @@ import os
 import shutil
 import signal
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -282,6 +282,79 @@ async def test_pitr_restores_exactly_the_earlier_state(s3: S3StandIn, tmp_path: 
             assert rows == [f"m-{i}" for i in range(4)]
             assert await contents(http, srv.url, "p1-then") == [f"m-{i}" for i in range(4)]
             assert await contents(http, srv.url, "p1") == [f"m-{i}" for i in range(7)]
+    finally:
+        srv.close()
+
+
+async def _level_keys(s3: S3StandIn, prefix: str, level: int) -> list[str]:
+    """The replica's LTX keys of one compaction level under ``prefix``."""
+    keys = await asyncio.to_thread(s3.keys, prefix)
+    return [k for k in keys if f"/{level:04x}/" in k and k.endswith(".ltx")]
+
+
+async def _until(what: str, check: Callable[[], Awaitable[bool]], limit: float = 60.0) -> None:
+    """Poll ``check`` (a replica listing) until it holds; fail after ``limit`` s."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def test_pitr_older_than_l0_retention_restores_from_compacted_files(
+    s3: S3StandIn, tmp_path: Path
+) -> None:
+    """With ``--replica-l0-retention 1``: write 4, wait for their L1 file, note the
+    time, write 3, wait until the L0 files are gone from the replica; ``pitr --at``
+    still gives exactly the 4 (from the compacted files), never a later state."""
+    srv = serve(s3, tmp_path / "data", "pitr-old", "--replica-l0-retention", "1")
+    base = "pitr-old/sessions/p2/"
+    try:
+        await srv.wait_ready()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
+            async with http.post(f"{srv.url}/api/sessions", json={"id": "p2"}) as r:
+                assert r.status == 201
+            w = Appender(http, srv.url, "p2")
+            for i in range(4):
+                assert await w.post(f"m-{i}")
+            l1 = len(await _level_keys(s3, base, 1))
+
+            async def compacted() -> bool:
+                return len(await _level_keys(s3, base, 1)) > l1
+
+            await _until("an L1 file holding the first writes", compacted)
+            await asyncio.sleep(0.05)  # LTX timestamps have millisecond steps
+            at = datetime.now(UTC)
+            await asyncio.sleep(0.05)
+            for i in range(4, 7):
+                assert await w.post(f"m-{i}")
+            l1 = len(await _level_keys(s3, base, 1))
+            await _until("an L1 file holding the last writes", compacted)
+
+            async def l0_gone() -> bool:  # Litestream keeps the newest L0 file
+                return len(await _level_keys(s3, base, 0)) <= 1
+
+            await _until("the L0 files past --replica-l0-retention deleted", l0_gone)
+            out = tmp_path / "p2-then.db"
+            proc = await asyncio.create_subprocess_exec(
+                *_admin(),
+                "pitr",
+                "p2",
+                "--at",
+                at.isoformat().replace("+00:00", "Z"),
+                *s3.replica_args("pitr-old"),
+                "--out",
+                str(out),
+                env={**os.environ, **s3.env},
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )
+            text, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT * 6)
+            assert proc.returncode == 0, text.decode()
+            assert b"its newest change: " in text, text.decode()
+            conn = sqlite3.connect(out)
+            rows = [r[0] for r in conn.execute("SELECT content FROM messages ORDER BY rowid")]
+            conn.close()
+            assert rows == [f"m-{i}" for i in range(4)]
     finally:
         srv.close()
 

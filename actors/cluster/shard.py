@@ -287,10 +287,15 @@ class Shard:
         registry.hosted = lambda sid: shard_of(sid, shards) == k  # the sweep skips the rest
         replica = spec.extra.get("replica")
         if replica is not None:  # --replica: this shard's own Litestream (actors.replica)
+            from actors.litestream import L0_RETENTION
             from actors.replica import Replica
             from actors.replica_store import Target
 
-            registry.replica = Replica(Target.parse(*replica[:2]), name=f"shard-{k}")
+            registry.replica = Replica(
+                Target.parse(*replica[:2]),
+                name=f"shard-{k}",
+                l0_retention=float(replica[3]) if len(replica) > 3 else L0_RETENTION,
+            )
             registry.replica.park_after = float(replica[2])
         await registry.start()
         timeline.info("shard %d: registry started in %.3f s", k, time.perf_counter() - started)
