@@ -13,8 +13,18 @@ With a real moto S3 server on loopback (:mod:`scripts.s3_standin`) and
   nothing), with ``--idle`` live idle sessions registered, and once
   ``--replica-idle`` has parked those.
 
-- ``appends``: ``scripts/bench.py --roost-only`` append-1x1 and append-64x64,
-  without and then with ``--replica`` (its ``--roost-env ROOST_REPLICA=...``).
+- ``failover``: the node-and-disk-loss case of ``tests/test_replica_cluster.py``
+  (:mod:`scripts.failover_rig`: 3 Ray nodes, 2 fronts, moto, 20 writers over 8
+  sessions) with each writer pausing ``--pace`` seconds after an acknowledged post
+  (0: closed loop, as the test), a new cluster per round: seconds from the kill to
+  the last victim session's first acknowledged write. Needs the cluster extra.
+
+- ``appends``: ``scripts/bench.py --roost-only`` append-1x1, append-64x1 and
+  append-64x64, each without and then with ``--replica`` (its ``--roost-env
+  ROOST_REPLICA=...``), each workload in a bench run (a server) of its own: a
+  64x64 round leaves 64 registered files that Litestream compacts and polls for
+  ``--replica-idle`` after it ends, which a 1x1 round run next in the same server
+  would measure as its own latency.
 
 Figures and how to read them: ``docs/performance.md``, "Replication".
 """
@@ -187,23 +197,40 @@ async def idle(
     return out
 
 
-def appends(s3: S3StandIn, rounds: int) -> None:
-    """``scripts/bench.py``'s append workloads without, then with ``--replica``."""
-    cmd = [
-        sys.executable,
-        "scripts/bench.py",
-        "--roost-only",
-        "--only",
-        "append-1x1,append-64x64",
-        "--rounds",
-        str(rounds),
-    ]
-    print("== without --replica", flush=True)
-    subprocess.run(cmd, check=True, cwd=ROOT)
+APPEND_WORKLOADS = ("append-1x1", "append-64x1", "append-64x64")
+
+
+def appends(s3: S3StandIn, rounds: int, workloads: tuple[str, ...] = APPEND_WORKLOADS) -> None:
+    """``scripts/bench.py``'s append workloads without, then with ``--replica``; each
+    workload (both ways) in bench runs of its own (see the module docstring)."""
     env = [f"ROOST_REPLICA={s3.replica_url('bench')}", f"ROOST_REPLICA_ENDPOINT={s3.endpoint}"]
     env += [f"{k}={v}" for k, v in s3.env.items()]
-    print("== with --replica (moto on loopback)", flush=True)
-    subprocess.run([*cmd, *(x for e in env for x in ("--roost-env", e))], check=True, cwd=ROOT)
+    for workload in workloads:
+        cmd = [sys.executable, "scripts/bench.py", "--roost-only", "--only", workload]
+        cmd += ["--rounds", str(rounds)]
+        print(f"== {workload} without --replica", flush=True)
+        subprocess.run(cmd, check=True, cwd=ROOT)
+        print(f"== {workload} with --replica (moto on loopback)", flush=True)
+        subprocess.run([*cmd, *(x for e in env for x in ("--roost-env", e))], check=True, cwd=ROOT)
+
+
+def failover(base: Path, rounds: int, pace: float) -> list[float]:
+    """Node-and-disk-loss failover times, one new cluster per round (see above)."""
+    from scripts.failover_rig import check, lose_node, running_rig, under_load
+
+    async def one(r: Any) -> float:
+        fail, victims, lost, _ = lose_node(r)
+        async with aiohttp.ClientSession() as http:
+            writers, took = await under_load(r, http, fail, victims, "f", pace=pace)
+            await check(r, http, writers)
+        print(f"failover round: {len(lost)} of the shards lost, {took:.2f} s", flush=True)
+        return took
+
+    times = []
+    for i in range(rounds):
+        with running_rig(base / f"failover{i}") as r:
+            times.append(asyncio.run(one(r)))
+    return times
 
 
 async def main_async(args: argparse.Namespace) -> None:
@@ -212,6 +239,13 @@ async def main_async(args: argparse.Namespace) -> None:
     try:
         if "appends" in args.only:
             await asyncio.get_running_loop().run_in_executor(None, appends, s3, args.rounds)
+        if "failover" in args.only:
+            loop = asyncio.get_running_loop()
+            times = await loop.run_in_executor(None, failover, base, args.rounds, args.pace)
+            print(
+                f"failover (node and disk lost, --pace {args.pace:g}): median "
+                f"{statistics.median(times):.2f} s (runs {', '.join(f'{t:.2f}' for t in times)})"
+            )
         if "restore" in args.only:
             export = await _seed_export(base, args.messages)
             times = [await restore_10k(s3, base, export, i) for i in range(args.rounds)]
@@ -236,7 +270,10 @@ def main() -> None:
     p.add_argument("--files", type=int, default=10_000, help="session files on disk")
     p.add_argument("--seconds", type=float, default=10.0, help="idle measurement window")
     p.add_argument("--replica-idle", type=float, default=10.0, help="--replica-idle of the run")
-    p.add_argument("--only", default="appends,restore,idle")
+    p.add_argument(
+        "--pace", type=float, default=0.5, help="failover: seconds a writer waits after an ack"
+    )
+    p.add_argument("--only", default="appends,restore,idle", help="also: failover")
     asyncio.run(main_async(p.parse_args()))
 
 

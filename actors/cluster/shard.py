@@ -53,6 +53,7 @@ from actors.cluster.placement import (
     shard_name,
     shard_of,
 )
+from actors.cluster.spread import shard_strategy
 from actors.cluster.startlog import preload, process_started, shard_logging, timeline
 from actors.cluster.wire import Endpoint, WireServer
 from actors.hooks import CountingHooks
@@ -660,7 +661,8 @@ MetaActor = ray.remote(Meta)
 
 
 def shard_handle(k: int, spec: ShardSpec) -> Any:
-    """The handle of shard ``k``, creating it where ``roost_shard`` is offered.
+    """The handle of shard ``k``, creating it where ``roost_shard`` is offered
+    (spread over those nodes, sticky on restarts: :mod:`actors.cluster.spread`).
 
     Detached (it outlives the front that made it), restarted by Ray whenever its
     process dies (``max_restarts=-1``); calls in flight when it dies fail (the
@@ -676,6 +678,7 @@ def shard_handle(k: int, spec: ShardSpec) -> Any:
         num_cpus=0,
         resources={SHARD_RESOURCE: SHARD_SLICE},
         max_concurrency=10_000,
+        scheduling_strategy=shard_strategy(k),
     ).remote(k, spec)
 
 
