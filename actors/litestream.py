@@ -40,7 +40,7 @@ START_TIMEOUT = 20.0
 # over no measurably faster and, in one A/B, made append-1x1's p99 100.8 ms (35.7
 # with the defaults, 53.4 with 3 s). A compacted file carries its newest input's
 # time, so a point-in-time restore stays exact while the L0 files are kept
-# (Litestream's l0-retention, 5 min) and may miss up to one L1 interval after that.
+# (L0_RETENTION below) and may miss up to one L1 interval after that.
 COMPACTION_LEVELS = ("3s", "30s", "5m", "1h")
 # How long every sync's own (L0) file stays in the replica once compacted into L1
 # (Litestream's l0-retention; its default is 5 min). Litestream lists a database's
