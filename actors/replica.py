@@ -112,6 +112,7 @@ class Replica:
         self._seen: set[str] = set()  # db paths activate was asked for (never prefetched)
         self.prefetch_limit = PREFETCH
         self._fences = Fence(self._superseded)
+        self._lost = False  # a newer incarnation claimed the catalog (see _fence_key)
 
     @property
     def litestream_pid(self) -> int | None:
@@ -298,7 +299,7 @@ class Replica:
             lock = self._locks.get(path)
             if path in self._parked or (lock is not None and lock.locked()):
                 await self._unpark(path)
-            self._fences.ahead(path, self._owned.get(path))
+            self._fences.ahead(*self._fence_key(path))
             for _ in range(SYNC_TRIES):
                 ans = await self._ls.request(
                     "POST",
@@ -336,14 +337,35 @@ class Replica:
         self.stats.sync_seconds += time.perf_counter() - started
         return replicated
 
+    def _fence_key(self, path: str) -> tuple[str, int | None]:
+        """The file whose claims fence a sync of ``path``, and this registry's epoch
+        of it: the registry's catalog while it owns one, else ``path`` itself.
+
+        Every incarnation claims its catalog (and waits out the lease) before it
+        reads the replica of any file it then takes over, and a session is only
+        ever hosted under one catalog name (``node``, or ``shard-<k>`` of its
+        shard), so a newer claim on a file comes after a newer claim on the
+        catalog: one lease on the catalog covers the syncs of all its files.
+        Each file still claims its own epoch (its data's path). ``None`` when
+        ``path`` is not owned (superseded: nothing is acknowledged)."""
+        epoch = self._owned.get(path)
+        cat = self._catalog
+        if epoch is None or cat is None or cat == path or cat not in self._owned:
+            return path, epoch
+        return cat, self._owned[cat]
+
     async def _fence(self, path: str, confirmed: float) -> None:
         """After a sync confirmed at ``confirmed`` (``time.monotonic``): raise
         ``Unavailable`` (nothing acknowledged) when an epoch above this
-        registry's was claimed for ``path`` (another incarnation restored it,
-        maybe before this change reached the replica). A lease
-        (:mod:`actors.replica_fence`): a recent check covers it."""
+        registry's was claimed for ``path`` or for its catalog (another
+        incarnation took them over, maybe restoring ``path`` before this change
+        reached the replica). A lease (:mod:`actors.replica_fence`): a recent
+        check covers it, and one lease covers every file of the catalog."""
+        key, epoch = self._fence_key(path)
+        if self._lost:
+            epoch = None  # the catalog was claimed over: this incarnation is done
         try:
-            await self._fences.confirm(path, self._owned.get(path), confirmed)
+            await self._fences.confirm(key, epoch, confirmed)
         except Unavailable as exc:
             self.stats.sync_failures += 1
             reason = exc.details.get("reason") if isinstance(exc.details, dict) else None
@@ -351,6 +373,8 @@ class Replica:
                 self.stats.superseded += 1
                 self._owned.pop(path, None)
                 self._fences.forget(path)
+                if key != path or path == self._catalog:
+                    self._lost = True  # never fall back to the files' own claims
             raise
 
     async def _superseded(self, path: str, epoch: int) -> bool:

@@ -21,10 +21,17 @@ confirmed by ``c + LEASE``, so before that listing, and B's copy holds it.
 This assumes clock *rates* agree within the margin. It needs no agreement on
 the time of day.
 
+**One lease per registry.** The checks are made on the registry's catalog
+(:meth:`actors.replica.Replica._fence_key`): every incarnation claims its
+catalog, and waits, before it reads the replica of any file it takes over, so a
+newer claim on any file of the catalog's comes after a newer claim on the
+catalog, and one check covers the syncs of every session of the registry.
+
 **What it costs.** A sync whose answer finds no check younger than
 ``LEASE`` waits for one. One is started ahead, together with a sync, once the
-newest is ``LEASE / 2`` old. So a steady writer pays at most ten HEADs a
-second, beside its syncs, not one round trip after each batch. Before this,
+newest is ``LEASE / 2`` old. So a registry pays at most ten HEADs a
+second, beside its syncs, however many sessions it writes, not one round trip
+after each batch (per file before: at 64 sessions x 1 writer, one per append). Before this,
 a listing after every sync was about half of the replica's added append
 latency against moto. A
 claimer pays ``CLAIM_WAIT`` once per file per incarnation, only when an older

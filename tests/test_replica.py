@@ -402,6 +402,35 @@ async def test_idle_live_session_is_parked_and_its_next_write_replicated(
         srv.close()
 
 
+async def test_one_lease_on_the_catalog_fences_every_session(s3: S3StandIn, tmp_path: Path) -> None:
+    """The fence's lookups are on the catalog's claims, one lease for all files:
+    24 appends over 8 sessions look a session's own claims up only when it is
+    activated (once each), not per append (before: a session written less often
+    than its lease paid one lookup per append: 24 here)."""
+    srv = serve(s3, tmp_path / "data", "lease")
+    try:
+        await srv.wait_ready()
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
+            sids = [f"l{i}" for i in range(8)]
+            for sid in sids:
+                async with http.post(f"{srv.url}/api/sessions", json={"id": sid}) as r:
+                    assert r.status == 201
+            log = s3.workdir / f"moto-{s3.port}.log"
+            before = log.read_text(errors="replace").count("\n")
+            for i in range(3):
+                for sid in sids:
+                    assert await Appender(http, srv.url, sid).post(f"m-{i}")
+        lines = log.read_text(errors="replace").splitlines()[before:]
+        heads = [x for x in lines if "HEAD /" in x and "/claims/" in x and "/lease/" in x]
+        on_sessions = [x for x in heads if "/lease/sessions/" in x]
+        assert len(on_sessions) <= len(sids), (len(on_sessions), on_sessions[:3])
+        on_catalog = [x for x in heads if "/lease/catalogs/node/claims/" in x]
+        assert on_catalog, "no lookup of the catalog's claims: the appends were not fenced"
+        assert len(on_sessions) + len(on_catalog) == len(heads)
+    finally:
+        srv.close()
+
+
 async def test_an_older_incarnation_never_acknowledges_after_a_newer_one_restored(
     s3: S3StandIn, tmp_path: Path
 ) -> None:
