@@ -452,6 +452,27 @@ def _shard_pid(data: Path, k: int) -> int:
     return int(locks[0].read_text().strip())
 
 
+async def test_cluster_shards_are_spread_over_the_shard_nodes(
+    cluster: Cluster, http: aiohttp.ClientSession
+) -> None:
+    """Each of the 4 shards lives on one node, 2 on each worker node
+    (``actors.cluster.spread``: Ray's default packed them all onto one)."""
+    a = cluster.api(cluster.a)
+    todo, n = set(range(SHARDS)), 0
+    while todo:  # a session on every shard, so that every shard has started
+        sid = f"c-spread-{n}"
+        n += 1
+        if shard_of(sid, SHARDS) in todo:
+            await create(http, a, sid)
+            todo.discard(shard_of(sid, SHARDS))
+    homes = {k: sorted(cluster.data.glob(f"nodes/*/shard-{k}/roost.lock")) for k in range(SHARDS)}
+    assert all(len(v) == 1 for v in homes.values()), homes
+    per_node: dict[str, int] = {}
+    for (lock,) in homes.values():
+        per_node[lock.parent.parent.name] = per_node.get(lock.parent.parent.name, 0) + 1
+    assert sorted(per_node.values()) == [2, 2], per_node
+
+
 async def test_cluster_shard_process_killed_is_survived(
     cluster: Cluster, http: aiohttp.ClientSession
 ) -> None:
@@ -475,6 +496,8 @@ async def test_cluster_shard_process_killed_is_survived(
 
     await until(back, "the shard to come back with every message")
     assert _shard_pid(cluster.data, shard_of(sid, SHARDS)) != pid
+    # it came back on its own node, next to its files (soft node affinity)
+    assert len(list(cluster.data.glob(f"nodes/*/shard-{shard_of(sid, SHARDS)}"))) == 1
     status, _ = await append(http, b, sid, "after the restart")
     assert status == 201
 
