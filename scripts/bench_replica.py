@@ -216,9 +216,9 @@ def appends(s3: S3StandIn, rounds: int, workloads: tuple[str, ...] = APPEND_WORK
 
 def failover(base: Path, rounds: int, pace: float) -> list[float]:
     """Node-and-disk-loss failover times, one new cluster per round (see above)."""
-    from scripts.failover_rig import check, lose_node, running_rig, under_load
+    from scripts.failover_rig import Rig, check, lose_node, running_rig, under_load
 
-    async def one(r: Any) -> float:
+    async def one(r: Rig) -> float:
         fail, victims, lost, _ = lose_node(r)
         async with aiohttp.ClientSession() as http:
             writers, took = await under_load(r, http, fail, victims, "f", pace=pace)

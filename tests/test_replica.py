@@ -256,30 +256,8 @@ async def test_pitr_restores_exactly_the_earlier_state(s3: S3StandIn, tmp_path: 
             for i in range(4, 7):
                 assert await w.post(f"m-{i}")
             out = tmp_path / "p1-then.db"
-            env = {**os.environ, **s3.env}
-            proc = await asyncio.create_subprocess_exec(
-                *_admin(),
-                "pitr",
-                "p1",
-                "--at",
-                at.isoformat().replace("+00:00", "Z"),
-                *s3.replica_args("pitr"),
-                "--out",
-                str(out),
-                "--import-to",
-                srv.url,
-                "--as",
-                "p1-then",
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            text, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT * 6)
-            assert proc.returncode == 0, text.decode()
-            conn = sqlite3.connect(out)
-            rows = [r[0] for r in conn.execute("SELECT content FROM messages ORDER BY rowid")]
-            conn.close()
-            assert rows == [f"m-{i}" for i in range(4)]
+            await _pitr(s3, "p1", at, "pitr", out, "--import-to", srv.url, "--as", "p1-then")
+            assert _stored(out) == [f"m-{i}" for i in range(4)]
             assert await contents(http, srv.url, "p1-then") == [f"m-{i}" for i in range(4)]
             assert await contents(http, srv.url, "p1") == [f"m-{i}" for i in range(7)]
     finally:
@@ -335,26 +313,9 @@ async def test_pitr_older_than_l0_retention_restores_from_compacted_files(
 
             await _until("the L0 files past --replica-l0-retention deleted", l0_gone)
             out = tmp_path / "p2-then.db"
-            proc = await asyncio.create_subprocess_exec(
-                *_admin(),
-                "pitr",
-                "p2",
-                "--at",
-                at.isoformat().replace("+00:00", "Z"),
-                *s3.replica_args("pitr-old"),
-                "--out",
-                str(out),
-                env={**os.environ, **s3.env},
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-            )
-            text, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT * 6)
-            assert proc.returncode == 0, text.decode()
-            assert b"its newest change: " in text, text.decode()
-            conn = sqlite3.connect(out)
-            rows = [r[0] for r in conn.execute("SELECT content FROM messages ORDER BY rowid")]
-            conn.close()
-            assert rows == [f"m-{i}" for i in range(4)]
+            text = await _pitr(s3, "p2", at, "pitr-old", out)
+            assert "its newest change: " in text, text
+            assert _stored(out) == [f"m-{i}" for i in range(4)]
     finally:
         srv.close()
 
@@ -363,6 +324,38 @@ def _admin() -> list[str]:
     import sys
 
     return [sys.executable, "-m", "scripts.admin"]
+
+
+async def _pitr(s3: S3StandIn, sid: str, at: datetime, prefix: str, out: Path, *extra: str) -> str:
+    """``roost-admin pitr SID --at AT --out OUT`` against ``prefix``; its output
+    (asserts it exited 0)."""
+    proc = await asyncio.create_subprocess_exec(
+        *_admin(),
+        "pitr",
+        sid,
+        "--at",
+        at.isoformat().replace("+00:00", "Z"),
+        *s3.replica_args(prefix),
+        "--out",
+        str(out),
+        *extra,
+        env={**os.environ, **s3.env},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    raw, _ = await asyncio.wait_for(proc.communicate(), TIMEOUT * 6)
+    text = raw.decode()
+    assert proc.returncode == 0, text
+    return text
+
+
+def _stored(db: Path) -> list[str]:
+    """The contents of a restored session file's messages, in order."""
+    conn = sqlite3.connect(db)
+    try:
+        return [r[0] for r in conn.execute("SELECT content FROM messages ORDER BY rowid")]
+    finally:
+        conn.close()
 
 
 async def test_idle_live_session_is_parked_and_its_next_write_replicated(
