@@ -65,6 +65,15 @@ def free_port() -> int:
         return port
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of one process so far (0 if it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
 def _descendants(pid: int) -> list[int]:
     """Return ``pid`` and all its live descendant PIDs (Linux ``/proc`` children lists)."""
     out, todo = [], [pid]
@@ -210,14 +219,7 @@ class Server:
         """CPU time (user + system) used so far by the server's process tree, in seconds."""
         if self.proc is None:
             return 0.0
-        total = 0
-        for p in _descendants(self.proc.pid):
-            try:
-                fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-        return total / os.sysconf("SC_CLK_TCK")
+        return sum(process_cpu_seconds(p) for p in _descendants(self.proc.pid))
 
     def memory_mb(self) -> dict[str, float]:
         """Return ``rss MB`` (VmRSS) and ``peak rss MB`` (VmHWM) summed over the process tree."""

@@ -41,7 +41,14 @@ from typing import Any
 
 import bench
 from _benchlib_client import ClientPool
-from _benchlib_servers import BenchError, RoostServer, Server, _descendants, _status_kb
+from _benchlib_servers import (
+    BenchError,
+    RoostServer,
+    Server,
+    _descendants,
+    _status_kb,
+    process_cpu_seconds,
+)
 from _benchlib_stats import format_table, median, ratio
 from cluster_trial import Front, LocalRayCluster
 
@@ -116,7 +123,7 @@ class ClusterServer(Server):
         return [p for root in self._roots() for p in _descendants(root)]
 
     def cpu_seconds(self) -> float:
-        return sum(_cpu_seconds(p) for p in self.pids())
+        return sum(process_cpu_seconds(p) for p in self.pids())
 
     def memory_mb(self) -> dict[str, float]:
         pids = self.pids()
@@ -143,15 +150,6 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of one process (0 if it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _machine_busy() -> tuple[float, float]:

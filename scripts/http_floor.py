@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from scripts._benchlib_rawhttp import RawConnection, encode_post
+from scripts._benchlib_servers import free_port, process_cpu_seconds
 
 KINDS = ("aiohttp", "lowlevel", "raw")
 REPLY = orjson.dumps(
@@ -100,13 +100,6 @@ def serve(kind: str, port: int) -> None:
     uvloop.run(main())
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU of process ``pid`` so far."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def drive(port: int, clients: int, seconds: float, pid: int) -> tuple[float, float]:
     """Closed-loop requests from ``clients`` connections: (requests/s, server µs/request)."""
     url = f"http://127.0.0.1:{port}"
@@ -118,7 +111,7 @@ async def drive(port: int, clients: int, seconds: float, pid: int) -> tuple[floa
             raise SystemExit(f"expected 201 from the {port} server, got {status}: {body[:200]!r}")
     done = 0
     end = time.monotonic() + seconds
-    before = cpu_seconds(pid)
+    before = process_cpu_seconds(pid)
 
     async def one(c: RawConnection) -> None:
         nonlocal done
@@ -127,17 +120,10 @@ async def drive(port: int, clients: int, seconds: float, pid: int) -> tuple[floa
             done += 1
 
     await asyncio.gather(*(one(c) for c in conns))
-    used = cpu_seconds(pid) - before
+    used = process_cpu_seconds(pid) - before
     for c in conns:
         c.close()
     return done / seconds, 1e6 * used / max(done, 1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:

@@ -332,3 +332,9 @@ async def all_messages(http: aiohttp.ClientSession, api: str, sid: str) -> list[
 async def contents(http: aiohttp.ClientSession, url: str, sid: str) -> list[str]:
     """The contents of :func:`all_messages` of ``sid`` on the server at ``url``."""
     return [m["content"] for m in await all_messages(http, url + "/api", sid)]
+
+
+async def create_session(http: aiohttp.ClientSession, url: str, sid: str) -> None:
+    """``POST /api/sessions {"id": sid}`` on the server at ``url``; asserts 201."""
+    async with http.post(f"{url}/api/sessions", json={"id": sid}) as r:
+        assert r.status == 201, await r.text()

@@ -29,6 +29,7 @@ from tests.harness import (
     Appenders,
     ServerProcess,
     contents,
+    create_session,
     deadline,
     eventually,
 )
@@ -86,8 +87,7 @@ async def test_disk_lost_after_kill9_restores_every_acknowledged_message(
         assert len(kids) == 1
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
             for sid in ("r1", "r2", "r3"):
-                async with http.post(f"{srv.url}/api/sessions", json={"id": sid}) as r:
-                    assert r.status == 201, await r.text()
+                await create_session(http, srv.url, sid)
             writers = Appenders(
                 [Appender(http, srv.url, f"r{1 + w % 2}", name=f"w{w}") for w in range(8)]
             ).start()
@@ -126,8 +126,7 @@ async def test_stale_local_copy_is_not_served_and_an_equal_one_is_kept(
     try:
         await srv.wait_ready()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
-            async with http.post(f"{srv.url}/api/sessions", json={"id": "s1"}) as r:
-                assert r.status == 201
+            await create_session(http, srv.url, "s1")
             w = Appender(http, srv.url, "s1", name="a")
             for i in range(5):
                 assert await w.post(f"a-{i}")
@@ -173,19 +172,16 @@ async def test_deleted_session_stays_deleted_after_disk_loss(s3: S3StandIn, tmp_
         await srv.wait_ready()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
             for sid in ("d1", "d2"):
-                async with http.post(f"{srv.url}/api/sessions", json={"id": sid}) as r:
-                    assert r.status == 201
+                await create_session(http, srv.url, sid)
                 assert await Appender(http, srv.url, sid).post("hello")
             async with http.delete(f"{srv.url}/api/sessions/d1") as r:
                 assert r.status == 204
             # an id used again: its old epochs are history, never restored over it
-            async with http.post(f"{srv.url}/api/sessions", json={"id": "d3"}) as r:
-                assert r.status == 201
+            await create_session(http, srv.url, "d3")
             assert await Appender(http, srv.url, "d3").post("old")
             async with http.delete(f"{srv.url}/api/sessions/d3") as r:
                 assert r.status == 204
-            async with http.post(f"{srv.url}/api/sessions", json={"id": "d3"}) as r:
-                assert r.status == 201
+            await create_session(http, srv.url, "d3")
             assert await Appender(http, srv.url, "d3").post("new")
             assert await contents(http, srv.url, "d3") == ["new"]
         srv.kill9()
@@ -212,8 +208,7 @@ async def test_litestream_killed_is_restarted_and_writes_go_on(
     try:
         await srv.wait_ready()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
-            async with http.post(f"{srv.url}/api/sessions", json={"id": "l1"}) as r:
-                assert r.status == 201
+            await create_session(http, srv.url, "l1")
             w = Appender(http, srv.url, "l1")
             assert await w.post("w-0")
             (pid,) = litestream_pids(srv)
@@ -245,8 +240,7 @@ async def test_pitr_restores_exactly_the_earlier_state(s3: S3StandIn, tmp_path: 
     try:
         await srv.wait_ready()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
-            async with http.post(f"{srv.url}/api/sessions", json={"id": "p1"}) as r:
-                assert r.status == 201
+            await create_session(http, srv.url, "p1")
             w = Appender(http, srv.url, "p1")
             for i in range(4):
                 assert await w.post(f"m-{i}")
@@ -289,8 +283,7 @@ async def test_pitr_older_than_l0_retention_restores_from_compacted_files(
     try:
         await srv.wait_ready()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
-            async with http.post(f"{srv.url}/api/sessions", json={"id": "p2"}) as r:
-                assert r.status == 201
+            await create_session(http, srv.url, "p2")
             w = Appender(http, srv.url, "p2")
             for i in range(4):
                 assert await w.post(f"m-{i}")
@@ -369,8 +362,7 @@ async def test_idle_live_session_is_parked_and_its_next_write_replicated(
     try:
         await srv.wait_ready()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
-            async with http.post(f"{srv.url}/api/sessions", json={"id": "k1"}) as r:
-                assert r.status == 201
+            await create_session(http, srv.url, "k1")
             w = Appender(http, srv.url, "k1")
             assert await w.post("before")
             for round_ in range(2):
@@ -406,8 +398,7 @@ async def test_one_lease_on_the_catalog_fences_every_session(s3: S3StandIn, tmp_
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
             sids = [f"l{i}" for i in range(8)]
             for sid in sids:
-                async with http.post(f"{srv.url}/api/sessions", json={"id": sid}) as r:
-                    assert r.status == 201
+                await create_session(http, srv.url, sid)
             log = s3.workdir / f"moto-{s3.port}.log"
             before = log.read_text(errors="replace").count("\n")
             for i in range(3):
@@ -444,8 +435,7 @@ async def test_an_older_incarnation_never_acknowledges_after_a_newer_one_restore
                     await r.read()
                     return r.status
 
-            async with http.post(f"{a.url}/api/sessions", json={"id": "f1"}) as r:
-                assert r.status == 201, await r.text()
+            await create_session(http, a.url, "f1")
             assert await post(a.url, "a-0") == 201
             assert await post(a.url, "a-1") == 201
             # B starts now: its catalog lists f1 (A replicated the create)
@@ -480,8 +470,7 @@ async def test_disk_lost_sessions_are_restored_before_their_first_request(
         await srv.wait_ready()
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT)) as http:
             for sid in ("p1", "p2", "p3"):
-                async with http.post(f"{srv.url}/api/sessions", json={"id": sid}) as r:
-                    assert r.status == 201
+                await create_session(http, srv.url, sid)
                 assert await Appender(http, srv.url, sid).post(f"hello {sid}")
             async with http.delete(f"{srv.url}/api/sessions/p2") as r:
                 assert r.status == 204
