@@ -263,15 +263,13 @@ class UserIndex:
     def apply(self, sid: str, changes: Sequence[Change], event_seq: int) -> None:
         """Apply ``changes`` of session ``sid`` and note it is up to ``event_seq``, atomically."""
 
+        final: dict[str, Doc | None] = {}
+        for ch in changes:
+            final[ch.message_id] = ch.doc  # a message's last change is its state
+
         def run(conn: sqlite3.Connection) -> None:
-            for ch in changes:
-                if ch.doc is None:
-                    conn.execute(
-                        "DELETE FROM docs WHERE session_id = ? AND message_id = ?",
-                        (sid, ch.message_id),
-                    )
-                else:
-                    _upsert(conn, sid, ch.doc)
+            _drop_rows(conn, sid, [mid for mid, doc in final.items() if doc is None])
+            _put_rows(conn, [_upsert_row(sid, doc) for doc in final.values() if doc is not None])
             _mark(conn, sid, event_seq)
 
         self._write(run)
@@ -314,8 +312,8 @@ class UserIndex:
                     puts, drops = f.puts, f.drops
                 else:  # partly indexed already (rare): only the events after the mark
                     puts, drops = _collapse(f.sid, [c for c in f.changes if c[0] > mark])
-                conn.executemany(_DROP_SQL, drops)
-                conn.executemany(_UPSERT_SQL, puts)
+                _drop_rows(conn, f.sid, [mid for _sid, mid in drops])
+                _put_rows(conn, puts)
                 _mark(conn, f.sid, f.last_seq)
 
         self._write(run)
@@ -330,8 +328,7 @@ class UserIndex:
         def run(conn: sqlite3.Connection) -> None:
             if first:
                 conn.execute("DELETE FROM docs WHERE session_id = ?", (sid,))
-            for doc in docs:
-                _upsert(conn, sid, doc)
+            _put_rows(conn, [_upsert_row(sid, doc) for doc in docs])
             _mark(conn, sid, event_seq)
 
         self._write(run)
@@ -487,16 +484,50 @@ _UPSERT_SQL = (
     "content = excluded.content, ntok = excluded.ntok, norm = excluded.norm "
     "WHERE content IS NOT excluded.content OR ntok IS NULL"
 )
-_DROP_SQL = "DELETE FROM docs WHERE session_id = ? AND message_id = ?"
+# _UPSERT_SQL for a JSON array of rows in one statement; ``norm`` travels as text
+_UPSERT_MANY_SQL = (
+    "INSERT INTO docs (session_id, message_id, seq, role, created_at, content, ntok, norm) "
+    "SELECT value->>0, value->>1, value->>2, value->>3, value->>4, value->>5, value->>6, "
+    "CAST(value->>7 AS BLOB) FROM json_each(?) WHERE true "
+    "ON CONFLICT(session_id, message_id) DO UPDATE SET "
+    "content = excluded.content, ntok = excluded.ntok, norm = excluded.norm "
+    "WHERE content IS NOT excluded.content OR ntok IS NULL"
+)
+_DROP_MANY_SQL = (
+    "DELETE FROM docs WHERE session_id = ? AND message_id IN (SELECT value FROM json_each(?))"
+)
+
+
+def _put_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    """Upsert ``rows`` (:func:`_upsert_row`), each message at most once.
+
+    One statement over a JSON array rather than ``executemany``: the statement
+    runs in SQLite without the GIL from start to end, where ``executemany``
+    takes the GIL back for every row, and on the write pool each take waits on
+    the busy event loop (measured: ~60 us of a 64x64 append). Rows with a NUL
+    in the text go one by one (SQLite's JSON text stops at a NUL).
+    """
+    plain: list[tuple[Any, ...]] = []
+    odd: list[tuple[Any, ...]] = []
+    for row in rows:
+        (odd if "\x00" in row[5] else plain).append(row)
+    if len(plain) == 1:
+        odd.extend(plain)
+    elif plain:
+        payload = [r if r[7] is None else (*r[:7], r[7].decode()) for r in plain]
+        conn.execute(_UPSERT_MANY_SQL, (orjson.dumps(payload).decode(),))
+    conn.executemany(_UPSERT_SQL, odd)
+
+
+def _drop_rows(conn: sqlite3.Connection, sid: str, message_ids: Sequence[str]) -> None:
+    """Take ``message_ids`` of session ``sid`` out of the index (one statement)."""
+    if message_ids:
+        conn.execute(_DROP_MANY_SQL, (sid, orjson.dumps(list(message_ids)).decode()))
 
 
 def _upsert_row(sid: str, doc: Doc) -> tuple[Any, ...]:
     norm, ntok = userrank.stored_tokens(doc.content)
     return (sid, doc.message_id, doc.seq, doc.role, doc.created_at, doc.content, ntok, norm)
-
-
-def _upsert(conn: sqlite3.Connection, sid: str, doc: Doc) -> None:
-    conn.execute(_UPSERT_SQL, _upsert_row(sid, doc))
 
 
 def _mark(conn: sqlite3.Connection, sid: str, event_seq: int) -> None:

@@ -12,6 +12,8 @@ import orjson
 import pytest
 
 import actors.usersearch
+import storage.usersearch
+from storage import userrank
 from storage.txn import Event
 from storage.usersearch import Doc, UserIndex, prepare_fed
 from tests.conftest import append, new_session, registry_of
@@ -95,6 +97,53 @@ def test_fed_events_that_do_not_continue_the_index_are_left(tmp_path: Path) -> N
     assert idx.watermark("s") == 2 and idx.watermark("t") is None
     assert prepare_fed("s", [_created(3, "a", "x"), _created(5, "b", "y")]) is None  # a gap
     assert prepare_fed("s", [Event(None, "message.delta", b"{}")]) is None  # nothing durable
+
+
+def _docs(idx: UserIndex) -> list[tuple[Any, ...]]:
+    cur = idx.conn.execute(
+        "SELECT session_id, message_id, seq, role, created_at, content, ntok, norm, "
+        "typeof(seq), typeof(ntok), typeof(norm) FROM docs ORDER BY message_id"
+    )
+    return cur.fetchall()
+
+
+def test_one_statement_writes_the_rows_one_by_one_would(tmp_path: Path) -> None:
+    """apply_fed writes a batch in one statement over JSON: every column comes out
+    as the row-by-row upsert writes it (non-ASCII tokens as a blob, a NUL in the
+    text kept whole), and a later batch updates and drops rows in place."""
+    texts = {
+        "a": "plain walrus",
+        "b": "Crème brûlée walrus",  # not ASCII: its tokens are kept (norm)
+        "c": "nul\x00inside walrus",  # SQLite's JSON text would stop at the NUL
+        "d": 'quotes " and \\ backslash walrus',
+        "e": "emoji 🦭 walrus",
+    }
+    created = [_created(i + 3, mid, text) for i, (mid, text) in enumerate(texts.items())]
+    later = [_updated(8, "a", "narwhal now"), _deleted(9, "e"), _created(10, "f", "orca")]
+    batched = _index_at(tmp_path / "one", "s", 2)
+    fed = prepare_fed("s", created)
+    assert fed is not None and batched.apply_fed([fed]) == []
+    fed = prepare_fed("s", later)
+    assert fed is not None and batched.apply_fed([fed]) == []
+    by_row = _index_at(tmp_path / "rows", "s", 2)
+    for mid, text in [*texts.items(), ("a", "narwhal now"), ("f", "orca")]:
+        doc = Doc(mid, 0, "user", "2026-12-03T00:00:00.000Z", text)
+        by_row.conn.execute(
+            storage.usersearch._UPSERT_SQL, storage.usersearch._upsert_row("s", doc)
+        )
+    by_row.conn.execute("DELETE FROM docs WHERE message_id = 'e'")
+
+    def seqless(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+        return [row[:2] + row[3:] for row in rows]
+
+    assert seqless(_docs(batched)) == seqless(_docs(by_row))
+    rows = {row[1]: row for row in _docs(batched)}
+    assert rows["b"][7] == userrank.normalize(texts["b"])[0]  # what ranking reads
+    assert rows["c"][5] == "nul\x00inside walrus" and rows["a"][5] == "narwhal now"
+    assert (rows["a"][9], rows["a"][10], rows["b"][10]) == ("integer", "null", "blob")
+    assert _found(batched, "walrus") == ["b", "c", "d"]
+    assert _found(batched, "brulee") == ["b"] and _found(batched, "orca") == ["f"]
+    assert batched.watermark("s") == 10
 
 
 @pytest.mark.parametrize("budget", [0, 2_000])
