@@ -64,11 +64,11 @@ class Catalog:
         """Insert or replace the mirrored Session documents ``(owner, doc)``, with
         the columns the list filters on (and the tags table) taken from them.
 
-        Three statements over JSON arrays, whatever the batch's size: each runs
+        A batch of several rows is three statements over JSON arrays: each runs
         in SQLite without the GIL from start to end, where ``executemany`` takes
         the GIL back for every row, and on the write pool each take waits on the
-        busy event loop. A batch with a NUL in its text goes row by row
-        (SQLite's JSON text stops at a NUL)."""
+        busy event loop. One row, or a batch with a NUL in its text, goes row by
+        row (SQLite's JSON text stops at a NUL)."""
         items = list(docs)
         rows = [_catalog_row(owner, d) for owner, d in items]
         if not rows:
