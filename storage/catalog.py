@@ -75,13 +75,14 @@ class Catalog:
             return
         ids = [d["id"] for _, d in items]
         tags = [(owner, tag, d["id"]) for owner, d in items for tag in d.get("tags") or ()]
-        many = len(rows) > 1 and not any("\\u0000" in r[3] or "\x00" in r[1] for r in rows)
+        payload = orjson.dumps(rows).decode() if len(rows) > 1 else ""
+        many = bool(payload) and "\\u0000" not in payload  # a NUL is written \u0000
         conn = self.conn
         with _mapped():
             conn.execute("BEGIN IMMEDIATE")
             try:
                 if many:
-                    conn.execute(_UPSERT_MANY_SQL, (orjson.dumps(rows).decode(),))
+                    conn.execute(_UPSERT_MANY_SQL, (payload,))
                     conn.execute(_UNTAG_MANY_SQL, (orjson.dumps(ids).decode(),))
                     if tags:
                         conn.execute(_TAG_MANY_SQL, (orjson.dumps(tags).decode(),))

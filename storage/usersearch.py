@@ -504,19 +504,22 @@ def _put_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None
     One statement over a JSON array rather than ``executemany``: the statement
     runs in SQLite without the GIL from start to end, where ``executemany``
     takes the GIL back for every row, and on the write pool each take waits on
-    the busy event loop (measured: ~60 us of a 64x64 append). Rows with a NUL
-    in the text go one by one (SQLite's JSON text stops at a NUL).
+    the busy event loop (measured: ~60 us of a 64x64 append). One row, or rows
+    with a NUL in their text, go row by row (SQLite's JSON text stops at a NUL).
     """
-    plain: list[tuple[Any, ...]] = []
-    odd: list[tuple[Any, ...]] = []
-    for row in rows:
-        (odd if "\x00" in row[5] else plain).append(row)
-    if len(plain) == 1:
-        odd.extend(plain)
-    elif plain:
-        payload = [r if r[7] is None else (*r[:7], r[7].decode()) for r in plain]
-        conn.execute(_UPSERT_MANY_SQL, (orjson.dumps(payload).decode(),))
-    conn.executemany(_UPSERT_SQL, odd)
+    if len(rows) > 1:
+        payload = orjson.dumps(rows, default=_as_text).decode()
+        if "\\u0000" not in payload:
+            conn.execute(_UPSERT_MANY_SQL, (payload,))
+            return
+    conn.executemany(_UPSERT_SQL, rows)
+
+
+def _as_text(value: object) -> str:
+    """``norm`` (UTF-8 bytes) as JSON text; :data:`_UPSERT_MANY_SQL` casts it back."""
+    if isinstance(value, bytes):
+        return value.decode()
+    raise TypeError(f"not JSON: {type(value).__name__}")
 
 
 def _drop_rows(conn: sqlite3.Connection, sid: str, message_ids: Sequence[str]) -> None:
