@@ -25,7 +25,7 @@ import orjson
 from storage.cursors import decode_pair, encode_pair
 from storage.errors import InvalidInput, from_sqlite
 from storage.layout import DataDir, connect
-from storage.rows import scalar
+from storage.rows import dumps, json_batch, scalar
 from storage.schema import CATALOG_MIGRATIONS, migrate
 
 
@@ -67,25 +67,23 @@ class Catalog:
         A batch of several rows is three statements over JSON arrays: each runs
         in SQLite without the GIL from start to end, where ``executemany`` takes
         the GIL back for every row, and on the write pool each take waits on the
-        busy event loop. One row, or a batch with a NUL in its text, goes row by
-        row (SQLite's JSON text stops at a NUL)."""
+        busy event loop (:func:`storage.rows.json_batch` says when it cannot)."""
         items = list(docs)
         rows = [_catalog_row(owner, d) for owner, d in items]
         if not rows:
             return
         ids = [d["id"] for _, d in items]
         tags = [(owner, tag, d["id"]) for owner, d in items for tag in d.get("tags") or ()]
-        payload = orjson.dumps(rows).decode() if len(rows) > 1 else ""
-        many = bool(payload) and "\\u0000" not in payload  # a NUL is written \u0000
+        batch = json_batch(rows)
         conn = self.conn
         with _mapped():
             conn.execute("BEGIN IMMEDIATE")
             try:
-                if many:
-                    conn.execute(_UPSERT_MANY_SQL, (payload,))
-                    conn.execute(_UNTAG_MANY_SQL, (orjson.dumps(ids).decode(),))
+                if batch is not None:
+                    conn.execute(_UPSERT_MANY_SQL, (batch,))
+                    conn.execute(_UNTAG_MANY_SQL, (dumps(ids),))
                     if tags:
-                        conn.execute(_TAG_MANY_SQL, (orjson.dumps(tags).decode(),))
+                        conn.execute(_TAG_MANY_SQL, (dumps(tags),))
                 else:
                     conn.executemany(_UPSERT_SQL, rows)
                     conn.executemany(_UNTAG_SQL, [(sid,) for sid in ids])

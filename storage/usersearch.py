@@ -36,7 +36,7 @@ from storage import reads, userrank
 from storage.errors import InvalidQuery, NotFound, from_sqlite
 from storage.layout import DataDir, connect, make_dirs_durable
 from storage.reads import ReadConnection, ReadSource
-from storage.rows import UNFINISHED, scalar
+from storage.rows import UNFINISHED, dumps, json_batch, scalar
 from storage.schema import USER_SEARCH_MIGRATIONS, migrate
 from storage.search import SNIPPET_CLOSE, SNIPPET_OPEN, fts_query, snippet_spans
 from storage.txn import Event
@@ -81,7 +81,7 @@ class Fed:
     """What one session committed, ready for :meth:`UserIndex.apply_fed`.
 
     ``first_seq``..``last_seq`` are the events' seqs (without a gap). ``puts``
-    and ``drops`` are the statements' rows for applying all of them (one per
+    (upsert rows) and ``drops`` (message ids) apply all of them (one per
     message: its last change wins); ``changes`` keeps each event's own change
     for applying only those after a mark.
     """
@@ -90,18 +90,16 @@ class Fed:
     first_seq: int
     last_seq: int
     puts: list[tuple[Any, ...]]
-    drops: list[tuple[str, str]]
+    drops: list[str]
     changes: list[FedChange]
 
 
-def _collapse(
-    sid: str, changes: Iterable[FedChange]
-) -> tuple[list[tuple[Any, ...]], list[tuple[str, str]]]:
+def _collapse(changes: Iterable[FedChange]) -> tuple[list[tuple[Any, ...]], list[str]]:
     final: dict[str, tuple[Any, ...] | None] = {}
     for _seq, mid, row in changes:
         final[mid] = row  # a message's last change is its state
     puts = [row for row in final.values() if row is not None]
-    drops = [(sid, mid) for mid, row in final.items() if row is None]
+    drops = [mid for mid, row in final.items() if row is None]
     return puts, drops
 
 
@@ -125,7 +123,7 @@ def prepare_fed(sid: str, events: Sequence[Event]) -> Fed | None:
             changes.append((ev.seq, ch.message_id, row))
     if first < 0:
         return None
-    puts, drops = _collapse(sid, changes)
+    puts, drops = _collapse(changes)
     return Fed(sid, first, prev, puts, drops, changes)
 
 
@@ -311,8 +309,8 @@ class UserIndex:
                 if f.first_seq == mark + 1:
                     puts, drops = f.puts, f.drops
                 else:  # partly indexed already (rare): only the events after the mark
-                    puts, drops = _collapse(f.sid, [c for c in f.changes if c[0] > mark])
-                _drop_rows(conn, f.sid, [mid for _sid, mid in drops])
+                    puts, drops = _collapse([c for c in f.changes if c[0] > mark])
+                _drop_rows(conn, f.sid, drops)
                 _put_rows(conn, puts)
                 _mark(conn, f.sid, f.last_seq)
 
@@ -499,33 +497,19 @@ _DROP_MANY_SQL = (
 
 
 def _put_rows(conn: sqlite3.Connection, rows: Sequence[tuple[Any, ...]]) -> None:
-    """Upsert ``rows`` (:func:`_upsert_row`), each message at most once.
-
-    One statement over a JSON array rather than ``executemany``: the statement
-    runs in SQLite without the GIL from start to end, where ``executemany``
-    takes the GIL back for every row, and on the write pool each take waits on
-    the busy event loop (measured: ~60 us of a 64x64 append). One row, or rows
-    with a NUL in their text, go row by row (SQLite's JSON text stops at a NUL).
-    """
-    if len(rows) > 1:
-        payload = orjson.dumps(rows, default=_as_text).decode()
-        if "\\u0000" not in payload:
-            conn.execute(_UPSERT_MANY_SQL, (payload,))
-            return
-    conn.executemany(_UPSERT_SQL, rows)
-
-
-def _as_text(value: object) -> str:
-    """``norm`` (UTF-8 bytes) as JSON text; :data:`_UPSERT_MANY_SQL` casts it back."""
-    if isinstance(value, bytes):
-        return value.decode()
-    raise TypeError(f"not JSON: {type(value).__name__}")
+    """Upsert ``rows`` (:func:`_upsert_row`), each message at most once: in one
+    statement (:func:`storage.rows.json_batch`) where it can be."""
+    batch = json_batch(rows)
+    if batch is not None:
+        conn.execute(_UPSERT_MANY_SQL, (batch,))
+    else:
+        conn.executemany(_UPSERT_SQL, rows)
 
 
 def _drop_rows(conn: sqlite3.Connection, sid: str, message_ids: Sequence[str]) -> None:
     """Take ``message_ids`` of session ``sid`` out of the index (one statement)."""
     if message_ids:
-        conn.execute(_DROP_MANY_SQL, (sid, orjson.dumps(list(message_ids)).decode()))
+        conn.execute(_DROP_MANY_SQL, (sid, dumps(list(message_ids))))
 
 
 def _upsert_row(sid: str, doc: Doc) -> tuple[Any, ...]:
